@@ -1,0 +1,9 @@
+"""dqar-bench: an honest benchmark harness for training-free DiT inference acceleration."""
+
+from dqar_bench.context import StepContext
+from dqar_bench.hookspecs import hookimpl
+from dqar_bench.parts import Cache, Gate, Quantizer, Scheduler
+
+__version__ = "0.1.0"
+
+__all__ = ["Cache", "Gate", "Quantizer", "Scheduler", "StepContext", "hookimpl", "__version__"]

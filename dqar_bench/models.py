@@ -1,0 +1,146 @@
+"""Models the harness can run: built-in ones made in code, and diffusers DiT checkpoints.
+
+Built-in models need no download: `dit-tiny` is a few-block DiT with random weights from a
+fixed seed (8x8 latents), for fast tests and smoke runs. Anything else is taken as a
+diffusers checkpoint id or local folder and loaded with `from_pretrained`, offline unless
+the suite allows a download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from dqar_bench.errors import ModelError
+
+# DiT's noise schedule (the one DiTPipeline ships with): 1000 steps, linear betas.
+DIT_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A transformer and what the sampler needs to drive it."""
+
+    name: str
+    transformer: torch.nn.Module
+    scheduler_config: dict[str, Any] = field(default_factory=lambda: dict(DIT_SCHEDULER_CONFIG))
+    vae: torch.nn.Module | None = None
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    @property
+    def sample_size(self) -> int:
+        return int(self.transformer.config.sample_size)
+
+    @property
+    def null_class(self) -> int:
+        """The label index DiT's label embedding reserves for the unconditional branch."""
+        return int(self.transformer.config.num_embeds_ada_norm)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.transformer.transformer_blocks)
+
+
+def build_dit_tiny() -> LoadedModel:
+    """A 4-block DiT (2 heads x 16, 8x8x4 latents, 10 classes), random weights from seed 0."""
+    from diffusers import DiTTransformer2DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = DiTTransformer2DModel(
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=4,
+            out_channels=8,
+            num_layers=4,
+            sample_size=8,
+            patch_size=2,
+            num_embeds_ada_norm=10,
+        )
+    return LoadedModel("dit-tiny", model.eval())
+
+
+BUILTIN_MODELS: dict[str, Callable[[], LoadedModel]] = {
+    "dit-tiny": build_dit_tiny,
+}
+
+
+def register_builtin_model(name: str, factory: Callable[[], LoadedModel]) -> None:
+    """Add a built-in model (used by the shipped reference model and by tests)."""
+    BUILTIN_MODELS[name] = factory
+
+
+def load_model(name: str, device: torch.device, dtype: torch.dtype, allow_download: bool = False) -> LoadedModel:
+    """Build a built-in model or load a diffusers DiT checkpoint, on `device` in `dtype`."""
+    if name in BUILTIN_MODELS:
+        loaded = BUILTIN_MODELS[name]()
+    else:
+        loaded = _load_checkpoint(name, allow_download)
+    loaded.transformer.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if loaded.vae is not None:
+        loaded.vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return loaded
+
+
+def _load_checkpoint(name: str, allow_download: bool) -> LoadedModel:
+    from diffusers import DiTTransformer2DModel
+
+    local = Path(name).expanduser()
+    is_local = local.exists()
+    if not is_local and "/" not in name:
+        known = ", ".join(sorted(BUILTIN_MODELS))
+        raise ModelError(f"model '{name}' is neither a built-in model ({known}) nor a checkpoint id or folder")
+    offline = not allow_download or os.environ.get("HF_HUB_OFFLINE") == "1"
+    source = str(local) if is_local else name
+    try:
+        transformer = DiTTransformer2DModel.from_pretrained(source, subfolder="transformer", local_files_only=offline)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        if is_local:
+            raise ModelError(f"model folder '{name}' has no loadable DiT transformer in 'transformer/': {_first_line(exc)}") from None
+        raise ModelError(
+            f"model '{name}' is not available offline; download it first "
+            f"(`huggingface-cli download {name}`) or set `model: {{name: {name}, download: true}}` in the suite"
+        ) from None
+    return LoadedModel(name, transformer, _scheduler_config(source, offline), _load_vae(source, offline))
+
+
+def _scheduler_config(source: str, offline: bool) -> dict[str, Any]:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(source) / "scheduler" / "scheduler_config.json"
+        if not path.exists():
+            path = Path(hf_hub_download(source, "scheduler/scheduler_config.json", local_files_only=offline))
+        config = json.loads(path.read_text())
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+    except Exception:
+        return dict(DIT_SCHEDULER_CONFIG)
+
+
+def _load_vae(source: str, offline: bool) -> torch.nn.Module | None:
+    try:
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=offline)
+    except Exception:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

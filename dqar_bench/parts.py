@@ -1,0 +1,242 @@
+"""The four kinds of strategy parts, and how their parameters are declared and checked.
+
+A part is a small class: a `PLUGIN_NAME`, a docstring whose first line describes it, and
+its parameters as dataclass fields with defaults. The registry never runs a part to learn
+about it; it reads the class. Suites are validated by building every part with the
+suite's parameters, so a bad value is caught before anything is measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+
+from dqar_bench.context import StepContext
+
+KINDS: tuple[str, ...] = ("scheduler", "gate", "cache", "quantizer")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter of a part: what `dqar-bench plugins` shows and suites may set."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str = ""
+
+    @property
+    def type_name(self) -> str:
+        return _type_name(self.type)
+
+
+class Part:
+    """Base of every strategy part. Subclasses are dataclasses; their fields are parameters."""
+
+    PLUGIN_NAME: ClassVar[str] = ""
+    KIND: ClassVar[str] = ""
+
+    @classmethod
+    def describe(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        if not doc or (dataclasses.is_dataclass(cls) and doc.startswith(cls.__name__ + "(")):
+            return ""
+        return doc.splitlines()[0].strip()
+
+    @classmethod
+    def parameters(cls) -> list[Param]:
+        if not dataclasses.is_dataclass(cls):
+            return []
+        hints = typing.get_type_hints(cls)
+        params = []
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name.startswith("_"):
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                default = dataclasses.MISSING
+            params.append(Param(f.name, hints.get(f.name, Any), default, f.metadata.get("help", "")))
+        return params
+
+    def params(self) -> dict[str, Any]:
+        """The values this instance was built with, as plain data for records."""
+        return {p.name: getattr(self, p.name) for p in self.parameters()}
+
+
+class Scheduler(Part):
+    """Says where reuse may happen at all: a static, data-independent steps x blocks mask."""
+
+    KIND = "scheduler"
+
+    def mask(self, num_steps: int, num_blocks: int) -> torch.Tensor:
+        """A bool tensor [num_steps, num_blocks]; True where block b may reuse at step t."""
+        raise NotImplementedError
+
+
+class Gate(Part):
+    """Says whether an eligible block reuses now, from cheap signals.
+
+    `SIGNALS` names the signals the gate reads (see `dqar_bench.signals`); the harness
+    measures only those, so a gate that needs none costs nothing to decide.
+    """
+
+    KIND = "gate"
+    SIGNALS: ClassVar[frozenset[str]] = frozenset()
+
+    def reset(self, num_steps: int, num_blocks: int) -> None:
+        """Called at the start of every sampling call; state lives here and is reset here."""
+
+    def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
+        """Per block, reuse at this step? Only eligible blocks may say True."""
+        raise NotImplementedError
+
+
+class Packed(Protocol):
+    """A stored tensor: what a quantizer gives back."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def unpack(self) -> torch.Tensor: ...
+
+
+class Quantizer(Part):
+    """Says how a cached tensor is stored (and so how many bytes the cache holds)."""
+
+    KIND = "quantizer"
+
+    def pack(self, x: torch.Tensor) -> Packed:
+        raise NotImplementedError
+
+
+class Cache(Part):
+    """Says what a block stores when it computes and what it gives back when it reuses.
+
+    One instance serves every block of a model, keyed by block index. `TARGET` says where
+    the adapter hooks it: `"attention"` wraps each block's self-attention module.
+    `NEEDS_QKV` asks the adapter to compute attention itself (instead of the model's own
+    processor) so that Q, K and V are handed to `store`.
+    """
+
+    KIND = "cache"
+    TARGET: ClassVar[Literal["attention"]] = "attention"
+    NEEDS_QKV: ClassVar[bool] = False
+
+    quantizer: Quantizer
+
+    def clear(self) -> None:
+        """Drop everything held; called at the start of every sampling call."""
+        raise NotImplementedError
+
+    def holds(self, block: int) -> bool:
+        """Has this block something to give back?"""
+        raise NotImplementedError
+
+    def store(self, block: int, out: torch.Tensor, qkv: tuple[torch.Tensor, ...] | None) -> None:
+        raise NotImplementedError
+
+    def reuse(self, block: int, attn: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The block's attention output at this step, from what it holds."""
+        raise NotImplementedError
+
+    def nbytes(self) -> int:
+        """Bytes really held now (codes plus scales for a quantized cache)."""
+        raise NotImplementedError
+
+
+BASES: dict[str, type[Part]] = {
+    "scheduler": Scheduler,
+    "gate": Gate,
+    "cache": Cache,
+    "quantizer": Quantizer,
+}
+
+
+def build_part(cls: type[Part], values: dict[str, Any]) -> Part:
+    """Build a part from suite values, checking names and types.
+
+    Raises `ValueError` with a message naming the parameter; the caller adds the file and
+    case. A part may check ranges in `__post_init__` by raising `ValueError`.
+    """
+    params = {p.name: p for p in cls.parameters()}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in params:
+            known = ", ".join(params) or "none"
+            raise ValueError(f"unknown parameter '{key}' (parameters of '{cls.PLUGIN_NAME}': {known})")
+        kwargs[key] = _coerce(key, value, params[key].type)
+    missing = [n for n, p in params.items() if p.default is dataclasses.MISSING and n not in kwargs]
+    if missing:
+        raise ValueError(f"missing parameter '{missing[0]}'")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check a YAML value against a type hint; ints are accepted where floats are asked."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(name, value, option)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(f"parameter '{name}' must be {_type_name(annotation)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        choices = ", ".join(repr(a) for a in args)
+        raise ValueError(f"parameter '{name}' must be one of {choices}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"parameter '{name}' must be a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(name, v, item) for v in value]
+        return items if origin is list else tuple(items)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ValueError(f"parameter '{name}' must be {_type_name(annotation)}, got {value!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"list[{_type_name(args[0]) if args else 'any'}]"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))

@@ -1,0 +1,86 @@
+"""A run directory: records appended as cases finish, outputs beside them, views derived.
+
+`records.jsonl` gets one line per finished case, flushed and fsynced at once, so a crash
+loses at most the case in flight and `--resume` can skip what is done. Outputs (final
+latents per case) are kept in `outputs/` for quality against the baseline, also after a
+resume. Files that are views (`results.csv`, `table.md`) are rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+RECORDS = "records.jsonl"
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "outputs").mkdir(exist_ok=True)
+
+    @property
+    def records_path(self) -> Path:
+        return self.path / RECORDS
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=_plain) + "\n"
+        with open(self.records_path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete record; a torn last line (a crash mid-write) is ignored."""
+        if not self.records_path.exists():
+            return []
+        out = []
+        for line in self.records_path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """The latest record of each case that finished without error."""
+        return {r["case"]: r for r in self.records() if r.get("status") == "ok"}
+
+    def save_outputs(self, case: str, outputs: dict[int, torch.Tensor]) -> None:
+        path = self._outputs_path(case)
+        tmp = path.with_suffix(".tmp")
+        save_file({f"seed_{seed}": t.detach().float().cpu().contiguous() for seed, t in outputs.items()}, str(tmp))
+        os.replace(tmp, path)
+
+    def load_outputs(self, case: str) -> dict[int, torch.Tensor] | None:
+        path = self._outputs_path(case)
+        if not path.exists():
+            return None
+        return {int(k.split("_", 1)[1]): v for k, v in load_file(str(path)).items()}
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.path / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def _outputs_path(self, case: str) -> Path:
+        return self.path / "outputs" / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", case) + ".safetensors")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"cannot record {type(value).__name__}")

@@ -1,0 +1,130 @@
+"""Loading the shipped reference weights, with safetensors only.
+
+safetensors (not pickle) so loading a weights file can never run code. Every way the files
+can be unusable (missing, truncated, edited, from another architecture) ends in one
+`ModelError` whose single line names the file and the command that rebuilds it, because
+that is all a user needs to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiTTransformer2DModel
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from dqar_bench.errors import ModelError
+from dqar_bench.reference.classifier import DigitClassifier
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# diffusers' own file names, so `DiTTransformer2DModel.from_pretrained(WEIGHTS_DIR)` and
+# `DDIMScheduler.from_pretrained(WEIGHTS_DIR)` also work on this folder.
+DIT_CONFIG_FILE = "config.json"
+DIT_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+SCHEDULER_CONFIG_FILE = "scheduler_config.json"
+CLASSIFIER_WEIGHTS_FILE = "classifier.safetensors"
+METRICS_FILE = "metrics.json"
+
+RETRAIN_COMMAND = "python scripts/train_reference.py"
+
+NULL_CLASS = 10
+"""Class label meaning "unconditional" (DiT's extra embedding row, used by classifier-free guidance)."""
+
+
+def _unusable(path: Path, problem: str) -> ModelError:
+    return ModelError(f"reference weights file {path} {problem}; retrain it with: {RETRAIN_COMMAND}")
+
+
+def _describe(exc: BaseException) -> str:
+    detail = " ".join(str(exc).split())
+    if len(detail) > 160:
+        detail = detail[:157] + "..."
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def _resolve(weights_dir: Path | None, name: str) -> Path:
+    path = (WEIGHTS_DIR if weights_dir is None else Path(weights_dir)) / name
+    if not path.is_file():
+        raise _unusable(path, "is missing")
+    return path
+
+
+def _read_json(weights_dir: Path | None, name: str) -> dict[str, Any]:
+    path = _resolve(weights_dir, name)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _unusable(path, f"is damaged ({_describe(exc)})") from exc
+    if not isinstance(data, dict):
+        raise _unusable(path, "is damaged (not a JSON object)")
+    return data
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        tensors = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for a bad header or body
+        raise _unusable(path, f"is damaged ({_describe(exc)})") from exc
+    return tensors, metadata
+
+
+def _load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise _unusable(path, f"does not match its architecture ({_describe(exc)})") from exc
+
+
+def load_reference_dit_config(weights_dir: Path | None = None) -> dict[str, Any]:
+    """The DiT's diffusers config (sample size, patch size, class count) without building it."""
+    return {k: v for k, v in _read_json(weights_dir, DIT_CONFIG_FILE).items() if not k.startswith("_")}
+
+
+def load_reference_dit(weights_dir: Path | None = None) -> DiTTransformer2DModel:
+    """The trained reference DiT on CPU, float32, in eval mode (label dropout off)."""
+    config_path = _resolve(weights_dir, DIT_CONFIG_FILE)
+    config = load_reference_dit_config(weights_dir)
+    try:
+        model = DiTTransformer2DModel.from_config(config)
+    except Exception as exc:
+        raise _unusable(config_path, f"is damaged ({_describe(exc)})") from exc
+    weights_path = _resolve(weights_dir, DIT_WEIGHTS_FILE)
+    tensors, _ = _read_tensors(weights_path)
+    _load_state(model, tensors, weights_path)
+    return model.eval().requires_grad_(False)
+
+
+def load_reference_scheduler_config(weights_dir: Path | None = None) -> dict[str, Any]:
+    """The DDIM schedule the DiT was trained with; build the sampler from this, not from defaults."""
+    return {k: v for k, v in _read_json(weights_dir, SCHEDULER_CONFIG_FILE).items() if not k.startswith("_")}
+
+
+def load_reference_metrics(weights_dir: Path | None = None) -> dict[str, Any]:
+    """The figures measured when the weights were trained (also printed in MODEL_CARD.md)."""
+    return _read_json(weights_dir, METRICS_FILE)
+
+
+def load_classifier(weights_dir: Path | None = None, *, path: Path | None = None) -> DigitClassifier:
+    """The digit classifier in eval mode; `path` names a classifier `.safetensors` file directly
+    (torch-fidelity's `feature_extractor_weights_path`), overriding `weights_dir`."""
+    if path is None:
+        weights_path = _resolve(weights_dir, CLASSIFIER_WEIGHTS_FILE)
+    else:
+        weights_path = Path(path)
+        if not weights_path.is_file():
+            raise _unusable(weights_path, "is missing")
+    tensors, metadata = _read_tensors(weights_path)
+    try:
+        arch = {k: int(metadata[k]) for k in ("resolution", "width", "feature_dim", "num_classes")}
+        model = DigitClassifier(**arch)
+    except (KeyError, ValueError) as exc:
+        raise _unusable(weights_path, f"is damaged (bad metadata, {_describe(exc)})") from exc
+    _load_state(model, tensors, weights_path)
+    return model.eval().requires_grad_(False)

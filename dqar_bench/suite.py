@@ -1,0 +1,291 @@
+"""Suite files: YAML in, a validated `Suite` out, or one clear error.
+
+Every error names the file, the case (where there is one), the field and what to do,
+and is raised as `SuiteError` so the CLI prints it on one line and exits with status 2.
+Validation builds every part with its parameters, so whatever a part itself refuses
+(a fraction outside [0, 1], an unknown mode) is refused here, before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dqar_bench.errors import SuiteError
+from dqar_bench.parts import KINDS, build_part
+from dqar_bench.plugins import Registry, get_registry
+from dqar_bench.sampling import SAMPLERS
+
+DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_PARTS: dict[str, str] = {"scheduler": "all", "gate": "never", "cache": "attention-output", "quantizer": "none"}
+
+TOP_KEYS = ("name", "description", "model", "sampler", "class_labels", "seeds", "device", "dtype", "timing", "baseline", "probe_queries", "cases")
+CASE_KEYS = ("name", "description", *KINDS, "sweep")
+SAMPLER_KEYS = ("name", "steps", "guidance_scale")
+TIMING_KEYS = ("warmup", "repeats")
+MODEL_KEYS = ("name", "download")
+SWEEP_KEYS = ("parameter", "values")
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """A part named in a case, with the parameters the suite gives it."""
+
+    kind: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        if not self.params:
+            return self.name
+        inner = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name}({inner})"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the table. No parts means the untouched model."""
+
+    name: str
+    parts: dict[str, PartSpec]
+    description: str = ""
+
+    @property
+    def untouched(self) -> bool:
+        return not self.parts
+
+
+@dataclass(frozen=True)
+class Suite:
+    path: Path
+    name: str
+    model: str
+    allow_download: bool
+    sampler: str
+    steps: int
+    guidance_scale: float
+    class_labels: list[int]
+    seeds: list[int]
+    device: str
+    dtype: str
+    warmup: int
+    repeats: int
+    baseline: str
+    probe_queries: int
+    cases: list[Case]
+    content_hash: str
+    description: str = ""
+
+    def case(self, name: str) -> Case:
+        return next(c for c in self.cases if c.name == name)
+
+    def ordered_cases(self) -> list[Case]:
+        """The baseline first (everyone else is compared with it), then file order."""
+        return [self.case(self.baseline)] + [c for c in self.cases if c.name != self.baseline]
+
+
+def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
+    """Read and validate a suite file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read the suite file ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SuiteError(f"{path}:{where}: YAML syntax error: {problem}; fix the YAML there") from None
+    return parse_suite(data, path, text, registry or get_registry())
+
+
+def parse_suite(data: Any, path: Path, text: str, registry: Registry) -> Suite:
+    r = _Reader(path)
+    if not isinstance(data, dict):
+        raise r.error("the file must be a mapping with 'name', 'model', 'cases' and so on")
+    r.check_keys(data, TOP_KEYS, "")
+    name = r.get(data, "name", str, required=True)
+    model_name, allow_download = _model(r, data.get("model", "dit-tiny"))
+    sampler_raw = data.get("sampler", {}) or {}
+    if not isinstance(sampler_raw, dict):
+        raise r.error("field 'sampler' must be a mapping with name, steps and guidance_scale")
+    r.check_keys(sampler_raw, SAMPLER_KEYS, "sampler.")
+    sampler = r.get(sampler_raw, "name", str, default="ddim", field="sampler.name")
+    if sampler not in SAMPLERS:
+        raise r.error(f"field 'sampler.name': unknown sampler '{sampler}'{_suggest(sampler, SAMPLERS)}")
+    steps = r.get(sampler_raw, "steps", int, default=20, field="sampler.steps")
+    if steps < 1:
+        raise r.error("field 'sampler.steps' must be at least 1")
+    guidance = r.get(sampler_raw, "guidance_scale", float, default=4.0, field="sampler.guidance_scale")
+    labels = r.int_list(data, "class_labels", default=[0, 1])
+    seeds = r.int_list(data, "seeds", default=[0])
+    device = r.get(data, "device", str, default="auto")
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise r.error(f"field 'device': '{device}' is not one of {', '.join(DEVICES)} (or cuda:N)")
+    dtype = r.get(data, "dtype", str, default="float32")
+    if dtype not in DTYPES:
+        raise r.error(f"field 'dtype': '{dtype}' is not one of {', '.join(DTYPES)}{_suggest(dtype, DTYPES)}")
+    if device == "cpu" and dtype == "float16":
+        raise r.error("field 'dtype': float16 is not supported on the CPU; use float32 or bfloat16")
+    timing = data.get("timing", {}) or {}
+    if not isinstance(timing, dict):
+        raise r.error("field 'timing' must be a mapping with warmup and repeats")
+    r.check_keys(timing, TIMING_KEYS, "timing.")
+    warmup = r.get(timing, "warmup", int, default=1, field="timing.warmup")
+    repeats = r.get(timing, "repeats", int, default=3, field="timing.repeats")
+    if warmup < 0 or repeats < 1:
+        raise r.error("fields 'timing.warmup' must be >= 0 and 'timing.repeats' >= 1")
+    probe_queries = r.get(data, "probe_queries", int, default=16)
+
+    raw_cases = data.get("cases")
+    if not isinstance(raw_cases, list) or not raw_cases:
+        raise r.error("field 'cases' must be a non-empty list of cases")
+    cases: list[Case] = []
+    for index, raw in enumerate(raw_cases):
+        cases.extend(_cases(r, raw, index, registry))
+    seen: set[str] = set()
+    for case in cases:
+        if case.name in seen:
+            raise r.error(f"case '{case.name}': duplicate case name; give each case its own name")
+        seen.add(case.name)
+    baseline = r.get(data, "baseline", str, default="baseline")
+    if baseline not in seen:
+        raise r.error(
+            f"field 'baseline': no case named '{baseline}'{_suggest(baseline, seen)}; add a case with that name "
+            f"(no parts = the untouched model) or set 'baseline' to an existing case"
+        )
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return Suite(
+        path, name, model_name, allow_download, sampler, steps, guidance, labels, seeds, device, dtype,
+        warmup, repeats, baseline, probe_queries, cases, digest, str(data.get("description", "") or ""),
+    )
+
+
+def _model(r: "_Reader", raw: Any) -> tuple[str, bool]:
+    if isinstance(raw, str):
+        return raw, False
+    if isinstance(raw, dict):
+        r.check_keys(raw, MODEL_KEYS, "model.")
+        return r.get(raw, "name", str, required=True, field="model.name"), r.get(raw, "download", bool, default=False, field="model.download")
+    raise r.error("field 'model' must be a model name or a mapping with 'name' (and 'download')")
+
+
+def _cases(r: "_Reader", raw: Any, index: int, registry: Registry) -> list[Case]:
+    if not isinstance(raw, dict):
+        raise r.error(f"cases[{index}]: each case must be a mapping with at least 'name'")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise r.error(f"cases[{index}]: field 'name' is missing; give the case a name")
+    where = f"case '{name}'"
+    r.check_keys(raw, CASE_KEYS, "", where)
+    specs: dict[str, PartSpec] = {}
+    for kind in KINDS:
+        if kind in raw:
+            specs[kind] = _part_spec(r, where, kind, raw[kind])
+    description = str(raw.get("description", "") or "")
+    sweep = raw.get("sweep")
+    if sweep is None:
+        case = Case(name, _with_defaults(specs), description)
+        _build(r, where, case, registry)
+        return [case]
+    if not isinstance(sweep, dict):
+        raise r.error(f"{where}: field 'sweep' must be a mapping with 'parameter' (kind.param) and 'values'")
+    r.check_keys(sweep, SWEEP_KEYS, "sweep.", where)
+    parameter = sweep.get("parameter")
+    values = sweep.get("values")
+    if not isinstance(parameter, str) or parameter.count(".") != 1 or parameter.split(".")[0] not in KINDS:
+        raise r.error(f"{where}: field 'sweep.parameter' must look like 'gate.every' (a part kind, a dot, a parameter)")
+    if not isinstance(values, list) or not values:
+        raise r.error(f"{where}: field 'sweep.values' must be a non-empty list")
+    kind, param = parameter.split(".")
+    if kind not in specs and kind not in DEFAULT_PARTS:
+        raise r.error(f"{where}: field 'sweep.parameter' names the {kind}, but the case names no {kind}")
+    cases = []
+    for value in values:
+        swept = dict(specs)
+        base = swept.get(kind, PartSpec(kind, DEFAULT_PARTS[kind]))
+        swept[kind] = PartSpec(kind, base.name, {**base.params, param: copy.deepcopy(value)})
+        case = Case(f"{name}-{param}-{value}", _with_defaults(swept), description)
+        _build(r, f"case '{case.name}' (sweep of '{name}')", case, registry)
+        cases.append(case)
+    return cases
+
+
+def _with_defaults(specs: dict[str, PartSpec]) -> dict[str, PartSpec]:
+    if not specs:
+        return {}
+    return {kind: specs.get(kind, PartSpec(kind, DEFAULT_PARTS[kind])) for kind in KINDS}
+
+
+def _part_spec(r: "_Reader", where: str, kind: str, raw: Any) -> PartSpec:
+    if isinstance(raw, str):
+        return PartSpec(kind, raw)
+    if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+        params = {k: v for k, v in raw.items() if k != "name"}
+        return PartSpec(kind, raw["name"], params)
+    raise r.error(f"{where}: field '{kind}' must be a {kind} name or a mapping with 'name' and its parameters")
+
+
+def _build(r: "_Reader", where: str, case: Case, registry: Registry) -> None:
+    for kind, spec in case.parts.items():
+        names = registry.names(kind)
+        if spec.name not in names:
+            raise r.error(
+                f"{where}: field '{kind}': unknown {kind} '{spec.name}'{_suggest(spec.name, names)} "
+                f"(installed: {', '.join(names)}; see `dqar-bench plugins`)"
+            )
+        try:
+            build_part(registry.get(kind, spec.name).cls, spec.params)
+        except ValueError as exc:
+            raise r.error(f"{where}: field '{kind}' ({spec.name}): {exc}") from None
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+class _Reader:
+    """Typed access to mapping fields that turns every mismatch into a located SuiteError."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, message: str) -> SuiteError:
+        return SuiteError(f"{self.path}: {message}")
+
+    def check_keys(self, data: dict, allowed: tuple[str, ...], prefix: str, where: str = "") -> None:
+        for key in data:
+            if key not in allowed:
+                lead = f"{where}: " if where else ""
+                raise self.error(f"{lead}unknown field '{prefix}{key}'{_suggest(str(key), allowed)} (fields: {', '.join(allowed)})")
+
+    def get(self, data: dict, key: str, kind: type, default: Any = None, required: bool = False, field: str | None = None) -> Any:
+        label = field or key
+        if key not in data or data[key] is None:
+            if required:
+                raise self.error(f"field '{label}' is missing; add it")
+            return default
+        value = data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(f"field '{label}' must be {kind.__name__}, got {value!r}")
+        return value
+
+    def int_list(self, data: dict, key: str, default: list[int]) -> list[int]:
+        value = data.get(key, default)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise self.error(f"field '{key}' must be a non-empty list of integers, got {value!r}")
+        return value
