@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Callable
 
 from dqar_bench.errors import DqarError
@@ -98,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
+    """Library chatter (deprecation notes, hub warnings) would bury the one-line errors."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    for module in ("huggingface_hub", "diffusers", "torch_fidelity"):
+        warnings.filterwarnings("ignore", module=module)
     try:
         from diffusers.utils import logging as diffusers_logging
 

@@ -104,9 +104,9 @@ def load_registry(autoload: bool | None = None, extra_plugins: tuple[object, ...
 
     for kind in KINDS:
         hook = getattr(pm.hook, HOOK_OF_KIND[kind])
-        # hookimpls come last-registered first; walk them in registration order so that a
+        # get_hookimpls() lists plugins in registration order (built-ins first), so a
         # built-in name always wins over a third-party duplicate.
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():
             dist, builtin = origin.get(impl.plugin_name, ("unknown distribution", False))
             try:
                 classes = impl.function() or []

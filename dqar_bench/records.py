@@ -32,8 +32,12 @@ class RunDir:
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, default=_plain) + "\n"
-        with open(self.records_path, "a", encoding="utf-8") as fh:
-            fh.write(line)
+        with open(self.records_path, "a+b") as fh:
+            if fh.tell() > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":  # a torn line from a crash: start a fresh one
+                    line = "\n" + line
+            fh.write(line.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
 
