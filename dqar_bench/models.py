@@ -1,9 +1,15 @@
 """Models the harness can run: built-in ones made in code, and diffusers DiT checkpoints.
 
 Built-in models need no download: `dit-tiny` is a few-block DiT with random weights from a
-fixed seed (8x8 latents), for fast tests and smoke runs. Anything else is taken as a
-diffusers checkpoint id or local folder and loaded with `from_pretrained`, offline unless
-the suite allows a download.
+fixed seed (8x8 latents), for fast tests and smoke runs; `pixart-tiny` is its
+text-conditioned sibling (PixArt-alpha's architecture: self-attention, cross-attention
+over caption embeddings, `ada_norm_single`), driven by synthetic caption embeddings so no
+text encoder is needed. Anything else is taken as a diffusers checkpoint id or local
+folder and loaded with `from_pretrained`, offline unless the suite allows a download: a
+`PixArtTransformer2DModel` for PixArt checkpoints, a `DiTTransformer2DModel` otherwise.
+
+A model's `family` ("dit": class labels; "pixart": captions) picks its adapter and its
+conditioning; `model_family` knows it before any weight is loaded, for `validate`.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ class LoadedModel:
     transformer: torch.nn.Module
     scheduler_config: dict[str, Any] = field(default_factory=lambda: dict(DIT_SCHEDULER_CONFIG))
     vae: torch.nn.Module | None = None
+    family: str = "dit"
+    source: str = ""
+    """Where a checkpoint was loaded from (its text encoder lives there too); "" when built in code."""
 
     @property
     def latent_channels(self) -> int:
@@ -54,6 +63,12 @@ class LoadedModel:
     @property
     def num_blocks(self) -> int:
         return len(self.transformer.transformer_blocks)
+
+    @property
+    def caption_channels(self) -> int | None:
+        """Width of the caption embeddings a text-conditioned model takes (4096 for T5-XXL)."""
+        value = getattr(self.transformer.config, "caption_channels", None)
+        return int(value) if value is not None else None
 
 
 def build_dit_tiny() -> LoadedModel:
@@ -75,14 +90,66 @@ def build_dit_tiny() -> LoadedModel:
     return LoadedModel("dit-tiny", model.eval())
 
 
+def build_pixart_tiny() -> LoadedModel:
+    """A 4-block PixArt-alpha (2 heads x 16, 8x8x4 latents, 64-wide captions), random weights from seed 0."""
+    from diffusers import PixArtTransformer2DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = PixArtTransformer2DModel(
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=4,
+            out_channels=8,
+            num_layers=4,
+            cross_attention_dim=32,
+            sample_size=8,
+            patch_size=2,
+            caption_channels=64,
+        )
+    return LoadedModel("pixart-tiny", model.eval(), family="pixart")
+
+
 BUILTIN_MODELS: dict[str, Callable[[], LoadedModel]] = {
     "dit-tiny": build_dit_tiny,
+    "pixart-tiny": build_pixart_tiny,
 }
+BUILTIN_FAMILIES: dict[str, str] = {"dit-tiny": "dit", "pixart-tiny": "pixart"}
+FAMILY_OF_CLASS = {"DiTTransformer2DModel": "dit", "PixArtTransformer2DModel": "pixart"}
 
 
-def register_builtin_model(name: str, factory: Callable[[], LoadedModel]) -> None:
+def register_builtin_model(name: str, factory: Callable[[], LoadedModel], family: str = "dit") -> None:
     """Add a built-in model (used by the shipped reference model and by tests)."""
     BUILTIN_MODELS[name] = factory
+    BUILTIN_FAMILIES[name] = family
+
+
+def model_family(name: str) -> str | None:
+    """"dit" or "pixart" without loading weights: built-in, the checkpoint's config if it is
+    on disk (a folder or the hub cache), else a guess from the name; None if unknown."""
+    if name in BUILTIN_FAMILIES:
+        return BUILTIN_FAMILIES[name]
+    config = _local_transformer_config(name)
+    if config is not None:
+        return FAMILY_OF_CLASS.get(str(config.get("_class_name")))
+    lowered = name.lower()
+    if "pixart" in lowered:
+        return "pixart"
+    if "dit" in lowered:
+        return "dit"
+    return None
+
+
+def _local_transformer_config(name: str) -> dict[str, Any] | None:
+    path = Path(name).expanduser() / "transformer" / "config.json"
+    try:
+        if not path.exists():
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(name, "transformer/config.json", local_files_only=True))
+        return json.loads(path.read_text())
+    except Exception:
+        return None
 
 
 def load_model(name: str, device: torch.device, dtype: torch.dtype, allow_download: bool = False) -> LoadedModel:
@@ -98,8 +165,10 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype, allow_downlo
 
 
 def _load_checkpoint(name: str, allow_download: bool) -> LoadedModel:
-    from diffusers import DiTTransformer2DModel
+    from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
 
+    family = model_family(name) or "dit"
+    model_class = PixArtTransformer2DModel if family == "pixart" else DiTTransformer2DModel
     local = Path(name).expanduser()
     is_local = local.exists()
     if not is_local and "/" not in name:
@@ -108,15 +177,15 @@ def _load_checkpoint(name: str, allow_download: bool) -> LoadedModel:
     offline = not allow_download or os.environ.get("HF_HUB_OFFLINE") == "1"
     source = str(local) if is_local else name
     try:
-        transformer = DiTTransformer2DModel.from_pretrained(source, subfolder="transformer", local_files_only=offline)
+        transformer = model_class.from_pretrained(source, subfolder="transformer", local_files_only=offline)
     except (OSError, ValueError, EnvironmentError) as exc:
         if is_local:
-            raise ModelError(f"model folder '{name}' has no loadable DiT transformer in 'transformer/': {_first_line(exc)}") from None
+            raise ModelError(f"model folder '{name}' has no loadable {model_class.__name__} in 'transformer/': {_first_line(exc)}") from None
         raise ModelError(
             f"model '{name}' is not available offline; download it first "
             f"(`huggingface-cli download {name}`) or set `model: {{name: {name}, download: true}}` in the suite"
         ) from None
-    return LoadedModel(name, transformer, _scheduler_config(source, offline), _load_vae(source, offline))
+    return LoadedModel(name, transformer, _scheduler_config(source, offline), _load_vae(source, offline), family, source)
 
 
 def _scheduler_config(source: str, offline: bool) -> dict[str, Any]:

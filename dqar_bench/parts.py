@@ -40,6 +40,9 @@ class Part:
 
     PLUGIN_NAME: ClassVar[str] = ""
     KIND: ClassVar[str] = ""
+    UNSUPPORTED: ClassVar[dict[str, str]] = {}
+    """Execution modes (`dqar_bench.execution.MODES`) this part cannot run in, each with a
+    one-line reason; a case using it in such a mode is recorded as unsupported, not run."""
 
     @classmethod
     def describe(cls) -> str:
@@ -72,9 +75,15 @@ class Part:
 
 
 class Scheduler(Part):
-    """Says where reuse may happen at all: a static, data-independent steps x blocks mask."""
+    """Says where reuse may happen at all: a static, data-independent steps x blocks mask.
+
+    `timesteps` holds the sampler's timesteps of the current call when the strategy asks
+    for the mask (None when a mask is asked for outside a sampling call), for schedulers
+    that place reuse by noise level rather than by step index.
+    """
 
     KIND = "scheduler"
+    timesteps: list[int] | None = None
 
     def mask(self, num_steps: int, num_blocks: int) -> torch.Tensor:
         """A bool tensor [num_steps, num_blocks]; True where block b may reuse at step t."""
@@ -90,6 +99,10 @@ class Gate(Part):
 
     KIND = "gate"
     SIGNALS: ClassVar[frozenset[str]] = frozenset()
+    DECIDES_AFTER_BLOCK: ClassVar[int | None] = None
+    """None: decide at the start of the step, for every block at once (the rule). k: decide
+    once block k has computed in the current forward, from the signals it measured there
+    (`residual_change`); blocks 0..k always compute. One host sync per step either way."""
 
     def reset(self, num_steps: int, num_blocks: int) -> None:
         """Called at the start of every sampling call; state lives here and is reset here."""
@@ -121,16 +134,40 @@ class Cache(Part):
     """Says what a block stores when it computes and what it gives back when it reuses.
 
     One instance serves every block of a model, keyed by block index. `TARGET` says where
-    the adapter hooks it: `"attention"` wraps each block's self-attention module.
-    `NEEDS_QKV` asks the adapter to compute attention itself (instead of the model's own
-    processor) so that Q, K and V are handed to `store`.
+    the adapter hooks it (see `TARGETS`): `"attention"` wraps each block's self-attention
+    module; `"attention+mlp"` its self-attention and its feed-forward (the strategy keeps one
+    instance of the cache per site, so `store`/`reuse` stay keyed by block); `"block"` the
+    whole block, and what is stored is the block's residual (output minus input), which a
+    reuse adds to the block's current input. `NEEDS_QKV` asks the adapter to compute
+    attention itself (instead of the model's own processor) so that Q, K and V are handed
+    to `store`.
+
+    Under CUDA graphs the forward's Python does not run on a replay, so a graph-safe cache
+    keeps its bookkeeping (what it holds, step counters) in `begin_step`, does only tensor
+    work in `store`/`reuse`, writes into the same tensors at every store (`pinned`, set by
+    the strategy) and says in `graph_key` what else changes the operations it records.
+    `dqar_bench.storage.SlotCache` is such a cache to build on. A cache that is not
+    graph-safe is unsupported there, which is the default below.
     """
 
     KIND = "cache"
-    TARGET: ClassVar[Literal["attention"]] = "attention"
+    TARGET: ClassVar[Literal["attention", "attention+mlp", "block", "cross-attention"]] = "attention"
     NEEDS_QKV: ClassVar[bool] = False
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "cudagraph": "the cache keeps new tensors at every store (not graph-safe; see dqar_bench.storage.Slots)",
+    }
 
     quantizer: Quantizer
+    pinned: bool = False
+
+    def begin_step(self, step: int, computes: list[bool]) -> None:
+        """Called before each forward, once the step's decision is known: per block, will it
+        compute (and store) at this step? For a gate that decides mid-forward, every block
+        is said to compute (what is known before the forward)."""
+
+    def graph_key(self) -> tuple:
+        """What, besides the reuse pattern, changes the operations this cache records at this step."""
+        return ()
 
     def clear(self) -> None:
         """Drop everything held; called at the start of every sampling call."""
@@ -150,6 +187,14 @@ class Cache(Part):
     def nbytes(self) -> int:
         """Bytes really held now (codes plus scales for a quantized cache)."""
         raise NotImplementedError
+
+
+TARGETS: dict[str, str] = {
+    "attention": "each block's self-attention (attn1)",
+    "attention+mlp": "each block's self-attention and feed-forward (attn1 and ff)",
+    "block": "each whole transformer block (its residual is stored)",
+    "cross-attention": "each block's cross-attention (attn2); no built-in adapter hosts it",
+}
 
 
 BASES: dict[str, type[Part]] = {

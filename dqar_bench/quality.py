@@ -1,14 +1,51 @@
-"""Paired quality: how far a case's outputs are from the baseline's on the same seeds."""
+"""Paired quality: how far a case's outputs are from the baseline's on the same seeds.
+
+MSE and max-abs are always taken on the latents (the sampler's own output). PSNR and
+SSIM are taken on decoded images where the model has a VAE (images in [0, 1], peak 1) and
+on the latents otherwise (peak = the reference's value range, since latents have no fixed
+range); the record's `space` says which. LPIPS is computed only when its weights are on
+disk (torch-fidelity's VGG16-LPIPS; nothing is downloaded); otherwise `lpips` is None and
+`lpips_note` says why, and the table leaves the column out with that note.
+
+Distributional quality (FID, IS, KID against a reference set) is in `measure.fidelity`;
+its settings travel with the paired ones in `QualityConfig` (the suite's `quality:` key).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
+
+LPIPS_FILES = ("weights-vgg16-lpips.pth", "vgg16-397923af.pth")
+"""What torch-fidelity's LPIPS loads from `<torch hub dir>/checkpoints/`."""
 
 
-def paired(output: torch.Tensor, reference: torch.Tensor) -> dict[str, float | None]:
-    """Max abs difference, MSE and PSNR of `output` against `reference`.
+@dataclass(frozen=True)
+class QualityConfig:
+    """The suite's `quality:` mapping."""
+
+    fid: int = 0
+    """Images generated per case for FID / IS / KID; 0 turns distributional quality off."""
+    reference: str = "baseline"
+    """An image folder, a `.npz` of FID statistics (mu, sigma), or 'baseline' (the baseline
+    case's own generated images, on the same seeds and labels)."""
+    metrics: tuple[str, ...] = ("fid", "kid", "isc")
+    feature_extractor: str = "inception-v3-compat"
+    """Any feature extractor registered with torch-fidelity."""
+    inception_weights: str | None = None
+    """Local weights file for the feature extractor (torch-fidelity's
+    `feature_extractor_weights_path`); nothing is downloaded."""
+    lpips_weights: str | None = None
+    """A torch hub directory whose `checkpoints/` holds the LPIPS files; default torch's own."""
+
+
+def paired(output: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    """Max abs difference, MSE, PSNR and SSIM of `output` against `reference`.
 
     PSNR uses the reference's own value range as the peak (latents have no fixed range);
     identical outputs give `psnr_db = None` (infinite) and `identical = True`.
@@ -19,5 +56,128 @@ def paired(output: torch.Tensor, reference: torch.Tensor) -> dict[str, float | N
     diff = out - ref
     mse = float(diff.pow(2).mean())
     peak = float(ref.max() - ref.min()) or 1.0
-    psnr = None if mse == 0.0 else 10.0 * math.log10(peak**2 / mse)
-    return {"max_abs": float(diff.abs().max()), "mse": mse, "psnr_db": psnr, "identical": mse == 0.0}
+    return {
+        "max_abs": float(diff.abs().max()),
+        "mse": mse,
+        "psnr_db": _psnr(mse, peak),
+        "ssim": ssim(out, ref, peak),
+        "identical": mse == 0.0,
+        "space": "latent",
+    }
+
+
+def paired_images(images: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    """PSNR and SSIM of decoded images in [0, 1] (peak 1)."""
+    out, ref = images.double(), reference.double()
+    mse = float((out - ref).pow(2).mean())
+    return {"psnr_db": _psnr(mse, 1.0), "ssim": ssim(out, ref, 1.0), "image_mse": mse}
+
+
+def compare_outputs(
+    output: torch.Tensor,
+    reference: torch.Tensor,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    lpips: "LpipsScorer | None" = None,
+    lpips_note: str | None = None,
+) -> dict[str, Any]:
+    """The `quality` field of a record: latents always, decoded images where `decode` is given."""
+    result = paired(output, reference)
+    if decode is not None:
+        images, ref_images = decode(output), decode(reference)
+        result["latent_psnr_db"], result["latent_ssim"] = result["psnr_db"], result["ssim"]
+        result.update(paired_images(images, ref_images), space="image")
+        if lpips is not None:
+            result["lpips"], result["lpips_note"] = lpips(images, ref_images), None
+        else:
+            result["lpips"], result["lpips_note"] = None, lpips_note
+    else:
+        result["lpips"] = None
+        result["lpips_note"] = "not computed: LPIPS needs decoded RGB images and this model has no VAE"
+    return result
+
+
+def ssim(output: torch.Tensor, reference: torch.Tensor, data_range: float) -> float:
+    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) over
+    images and channels. The window shrinks to the image on tiny inputs (8x8 latents)."""
+    x, y = _as_images(output), _as_images(reference)
+    size = min(11, x.shape[-2], x.shape[-1])
+    size -= 1 - size % 2  # odd
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
+    g = g / g.sum()
+    channels = x.shape[1]
+    window = (g[:, None] * g[None, :]).expand(channels, 1, size, size).to(x)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, window, groups=channels)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return float((num / den).mean())
+
+
+def decoder(vae: torch.nn.Module, batch_size: int = 8) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Latents -> images in [0, 1] on the CPU, through `vae` (diffusers AutoencoderKL)."""
+    scale = float(getattr(getattr(vae, "config", None), "scaling_factor", 0.18215))
+    param = next(vae.parameters())
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        chunks = []
+        for chunk in latents.split(batch_size):
+            image = vae.decode(chunk.to(param.device, param.dtype) / scale).sample
+            chunks.append(((image.float().clamp(-1, 1) + 1) / 2).cpu())
+        return torch.cat(chunks)
+
+    return decode
+
+
+LpipsScorer = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+def lpips_scorer(hub_dir: str | None, device: torch.device) -> tuple[LpipsScorer | None, str | None]:
+    """torch-fidelity's VGG16-LPIPS if both its weights files are on disk; else None and why."""
+    root = Path(hub_dir).expanduser() if hub_dir else Path(torch.hub.get_dir())
+    missing = [name for name in LPIPS_FILES if not (root / "checkpoints" / name).is_file()]
+    if missing:
+        return None, (
+            f"not computed: LPIPS weights not found locally ({', '.join(missing)} in {root / 'checkpoints'}); "
+            "set 'quality.lpips_weights' to a torch hub folder holding them"
+        )
+    from torch_fidelity.sample_similarity_lpips import SampleSimilarityLPIPS
+
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(root))
+    try:
+        model = SampleSimilarityLPIPS("lpips-vgg16").to(device).eval()
+    finally:
+        torch.hub.set_dir(previous)
+
+    @torch.no_grad()
+    def score(images: torch.Tensor, reference: torch.Tensor) -> float:
+        a = (images.clamp(0, 1) * 255).round().to(device)
+        b = (reference.clamp(0, 1) * 255).round().to(device)
+        return float(model(_rgb(a), _rgb(b)).mean())
+
+    return score, None
+
+
+def _rgb(x: torch.Tensor) -> torch.Tensor:
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def _as_images(t: torch.Tensor) -> torch.Tensor:
+    if t.dim() == 4:
+        return t
+    if t.dim() == 3:
+        return t.unsqueeze(0)
+    raise ValueError(f"SSIM needs (B, C, H, W) or (C, H, W) tensors, got shape {tuple(t.shape)}")
+
+
+def _psnr(mse: float, peak: float) -> float | None:
+    return None if mse == 0.0 else 10.0 * math.log10(peak**2 / mse)

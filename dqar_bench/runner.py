@@ -5,12 +5,16 @@ the adapter installs them (nothing for the untouched baseline), warmup calls run
 `repeats` timed calls per seed; outputs of the first timed repeat are compared with the
 baseline's, and one record is appended to disk before the next case starts. A case that
 raises is recorded as failed and the suite goes on.
+
+Measurement (`dqar_bench.measure`): every timed call's raw time is kept (CUDA events on a
+GPU, perf_counter on the CPU, per-step marks inside), the first warmup call is the cold
+figure, memory peaks and energy are taken around the case, the environment once per run.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import statistics
+import json
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -20,16 +24,22 @@ import torch
 from dqar_bench import __version__
 from dqar_bench.adapters import adapter_for
 from dqar_bench.errors import DqarError, ModelError
+from dqar_bench.measure import environment
+from dqar_bench.measure.instruments import Instruments, build_instruments, generate_images
+from dqar_bench.measure.meter import CaseMeter
+from dqar_bench.measure.plot import plot_run
+from dqar_bench.measure.progress import Progress as ProgressBar
+from dqar_bench.measure.stats import Measurement
 from dqar_bench.models import LoadedModel, load_model
 from dqar_bench.parts import build_part
 from dqar_bench.plugins import Registry, get_registry
-from dqar_bench.quality import paired
+from dqar_bench.quality import compare_outputs
 from dqar_bench.records import RunDir
 from dqar_bench.sampling import make_scheduler, sample
 from dqar_bench.strategy import Strategy
 from dqar_bench.suite import Case, Suite
 from dqar_bench.table import render_markdown, results_frame
-from dqar_bench.timing import timed
+from dqar_bench.timing import CallTimer
 
 Progress = Callable[[str], None]
 
@@ -74,29 +84,46 @@ def run_suite(
     model = load_model(suite.model, device, dtype, suite.allow_download)
     _check_labels(suite, model)
     run.write_text("suite.yaml", suite.path.read_text())
+    kit = build_instruments(suite.quality, model.vae, model.latent_channels, device)
+    kit.environment = environment.collect(device, suite.dtype, suite.seeds, suite.content_hash, model.transformer)
+    run.write_text("environment.json", json.dumps(kit.environment, indent=1) + "\n")
+
+    kit.reference_file = run.path / "outputs" / "baseline-fid-images.safetensors"
+    if suite.baseline in done:
+        kit.resume_reference()
 
     baseline_outputs = run.load_outputs(suite.baseline) if suite.baseline in done else None
     cases = suite.ordered_cases()
-    for index, case in enumerate(cases, 1):
-        if case.name in done:
-            progress(f"[{index}/{len(cases)}] {case.name}: already recorded, skipped")
-            continue
-        progress(f"[{index}/{len(cases)}] {case.name} ...")
-        record, outputs = run_case(suite, case, model, device, registry, baseline_outputs)
-        if outputs is not None:
-            run.save_outputs(case.name, outputs)
-            if case.name == suite.baseline:
-                baseline_outputs = outputs
-        run.append(record)
-        progress(_summary(record))
+    batch = len(suite.class_labels)
+    per_case = kit.calls_per_case(suite.warmup, suite.repeats, len(suite.seeds), batch)
+    kit.progress = ProgressBar(per_case * sum(c.name not in done for c in cases))
+    say = kit.progress.wrap(progress)
+    try:
+        for index, case in enumerate(cases, 1):
+            if case.name in done:
+                say(f"[{index}/{len(cases)}] {case.name}: already recorded, skipped")
+                continue
+            say(f"[{index}/{len(cases)}] {case.name} ...")
+            kit.progress.case(case.name)
+            record, outputs = run_case(suite, case, model, device, registry, baseline_outputs, kit)
+            if outputs is not None:
+                run.save_outputs(case.name, outputs)
+                if case.name == suite.baseline:
+                    baseline_outputs = outputs
+            run.append(record)
+            say(_summary(record))
+    finally:
+        kit.progress.close()
 
     frame = results_frame(run.records(), suite.baseline)
     run.write_text("results.csv", frame.to_csv(index=False))
     table = render_markdown(frame)
+    plot = plot_run(frame, run.path / "pareto.png", suite.name)
     run.write_text("table.md", f"# {suite.name}\n\n{table}\n")
     progress("")
     progress(table)
-    progress(f"\nresults: {run.path}")
+    progress(f"\nplot: {plot}")
+    progress(f"results: {run.path}")
     return run
 
 
@@ -107,8 +134,10 @@ def run_case(
     device: torch.device,
     registry: Registry,
     baseline_outputs: dict[int, torch.Tensor] | None,
+    kit: Instruments | None = None,
 ) -> tuple[dict[str, Any], dict[int, torch.Tensor] | None]:
     """Measure one case; never raises for a failure of the case itself."""
+    kit = kit or Instruments(device=device)
     record: dict[str, Any] = {
         "suite": suite.name,
         "case": case.name,
@@ -123,63 +152,112 @@ def run_case(
         "dtype": suite.dtype,
         "suite_hash": suite.content_hash,
         "dqar_bench": __version__,
+        "environment": kit.environment,
         "started": _now(),
     }
     try:
         strategy = build_strategy(case, registry, suite.probe_queries)
-        outputs, samples = _measure(suite, model, device, strategy)
+        measured = _measure(suite, model, device, strategy, kit)
+        outputs, samples = measured.pop("outputs"), measured.pop("latency_s")
+        quality = _quality(outputs, baseline_outputs, kit)
+        fidelity = _fidelity(measured.pop("fid_images"), case.name == suite.baseline, kit)
     except Exception as exc:  # one broken case must not stop the suite
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0], traceback=traceback.format_exc(), finished=_now())
         return record, None
     batch = len(suite.class_labels)
-    median = statistics.median(samples)
+    latency = Measurement.of(samples)
     record.update(
         status="ok",
         latency_s=samples,
-        median_s=median,
-        per_image_s=median / batch,
-        reused=strategy.stats.reused if strategy else 0,
-        evaluations=strategy.stats.evaluations if strategy else 0,
-        reuse_ratio=strategy.stats.reuse_ratio if strategy else 0.0,
-        cache_bytes=strategy.stats.peak_cache_bytes if strategy else 0,
-        quality=_quality(outputs, baseline_outputs),
+        median_s=latency.median,
+        per_image_s=latency.median / batch,
+        latency=latency.summary(),
+        **measured,
+        quality=quality,
+        fidelity=fidelity,
         finished=_now(),
     )
     return record, outputs
 
 
 def _measure(
-    suite: Suite, model: LoadedModel, device: torch.device, strategy: Strategy | None
-) -> tuple[dict[int, torch.Tensor], list[float]]:
+    suite: Suite, model: LoadedModel, device: torch.device, strategy: Strategy | None, kit: Instruments
+) -> dict[str, Any]:
+    """Warmup (the first call is the cold figure), timed repeats, then images for FID."""
     scheduler = make_scheduler(suite.sampler, model.scheduler_config)
 
-    def call(seed: int) -> torch.Tensor:
+    def call(seed: int, labels: list[int] | None = None) -> torch.Tensor:
         return sample(
-            model.transformer, scheduler, suite.class_labels, seed, suite.steps,
+            model.transformer, scheduler, labels or suite.class_labels, seed, suite.steps,
             suite.guidance_scale, model.null_class, observer=strategy,
         )
 
-    with adapter_for(model.transformer).install(model.transformer, strategy):
-        for i in range(suite.warmup):
-            call(suite.seeds[i % len(suite.seeds)])
-        if strategy is not None:
-            strategy.reset_stats()  # count the timed calls only
-        outputs: dict[int, torch.Tensor] = {}
-        samples: list[float] = []
-        for repeat in range(suite.repeats):
-            for seed in suite.seeds:
-                seconds, latents = timed(lambda: call(seed), device)
-                samples.append(seconds)
-                if repeat == 0:
-                    outputs[seed] = latents.detach().float().cpu()
-    return outputs, samples
+    meter = CaseMeter(device, suite.nvml_interval_s)
+    timer = CallTimer(device, model.transformer if suite.per_step else None)
+    outputs: dict[int, torch.Tensor] = {}
+    samples: list[float] = []
+    steps: list[list[float]] = []
+    warmup: list[float] = []
+    with adapter_for(model.transformer).install(model.transformer, strategy), meter:
+        with timer:
+            for i in range(suite.warmup):
+                timing, _ = timer.time(lambda: call(suite.seeds[i % len(suite.seeds)]))
+                warmup.append(timing.seconds)
+                kit.progress.tick()
+            if strategy is not None:
+                strategy.reset_stats()  # count the timed calls only
+            with meter.timed_section():
+                for repeat in range(suite.repeats):
+                    for seed in suite.seeds:
+                        timing, latents = timer.time(lambda: call(seed))
+                        samples.append(timing.seconds)
+                        steps.append(timing.steps)
+                        if repeat == 0:
+                            outputs[seed] = latents.detach().float().cpu()
+                        kit.progress.tick()
+            stats = strategy.stats if strategy is not None else None
+            reuse = {  # of the timed calls only: taken before any image for FID is made
+                "reused": stats.reused if stats else 0,
+                "evaluations": stats.evaluations if stats else 0,
+                "reuse_ratio": stats.reuse_ratio if stats else 0.0,
+                "cache_bytes": stats.peak_cache_bytes if stats else 0,
+            }
+        fid_images = None
+        if kit.fid_images:
+            fid_images = generate_images(call, kit.fid_images, len(suite.class_labels), model.null_class, kit)
+    images = suite.repeats * len(suite.seeds) * len(suite.class_labels)
+    return {
+        "outputs": outputs,
+        "latency_s": samples,
+        "timer": timer.method,
+        "cold_s": warmup[0] if warmup else None,
+        "warmup_s": warmup,
+        "step_s": steps if suite.per_step else None,
+        **meter.report(images),
+        **reuse,
+        "fid_images": fid_images,
+    }
 
 
-def _quality(outputs: dict[int, torch.Tensor], baseline: dict[int, torch.Tensor] | None) -> dict[str, Any] | None:
+def _quality(outputs: dict[int, torch.Tensor], baseline: dict[int, torch.Tensor] | None, kit: Instruments) -> dict[str, Any] | None:
     if baseline is None or set(baseline) != set(outputs):
         return None
     seeds = sorted(outputs)
-    return paired(torch.cat([outputs[s] for s in seeds]), torch.cat([baseline[s] for s in seeds]))
+    return compare_outputs(
+        torch.cat([outputs[s] for s in seeds]), torch.cat([baseline[s] for s in seeds]), kit.decode, kit.lpips, kit.lpips_note
+    )
+
+
+def _fidelity(images: torch.Tensor | None, is_baseline: bool, kit: Instruments) -> dict[str, Any] | None:
+    """FID / IS / KID of the case's images; the baseline's images may be the reference itself."""
+    if images is None:
+        return None
+    if is_baseline and kit.quality.reference == "baseline":
+        kit.adopt_reference(images)
+        return {"n": int(images.shape[0]), "reference": "this case (the baseline)", "feature_extractor": kit.quality.feature_extractor}
+    if kit.fidelity is None:
+        return {"n": int(images.shape[0]), "note": "no reference: the baseline did not finish"}
+    return kit.fidelity.score(images)
 
 
 def _check_labels(suite: Suite, model: LoadedModel) -> None:
@@ -191,7 +269,8 @@ def _check_labels(suite: Suite, model: LoadedModel) -> None:
 def _summary(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"    failed: {record['error']}"
-    return f"    median {record['median_s'] * 1000:.1f} ms/call, reuse {record['reuse_ratio']:.1%}"
+    noise = record["latency"]["noise"]
+    return f"    median {record['median_s'] * 1000:.1f} ms/call ({noise}), reuse {record['reuse_ratio']:.1%}"
 
 
 def _now() -> str:

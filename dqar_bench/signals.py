@@ -1,4 +1,4 @@
-"""Cheap signals that gates read: latent SNR, latent norm and attention entropy.
+"""Cheap signals that gates read: latent SNR, latent norm, attention entropy, residual change.
 
 They stay on the device; the strategy gathers the ones its gate asked for into one
 tensor and moves it to the host once per step (at most one synchronisation per step).
@@ -6,7 +6,7 @@ tensor and moves it to the host once per step (at most one synchronisation per s
 
 from __future__ import annotations
 
-import math
+import functools
 
 import torch
 
@@ -15,7 +15,8 @@ EPS = 1e-8
 SNR = "snr"
 LATENT_NORM = "latent_norm"
 ENTROPY = "entropy"
-KNOWN = frozenset({SNR, LATENT_NORM, ENTROPY})
+RESIDUAL_CHANGE = "residual_change"
+KNOWN = frozenset({SNR, LATENT_NORM, ENTROPY, RESIDUAL_CHANGE})
 
 
 def latent_snr(latents: torch.Tensor, x0: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -29,18 +30,88 @@ def latent_norm(latents: torch.Tensor) -> torch.Tensor:
     return latents.float().norm()
 
 
-def attention_entropy(q: torch.Tensor, k: torch.Tensor, num_queries: int = 16, eps: float = EPS) -> torch.Tensor:
-    """Mean entropy of attention rows, `-1/(H*T) sum_h sum_ij A log(A + eps)`, from sampled queries.
+def attention_entropy(q: torch.Tensor, k: torch.Tensor, num_queries: int = 16) -> torch.Tensor:
+    """Mean entropy of attention rows, `-1/(H*T) sum_h sum_ij A log A`, from sampled queries.
 
     Only `num_queries` evenly spaced query rows are used (all rows when `num_queries` is 0
     or at least the token count), so the probe costs a sliver of the attention it measures.
-    Inputs are [batch, heads, tokens, head_dim]; the result is a 0-d tensor, averaged over
-    batch, heads and sampled rows.
+    Inputs are [batch, heads, tokens, head_dim]; the result is a 0-d float32 tensor,
+    averaged over batch, heads and sampled rows. (`EntropyProbe` computes the same for
+    every block of a step at once; this is the one-block form.)
     """
+    return scores_entropy(sampled_scores(q, k, num_queries).unsqueeze(0))[0]
+
+
+def sampled_scores(q: torch.Tensor, k: torch.Tensor, num_queries: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled attention scores `q k^T / sqrt(d)` of the sampled query rows, [..., rows, keys]."""
     tokens = q.shape[-2]
     if 0 < num_queries < tokens:
-        index = torch.linspace(0, tokens - 1, num_queries, device=q.device).round().long()
-        q = q.index_select(-2, index)
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    probs = scores.softmax(dim=-1)
-    return -(probs * (probs + eps).log()).sum(dim=-1).mean()
+        q = q.index_select(-2, _query_rows(tokens, num_queries, q.device))
+    return torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2), out=out)
+
+
+def scores_entropy(scores: torch.Tensor) -> torch.Tensor:
+    """Per leading index, the mean row entropy of `softmax(scores)`, in float32.
+
+    Computed as `-sum p log p` with `log p` from `log_softmax`, so no epsilon is needed:
+    finite scores give a finite `log p`, and where `p` underflows to 0 the term is 0. A NaN
+    score (a slot never written) gives NaN.
+    """
+    log_probs = torch.log_softmax(scores, dim=-1, dtype=torch.float32)
+    rows = log_probs[0].numel() // log_probs.shape[-1]
+    return (log_probs.exp() * log_probs).flatten(1).sum(dim=1) / -rows
+
+
+class EntropyProbe:
+    """Attention entropy of every block: recorded where blocks compute, read once per step.
+
+    Eager DiT is launch-bound, so the probe is split to keep its kernels few: `record` costs
+    a computing block two or three (row pick, scale, scores written into the block's slot of
+    one buffer), and `entropies` turns the whole buffer into one entropy per block with a
+    few more, once per step, whatever the number of blocks. A slot keeps its scores until
+    the block records again, so each block reads the entropy of its last compute; a slot
+    never written reads NaN. The buffer is kept, refilled with NaN, from call to call while
+    the shapes stay the same, so a captured CUDA graph can keep writing into it.
+    """
+
+    def __init__(self, num_queries: int = 16) -> None:
+        self.num_queries = num_queries
+        self._scores: torch.Tensor | None = None
+        self._num_blocks = 0
+        self._device: torch.device | None = None
+
+    def reset(self, num_blocks: int, device: torch.device) -> None:
+        """Forget every block's scores (start of a sampling call)."""
+        self._num_blocks, self._device = num_blocks, torch.device(device)
+        if self._scores is not None:
+            self._scores.fill_(float("nan"))
+
+    def record(self, block: int, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Keep the sampled scores of `block`'s self-attention (q, k: [batch, heads, tokens, head_dim])."""
+        rows = min(self.num_queries, q.shape[-2]) if self.num_queries > 0 else q.shape[-2]
+        shape = (self._num_blocks, *q.shape[:-2], rows, k.shape[-2])
+        if self._scores is None or self._scores.shape != shape or self._scores.dtype != q.dtype or self._scores.device != q.device:
+            self._scores = torch.full(shape, float("nan"), dtype=q.dtype, device=q.device)
+        sampled_scores(q, k, self.num_queries, out=self._scores[block])
+
+    def entropies(self) -> torch.Tensor:
+        """One float32 entropy per block, NaN for a block not recorded in this call."""
+        if self._scores is None:
+            return torch.full((self._num_blocks,), float("nan"), device=self._device)
+        return scores_entropy(self._scores)
+
+
+@functools.lru_cache(maxsize=32)
+def _query_rows(tokens: int, num_queries: int, device: torch.device) -> torch.Tensor:
+    """Indices of `num_queries` evenly spaced rows, made once per shape and device."""
+    return torch.linspace(0, tokens - 1, num_queries, device=device).round().long()
+
+
+def residual_change(residual: torch.Tensor, reference: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """`mean|r - r_ref| / mean|r_ref|`: how far a block's residual moved since the reference.
+
+    FirstBlockCache's signal (ParaAttention; diffusers' `apply_first_block_cache`): measured
+    on block 0 inside the forward, so a gate reading it decides mid-forward (see
+    `Gate.DECIDES_AFTER_BLOCK`).
+    """
+    return (residual.float() - reference.float()).abs().mean() / (reference.float().abs().mean() + eps)

@@ -9,6 +9,7 @@ Validation builds every part with its parameters, so whatever a part itself refu
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import hashlib
 from dataclasses import dataclass, field
@@ -17,19 +18,31 @@ from typing import Any
 
 import yaml
 
+from dqar_bench.adapters import adapter_for_family
 from dqar_bench.errors import SuiteError
+from dqar_bench.execution import MODES, ExecutionOptions
+from dqar_bench.models import model_family
 from dqar_bench.parts import KINDS, build_part
 from dqar_bench.plugins import Registry, get_registry
+from dqar_bench.quality import QualityConfig
 from dqar_bench.sampling import SAMPLERS
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_PARTS: dict[str, str] = {"scheduler": "all", "gate": "never", "cache": "attention-output", "quantizer": "none"}
 
-TOP_KEYS = ("name", "description", "model", "sampler", "class_labels", "seeds", "device", "dtype", "timing", "baseline", "probe_queries", "cases")
-CASE_KEYS = ("name", "description", *KINDS, "sweep")
+TOP_KEYS = (
+    "name", "description", "model", "sampler", "class_labels", "prompt_lengths", "prompts", "prompt_embeddings",
+    "seeds", "device", "dtype", "timing", "baseline", "probe_queries", "quality", "execution", "compile", "cases",
+)
+CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution")
+COMPILE_KEYS = ("backend", "mode", "max_graphs")
+TEXT_KEYS = ("prompt_lengths", "prompts", "prompt_embeddings")
+MAX_PROMPT_LENGTH = 120
 SAMPLER_KEYS = ("name", "steps", "guidance_scale")
-TIMING_KEYS = ("warmup", "repeats")
+TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms")
+QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips_weights")
+FIDELITY_METRICS = ("fid", "kid", "isc")
 MODEL_KEYS = ("name", "download")
 SWEEP_KEYS = ("parameter", "values")
 
@@ -51,15 +64,25 @@ class PartSpec:
 
 @dataclass(frozen=True)
 class Case:
-    """One row of the table. No parts means the untouched model."""
+    """One row of the table. No parts means the untouched model.
+
+    A suite whose cases run in more than one execution mode has one case per mode, named
+    `<name>@<mode>`; `base` keeps the name as written.
+    """
 
     name: str
     parts: dict[str, PartSpec]
     description: str = ""
+    execution: str = "eager"
+    base: str = ""
 
     @property
     def untouched(self) -> bool:
         return not self.parts
+
+    @property
+    def base_name(self) -> str:
+        return self.base or self.name
 
 
 @dataclass(frozen=True)
@@ -82,13 +105,35 @@ class Suite:
     cases: list[Case]
     content_hash: str
     description: str = ""
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    per_step: bool = True
+    """Time each model call inside a sampling call (a forward pre-hook; no extra sync)."""
+    nvml_interval_s: float = 0.01
+    execution_options: ExecutionOptions = field(default_factory=ExecutionOptions)
+    prompt_lengths: list[int] | None = None
+    prompts: list[str] | None = None
+    prompt_embeddings: str | None = None
+    text_batch: int | None = None
+    """Captions per sampling call for a text-conditioned model (None: class labels)."""
+
+    @property
+    def batch(self) -> int:
+        """Images per sampling call: one per class label, or per caption."""
+        return self.text_batch if self.text_batch is not None else len(self.class_labels)
 
     def case(self, name: str) -> Case:
         return next(c for c in self.cases if c.name == name)
 
+    def is_baseline(self, case: Case) -> bool:
+        return case.base_name == self.baseline
+
+    def baseline_for(self, case: Case) -> str:
+        """The name of the baseline case a case is compared with: the one in its execution mode."""
+        return next(c.name for c in self.cases if self.is_baseline(c) and c.execution == case.execution)
+
     def ordered_cases(self) -> list[Case]:
-        """The baseline first (everyone else is compared with it), then file order."""
-        return [self.case(self.baseline)] + [c for c in self.cases if c.name != self.baseline]
+        """The baselines first (one per execution mode; everyone else is compared with one), then file order."""
+        return [c for c in self.cases if self.is_baseline(c)] + [c for c in self.cases if not self.is_baseline(c)]
 
 
 def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
@@ -108,7 +153,7 @@ def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
     return parse_suite(data, path, text, registry or get_registry())
 
 
-def parse_suite(data: Any, path: Path, text: str, registry: Registry) -> Suite:
+def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) -> Suite:
     r = _Reader(path)
     if not isinstance(data, dict):
         raise r.error("the file must be a mapping with 'name', 'model', 'cases' and so on")
@@ -144,16 +189,29 @@ def parse_suite(data: Any, path: Path, text: str, registry: Registry) -> Suite:
     repeats = r.get(timing, "repeats", int, default=3, field="timing.repeats")
     if warmup < 0 or repeats < 1:
         raise r.error("fields 'timing.warmup' must be >= 0 and 'timing.repeats' >= 1")
+    per_step = r.get(timing, "per_step", bool, default=True, field="timing.per_step")
+    nvml_interval_ms = r.get(timing, "nvml_interval_ms", float, default=10.0, field="timing.nvml_interval_ms")
+    if nvml_interval_ms <= 0:
+        raise r.error("field 'timing.nvml_interval_ms' must be > 0 (milliseconds between NVML samples)")
+    quality = _quality(r, data.get("quality"))
     probe_queries = r.get(data, "probe_queries", int, default=16)
+    family = model_family(model_name)
+    text = _text(r, data, family, model_name)
+    default_modes = _modes(r, data.get("execution", "eager"), "field 'execution'")
+    options = _compile_options(r, data.get("compile"))
 
     raw_cases = data.get("cases")
     if not isinstance(raw_cases, list) or not raw_cases:
         raise r.error("field 'cases' must be a non-empty list of cases")
-    cases: list[Case] = []
+    planned: list[tuple[Case, tuple[str, ...]]] = []
     for index, raw in enumerate(raw_cases):
-        cases.extend(_cases(r, raw, index, registry))
+        built = _cases(r, raw, index, registry, family)
+        modes = default_modes
+        if raw.get("execution") is not None:
+            modes = _modes(r, raw["execution"], f"case '{raw['name']}': field 'execution'")
+        planned.extend((case, modes) for case in built)
     seen: set[str] = set()
-    for case in cases:
+    for case, _ in planned:
         if case.name in seen:
             raise r.error(f"case '{case.name}': duplicate case name; give each case its own name")
         seen.add(case.name)
@@ -163,10 +221,124 @@ def parse_suite(data: Any, path: Path, text: str, registry: Registry) -> Suite:
             f"field 'baseline': no case named '{baseline}'{_suggest(baseline, seen)}; add a case with that name "
             f"(no parts = the untouched model) or set 'baseline' to an existing case"
         )
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    cases = _per_mode(planned, baseline)
+    digest = hashlib.sha256(text_of_file.encode()).hexdigest()[:16]
     return Suite(
         path, name, model_name, allow_download, sampler, steps, guidance, labels, seeds, device, dtype,
         warmup, repeats, baseline, probe_queries, cases, digest, str(data.get("description", "") or ""),
+        quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
+        execution_options=options, **text,
+    )
+
+
+def _modes(r: "_Reader", raw: Any, where: str) -> tuple[str, ...]:
+    """An execution mode or a list of them, in the order of `MODES`."""
+    values = [raw] if isinstance(raw, str) else raw
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+        raise r.error(f"{where} must be an execution mode or a list of them ({', '.join(MODES)}), got {raw!r}")
+    for value in values:
+        if value not in MODES:
+            raise r.error(f"{where}: unknown execution mode '{value}'{_suggest(value, MODES)} (modes: {', '.join(MODES)})")
+    return tuple(m for m in MODES if m in values)
+
+
+def _per_mode(planned: list[tuple[Case, tuple[str, ...]]], baseline: str) -> list[Case]:
+    """One case per execution mode; the baseline runs in every mode any case uses.
+
+    With one mode in the whole suite the names stay as written; with several each case is
+    named `<name>@<mode>`, so that records, outputs and `--resume` keep one name per row.
+    """
+    present = tuple(m for m in MODES if any(m in modes for _, modes in planned))
+    several = len(present) > 1
+    cases: list[Case] = []
+    for case, modes in planned:
+        for mode in present if case.name == baseline else modes:
+            name = f"{case.name}@{mode}" if several else case.name
+            cases.append(dataclasses.replace(case, name=name, execution=mode, base=case.name if several else ""))
+    return cases
+
+
+def _compile_options(r: "_Reader", raw: Any) -> ExecutionOptions:
+    if raw is None:
+        return ExecutionOptions()
+    if not isinstance(raw, dict):
+        raise r.error("field 'compile' must be a mapping (backend, mode, max_graphs)")
+    r.check_keys(raw, COMPILE_KEYS, "compile.")
+    max_graphs = r.get(raw, "max_graphs", int, default=ExecutionOptions.max_graphs, field="compile.max_graphs")
+    if max_graphs < 1:
+        raise r.error("field 'compile.max_graphs' must be >= 1 (compiled graphs / CUDA graphs per case before steps run eagerly)")
+    return ExecutionOptions(
+        compile_backend=r.get(raw, "backend", str, default=ExecutionOptions.compile_backend, field="compile.backend"),
+        compile_mode=r.get(raw, "mode", str, field="compile.mode"),
+        max_graphs=max_graphs,
+    )
+
+
+def _text(r: "_Reader", data: dict, family: str | None, model: str) -> dict[str, Any]:
+    """Captions for a text-conditioned model; none for a class-conditioned one."""
+    given = [k for k in TEXT_KEYS if data.get(k) is not None]
+    if family != "pixart":
+        if given and family is not None:
+            raise r.error(f"field '{given[0]}': model '{model}' is class-conditioned; use 'class_labels'")
+        return {}
+    if len(given) != 1:
+        raise r.error(
+            f"model '{model}' is text-conditioned: give exactly one of 'prompt_lengths' (synthetic captions of "
+            f"these token counts), 'prompts' (needs the checkpoint's T5 text encoder) or 'prompt_embeddings' (a .safetensors file)"
+        )
+    key = given[0]
+    if key == "prompt_lengths":
+        lengths = r.int_list(data, key, default=[])
+        if any(not 1 <= n <= MAX_PROMPT_LENGTH for n in lengths):
+            raise r.error(f"field 'prompt_lengths': token counts must be in 1..{MAX_PROMPT_LENGTH}, got {lengths}")
+        return {"prompt_lengths": lengths, "text_batch": len(lengths)}
+    if key == "prompts":
+        prompts = data[key]
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise r.error("field 'prompts' must be a non-empty list of strings")
+        return {"prompts": prompts, "text_batch": len(prompts)}
+    file = Path(r.get(data, key, str)).expanduser()
+    if not file.is_absolute():
+        file = r.path.parent / file
+    if not file.exists():
+        raise r.error(f"field 'prompt_embeddings': {file} does not exist; precompute it (see dqar_bench.conditioning) or use 'prompts'")
+    from dqar_bench.conditioning import embeddings_batch
+
+    try:
+        batch = embeddings_batch(file)
+    except Exception as exc:
+        raise r.error(f"field 'prompt_embeddings': {file} is not a usable embeddings file: {exc}") from None
+    return {"prompt_embeddings": str(file), "text_batch": batch}
+
+
+def _quality(r: "_Reader", raw: Any) -> QualityConfig:
+    """Paths are taken from the working directory, like a model folder's."""
+    if raw is None:
+        return QualityConfig()
+    if not isinstance(raw, dict):
+        raise r.error("field 'quality' must be a mapping (fid, reference, metrics, feature_extractor, inception_weights, lpips_weights)")
+    r.check_keys(raw, QUALITY_KEYS, "quality.")
+    fid = r.get(raw, "fid", int, default=0, field="quality.fid")
+    if fid < 0:
+        raise r.error("field 'quality.fid' must be >= 0 (images per case for FID / IS / KID; 0 turns them off)")
+    metrics = raw.get("metrics", list(FIDELITY_METRICS))
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not isinstance(metrics, list) or not metrics or any(m not in FIDELITY_METRICS for m in metrics):
+        raise r.error(f"field 'quality.metrics' must be a non-empty list of {', '.join(FIDELITY_METRICS)}, got {metrics!r}")
+    reference = r.get(raw, "reference", str, default="baseline", field="quality.reference")
+    if fid and reference != "baseline" and not Path(reference).expanduser().exists():
+        raise r.error(f"field 'quality.reference': {reference} does not exist; give an image folder, a .npz of FID statistics, or 'baseline'")
+    weights = {}
+    for key in ("inception_weights", "lpips_weights"):
+        value = r.get(raw, key, str, field=f"quality.{key}")
+        weights[key] = str(Path(value).expanduser()) if value is not None else None
+    return QualityConfig(
+        fid=fid,
+        reference=reference if reference == "baseline" else str(Path(reference).expanduser()),
+        metrics=tuple(metrics),
+        feature_extractor=r.get(raw, "feature_extractor", str, default=QualityConfig.feature_extractor, field="quality.feature_extractor"),
+        **weights,
     )
 
 
@@ -179,7 +351,7 @@ def _model(r: "_Reader", raw: Any) -> tuple[str, bool]:
     raise r.error("field 'model' must be a model name or a mapping with 'name' (and 'download')")
 
 
-def _cases(r: "_Reader", raw: Any, index: int, registry: Registry) -> list[Case]:
+def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: str | None = None) -> list[Case]:
     if not isinstance(raw, dict):
         raise r.error(f"cases[{index}]: each case must be a mapping with at least 'name'")
     name = raw.get("name")
@@ -195,7 +367,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry) -> list[Case]
     sweep = raw.get("sweep")
     if sweep is None:
         case = Case(name, _with_defaults(specs), description)
-        _build(r, where, case, registry)
+        _build(r, where, case, registry, family)
         return [case]
     if not isinstance(sweep, dict):
         raise r.error(f"{where}: field 'sweep' must be a mapping with 'parameter' (kind.param) and 'values'")
@@ -215,7 +387,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry) -> list[Case]
         base = swept.get(kind, PartSpec(kind, DEFAULT_PARTS[kind]))
         swept[kind] = PartSpec(kind, base.name, {**base.params, param: copy.deepcopy(value)})
         case = Case(f"{name}-{param}-{value}", _with_defaults(swept), description)
-        _build(r, f"case '{case.name}' (sweep of '{name}')", case, registry)
+        _build(r, f"case '{case.name}' (sweep of '{name}')", case, registry, family)
         cases.append(case)
     return cases
 
@@ -235,7 +407,9 @@ def _part_spec(r: "_Reader", where: str, kind: str, raw: Any) -> PartSpec:
     raise r.error(f"{where}: field '{kind}' must be a {kind} name or a mapping with 'name' and its parameters")
 
 
-def _build(r: "_Reader", where: str, case: Case, registry: Registry) -> None:
+def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: str | None = None) -> None:
+    """Build every part (so each checks its own parameters), then check them together."""
+    adapter = adapter_for_family(family)
     for kind, spec in case.parts.items():
         names = registry.names(kind)
         if spec.name not in names:
@@ -243,10 +417,20 @@ def _build(r: "_Reader", where: str, case: Case, registry: Registry) -> None:
                 f"{where}: field '{kind}': unknown {kind} '{spec.name}'{_suggest(spec.name, names)} "
                 f"(installed: {', '.join(names)}; see `dqar-bench plugins`)"
             )
+        cls = registry.get(kind, spec.name).cls
         try:
-            build_part(registry.get(kind, spec.name).cls, spec.params)
+            build_part(cls, spec.params)
         except ValueError as exc:
             raise r.error(f"{where}: field '{kind}' ({spec.name}): {exc}") from None
+        reason = adapter.refusal(cls) if adapter is not None else None
+        if reason:
+            raise r.error(f"{where}: field '{kind}' ({spec.name}): {reason}")
+    if case.parts:
+        from dqar_bench.strategy import refusal
+
+        reason = refusal(registry.get("gate", case.parts["gate"].name).cls, registry.get("cache", case.parts["cache"].name).cls)  # type: ignore[arg-type]
+        if reason:
+            raise r.error(f"{where}: fields 'gate' and 'cache': {reason}")
 
 
 def _suggest(word: str, choices: Any) -> str:

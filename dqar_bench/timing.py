@@ -1,31 +1,103 @@
-"""Wall-clock timing of one sampling call.
+"""Timing of sampling calls, and of the steps inside them.
 
-On a GPU: CUDA events around the call and one synchronisation after it, so the figure is
-GPU time end to end and the timer adds no sync inside the loop. On the CPU:
-`time.perf_counter`.
+On a GPU: CUDA events around each call and exactly one synchronisation after it, so the
+figure is device time end to end; per-step events are recorded (never waited on) by a
+forward pre-hook on the transformer, so the hot path gains no sync. On the CPU:
+`time.perf_counter` at the same points. Step marks are reset on every call, and the first
+step is timed like the others: step i runs from the start of model call i to the start of
+model call i + 1 (the last one to the end of the call), so the scheduler update of a step
+is counted in that step and only the set-up before the first model call is left outside.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
 
 import torch
 
 T = TypeVar("T")
 
+_clock: Callable[[], float] = time.perf_counter
+"""The CPU clock; a test swaps in a virtual one to check the arithmetic exactly."""
+
+
+@dataclass
+class CallTiming:
+    """One timed call: its total, and one duration per model call inside it."""
+
+    seconds: float
+    steps: list[float] = field(default_factory=list)
+
+
+class CallTimer:
+    """Times whole sampling calls on `device`; with a `model`, each of its forward calls too.
+
+    Use as a context manager: entering puts the step hook on the model, leaving removes it
+    (the model is left exactly as it was).
+    """
+
+    def __init__(self, device: torch.device, model: torch.nn.Module | None = None, cuda: Any = None) -> None:
+        self.device = device
+        self.gpu = device.type == "cuda"
+        self._cuda = cuda if cuda is not None else torch.cuda
+        self._model = model
+        self._handle: Any = None
+        self._events: list[Any] = []  # a pool, reused call after call
+        self._cpu_marks: list[float] = []
+        self._used = 0
+        self._stream: Any = None
+
+    @property
+    def method(self) -> str:
+        return "cuda-events" if self.gpu else "perf_counter"
+
+    def __enter__(self) -> "CallTimer":
+        if self._model is not None:
+            self._handle = self._model.register_forward_pre_hook(self._mark)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def time(self, fn: Callable[[], T]) -> tuple[CallTiming, T]:
+        """Run `fn` once; return its timing and its result."""
+        self._used = 0
+        self._cpu_marks.clear()
+        if not self.gpu:
+            begin = _clock()
+            result = fn()
+            end = _clock()
+            marks = self._cpu_marks[: self._used]
+            bounds = marks + [end]
+            return CallTiming(end - begin, [b - a for a, b in zip(bounds, bounds[1:])]), result
+        cuda = self._cuda
+        cuda.synchronize(self.device)  # outside the timed region: nothing earlier leaks in
+        self._stream = cuda.current_stream(self.device)
+        start = cuda.Event(enable_timing=True)
+        stop = cuda.Event(enable_timing=True)
+        start.record(self._stream)
+        result = fn()
+        stop.record(self._stream)
+        stop.synchronize()  # the one synchronisation
+        bounds = self._events[: self._used] + [stop]
+        steps = [a.elapsed_time(b) / 1000.0 for a, b in zip(bounds, bounds[1:])]
+        return CallTiming(start.elapsed_time(stop) / 1000.0, steps), result
+
+    def _mark(self, module: torch.nn.Module, args: Any) -> None:
+        if self.gpu:
+            if self._used == len(self._events):
+                self._events.append(self._cuda.Event(enable_timing=True))
+            self._events[self._used].record(self._stream)
+        else:
+            self._cpu_marks.append(_clock())
+        self._used += 1
+
 
 def timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
     """Run `fn` once; return (seconds, its result)."""
-    if device.type == "cuda":
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(device)
-        start.record()
-        result = fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000.0, result
-    begin = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - begin, result
+    timing, result = CallTimer(device).time(fn)
+    return timing.seconds, result

@@ -11,8 +11,10 @@ import torch
 
 from dqar_bench.adapters.dit import DiTAdapter
 from dqar_bench.adapters.base import Adapter, Installation
+from dqar_bench.adapters.pixart import PixArtAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (DiTAdapter,)
+# The most specific first: PixArt's blocks would also pass DiT's layout check.
+ADAPTERS: tuple[type[Adapter], ...] = (PixArtAdapter, DiTAdapter)
 
 
 def adapter_for(model: torch.nn.Module) -> Adapter:
@@ -23,4 +25,9 @@ def adapter_for(model: torch.nn.Module) -> Adapter:
     raise NotImplementedError(f"no adapter for {type(model).__name__} (adapters: {names})")
 
 
-__all__ = ["Adapter", "Installation", "adapter_for"]
+def adapter_for_family(family: str | None) -> type[Adapter] | None:
+    """The adapter class of a model family ("dit", "pixart"), for checks before a model exists."""
+    return next((cls for cls in ADAPTERS if cls.FAMILY == family), None)
+
+
+__all__ = ["Adapter", "Installation", "adapter_for", "adapter_for_family"]

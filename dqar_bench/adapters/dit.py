@@ -8,12 +8,12 @@ from dqar_bench.adapters.base import Adapter
 
 
 class DiTAdapter(Adapter):
-    """Blocks are `model.transformer_blocks`; self-attention is each block's `attn1`."""
+    """Blocks are `model.transformer_blocks`; self-attention `attn1`, feed-forward `ff`."""
+
+    FAMILY = "dit"
+    REFUSED = {"cross-attention": "a class-conditioned DiT has no cross-attention"}
 
     @classmethod
     def supports(cls, model: torch.nn.Module) -> bool:
         blocks = getattr(model, "transformer_blocks", None)
         return blocks is not None and all(hasattr(b, "attn1") for b in blocks)
-
-    def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        return [block.attn1 for block in model.transformer_blocks]

@@ -1,0 +1,205 @@
+"""Distributional quality: FID, IS and KID of generated images through torch-fidelity.
+
+Features come from any feature extractor registered with torch-fidelity (Inception-v3 by
+default; the reference model's digit classifier, or a test's tiny extractor, by name). The
+reference is an image folder, a `.npz` of FID statistics (`mu`, `sigma`, as pytorch-fid
+and ADM ship them; FID only), or a tensor of images (the baseline case's, for FID against
+the baseline on the same seeds). Its features are computed once per run and reused for
+every case. Nothing is downloaded: a feature extractor that would fetch weights is stopped
+with a one-line error naming the option that points at a local file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dqar_bench.errors import DqarError
+
+INCEPTION = "inception-v3-compat"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
+METRICS = ("fid", "kid", "isc")
+WEIGHTS_OPTION = "'quality.inception_weights' in the suite (or --inception-weights PATH)"
+
+# Feature extractors that register themselves when their module is imported.
+PROVIDERS = {"dqar-digits-classifier": "dqar_bench.reference.classifier"}
+
+
+class ImageSet(Dataset):
+    """uint8 images (N, 3, H, W) as torch-fidelity reads them: one tensor per item."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (decoded) with 1 or 3 channels -> uint8 RGB, as feature extractors expect."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise DqarError(
+            f"FID / IS / KID need images of 1 or 3 channels, got outputs of shape {tuple(images.shape)}; "
+            "a latent-space model needs a VAE to decode them (set 'quality.fid: 0' to turn these metrics off)"
+        )
+    rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    return (rgb.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@contextlib.contextmanager
+def no_downloads(option: str = WEIGHTS_OPTION) -> Iterator[None]:
+    """Stop anything (torch-fidelity, torchvision) from fetching weights while inside."""
+
+    def refuse(url: str, *args: Any, **kwargs: Any) -> None:
+        name = url.rsplit("/", 1)[-1]
+        raise DqarError(f"the feature extractor wants to download {name} and dqar-bench downloads nothing; set {option} to a local copy of it ({url})")
+
+    original = torch.hub.download_url_to_file
+    torch.hub.download_url_to_file = refuse
+    try:
+        yield
+    finally:
+        torch.hub.download_url_to_file = original
+
+
+def ensure_registered(name: str) -> type:
+    """The feature extractor class registered as `name`, importing its provider if known."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    if name not in FEATURE_EXTRACTORS_REGISTRY and name in PROVIDERS:
+        importlib.import_module(PROVIDERS[name])
+    if name not in FEATURE_EXTRACTORS_REGISTRY:
+        known = ", ".join(sorted(FEATURE_EXTRACTORS_REGISTRY))
+        raise DqarError(f"field 'quality.feature_extractor': '{name}' is not registered with torch-fidelity (registered: {known})")
+    return FEATURE_EXTRACTORS_REGISTRY[name]
+
+
+def check_weights(feature_extractor: str, weights_path: str | None) -> None:
+    """Fail early, in one line, where the run would otherwise need a download."""
+    if weights_path is not None:
+        if not Path(weights_path).expanduser().is_file():
+            raise DqarError(f"{WEIGHTS_OPTION}: no file at {weights_path}")
+        return
+    if feature_extractor == INCEPTION and not (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE).is_file():
+        raise DqarError(
+            f"FID / IS / KID need the Inception weights and dqar-bench downloads nothing: set {WEIGHTS_OPTION} "
+            f"to a local copy of {INCEPTION_FILE} ({INCEPTION_URL})"
+        )
+
+
+class Fidelity:
+    """FID / IS / KID of image sets against one reference, with the extractor built once."""
+
+    def __init__(
+        self,
+        reference: str | Path | torch.Tensor,
+        feature_extractor: str = INCEPTION,
+        weights_path: str | None = None,
+        metrics: tuple[str, ...] = METRICS,
+        device: torch.device | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        unknown = set(metrics) - set(METRICS)
+        if unknown:
+            raise DqarError(f"field 'quality.metrics': unknown metric(s) {sorted(unknown)} (metrics: {', '.join(METRICS)})")
+        cls = ensure_registered(feature_extractor)
+        check_weights(feature_extractor, weights_path)
+        self.name = feature_extractor
+        self.metrics = tuple(metrics)
+        self.layers = {m: cls.get_default_feature_layer_for_metric(m) for m in self.metrics}
+        self.cuda = device is not None and device.type == "cuda"
+        self.batch_size = batch_size
+        from torch_fidelity.utils import create_feature_extractor
+
+        kwargs: dict[str, Any] = {"verbose": False}
+        if weights_path is not None:
+            kwargs["feature_extractor_weights_path"] = str(Path(weights_path).expanduser())
+        with no_downloads():
+            self.extractor = create_feature_extractor(feature_extractor, sorted(set(self.layers.values())), cuda=self.cuda, **kwargs)
+        self.reference_label, self._ref_features, self._ref_stats = self._load_reference(reference)
+
+    def score(self, images: torch.Tensor) -> dict[str, Any]:
+        """Metrics of `images` (uint8 RGB, or [0, 1] floats) against the reference."""
+        images = images if images.dtype == torch.uint8 else to_uint8(images)
+        feats = self._features(ImageSet(images))
+        out: dict[str, Any] = {"n": int(images.shape[0]), "reference": self.reference_label, "feature_extractor": self.name}
+        notes = []
+        if "fid" in self.metrics:
+            out["fid"] = self._fid(feats[self.layers["fid"]])
+        if "isc" in self.metrics:
+            from torch_fidelity.metric_isc import isc_features_to_metric
+
+            isc = isc_features_to_metric(feats[self.layers["isc"]], splits=min(10, len(images)))
+            out["isc_mean"], out["isc_std"] = float(isc["inception_score_mean"]), float(isc["inception_score_std"])
+        if "kid" in self.metrics:
+            if self._ref_features is None:
+                out["kid_mean"] = out["kid_std"] = None
+                notes.append("KID needs reference images, not statistics")
+            else:
+                out["kid_mean"], out["kid_std"] = self._kid(feats[self.layers["kid"]], self._ref_features[self.layers["kid"]])
+        out["note"] = "; ".join(notes) or None
+        return out
+
+    def _features(self, dataset: Dataset) -> dict[str, torch.Tensor]:
+        from torch_fidelity.utils import get_featuresdict_from_dataset
+
+        return get_featuresdict_from_dataset(dataset, self.extractor, self.batch_size, self.cuda, save_cpu_ram=True, verbose=False)
+
+    def _fid(self, features: torch.Tensor) -> float:
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+        stats = _float64(fid_features_to_statistics(features))
+        if self._ref_stats is None:
+            raise DqarError("FID needs a reference with images or statistics")
+        if stats["mu"].shape != self._ref_stats["mu"].shape:
+            raise DqarError(
+                f"reference statistics have {self._ref_stats['mu'].shape[0]} features, feature extractor "
+                f"'{self.name}' gives {stats['mu'].shape[0]}: the statistics were made with another extractor"
+            )
+        return float(fid_statistics_to_metric(stats, self._ref_stats, False)["frechet_inception_distance"])
+
+    def _kid(self, features: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
+        size = min(1000, len(features), len(reference))
+        kid = kid_features_to_metric(features, reference, kid_subset_size=size, kid_subsets=100, verbose=False)
+        return float(kid["kernel_inception_distance_mean"]), float(kid["kernel_inception_distance_std"])
+
+    def _load_reference(self, reference: str | Path | torch.Tensor) -> tuple[str, dict[str, torch.Tensor] | None, dict[str, np.ndarray] | None]:
+        from torch_fidelity.metric_fid import fid_features_to_statistics
+
+        if isinstance(reference, torch.Tensor):
+            feats = self._features(ImageSet(reference if reference.dtype == torch.uint8 else to_uint8(reference)))
+            stats = _float64(fid_features_to_statistics(feats[self.layers["fid"]])) if "fid" in self.metrics else None
+            return f"{len(reference)} images", feats, stats
+        path = Path(reference).expanduser()
+        if path.is_file() and path.suffix == ".npz":
+            with np.load(path) as data:
+                if "mu" not in data or "sigma" not in data:
+                    raise DqarError(f"field 'quality.reference': {path} has no 'mu' and 'sigma' arrays (FID statistics)")
+                return str(path), None, _float64({"mu": data["mu"], "sigma": data["sigma"]})
+        if path.is_dir():
+            from torch_fidelity.datasets import ImagesPathDataset
+            from torch_fidelity.utils import glob_samples_paths
+
+            files = glob_samples_paths(str(path), samples_find_deep=True, samples_find_ext="png,jpg,jpeg", verbose=False)
+            if not files:
+                raise DqarError(f"field 'quality.reference': no .png or .jpg images in {path}")
+            feats = self._features(ImagesPathDataset(files))
+            stats = _float64(fid_features_to_statistics(feats[self.layers["fid"]])) if "fid" in self.metrics else None
+            return f"{path} ({len(files)} images)", feats, stats
+        raise DqarError(f"field 'quality.reference': {reference} is neither an image folder nor a .npz of FID statistics (or 'baseline')")
+
+
+def _float64(stats: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}

@@ -1,0 +1,108 @@
+"""The measuring kit of one run, built once: decoder, LPIPS, FID machinery, progress, environment.
+
+The runner hands it to every case. Anything that cannot be had offline (Inception weights,
+a reference folder) fails here, before the first case runs, with one line naming the option.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dqar_bench.errors import DqarError
+from dqar_bench.measure.fidelity import Fidelity, check_weights, ensure_registered, to_uint8
+from dqar_bench.measure.progress import Progress
+from dqar_bench.quality import LpipsScorer, QualityConfig, decoder, lpips_scorer
+
+FID_SEED_BASE = 1_000_000
+"""Seeds of the images made for FID / IS / KID: apart from the timing seeds, the same for every case."""
+
+
+@dataclass
+class Instruments:
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    lpips: LpipsScorer | None = None
+    lpips_note: str | None = None
+    fidelity: Fidelity | None = None
+    """Ready to score; None while the reference is the baseline and the baseline has not run."""
+    device: torch.device = torch.device("cpu")
+    progress: Progress = field(default_factory=lambda: Progress(0, show=False))
+    environment: dict[str, Any] = field(default_factory=dict)
+    reference_file: Path | None = None
+    """Where the baseline's images are kept when they are the reference (for --resume)."""
+
+    @property
+    def fid_images(self) -> int:
+        return self.quality.fid
+
+    def calls_per_case(self, warmup: int, repeats: int, seeds: int, batch: int) -> int:
+        return warmup + repeats * seeds + (math.ceil(self.fid_images / batch) if self.fid_images else 0)
+
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """Outputs as images in [0, 1]: decoded by the VAE, or (pixel-space models) rescaled from [-1, 1]."""
+        if self.decode is not None:
+            return self.decode(latents)
+        return ((latents.float() + 1) / 2).clamp(0, 1).cpu()
+
+    def adopt_reference(self, images: torch.Tensor) -> None:
+        """The baseline's images become the reference of every later case (and are kept on disk)."""
+        if self.reference_file is not None:
+            save_images(self.reference_file, images)
+        q = self.quality
+        self.fidelity = Fidelity(images, q.feature_extractor, q.inception_weights, q.metrics, self.device)
+
+    def resume_reference(self) -> None:
+        """On --resume, the baseline's saved images are the reference again."""
+        if not self.fid_images or self.quality.reference != "baseline" or self.reference_file is None:
+            return
+        images = load_images(self.reference_file)
+        if images is not None:
+            q = self.quality
+            self.fidelity = Fidelity(images, q.feature_extractor, q.inception_weights, q.metrics, self.device)
+
+
+def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, latent_channels: int, device: torch.device) -> Instruments:
+    kit = Instruments(quality=quality, device=device)
+    if vae is not None:
+        kit.decode = decoder(vae)
+        kit.lpips, kit.lpips_note = lpips_scorer(quality.lpips_weights, device)
+    if quality.fid:
+        if vae is None and latent_channels not in (1, 3):
+            raise DqarError(
+                f"field 'quality.fid': the model has no VAE and its outputs have {latent_channels} channels, so there are "
+                "no images for FID / IS / KID; set 'quality.fid: 0' or use a model with a VAE"
+            )
+        ensure_registered(quality.feature_extractor)
+        check_weights(quality.feature_extractor, quality.inception_weights)
+        if quality.reference != "baseline":
+            kit.fidelity = Fidelity(quality.reference, quality.feature_extractor, quality.inception_weights, quality.metrics, device)
+    return kit
+
+
+def generate_images(
+    call: Callable[[int, list[int]], torch.Tensor], count: int, batch: int, num_classes: int, kit: Instruments
+) -> torch.Tensor:
+    """`count` uint8 images from seeded calls with uniformly drawn class labels (as FID-50k does)."""
+    images = []
+    for k in range(math.ceil(count / batch)):
+        seed = FID_SEED_BASE + k
+        labels = torch.randint(0, num_classes, (batch,), generator=torch.Generator().manual_seed(seed)).tolist()
+        images.append(to_uint8(kit.to_images(call(seed, labels).detach().float().cpu())))
+        kit.progress.tick()
+    return torch.cat(images)[:count]
+
+
+def save_images(path: Path, images: torch.Tensor) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"images": images.contiguous()}, str(tmp))
+    tmp.replace(path)
+
+
+def load_images(path: Path) -> torch.Tensor | None:
+    return load_file(str(path))["images"] if path.exists() else None

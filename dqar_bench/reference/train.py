@@ -1,0 +1,543 @@
+"""Training (and evaluating) the reference DiT and the digit classifier from fixed seeds.
+
+The benchmark needs a real, trained DiT whose quality can be checked on a CPU in seconds:
+a pixel-space, class-conditional DiT on sklearn's 8x8 digits trains in minutes on two cores,
+and a digit classifier trained on the same split turns "is the sample still right after
+acceleration" into a number. Everything here is seeded so `scripts/train_reference.py`
+rebuilds the shipped files (bit-identical on the same CPU, thread count and library versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DiTTransformer2DModel
+from safetensors.torch import save_file
+from torch import nn
+
+from dqar_bench.reference.classifier import FEATURE_EXTRACTOR_NAME, DigitClassifier, frechet_distance
+from dqar_bench.reference.data import NUM_CLASSES, DigitsSplit, load_digits_split
+from dqar_bench.reference.load import (
+    CLASSIFIER_WEIGHTS_FILE,
+    DIT_CONFIG_FILE,
+    DIT_WEIGHTS_FILE,
+    METRICS_FILE,
+    NULL_CLASS,
+    RETRAIN_COMMAND,
+    SCHEDULER_CONFIG_FILE,
+    WEIGHTS_DIR,
+)
+
+RESOLUTION = 8
+
+DIT_CONFIG: dict[str, Any] = {
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "in_channels": 1,
+    "out_channels": 1,
+    "num_layers": 6,
+    "dropout": 0.0,
+    "norm_num_groups": 32,
+    "attention_bias": True,
+    "sample_size": RESOLUTION,
+    "patch_size": 2,
+    "activation_fn": "gelu-approximate",
+    "num_embeds_ada_norm": NUM_CLASSES,
+    "upcast_attention": False,
+    "norm_type": "ada_norm_zero",
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-5,
+}
+
+# DiT's training schedule (1000 steps, linear betas 1e-4..0.02, epsilon prediction). x0 clipping
+# stays off as in DiT: diffusers' DDIM clips x0 but keeps the unclipped epsilon for the direction
+# term, which under guidance 4 wrecks the samples (class accuracy 0.15 instead of 0.99 in a trial).
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+    "timestep_spacing": "leading",
+}
+
+DEFAULT_SEED = 0
+DEFAULT_DIT_STEPS = 4000
+DEFAULT_GUIDANCE = 4.0
+DEFAULT_INFERENCE_STEPS = 50
+EVAL_PER_CLASS = 20
+EVAL_SEED = 0
+TEST_SAMPLE_PER_CLASS = 2
+"""The small sample tests/test_reference.py regenerates: the first 20 of the evaluation batch."""
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def eval_labels(per_class: int) -> torch.Tensor:
+    """0, 1, ..., 9, 0, 1, ...: every prefix of ten is balanced, so a smaller sample from the
+    same seed is the head of the big one (the generator fills the noise in order)."""
+    return torch.arange(NUM_CLASSES).repeat(per_class)
+
+
+@torch.no_grad()
+def sample_digits(
+    model: DiTTransformer2DModel,
+    scheduler_config: dict[str, Any],
+    labels: torch.Tensor,
+    seed: int,
+    num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+) -> torch.Tensor:
+    """The harness's baseline sampler, restated so the model card's figures mean the same thing:
+    one batch of N(0, I) noise from `manual_seed(seed)`, DDIM, classifier-free guidance with the
+    null class, result clamped to [-1, 1]."""
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    scheduler.set_timesteps(num_inference_steps)
+    size = model.config.sample_size
+    batch = labels.shape[0]
+    x = torch.randn(
+        (batch, model.config.in_channels, size, size), generator=torch.Generator().manual_seed(seed)
+    )
+    class_in = torch.cat([labels, torch.full_like(labels, NULL_CLASS)])
+    for t in scheduler.timesteps:
+        eps_c, eps_u = model(torch.cat([x, x]), timestep=t.expand(2 * batch), class_labels=class_in).sample.chunk(2)
+        eps = eps_u + guidance_scale * (eps_c - eps_u)
+        x = scheduler.step(eps, t, x).prev_sample
+    return x.clamp(-1.0, 1.0)
+
+
+# --------------------------------------------------------------------------- classifier
+
+
+def train_classifier(
+    split: DigitsSplit,
+    seed: int = DEFAULT_SEED,
+    epochs: int = 60,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    log: Any = print,
+) -> tuple[DigitClassifier, float]:
+    """Trained on the training split only, so its held-out accuracy is honest. Light noise
+    augmentation because it will judge generated digits, which are never quite clean."""
+    torch.manual_seed(seed)
+    model = DigitClassifier(resolution=split.resolution)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    n = split.train_images.shape[0]
+    steps_per_epoch = math.ceil(n / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            x = split.train_images[idx]
+            x = (x + 0.1 * torch.rand(x.shape[0], 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen))
+            loss = F.cross_entropy(model(x.clamp(-1, 1)), split.train_labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if (epoch + 1) % 20 == 0:
+            log(f"classifier epoch {epoch + 1}/{epochs} loss {loss.item():.4f} "
+                f"held-out accuracy {classifier_accuracy(model, split):.4f}")
+    model.eval()
+    return model, classifier_accuracy(model, split)
+
+
+@torch.no_grad()
+def classifier_accuracy(model: DigitClassifier, split: DigitsSplit) -> float:
+    was_training = model.training
+    model.eval()
+    pred = model(split.test_images).argmax(dim=1)
+    model.train(was_training)
+    return float((pred == split.test_labels).double().mean().item())
+
+
+# --------------------------------------------------------------------------- DiT
+
+
+def build_dit(seed: int = DEFAULT_SEED) -> DiTTransformer2DModel:
+    """DiT's own initialisation (diffusers keeps PyTorch defaults): xavier linears, and zeroed
+    adaLN modulation and output layer so every block starts as the identity, which makes a
+    small DiT converge markedly faster."""
+    torch.manual_seed(seed)
+    model = DiTTransformer2DModel(**DIT_CONFIG)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    pe = model.pos_embed.proj
+    nn.init.xavier_uniform_(pe.weight.view(pe.weight.shape[0], -1))
+    nn.init.zeros_(pe.bias)
+    for block in model.transformer_blocks:
+        emb = block.norm1.emb
+        nn.init.normal_(emb.class_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(emb.timestep_embedder.linear_1.weight, std=0.02)
+        nn.init.normal_(emb.timestep_embedder.linear_2.weight, std=0.02)
+        nn.init.zeros_(block.norm1.linear.weight)
+        nn.init.zeros_(block.norm1.linear.bias)
+    for layer in (model.proj_out_1, model.proj_out_2):
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return model
+
+
+def train_dit(
+    split: DigitsSplit,
+    seed: int = DEFAULT_SEED,
+    steps: int = DEFAULT_DIT_STEPS,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    warmup: int = 200,
+    ema_decay: float = 0.999,
+    cfg_drop_prob: float = 0.1,
+    log: Any = print,
+    log_every: int = 500,
+) -> tuple[DiTTransformer2DModel, dict[str, float]]:
+    """Epsilon-prediction training on the training split; returns the EMA weights.
+
+    diffusers' DiT drops the label independently in every block's embedding (class_dropout_prob
+    0.1, active in train mode), so a whole forward pass with no label is almost never seen.
+    Classifier-free guidance feeds the null class to every block at once, so whole samples are
+    additionally given the null label with probability `cfg_drop_prob`, as in the DiT paper.
+    """
+    model = build_dit(seed)
+    ema = deepcopy(model).eval().requires_grad_(False)
+    model.train()
+    noise_schedule = DDIMScheduler.from_config(SCHEDULER_CONFIG)
+    alphas_cumprod = noise_schedule.alphas_cumprod.to(torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+
+    def lr_at(step: int) -> float:
+        # Linear warm-up, then cosine decay to 10 %: a short run still ends on small steps.
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    n = split.train_images.shape[0]
+    perm, cursor = torch.randperm(n, generator=gen), 0
+    window: list[float] = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for step in range(steps):
+        if cursor + batch_size > n:
+            perm, cursor = torch.randperm(n, generator=gen), 0
+        idx = perm[cursor : cursor + batch_size]
+        cursor += batch_size
+        x0 = split.train_images[idx]
+        labels = split.train_labels[idx].clone()
+        labels[torch.rand(labels.shape[0], generator=gen) < cfg_drop_prob] = NULL_CLASS
+        t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = F.mse_loss(model(xt, timestep=t, class_labels=labels).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(ema_decay, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1.0 - decay)
+        window.append(loss.item())
+        window = window[-log_every:]
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            elapsed = time.perf_counter() - start
+            log(f"dit step {step + 1}/{steps} loss(mean of last {len(window)}) "
+                f"{sum(window) / len(window):.4f} lr {lr_at(step):.2e} {elapsed:.0f}s")
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    ema.eval()
+    stats = {
+        "train_loss_final": sum(window) / len(window),
+        "held_out_loss": held_out_loss(ema, split, alphas_cumprod, seed),
+        "train_wall_seconds": wall,
+        "train_cpu_seconds": cpu,
+    }
+    return ema, stats
+
+
+@torch.no_grad()
+def held_out_loss(
+    model: DiTTransformer2DModel, split: DigitsSplit, alphas_cumprod: torch.Tensor, seed: int
+) -> float:
+    """Epsilon MSE on held-out digits with fixed noise and timesteps (4 draws per image, true
+    labels), a loss figure that does not wander with the training batch."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    x0 = split.test_images.repeat(4, 1, 1, 1)
+    labels = split.test_labels.repeat(4)
+    t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+    return float(F.mse_loss(model(xt, timestep=t, class_labels=labels).sample, noise).item())
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    dit: DiTTransformer2DModel,
+    classifier: DigitClassifier,
+    classifier_path: Path,
+    split: DigitsSplit,
+    guidance_scales: Sequence[float],
+    per_class: int = EVAL_PER_CLASS,
+    seed: int = EVAL_SEED,
+    num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
+) -> dict[str, dict[str, float]]:
+    """Class accuracy and classifier-feature Frechet distance (vs all held-out digits) per
+    guidance scale, on one seeded batch of `per_class` x 10 samples."""
+    labels = eval_labels(per_class)
+    out: dict[str, dict[str, float]] = {}
+    for g in guidance_scales:
+        images = sample_digits(dit, SCHEDULER_CONFIG, labels, seed, num_inference_steps, g)
+        acc = float((classifier(images).argmax(1) == labels).double().mean().item())
+        fd = frechet_distance(images, split.test_images, weights_path=classifier_path)
+        out[f"{g:g}"] = {"class_accuracy": acc, "frechet_distance": fd}
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _save_tensors(path: Path, module: nn.Module, metadata: dict[str, str]) -> None:
+    tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def save_dit(model: DiTTransformer2DModel, out_dir: Path) -> None:
+    config = dict(model.config)
+    config["_class_name"] = type(model).__name__
+    _write_json(out_dir / DIT_CONFIG_FILE, config)
+    _save_tensors(out_dir / DIT_WEIGHTS_FILE, model, {"format": "pt"})
+
+
+def save_scheduler_config(out_dir: Path) -> None:
+    config = dict(DDIMScheduler.from_config(SCHEDULER_CONFIG).config)
+    config["_class_name"] = DDIMScheduler.__name__
+    config.pop("_use_default_values", None)
+    _write_json(out_dir / SCHEDULER_CONFIG_FILE, config)
+
+
+def save_classifier(model: DigitClassifier, out_dir: Path) -> Path:
+    path = out_dir / CLASSIFIER_WEIGHTS_FILE
+    _save_tensors(path, model, {"format": "pt", **{k: str(v) for k, v in model.architecture().items()}})
+    return path
+
+
+def _command(argv: Sequence[str]) -> str:
+    return " ".join([RETRAIN_COMMAND, *argv])
+
+
+def write_model_card(out_dir: Path, metrics: dict[str, Any]) -> None:
+    m = metrics
+    g = f"{m['guidance_scale']:g}"
+    base = m["evaluation"][g]
+    others = "\n".join(
+        f"| {scale} | {v['class_accuracy']:.3f} | {v['frechet_distance']:.3f} |"
+        for scale, v in sorted(m["evaluation"].items(), key=lambda kv: float(kv[0]))
+    )
+    dit = m["dit_config"]
+    card = f"""# dqar-bench reference model: pixel-space class-conditional DiT on sklearn digits
+
+Generated by the command under "Retraining"; every figure below comes from that run
+(`metrics.json` holds them machine-readably; `tests/test_reference.py` checks the shipped
+files against it).
+
+## Data
+- sklearn `load_digits`: 1797 grey 8x8 digits, intensities 0..16 scaled to [-1, 1]
+  (`x / 16 * 2 - 1`), used at {m['resolution']}x{m['resolution']} (native, no upsampling).
+- Split: stratified `train_test_split(test_size=0.2, random_state=0)` ->
+  {m['train_size']} training / {m['held_out_size']} held-out digits
+  (`dqar_bench.reference.data.load_digits_split`). Both models train on the training split only.
+
+## DiT (`config.json`, `diffusion_pytorch_model.safetensors`)
+- diffusers `DiTTransformer2DModel`, pixel space (no VAE): in/out channels 1 (epsilon, no learned
+  sigma), sample size {dit['sample_size']}, patch {dit['patch_size']} ({(dit['sample_size'] // dit['patch_size']) ** 2} tokens),
+  {dit['num_layers']} blocks, {dit['num_attention_heads']} heads x {dit['attention_head_dim']} = hidden {dit['num_attention_heads'] * dit['attention_head_dim']},
+  adaLN-zero, `num_embeds_ada_norm=10` (class 10 = null class for classifier-free guidance);
+  {m['dit_parameters']:,} parameters.
+- Schedule (`scheduler_config.json`): `DDIMScheduler`, 1000 train timesteps, linear betas
+  0.0001..0.02, epsilon prediction, no x0 clipping (as DiT), `timestep_spacing="leading"`.
+- Training: seed {m['seed']}, {m['dit_steps']} steps, batch {m['batch_size']}, AdamW lr {m['lr']:g} (200 warm-up steps, cosine to 10 %),
+  grad-norm clip 1, EMA 0.999 (the shipped weights are the EMA). DiT initialisation (xavier,
+  zeroed adaLN modulation / output). Label dropout: diffusers' built-in per-block 0.1, plus a whole
+  sample set to the null class with probability 0.1 (so the unconditional branch is trained).
+- Final training loss (epsilon MSE, mean of the last 500 steps): {m['train_loss_final']:.4f};
+  held-out epsilon MSE of the EMA weights (fixed noise): {m['held_out_loss']:.4f}.
+- Training time: {m['dit_train_seconds'] / 60:.1f} min wall for the DiT ({m['total_train_seconds'] / 60:.1f} min for the whole
+  script incl. classifier and evaluation) with {m['threads']} CPU threads on a shared machine
+  ({m['machine']}); the DiT used {m['dit_train_cpu_seconds'] / 60:.1f} CPU-minutes, i.e. about
+  {m['dit_train_cpu_seconds'] / 60 / m['threads']:.1f} min wall on {m['threads']} otherwise idle cores.
+
+## Classifier (`classifier.safetensors`)
+- Small CNN (`dqar_bench.reference.classifier.DigitClassifier`: 3 conv layers, 2 max-pools,
+  {m['classifier_feature_dim']}-d penultimate layer), trained on the training split (seed {m['seed']}, light noise augmentation).
+- Held-out test accuracy: **{m['classifier_test_accuracy']:.4f}** ({m['held_out_size']} digits).
+- Registered with torch-fidelity as feature extractor `{m['feature_extractor']}`; its pre-activation
+  penultimate layer is the feature space for the Frechet distance (`frechet_distance`).
+
+## Baseline quality
+Sampling convention (same as the harness): x ~ N(0, I) from `torch.Generator().manual_seed({m['eval_seed']})`,
+one batch of shape (200, 1, 8, 8), labels `arange(10).repeat(20)`, DDIM {m['inference_steps']} steps, model input
+`cat([x, x])` with labels `cat([labels, 10])`, eps = eps_u + g (eps_c - eps_u), images clamped to [-1, 1].
+
+- **Guidance g = {g}** (the baseline): class accuracy **{base['class_accuracy']:.3f}**, classifier-feature
+  Frechet distance vs the {m['held_out_size']} held-out digits **{base['frechet_distance']:.3f}**.
+- For scale: 200 real training digits vs the held-out digits give a Frechet distance of
+  {m['frechet_real_train_vs_held_out']:.3f} (the floor with 200 samples).
+
+| guidance | class accuracy | Frechet distance |
+|---|---|---|
+{others}
+
+Small fixed sample used by `tests/test_reference.py`: the first {m['test_sample']['size']} of the batch above (same seed,
+labels `arange(10).repeat(2)`, {m['test_sample']['inference_steps']} DDIM steps, g = {g}): class accuracy {m['test_sample']['class_accuracy']:.2f}.
+
+## Retraining
+```
+{m['command']}
+```
+Deterministic for a given seed on the same CPU type, thread count and library versions
+(torch {m['torch_version']}, diffusers {m['diffusers_version']}); elsewhere the figures may move slightly.
+"""
+    _atomic_write_bytes(out_dir / "MODEL_CARD.md", card.encode())
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train classifier and DiT, evaluate, write weights + configs + metrics + model card."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="train_reference.py",
+        description="Train the dqar-bench reference DiT and digit classifier on sklearn digits.",
+    )
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the shipped weights folder)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--steps", type=int, default=DEFAULT_DIT_STEPS, help="DiT optimisation steps")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixes the float reduction order)")
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="baseline guidance scale")
+    parser.add_argument("--also-guidance", type=float, nargs="*", default=[1.0, 2.0, 3.0, 5.0],
+                        help="further guidance scales to report")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
+
+    split = load_digits_split(resolution=RESOLUTION)
+    log(f"data: {split.train_images.shape[0]} train / {split.test_images.shape[0]} held-out at {RESOLUTION}x{RESOLUTION}")
+
+    classifier, clf_acc = train_classifier(split, seed=args.seed, log=log)
+    classifier_path = save_classifier(classifier, out_dir)
+    log(f"classifier held-out accuracy {clf_acc:.4f} -> {classifier_path}")
+
+    dit, stats = train_dit(split, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, log=log)
+    save_dit(dit, out_dir)
+    save_scheduler_config(out_dir)
+    log(f"dit trained in {stats['train_wall_seconds']:.0f}s, held-out loss {stats['held_out_loss']:.4f}")
+
+    scales = sorted({args.guidance, *args.also_guidance})
+    evaluation = evaluate(dit, classifier, classifier_path, split, scales)
+    for scale, v in evaluation.items():
+        log(f"guidance {scale}: class accuracy {v['class_accuracy']:.3f} frechet {v['frechet_distance']:.3f}")
+
+    test_labels = eval_labels(TEST_SAMPLE_PER_CLASS)
+    test_images = sample_digits(dit, SCHEDULER_CONFIG, test_labels, EVAL_SEED, DEFAULT_INFERENCE_STEPS, args.guidance)
+    with torch.no_grad():
+        test_acc = float((classifier(test_images).argmax(1) == test_labels).double().mean().item())
+    gen = torch.Generator().manual_seed(args.seed + 3)
+    real_idx = torch.randperm(split.train_images.shape[0], generator=gen)[: EVAL_PER_CLASS * NUM_CLASSES]
+    real_fd = frechet_distance(split.train_images[real_idx], split.test_images, weights_path=classifier_path)
+
+    import diffusers
+
+    metrics: dict[str, Any] = {
+        "command": _command(argv),
+        "seed": args.seed,
+        "threads": args.threads,
+        "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
+        "torch_version": torch.__version__,
+        "diffusers_version": diffusers.__version__,
+        "resolution": RESOLUTION,
+        "train_size": int(split.train_images.shape[0]),
+        "held_out_size": int(split.test_images.shape[0]),
+        "dit_config": DIT_CONFIG,
+        "dit_parameters": sum(p.numel() for p in dit.parameters()),
+        "dit_steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "train_loss_final": stats["train_loss_final"],
+        "held_out_loss": stats["held_out_loss"],
+        "dit_train_seconds": stats["train_wall_seconds"],
+        "dit_train_cpu_seconds": stats["train_cpu_seconds"],
+        "classifier_test_accuracy": clf_acc,
+        "classifier_feature_dim": classifier.feature_dim,
+        "feature_extractor": FEATURE_EXTRACTOR_NAME,
+        "guidance_scale": args.guidance,
+        "inference_steps": DEFAULT_INFERENCE_STEPS,
+        "eval_seed": EVAL_SEED,
+        "eval_per_class": EVAL_PER_CLASS,
+        "evaluation": evaluation,
+        "frechet_real_train_vs_held_out": real_fd,
+        "test_sample": {
+            "size": int(test_labels.shape[0]),
+            "seed": EVAL_SEED,
+            "inference_steps": DEFAULT_INFERENCE_STEPS,
+            "guidance_scale": args.guidance,
+            "class_accuracy": test_acc,
+        },
+    }
+    metrics["total_train_seconds"] = time.perf_counter() - t_start
+    _write_json(out_dir / METRICS_FILE, metrics)
+    write_model_card(out_dir, metrics)
+    base = evaluation[f"{args.guidance:g}"]
+    log(f"done: baseline (g={args.guidance:g}) class accuracy {base['class_accuracy']:.3f}, "
+        f"frechet {base['frechet_distance']:.3f}, test sample accuracy {test_acc:.2f}; files in {out_dir}")
+    return 0

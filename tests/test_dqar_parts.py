@@ -1,0 +1,344 @@
+"""DQAR's own parts, one at a time: signal formulas, gates, quantizers and schedules.
+
+Expected values are worked out by hand (in the comments) from the definitions, not read
+back from the code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dqar_bench import signals
+from dqar_bench.context import StepContext
+from strategies.gates.dqar import Dqar
+from strategies.gates.entropy import Entropy
+from strategies.gates.snr import Snr
+from strategies.quantizers.fp8 import FP8, Fp8
+from strategies.quantizers.int8 import Int8
+from strategies.schedulers.exponential import Exponential
+from strategies.schedulers.linear import Linear
+from strategies.schedulers.linear_reverse import LinearReverse
+from strategies.schedulers.step import Step
+
+NAN = float("nan")
+
+
+# --- signals -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 16, 64])
+def test_uniform_attention_has_entropy_log_n(tokens):
+    q = torch.zeros(2, 3, tokens, 8)  # every score 0: each row is uniform over the N keys
+    k = torch.randn(2, 3, tokens, 8)
+    assert signals.attention_entropy(q, k, num_queries=0).item() == pytest.approx(math.log(tokens), abs=1e-5)
+
+
+def test_one_hot_attention_has_entropy_zero():
+    tokens, dim = 16, 8
+    k = torch.zeros(1, 2, tokens, dim)
+    k[..., 5, 0] = 1.0  # only key 5 answers the queries below
+    q = torch.zeros(1, 2, tokens, dim)
+    q[..., 0] = 1e4  # score 1e4 / sqrt(8) on key 5, 0 elsewhere: softmax is one-hot
+    assert signals.attention_entropy(q, k).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_entropy_is_the_mean_over_the_sampled_rows_only():
+    tokens = 16
+    k = torch.zeros(1, 1, tokens, 4)
+    k[..., 0, 0] = 1.0
+    q = torch.zeros(1, 1, tokens, 4)
+    q[..., 1::2, 0] = 1e4  # odd rows one-hot (entropy 0), even rows uniform (log 16)
+    # 4 evenly spaced rows of 16: linspace(0, 15, 4) = 0, 5, 10, 15 -> two even, two odd rows
+    assert signals.attention_entropy(q, k, num_queries=4).item() == pytest.approx(math.log(tokens) / 2, abs=1e-5)
+    # 2 rows: 0 and 15 -> one even, one odd; all 16 rows: half and half
+    assert signals.attention_entropy(q, k, num_queries=2).item() == pytest.approx(math.log(tokens) / 2, abs=1e-5)
+    # 3 rows: 0, 7.5 -> 8, 15 -> even, even, odd
+    assert signals.attention_entropy(q, k, num_queries=3).item() == pytest.approx(math.log(tokens) * 2 / 3, abs=1e-5)
+
+
+def test_entropy_probe_keeps_each_blocks_last_compute_and_nan_for_the_others():
+    probe = signals.EntropyProbe(num_queries=4)
+    probe.reset(3, torch.device("cpu"))
+    assert all(math.isnan(h) for h in probe.entropies().tolist())  # nothing recorded yet
+    q_uniform, k = torch.zeros(2, 2, 16, 8), torch.randn(2, 2, 16, 8)
+    q_random = torch.randn(2, 2, 16, 8)
+    probe.record(0, q_uniform, k)
+    probe.record(2, q_random, k)
+    h = probe.entropies().tolist()
+    assert h[0] == pytest.approx(math.log(16), abs=1e-5)
+    assert math.isnan(h[1])
+    assert h[2] == pytest.approx(signals.attention_entropy(q_random, k, 4).item(), abs=1e-6)
+    probe.record(0, q_random, k)  # a new compute replaces the block's entropy
+    assert probe.entropies()[0].item() == pytest.approx(h[2], abs=1e-6)
+    probe.reset(3, torch.device("cpu"))  # a new sampling call forgets everything
+    assert all(math.isnan(x) for x in probe.entropies().tolist())
+
+
+def test_latent_snr_by_hand():
+    x0 = torch.ones(2, 4, 3, 3)
+    # ||x0||^2 = 72; x_t - x0 = 2 everywhere: ||.||^2 = 4 * 72 -> SNR 1/4
+    assert signals.latent_snr(3 * x0, x0).item() == pytest.approx(0.25)
+    # predicted x0 == x_t: no noise left, SNR = 72 / eps
+    assert signals.latent_snr(x0, x0).item() > 1e9
+    assert signals.latent_snr(x0, torch.zeros_like(x0)).item() == 0.0
+
+
+# --- gates ---------------------------------------------------------------------------
+
+
+def ctx(step=5, entropy=None, snr=1.0, cond_len=1):
+    return StepContext(step, 20, 500, torch.zeros(1), None, 0.5, cond_len, {"entropy": entropy or [], "snr": snr})
+
+
+def test_entropy_gate_reuses_only_focused_eligible_blocks():
+    gate = Entropy(threshold=2.0)
+    gate.reset(20, 4)
+    # below tau and eligible / above tau / never measured (NaN) / below tau but not eligible
+    decided = gate.decide(ctx(entropy=[1.5, 2.5, NAN, 1.9]), [True, True, True, False])
+    assert decided == [True, False, False, False]
+    assert gate.decide(ctx(entropy=[2.0] * 4), [True] * 4) == [False] * 4  # strictly below
+
+
+def test_entropy_threshold_adapts_to_the_conditioning_length_only_when_asked():
+    entropies = [2.5, 3.9, 4.1, 1.0]
+    plain = Entropy(threshold=2.0)
+    adaptive = Entropy(threshold=2.0, adapt_to_length=True, base_length=77)
+    for gate in (plain, adaptive):
+        gate.reset(20, 4)
+    # p = 4 * 77: tau(p) = 2 * sqrt(4) = 4
+    assert plain.decide(ctx(entropy=entropies, cond_len=308), [True] * 4) == [False, False, False, True]
+    assert adaptive.decide(ctx(entropy=entropies, cond_len=308), [True] * 4) == [True, True, False, True]
+    # p = 77 / 4: tau = 2 * sqrt(1/4) = 1
+    assert adaptive.decide(ctx(entropy=[0.9, 1.1, 1.0, 0.0], cond_len=77 / 4), [True] * 4) == [True, False, False, True]
+
+
+@pytest.mark.parametrize(
+    "snr, reuse",
+    [(NAN, False), (0.05, False), (0.1, True), (1.0, True), (10.0, True), (10.5, False), (1e9, False)],
+)
+def test_snr_gate_reuses_only_inside_the_window(snr, reuse):
+    gate = Snr()  # the seed's window [0.1, 10]
+    gate.reset(20, 3)
+    assert gate.decide(ctx(snr=snr), [True, False, True]) == [reuse, False, reuse]
+
+
+def test_dqar_gate_needs_warmup_snr_window_and_low_entropy():
+    gate = Dqar()  # tau 2.0, window [0.1, 10], warmup 2
+    assert (gate.threshold, gate.snr_low, gate.snr_high, gate.warmup) == (2.0, 0.1, 10.0, 2)
+    gate.reset(20, 3)
+    focused = [1.0, 3.0, 1.0]
+    assert gate.decide(ctx(step=1, entropy=focused, snr=1.0), [True] * 3) == [False] * 3  # warmup
+    gate.reset(20, 3)
+    assert gate.decide(ctx(step=2, entropy=focused, snr=1.0), [True, True, False]) == [True, False, False]
+    assert gate.decide(ctx(step=3, entropy=focused, snr=50.0), [True] * 3) == [False] * 3  # SNR too high
+    assert gate.decide(ctx(step=4, entropy=focused, snr=0.01), [True] * 3) == [False] * 3  # SNR too low
+
+
+def test_max_reuse_forces_a_compute_after_a_run_of_reuse():
+    gate = Entropy(threshold=2.0, max_reuse=2)
+    gate.reset(20, 2)
+    runs = [gate.decide(ctx(step=s, entropy=[1.0, 3.0]), [True, True])[0] for s in range(1, 8)]
+    assert runs == [True, True, False, True, True, False, True]
+    # a step the gate was not asked about (no block eligible) was a compute for every block
+    gate.reset(20, 2)
+    assert [gate.decide(ctx(step=s, entropy=[1.0, 3.0]), [True, True])[0] for s in (1, 2)] == [True, True]
+    assert gate.decide(ctx(step=4, entropy=[1.0, 3.0]), [True, True])[0] is True
+    uncapped = Snr()
+    uncapped.reset(20, 1)
+    assert all(uncapped.decide(ctx(step=s), [True])[0] for s in range(1, 15))
+
+
+@pytest.mark.parametrize(
+    "cls, params, message",
+    [
+        (Entropy, {"threshold": 0.0}, "threshold"),
+        (Entropy, {"max_reuse": -1}, "max_reuse"),
+        (Snr, {"snr_low": 5.0, "snr_high": 1.0}, "snr_high"),
+        (Snr, {"snr_low": -1.0}, "snr_low"),
+        (Dqar, {"warmup": -1}, "warmup"),
+        (Dqar, {"base_length": 0.0}, "base_length"),
+    ],
+)
+def test_gate_parameters_out_of_range_are_refused(cls, params, message):
+    with pytest.raises(ValueError, match=message):
+        cls(**params)
+
+
+# --- quantizers ----------------------------------------------------------------------
+
+INT8_CASES = [
+    ("per_tensor", None, (4, 16, 32)),
+    ("per_channel", None, (4, 16, 32)),
+    ("per_head", 4, (4, 16, 32)),  # an attention output, channels cut into 4 heads
+    ("per_tensor", None, (4, 2, 16, 8)),
+    ("per_channel", None, (4, 2, 16, 8)),
+    ("per_head", None, (4, 2, 16, 8)),  # K / V carry their heads in dimension 1
+]
+
+
+def _spread(shape):
+    """Values whose groups have very different ranges, so a wrong grouping shows."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    return x * torch.logspace(-2, 2, shape[-1]) if len(shape) == 3 else x * torch.logspace(-2, 2, shape[1]).view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("mode, heads, shape", INT8_CASES)
+def test_int8_round_trip_is_within_half_a_step(mode, heads, shape):
+    x = _spread(shape)
+    packed = Int8(mode=mode, heads=heads).pack(x)
+    assert packed.codes.dtype == torch.int8 and packed.codes.abs().max() <= 127
+    back = packed.unpack()
+    assert back.shape == x.shape and back.dtype == x.dtype
+    err = (x.reshape(packed.codes.shape) - back.reshape(packed.codes.shape)).abs()
+    assert torch.all(err <= packed.scales / 2 * (1 + 1e-5) + 1e-12)
+
+
+@pytest.mark.parametrize("mode, heads, shape", INT8_CASES)
+def test_int8_scale_is_max_abs_over_127_per_group(mode, heads, shape):
+    x = _spread(shape)
+    packed = Int8(mode=mode, heads=heads).pack(x)
+    if mode == "per_tensor":
+        expected = x.abs().max().reshape(1)
+    elif mode == "per_channel":  # one scale per channel of the last dimension
+        expected = x.abs().reshape(-1, shape[-1]).amax(0)
+    elif len(shape) == 4:  # one per head of [B, H, N, D]
+        expected = x.abs().transpose(0, 1).reshape(shape[1], -1).amax(1)
+    else:  # [B, N, C] with C = heads x head_dim
+        expected = x.abs().reshape(-1, heads, shape[-1] // heads).transpose(0, 1).reshape(heads, -1).amax(1)
+    assert torch.allclose(packed.scales.flatten(), expected / 127)
+
+
+@pytest.mark.parametrize("mode, heads, shape", INT8_CASES)
+def test_int8_bytes_are_codes_plus_scales(mode, heads, shape):
+    x = _spread(shape)
+    groups = {"per_tensor": 1, "per_channel": shape[-1], "per_head": heads or shape[1]}[mode]
+    assert Int8(mode=mode, heads=heads).pack(x).nbytes == x.numel() + 4 * groups
+    assert Int8(mode=mode, heads=heads).pack(x).nbytes <= 0.3 * x.numel() * x.element_size()
+
+
+@pytest.mark.parametrize("mode, heads, shape", INT8_CASES)
+@pytest.mark.parametrize("value", [0.0, 3.5, -0.25])
+def test_int8_zero_or_constant_tensors_come_back_without_nan(mode, heads, shape, value):
+    x = torch.full(shape, value)
+    back = Int8(mode=mode, heads=heads).pack(x).unpack()
+    assert not torch.isnan(back).any()
+    assert torch.allclose(back, x, atol=1e-6)
+
+
+def test_int8_keeps_the_callers_dtype():
+    x = torch.randn(2, 8, 16, dtype=torch.bfloat16)
+    assert Int8().pack(x).unpack().dtype == torch.bfloat16
+
+
+def test_int8_per_head_needs_the_head_count_for_token_tensors():
+    with pytest.raises(ValueError, match="heads"):
+        Int8(mode="per_head").pack(torch.randn(2, 8, 16))
+    with pytest.raises(ValueError, match="do not split"):
+        Int8(mode="per_head", heads=3).pack(torch.randn(2, 8, 16))
+    with pytest.raises(ValueError, match="heads"):
+        Int8(heads=0)
+
+
+@pytest.mark.skipif(FP8 is None, reason="this torch has no float8_e4m3fn")
+@pytest.mark.parametrize("shape", [(4, 16, 32), (4, 2, 16, 8)])
+def test_fp8_round_trip_within_half_a_step_of_its_scale(shape):
+    x = _spread(shape)
+    packed = Fp8().pack(x)
+    assert packed.codes.dtype == FP8 and packed.scales.numel() == 1
+    assert packed.scales.item() == pytest.approx(x.abs().max().item() / 448)
+    err = (x - packed.unpack()).abs()
+    # e4m3: 3 mantissa bits, so half a step is 2^-4 of the value; subnormal step 2^-9 scales
+    bound = x.abs() * 2**-4 + packed.scales * 2**-10
+    assert torch.all(err <= bound * (1 + 1e-5))
+    assert packed.nbytes == x.numel() + 4
+
+
+@pytest.mark.skipif(FP8 is None, reason="this torch has no float8_e4m3fn")
+@pytest.mark.parametrize("value", [0.0, -2.0])
+def test_fp8_zero_or_constant_tensors_come_back_without_nan(value):
+    x = torch.full((3, 5, 7), value)
+    back = Fp8().pack(x).unpack()
+    assert not torch.isnan(back).any()
+    assert torch.allclose(back, x)
+
+
+# --- schedulers ----------------------------------------------------------------------
+
+
+def rows(mask: torch.Tensor) -> list[str]:
+    """A mask as one string per step, '1' where a block may reuse."""
+    return ["".join("1" if m else "." for m in row) for row in mask.tolist()]
+
+
+def test_linear_grows_from_the_shallow_blocks():
+    # 10 steps, 4 blocks, all candidates, no warmup: after step t, u = (t+1)/10 and
+    # ceil(4u) blocks are eligible: 0.4->1, 0.8->1, 1.2->2, 1.6->2, 2->2, 2.4->3, 2.8->3, 3.2->4, ...
+    assert rows(Linear(layer_fraction=1.0).mask(10, 4)) == [
+        "1...", "1...", "11..", "11..", "11..", "111.", "111.", "1111", "1111", "1111",
+    ]
+
+
+def test_linear_with_warmup_and_layer_fraction():
+    # warmup 0.2 of 10 steps: steps 0-1 reuse nothing; layer_fraction 0.5 of 4: 2 candidates;
+    # 8 steps left, u = 1/8 .. 1: ceil(2u) = 1 for u <= 1/2, then 2
+    expected = ["....", "....", "1...", "1...", "1...", "1...", "11..", "11..", "11..", "11.."]
+    assert rows(Linear(layer_fraction=0.5, warmup=0.2).mask(10, 4)) == expected
+    assert rows(LinearReverse(layer_fraction=0.5, warmup=0.2).mask(10, 4)) == [r[::-1] for r in expected]
+
+
+def test_exponential_keeps_reuse_shallow_until_late():
+    # share = (e^(3u) - 1) / (e^3 - 1), u = 0.1 .. 1; times 4 blocks:
+    # 0.07 0.17 0.31 0.49 0.73 1.06 1.50 2.10 2.91 4.00 -> ceil: 1 1 1 1 1 2 2 3 3 4
+    assert rows(Exponential(layer_fraction=1.0, rate=3.0).mask(10, 4)) == [
+        "1...", "1...", "1...", "1...", "1...", "11..", "11..", "111.", "111.", "1111",
+    ]
+
+
+def test_step_widens_at_the_phase_ends():
+    # phases end at 0.3 and 0.7 of 10 steps: steps 0-2 a third of 4 blocks (ceil 1.33 = 2),
+    # steps 3-6 two thirds (ceil 2.67 = 3), steps 7-9 all four
+    assert rows(Step(layer_fraction=1.0).mask(10, 4)) == ["11.."] * 3 + ["111."] * 4 + ["1111"] * 3
+    # layer_fraction 0.5 of 6 blocks = 3 candidates: 1, 2, 3 blocks; warmup 0.5 of 10 steps
+    # leaves 5 steps with u = 0.2 .. 1: phase 0 for 0.2 (<= 0.3), 1 for 0.4, 0.6, 2 for 0.8, 1.0
+    assert rows(Step(layer_fraction=0.5, warmup=0.5).mask(10, 6)) == [
+        "......", "......", "......", "......", "......", "1.....", "11....", "11....", "111...", "111...",
+    ]
+
+
+@pytest.mark.parametrize("cls", [Linear, LinearReverse, Exponential, Step])
+@pytest.mark.parametrize("steps, blocks", [(1, 1), (7, 3), (50, 28)])
+def test_every_schedule_is_monotone_bounded_and_respects_warmup(cls, steps, blocks):
+    sched = cls(layer_fraction=0.5, warmup=0.2)
+    mask = sched.mask(steps, blocks)
+    assert mask.shape == (steps, blocks) and mask.dtype == torch.bool
+    warm = math.ceil(0.2 * steps)
+    assert not mask[:warm].any()
+    assert int(mask.sum(1).max()) <= int(0.5 * blocks)
+    assert torch.all(mask[1:] >= mask[:-1])  # once eligible, a block stays eligible
+    order = mask if not cls.REVERSE else mask.flip(1)
+    assert torch.all(order[:, 1:] <= order[:, :-1])  # shallow (deep for reverse) blocks first
+
+
+@pytest.mark.parametrize("cls", [Linear, LinearReverse, Exponential, Step])
+def test_no_reuse_at_the_extremes(cls):
+    assert not cls(layer_fraction=0.0).mask(10, 4).any()
+    assert not cls(layer_fraction=1.0, warmup=1.0).mask(10, 4).any()
+    assert cls(layer_fraction=1.0).mask(10, 4)[-1].all()
+
+
+@pytest.mark.parametrize("cls", [Linear, LinearReverse, Exponential, Step])
+@pytest.mark.parametrize("field, value", [("layer_fraction", 1.5), ("layer_fraction", -0.1), ("warmup", 2.0), ("warmup", NAN)])
+def test_fractions_outside_0_1_are_refused(cls, field, value):
+    with pytest.raises(ValueError, match=field):
+        cls(**{field: value})
+
+
+def test_step_phase_ends_must_increase_inside_0_1():
+    with pytest.raises(ValueError, match="phase_ends"):
+        Step(phase_ends=[0.7, 0.3])
+    with pytest.raises(ValueError, match="phase_ends"):
+        Step(phase_ends=[0.3, 1.2])
