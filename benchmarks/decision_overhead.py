@@ -17,7 +17,7 @@ is why the sampling time comes from the unwrapped calls). On the CPU the clock i
 process's CPU time, so that other processes competing for the cores (a shared machine,
 CI) do not blur the share. The goal is a share under 5 %.
 
-    python benchmarks/decision_overhead.py [suites/ablations.yaml] [--calls N]
+    python benchmarks/decision_overhead.py [suites/ablations.yaml] [--calls N] [--threads N]
 """
 
 from __future__ import annotations
@@ -136,7 +136,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", nargs="?", default="suites/ablations.yaml")
     parser.add_argument("--calls", type=int, default=5, help="sampling calls per case (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: tiny models run fastest on one)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rows = measure(args.suite, args.calls)
     where = "wall time, GPU" if resolve_device(load_suite(args.suite).device).type == "cuda" else "CPU time"
     print(f"decision overhead, {args.suite} ({args.calls} calls per case, {where}, torch threads {torch.get_num_threads()}; goal < {GOAL:.0%})")

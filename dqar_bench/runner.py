@@ -23,7 +23,9 @@ import torch
 
 from dqar_bench import __version__
 from dqar_bench.adapters import adapter_for
+from dqar_bench.conditioning import condition_for
 from dqar_bench.errors import DqarError, ModelError
+from dqar_bench.execution import Execution, unsupported
 from dqar_bench.measure import environment
 from dqar_bench.measure.instruments import Instruments, build_instruments, generate_images
 from dqar_bench.measure.meter import CaseMeter
@@ -35,7 +37,7 @@ from dqar_bench.parts import build_part
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.quality import compare_outputs
 from dqar_bench.records import RunDir
-from dqar_bench.sampling import make_scheduler, sample
+from dqar_bench.sampling import Condition, denoise, labels_condition, make_scheduler
 from dqar_bench.strategy import Strategy
 from dqar_bench.suite import Case, Suite
 from dqar_bench.table import render_markdown, results_frame
@@ -88,13 +90,15 @@ def run_suite(
     kit.environment = environment.collect(device, suite.dtype, suite.seeds, suite.content_hash, model.transformer)
     run.write_text("environment.json", json.dumps(kit.environment, indent=1) + "\n")
 
+    condition = condition_for(suite, model, device, dtype)
+    cases = suite.ordered_cases()
     kit.reference_file = run.path / "outputs" / "baseline-fid-images.safetensors"
-    if suite.baseline in done:
+    if cases[0].name in done:  # the first baseline's images are the FID reference
         kit.resume_reference()
 
-    baseline_outputs = run.load_outputs(suite.baseline) if suite.baseline in done else None
-    cases = suite.ordered_cases()
-    batch = len(suite.class_labels)
+    # one baseline per execution mode; each case is compared with the one in its mode
+    baseline_outputs = {c.name: run.load_outputs(c.name) for c in cases if suite.is_baseline(c) and c.name in done}
+    batch = suite.batch
     per_case = kit.calls_per_case(suite.warmup, suite.repeats, len(suite.seeds), batch)
     kit.progress = ProgressBar(per_case * sum(c.name not in done for c in cases))
     say = kit.progress.wrap(progress)
@@ -105,11 +109,12 @@ def run_suite(
                 continue
             say(f"[{index}/{len(cases)}] {case.name} ...")
             kit.progress.case(case.name)
-            record, outputs = run_case(suite, case, model, device, registry, baseline_outputs, kit)
+            reference = baseline_outputs.get(suite.baseline_for(case))
+            record, outputs = run_case(suite, case, model, device, registry, reference, kit, condition)
             if outputs is not None:
                 run.save_outputs(case.name, outputs)
-                if case.name == suite.baseline:
-                    baseline_outputs = outputs
+                if suite.is_baseline(case):
+                    baseline_outputs[case.name] = outputs
             run.append(record)
             say(_summary(record))
     finally:
@@ -135,9 +140,15 @@ def run_case(
     registry: Registry,
     baseline_outputs: dict[int, torch.Tensor] | None,
     kit: Instruments | None = None,
+    condition: Condition | None = None,
 ) -> tuple[dict[str, Any], dict[int, torch.Tensor] | None]:
-    """Measure one case; never raises for a failure of the case itself."""
+    """Measure one case; never raises for a failure of the case itself.
+
+    A case whose execution mode it cannot run in (no CUDA for `cudagraph`, a part that
+    says so) is recorded as `unsupported` with the reason, and nothing is run.
+    """
     kit = kit or Instruments(device=device)
+    condition = condition or labels_condition(suite.class_labels, model.null_class, device)
     record: dict[str, Any] = {
         "suite": suite.name,
         "case": case.name,
@@ -146,7 +157,10 @@ def run_case(
         "sampler": suite.sampler,
         "steps": suite.steps,
         "guidance_scale": suite.guidance_scale,
-        "batch": len(suite.class_labels),
+        "batch": suite.batch,
+        "cond_len": condition.cond_len,
+        "execution_mode": case.execution,
+        "baseline_case": suite.baseline_for(case),
         "seeds": suite.seeds,
         "device": str(device),
         "dtype": suite.dtype,
@@ -157,14 +171,18 @@ def run_case(
     }
     try:
         strategy = build_strategy(case, registry, suite.probe_queries)
-        measured = _measure(suite, model, device, strategy, kit)
+        reason = unsupported(case.execution, device, strategy)
+        if reason:
+            record.update(status="unsupported", error=f"unsupported in {case.execution}: {reason}", finished=_now())
+            return record, None
+        measured = _measure(suite, model, device, strategy, kit, case.execution, condition)
         outputs, samples = measured.pop("outputs"), measured.pop("latency_s")
         quality = _quality(outputs, baseline_outputs, kit)
-        fidelity = _fidelity(measured.pop("fid_images"), case.name == suite.baseline, kit)
+        fidelity = _fidelity(measured.pop("fid_images"), suite.is_baseline(case), kit)
     except Exception as exc:  # one broken case must not stop the suite
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0], traceback=traceback.format_exc(), finished=_now())
         return record, None
-    batch = len(suite.class_labels)
+    batch = suite.batch
     latency = Measurement.of(samples)
     record.update(
         status="ok",
@@ -181,24 +199,34 @@ def run_case(
 
 
 def _measure(
-    suite: Suite, model: LoadedModel, device: torch.device, strategy: Strategy | None, kit: Instruments
+    suite: Suite,
+    model: LoadedModel,
+    device: torch.device,
+    strategy: Strategy | None,
+    kit: Instruments,
+    mode: str = "eager",
+    condition: Condition | None = None,
 ) -> dict[str, Any]:
     """Warmup (the first call is the cold figure), timed repeats, then images for FID."""
     scheduler = make_scheduler(suite.sampler, model.scheduler_config)
+    condition = condition or labels_condition(suite.class_labels, model.null_class, device)
+    execution = Execution(mode, model.transformer, strategy, suite.execution_options)
+    forward = None
 
     def call(seed: int, labels: list[int] | None = None) -> torch.Tensor:
-        return sample(
-            model.transformer, scheduler, labels or suite.class_labels, seed, suite.steps,
-            suite.guidance_scale, model.null_class, observer=strategy,
-        )
+        given = condition
+        if labels is not None and model.family == "dit":  # FID draws its own labels; captions stay the suite's
+            given = labels_condition(labels, model.null_class, device)
+        return denoise(model.transformer, scheduler, given, seed, suite.steps, suite.guidance_scale, strategy, forward)
 
     meter = CaseMeter(device, suite.nvml_interval_s)
-    timer = CallTimer(device, model.transformer if suite.per_step else None)
+    # per-step marks are a forward pre-hook: eager only (a compiled or replayed forward runs no hooks)
+    timer = CallTimer(device, model.transformer if suite.per_step and mode == "eager" else None)
     outputs: dict[int, torch.Tensor] = {}
     samples: list[float] = []
     steps: list[list[float]] = []
     warmup: list[float] = []
-    with adapter_for(model.transformer).install(model.transformer, strategy), meter:
+    with adapter_for(model.transformer).install(model.transformer, strategy), execution as forward, meter:
         with timer:
             for i in range(suite.warmup):
                 timing, _ = timer.time(lambda: call(suite.seeds[i % len(suite.seeds)]))
@@ -224,15 +252,16 @@ def _measure(
             }
         fid_images = None
         if kit.fid_images:
-            fid_images = generate_images(call, kit.fid_images, len(suite.class_labels), model.null_class, kit)
-    images = suite.repeats * len(suite.seeds) * len(suite.class_labels)
+            fid_images = generate_images(call, kit.fid_images, suite.batch, model.null_class, kit)
+    images = suite.repeats * len(suite.seeds) * suite.batch
     return {
+        "execution": execution.report(),
         "outputs": outputs,
         "latency_s": samples,
         "timer": timer.method,
         "cold_s": warmup[0] if warmup else None,
         "warmup_s": warmup,
-        "step_s": steps if suite.per_step else None,
+        "step_s": steps if suite.per_step and mode == "eager" else None,
         **meter.report(images),
         **reuse,
         "fid_images": fid_images,
@@ -261,12 +290,16 @@ def _fidelity(images: torch.Tensor | None, is_baseline: bool, kit: Instruments) 
 
 
 def _check_labels(suite: Suite, model: LoadedModel) -> None:
+    if model.family != "dit":
+        return
     bad = [c for c in suite.class_labels if not 0 <= c < model.null_class]
     if bad:
         raise ModelError(f"{suite.path}: field 'class_labels': {bad[0]} is out of range for model '{suite.model}' (0..{model.null_class - 1})")
 
 
 def _summary(record: dict[str, Any]) -> str:
+    if record["status"] == "unsupported":
+        return f"    {record['error']}"
     if record["status"] != "ok":
         return f"    failed: {record['error']}"
     noise = record["latency"]["noise"]

@@ -23,7 +23,7 @@ COLUMNS = [
     "cold_ms", "step_ms", "timer",
     "gpu_peak_mib", "process_mib", "torch_alloc_mib", "torch_reserved_mib", "rss_mib", "rss_scope", "joules_per_image",
     "memory_note", "process_note", "energy_note",
-    "space", "ssim", "lpips", "lpips_note", "fid", "isc", "kid", "fidelity_n", "fidelity_note",
+    "space", "ssim", "lpips", "lpips_note", "fid", "isc", "kid", "fidelity_n", "fidelity_note", "execution",
 ]
 
 # A speedup compares like with like: these must match between a case and the baseline.
@@ -46,21 +46,27 @@ def parts_label(parts: dict[str, Any]) -> str:
 
 
 def results_frame(records: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
-    """One row per case (its latest record); speedup against the baseline of the same run."""
+    """One row per case (its latest record); speedup against the baseline of the same run.
+
+    A record names its own baseline (`baseline_case`: the baseline in its execution mode)
+    when the suite runs several modes; `baseline` is the fallback for older records.
+    """
     latest: dict[str, dict[str, Any]] = {}
     for record in records:
         latest[record["case"]] = record
-    base = latest.get(baseline)
-    base_ok = base is not None and base.get("status") == "ok" and bool(base.get("latency_s"))
     rows = []
     for record in latest.values():
         ok = record.get("status") == "ok"
+        own = record.get("baseline_case") or baseline
+        base = latest.get(own)
+        base_ok = base is not None and base.get("status") == "ok" and bool(base.get("latency_s"))
         row: dict[str, Any] = {c: None for c in COLUMNS}
         row.update(case=record["case"], status=record.get("status"), parts=parts_label(record.get("parts") or {}),
-                   error=record.get("error") or "", is_baseline=record["case"] == baseline)
+                   error=record.get("error") or "", is_baseline=record["case"] == own,
+                   execution=record.get("execution_mode", "eager"))
         if ok:
             _timing(row, record)
-            _speed(row, record, base if base_ok else None, baseline)
+            _speed(row, record, base if base_ok else None, own)
             _memory(row, record)
             _quality(row, record)
         rows.append(row)
@@ -159,7 +165,9 @@ def _time_table(rows: list[dict[str, Any]]) -> str:
               "noise", "ms / image", "speedup [95% CI]", "reuse", "cache MiB", "PSNR dB"]
     lines = _head(header, left=2)
     for row in rows:
-        if row["status"] != "ok":
+        if row["status"] == "unsupported":
+            cells = [row["case"], row["parts"], row["error"]] + [""] * (len(header) - 3)
+        elif row["status"] != "ok":
             cells = [row["case"], row["parts"], f"failed: {row['error']}"] + [""] * (len(header) - 3)
         else:
             cells = [

@@ -170,6 +170,7 @@ def test_runner_scores_each_case_against_the_baseline_images(write_suite, tmp_pa
     assert records["baseline"]["fidelity"]["reference"] == "this case (the baseline)"
     assert abs(records["overhead"]["fidelity"]["fid"]) < 1e-6  # the same images as the baseline's
     assert records["every2"]["fidelity"]["fid"] > 1e-6 and records["every2"]["fidelity"]["n"] == 6
+    assert records["every2"]["evaluations"] == 4 * 2  # the timed call's steps x blocks: FID images are not counted
     assert (out / "outputs" / "baseline-fid-images.safetensors").exists()
     table = (out / "table.md").read_text()
     assert "| FID | IS | KID | images |" in table
@@ -198,3 +199,30 @@ def test_latent_model_without_vae_cannot_have_fid(write_suite, tmp_path, capsys)
     path = write_suite(SUITE.format(extractor=TINY).replace("pixel-tiny", "dit-tiny"))
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 2
     assert "no VAE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "quality, message",
+    [
+        ("{fid: 4, refrence: baseline}", "unknown field 'quality.refrence' (did you mean 'reference'?)"),
+        ("{fid: -1}", "'quality.fid' must be >= 0"),
+        ("{fid: 4, metrics: [fid, ppl]}", "'quality.metrics' must be a non-empty list of fid, kid, isc"),
+        ("{fid: 4, reference: no/such/folder}", "'quality.reference': no/such/folder does not exist"),
+    ],
+)
+def test_quality_keys_are_validated(write_suite, tmp_path, capsys, quality, message):
+    body = SUITE.format(extractor=TINY).replace("quality: {fid: 6, reference: baseline, feature_extractor: dqar-test-tiny}", f"quality: {quality}")
+    assert main(["validate", str(write_suite(body))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_timing_keys_are_validated(write_suite, capsys):
+    from dqar_bench.suite import load_suite
+
+    body = SUITE.format(extractor=TINY).replace("timing: {warmup: 0, repeats: 1}", "timing: {warmup: 0, repeats: 1, per_step: false, nvml_interval_ms: 50}")
+    suite = load_suite(write_suite(body))
+    assert suite.per_step is False and suite.nvml_interval_s == pytest.approx(0.05)
+    assert suite.quality.fid == 6 and suite.quality.feature_extractor == TINY and suite.quality.metrics == ("fid", "kid", "isc")
+    assert main(["validate", str(write_suite(body.replace("nvml_interval_ms: 50", "nvml_interval_ms: 0"), "b.yaml"))]) == 2
+    assert "nvml_interval_ms" in capsys.readouterr().err

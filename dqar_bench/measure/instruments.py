@@ -25,6 +25,8 @@ FID_SEED_BASE = 1_000_000
 
 @dataclass
 class Instruments:
+    """What every case of a run is measured with; one per run."""
+
     quality: QualityConfig = field(default_factory=QualityConfig)
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     lpips: LpipsScorer | None = None
@@ -54,8 +56,7 @@ class Instruments:
         """The baseline's images become the reference of every later case (and are kept on disk)."""
         if self.reference_file is not None:
             save_images(self.reference_file, images)
-        q = self.quality
-        self.fidelity = Fidelity(images, q.feature_extractor, q.inception_weights, q.metrics, self.device)
+        self.fidelity = self.fidelity_against(images)
 
     def resume_reference(self) -> None:
         """On --resume, the baseline's saved images are the reference again."""
@@ -63,8 +64,11 @@ class Instruments:
             return
         images = load_images(self.reference_file)
         if images is not None:
-            q = self.quality
-            self.fidelity = Fidelity(images, q.feature_extractor, q.inception_weights, q.metrics, self.device)
+            self.fidelity = self.fidelity_against(images)
+
+    def fidelity_against(self, reference: str | torch.Tensor) -> Fidelity:
+        q = self.quality
+        return Fidelity(reference, q.feature_extractor, q.inception_weights, q.metrics, self.device)
 
 
 def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, latent_channels: int, device: torch.device) -> Instruments:
@@ -81,7 +85,7 @@ def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, laten
         ensure_registered(quality.feature_extractor)
         check_weights(quality.feature_extractor, quality.inception_weights)
         if quality.reference != "baseline":
-            kit.fidelity = Fidelity(quality.reference, quality.feature_extractor, quality.inception_weights, quality.metrics, device)
+            kit.fidelity = kit.fidelity_against(quality.reference)
     return kit
 
 

@@ -30,8 +30,10 @@ class Fp8(Quantizer):
 
     def pack(self, x: torch.Tensor) -> Scaled:
         x = x.detach()
-        scales = scales_for(x.abs().amax(), torch.finfo(FP8).max)
-        codes = (x.to(torch.float32) / scales).to(FP8)
+        top = torch.finfo(FP8).max
+        scales = scales_for(x.abs().amax(), top)
+        # e4m3fn has no infinity and not every backend saturates a cast past 448: clamp first
+        codes = (x.to(torch.float32) / scales).clamp_(-top, top).to(FP8)
         return Scaled(codes, scales, x.dtype, x.shape)
 
 

@@ -47,7 +47,7 @@ class Int8(Quantizer):
         dims = tuple(d for d in range(view.ndim) if d not in keep)
         amax = view.abs().amax(dim=dims, keepdim=True) if dims else view.abs()
         scales = scales_for(amax, CODE_MAX)
-        codes = torch.round(view.to(torch.float32) / scales).clamp_(-CODE_MAX, CODE_MAX).to(torch.int8)
+        codes = (view.to(torch.float32) / scales).round_().clamp_(-CODE_MAX, CODE_MAX).to(torch.int8)
         return Scaled(codes, scales, x.dtype, x.shape)
 
     def _groups(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:

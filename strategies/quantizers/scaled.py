@@ -1,8 +1,9 @@
 """What the scaled quantizers (`int8`, `fp8`) share: codes plus scales, and safe scales.
 
 A quantized tensor is held as low-precision codes and float32 scales that broadcast
-against them; `nbytes` counts both, because both are really held. Scales of all-zero
-groups are set to 1 so that a zero (or empty) group dequantizes to zero, never NaN.
+against them; `nbytes` counts both, because both are really held. Scales are floored at
+the smallest normal float32, so an all-zero group gives codes 0 / tiny = 0 and comes
+back as zeros, never 0 / 0 = NaN.
 """
 
 from __future__ import annotations
@@ -27,6 +28,5 @@ class Scaled:
 
 
 def scales_for(amax: torch.Tensor, code_max: float) -> torch.Tensor:
-    """`amax / code_max` in float32, with 1 where a group is all zero (no 0/0 later)."""
-    scales = amax.to(torch.float32) / code_max
-    return torch.where(scales > 0, scales, torch.ones_like(scales))
+    """`amax / code_max` in float32, never below the smallest normal float (no 0 / 0 later)."""
+    return (amax.to(torch.float32) / code_max).clamp_min_(torch.finfo(torch.float32).tiny)
