@@ -160,10 +160,13 @@ class Cache(Part):
     quantizer: Quantizer
     pinned: bool = False
 
+    def begin(self, num_blocks: int, device: torch.device) -> None:
+        """Called at the start of every sampling call, after `clear` (device buffers go here)."""
+
     def begin_step(self, step: int, computes: list[bool]) -> None:
-        """Called before each forward, once the step's decision is known: per block, will it
-        compute (and store) at this step? For a gate that decides mid-forward, every block
-        is said to compute (what is known before the forward)."""
+        """Called once per step when its decision is known: per block, does it compute (and
+        store) at this step? That is before the forward, or, with a gate that decides
+        mid-forward, at its decision (the blocks before it have computed and stored)."""
 
     def graph_key(self) -> tuple:
         """What, besides the reuse pattern, changes the operations this cache records at this step."""

@@ -134,6 +134,7 @@ class Strategy:
         self.gate.reset(num_steps, num_blocks)
         for each in self.caches.values():
             each.clear()
+            each.begin(num_blocks, torch.device(device))
 
     def reset_stats(self) -> None:
         self.stats = ReuseStats()
@@ -144,15 +145,19 @@ class Strategy:
         self._ctx = ctx
         self._reuse = [False] * self._num_blocks
         self._probe = self._probing(ctx.step)
-        if self._decide_after is None:  # else decided in `block`, once block k has computed
-            eligible = self._eligible(ctx.step)
-            if any(eligible):
-                ctx.signals = self._gather_signals(ctx)
-                decided = self.gate.decide(ctx, eligible)
-                self._reuse = [bool(d) and e for d, e in zip(decided, eligible)]
+        if self._decide_after is not None:
+            return  # decided in `block`, once block k has computed
+        eligible = self._eligible(ctx.step)
+        if any(eligible):
+            ctx.signals = self._gather_signals(ctx)
+            decided = self.gate.decide(ctx, eligible)
+            self._reuse = [bool(d) and e for d, e in zip(decided, eligible)]
+        self._begin_caches(ctx.step)
+
+    def _begin_caches(self, step: int) -> None:
         computes = [not r for r in self._reuse]
         for each in self.caches.values():
-            each.begin_step(ctx.step, computes)
+            each.begin_step(step, computes)
 
     def after_step(self) -> None:
         self.stats.evaluations += self._num_blocks
@@ -265,6 +270,7 @@ class Strategy:
         self._reuse = [bool(d) and e for d, e in zip(decided, eligible)]
         if not any(self._reuse):
             self._reference = residual.detach()
+        self._begin_caches(ctx.step)
 
     def _gather_signals(self, ctx: StepContext) -> dict[str, Any]:
         """Every signal the gate asked for, moved to the host in one transfer."""

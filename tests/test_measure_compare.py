@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
 from dqar_bench import models, timing
 from dqar_bench.cli import main
 from dqar_bench.measure import synthetic
-from dqar_bench.measure.compare import benchmark_entries, compare_runs, read_records
+from dqar_bench.measure.compare import benchmark_entries, compare_runs
 from dqar_bench.runner import run_suite
 from dqar_bench.suite import load_suite
 
@@ -135,4 +134,3 @@ def test_benchmark_entries_include_energy_and_memory_when_recorded():
     assert entries["s/x energy per image"]["value"] == 1.5 and entries["s/x energy per image"]["unit"] == "J"
     assert entries["s/x peak memory"]["value"] == 3.0
     assert entries["s/x time per image"]["value"] == pytest.approx(150.0)
-    assert read_records  # imported for the CLI; records come from disk in the other tests

@@ -88,7 +88,7 @@ def test_clip_score_hook():
 
 
 def test_clip_weights_must_be_local(tmp_path):
-    with pytest.raises(DqarError, match="quality.clip_weights"):
+    with pytest.raises(DqarError, match="weights_path"):
         load_open_clip(None)
-    with pytest.raises(DqarError, match="downloads nothing"):
+    with pytest.raises(DqarError, match="missing.pt"):
         load_open_clip(str(tmp_path / "missing.pt"))

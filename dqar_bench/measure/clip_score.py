@@ -16,9 +16,6 @@ import torch
 
 from dqar_bench.errors import DqarError
 
-WEIGHTS_OPTION = "'quality.clip_weights'"
-
-
 class ClipScorer(Protocol):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 RGB images (N, 3, H, W) -> embeddings (N, D)."""
@@ -57,7 +54,7 @@ class _OpenClip:
 def load_open_clip(weights_path: str | None, model_name: str = "ViT-B-32", device: torch.device | None = None) -> ClipScorer:
     """An open_clip model from a local checkpoint; a one-line error if that cannot be done offline."""
     if weights_path is None or not Path(weights_path).expanduser().is_file():
-        raise DqarError(f"CLIP score needs local CLIP weights and dqar-bench downloads nothing: set {WEIGHTS_OPTION} to a local open_clip checkpoint for {model_name}")
+        raise DqarError(f"CLIP score needs local CLIP weights and dqar-bench downloads nothing: pass weights_path, a local open_clip checkpoint for {model_name} (no file at {weights_path})")
     try:
         import open_clip
     except ImportError:
