@@ -8,7 +8,7 @@ write, timed as /work/shared/gpu/anchor.py times (CUDA events and one sync on a 
 perf_counter on the CPU). The goal is under 2 % apart. It also checks the timer against a
 synthetic model whose blocks cost a known, real time.
 
-    python benchmarks/harness_overhead.py [--model dit-tiny] [--device auto] [--steps 20] [--rounds 15]
+    python benchmarks/harness_overhead.py [--model dit-tiny] [--device auto] [--steps 20] [--rounds 15] [--threads 1]
 """
 
 from __future__ import annotations
@@ -138,7 +138,10 @@ def main():
     p.add_argument("--labels", default="[1, 3, 5, 7]")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own); 1 is steadier on a shared machine")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overhead(args)
     timer_check(args)
 

@@ -90,6 +90,27 @@ def build_dit_tiny() -> LoadedModel:
     return LoadedModel("dit-tiny", model.eval())
 
 
+def build_dit_xl_random() -> LoadedModel:
+    """DiT-XL/2-256's architecture (28 blocks, 16 heads x 72, 32x32x4 latents, 1000 classes) with
+    random weights from seed 0: for timing on a machine without the checkpoint (ANCHORS.md
+    section 1 was measured so). Its images and quality figures mean nothing."""
+    from diffusers import DiTTransformer2DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = DiTTransformer2DModel(
+            num_attention_heads=16,
+            attention_head_dim=72,
+            in_channels=4,
+            out_channels=8,
+            num_layers=28,
+            sample_size=32,
+            patch_size=2,
+            num_embeds_ada_norm=1000,
+        )
+    return LoadedModel("dit-xl-2-256-random", model.eval())
+
+
 def build_pixart_tiny() -> LoadedModel:
     """A 4-block PixArt-alpha (2 heads x 16, 8x8x4 latents, 64-wide captions), random weights from seed 0."""
     from diffusers import PixArtTransformer2DModel
@@ -113,8 +134,9 @@ def build_pixart_tiny() -> LoadedModel:
 BUILTIN_MODELS: dict[str, Callable[[], LoadedModel]] = {
     "dit-tiny": build_dit_tiny,
     "pixart-tiny": build_pixart_tiny,
+    "dit-xl-2-256-random": build_dit_xl_random,
 }
-BUILTIN_FAMILIES: dict[str, str] = {"dit-tiny": "dit", "pixart-tiny": "pixart"}
+BUILTIN_FAMILIES: dict[str, str] = {"dit-tiny": "dit", "pixart-tiny": "pixart", "dit-xl-2-256-random": "dit"}
 FAMILY_OF_CLASS = {"DiTTransformer2DModel": "dit", "PixArtTransformer2DModel": "pixart"}
 
 

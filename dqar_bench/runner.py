@@ -281,8 +281,8 @@ def _fidelity(images: torch.Tensor | None, is_baseline: bool, kit: Instruments) 
     """FID / IS / KID of the case's images; the baseline's images may be the reference itself."""
     if images is None:
         return None
-    if is_baseline and kit.quality.reference == "baseline":
-        kit.adopt_reference(images)
+    if is_baseline and kit.quality.reference == "baseline" and kit.fidelity is None:
+        kit.adopt_reference(images)  # the first baseline's; a baseline in another mode is scored against it
         return {"n": int(images.shape[0]), "reference": "this case (the baseline)", "feature_extractor": kit.quality.feature_extractor}
     if kit.fidelity is None:
         return {"n": int(images.shape[0]), "note": "no reference: the baseline did not finish"}
