@@ -9,8 +9,10 @@ same mode:
 - `compile`: `torch.compile` of the transformer with the strategy installed, so Dynamo
   traces the strategy's hooks too and specializes the graph on the step's reuse pattern
   (the Python values the hooks read); each distinct pattern compiles once. The first
-  sampling call (the runner's cold figure) holds the compile time. Past `max_graphs`
-  distinct patterns a step runs eagerly and is counted as a fallback.
+  sampling call (the runner's cold figure) holds most of the compile time; the runner
+  warms a strong mode up with two calls, because the first starts from empty caches and
+  unallocated buffers and the second then compiles its first step once more. Past
+  `max_graphs` distinct patterns a step runs eagerly and is counted as a fallback.
 - `cudagraph`: the forward captured as a CUDA graph, as in `gpu/anchor3.py`: one graph per
   distinct `Strategy.graph_key()` (the reuse pattern and what the caches say changes their
   operations), captured lazily the second time a key is met (the first forward of a case
@@ -66,15 +68,24 @@ class Execution:
     must contain the hooks) and leave it before the installation is removed.
     """
 
-    def __init__(self, mode: str, transformer: torch.nn.Module, strategy: Strategy | None, options: ExecutionOptions | None = None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        transformer: torch.nn.Module,
+        strategy: Strategy | None,
+        options: ExecutionOptions | None = None,
+        graphs: Callable[[torch.nn.Module], GraphBackend] | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown execution mode '{mode}' (modes: {', '.join(MODES)})")
         self.mode = mode
         self.transformer = transformer
         self.strategy = strategy
         self.options = options or ExecutionOptions()
+        self.graphs = graphs or CudaGraphs  # tests swap in a CPU stand-in
         self._stack = contextlib.ExitStack()
         self._runner: KeyedRunner | None = None
+        self._graphs_before = 0
 
     def __enter__(self) -> Forward:
         if self.mode == "eager":
@@ -84,10 +95,11 @@ class Execution:
             self._stack.callback(setattr, self.strategy, "pinned", False)
         if self.mode == "compile":
             self._stack.enter_context(_fresh_dynamo(self.options.max_graphs))
+            self._graphs_before = _dynamo_graphs()
             compiled = torch.compile(self.transformer, backend=self.options.compile_backend, mode=self.options.compile_mode)
             self._runner = KeyedRunner(_Compiled(plain_forward(compiled)), plain_forward(self.transformer), self._key, self.options.max_graphs)
         else:
-            self._runner = KeyedRunner(CudaGraphs(self.transformer), plain_forward(self.transformer), self._key, self.options.max_graphs)
+            self._runner = KeyedRunner(self.graphs(self.transformer), plain_forward(self.transformer), self._key, self.options.max_graphs)
         self._stack.callback(self._runner.close)
         return self._runner
 
@@ -101,6 +113,8 @@ class Execution:
             out.update(backend=self.options.compile_backend, compile_mode=self.options.compile_mode)
         if self._runner is not None:
             out.update(self._runner.counts())
+        if self.mode == "compile":  # Dynamo's own count: guards on Python state can add graphs per key
+            out["dynamo_graphs"] = _dynamo_graphs() - self._graphs_before
         return out
 
     def _key(self) -> Hashable:
@@ -237,6 +251,7 @@ class CudaGraphs:
         with torch.cuda.stream(stream):
             out = self._run()
         torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()  # what was allocated on the side stream (cache tensors) is then safe anywhere
         return out
 
     def make(self, *args: Any, **kwargs: Any) -> _Program:
@@ -278,6 +293,12 @@ def _copy(static: Any, value: Any, name: str) -> None:
             _copy(static[key], value[key], f"{name}.{key}")
     elif static is not value and static != value:
         raise RuntimeError(f"CUDA graph input '{name}' changed from {static!r} to {value!r}")
+
+
+def _dynamo_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 @contextlib.contextmanager

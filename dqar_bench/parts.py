@@ -154,7 +154,7 @@ class Cache(Part):
     TARGET: ClassVar[Literal["attention", "attention+mlp", "block", "cross-attention"]] = "attention"
     NEEDS_QKV: ClassVar[bool] = False
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "cudagraph": "the cache keeps new tensors at every store (not graph-safe; see dqar_bench.storage.Slots)",
+        "cudagraph": "the cache keeps new tensors at every store (not graph-safe; see dqar_bench.storage.SlotCache)",
     }
 
     quantizer: Quantizer

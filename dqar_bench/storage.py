@@ -2,9 +2,10 @@
 
 Eagerly a slot just keeps whatever it is given. Under CUDA graphs (`pinned`) that is not
 enough: a captured graph reads and writes fixed addresses, so a slot that already holds
-tensors of the same shapes gets the new values copied into them, and `clear` keeps the
-storage aside for the next sampling call instead of freeing memory a graph still points
-at. The copy costs one elementwise kernel per store, which is why it is only done pinned.
+tensors of the same shapes gets the new values copied into them, and `clear` keeps every
+tensor (a graph still points at them, and a replayed store runs no Python to put them
+back): what is valid in a sampling call is the owner's bookkeeping, not the slots'.
+The copy costs one elementwise kernel per store, which is why it is only done pinned.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ class Slots(Generic[K]):
 
     def __init__(self) -> None:
         self._held: dict[K, Any] = {}
-        self._spare: dict[K, Any] = {}
 
     def clear(self, pinned: bool = False) -> None:
-        """Drop what is held; pinned, keep the storage aside for the same keys later."""
-        if pinned:
-            self._spare.update(self._held)
-        self._held.clear()
+        """Drop what is held; pinned, nothing (the tensors stay where graphs point)."""
+        if not pinned:
+            self._held.clear()
 
     def __contains__(self, key: object) -> bool:
         return key in self._held
@@ -51,8 +50,6 @@ class Slots(Generic[K]):
         """Hold `value` under `key`; pinned, into the tensors already there when they fit."""
         if pinned:
             old = self._held.get(key)
-            if old is None:
-                old = self._spare.pop(key, None)
             if old is not None and copy_into(old, value):
                 self._held[key] = old
                 return

@@ -14,7 +14,7 @@ import torch
 from dqar_bench.adapters import adapter_for
 from dqar_bench.cli import main
 from dqar_bench.errors import SuiteError
-from dqar_bench.execution import Execution, ExecutionOptions, KeyedRunner, _copy, unsupported
+from dqar_bench.execution import CudaGraphs, Execution, ExecutionOptions, KeyedRunner, _copy, unsupported
 from dqar_bench.parts import build_part
 from dqar_bench.records import RunDir
 from dqar_bench.sampling import denoise, labels_condition, make_scheduler
@@ -129,7 +129,7 @@ def test_pinned_slots_write_into_the_same_tensors_across_calls():
     slots.put(0, torch.ones(4), pinned=True)
     assert slots[0] is first and torch.equal(first, torch.ones(4))  # same address: a graph may point at it
     slots.clear(pinned=True)
-    assert 0 not in slots
+    assert slots[0] is first  # kept: a graph points at it, and a replayed store cannot put it back
     slots.put(0, torch.full((4,), 2.0), pinned=True)
     assert slots[0] is first and torch.equal(first, torch.full((4,), 2.0))
     slots.put(0, torch.zeros(5), pinned=True)  # another shape cannot be written in place
@@ -256,3 +256,95 @@ def test_records_of_a_mode_expanded_run_resume(write_suite, tmp_path, monkeypatc
     assert again == ["baseline@cudagraph", "never@cudagraph"]  # only what did not run is tried again
     never = {r["case"]: r for r in RunDir(out).records()}["never@eager"]
     assert never["quality"]["identical"] is True  # compared with the eager baseline's outputs
+
+
+class ReplayedGraphs(CudaGraphs):
+    """A CPU stand-in for CUDA graphs with their one property that matters here: a replay runs
+    the recorded tensor operations on the same tensors, and no Python at all.
+
+    `make` records every aten op of the forward (running it, as capture-then-replay does);
+    a replay reruns them in order and writes each result into the tensor recorded for it,
+    so later ops (and the caller) read the new values at the old addresses.
+    """
+
+    def __init__(self, transformer):
+        self.transformer = transformer
+        self.static = None
+        self._sources = {}
+        self.recorded = 0
+
+    def warm(self, *args, **kwargs):
+        self.load(*args, **kwargs)
+        return self._run()
+
+    def make(self, *args, **kwargs):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        ops = []
+
+        class Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                ops.append((func, args, kwargs or {}, out))
+                return out
+
+        self.load(*args, **kwargs)
+        with Record():
+            static_out = self._run()
+        self.recorded += 1
+
+        def replay(*a, **k):
+            self.load(*a, **k)
+            for func, fargs, fkwargs, out in ops:
+                new = func(*fargs, **fkwargs)
+                for old, value in zip(_tensors(out), _tensors(new)):
+                    if old is not value and old._base is None and value.data_ptr() != old.data_ptr():
+                        old.copy_(value)
+            return static_out
+
+        from dqar_bench.execution import _Program
+
+        return _Program(replay, static_out)
+
+    def close(self):
+        self.static = None
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
+
+
+@pytest.mark.parametrize("case", ["baseline", "pab", "fora", "delta_dit", "taylorseer", "full_dqar"])
+def test_graph_replays_match_eager_over_two_sampling_calls(tiny, registry, case):
+    """What the cudagraph mode relies on, checked on the CPU: bookkeeping outside the forward,
+    caches written in place, one program per step key, replayed across sampling calls."""
+    from dqar_bench.suite import load_suite as load
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    spec = load(root / "suites" / "peers.yaml", registry).case(f"{case}@eager")
+    from dqar_bench.runner import build_strategy
+
+    condition = labels_condition([1, 3], tiny.null_class, torch.device("cpu"))
+
+    def run(mode):
+        s = build_strategy(spec, registry, 16)
+        scheduler = make_scheduler("ddim", tiny.scheduler_config)
+        backends = []
+        execution = Execution(mode, tiny.transformer, s, graphs=lambda m: backends.append(ReplayedGraphs(m)) or backends[-1])
+        outs = []
+        with adapter_for(tiny.transformer).install(tiny.transformer, s), execution as forward:
+            for seed in (0, 1):
+                outs.append(denoise(tiny.transformer, scheduler, condition, seed, 12, 4.0, s, forward))
+        return outs, execution.report(), s.stats if s else None
+
+    (eager0, eager1), _, eager_stats = run("eager")
+    (graph0, graph1), report, stats = run("cudagraph")
+    torch.testing.assert_close(graph0, eager0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(graph1, eager1, rtol=1e-4, atol=1e-4)
+    assert report["replays"] > report["graphs"] > 0 and report["eager_fallback_steps"] == 0
+    if stats is not None:
+        assert (stats.reused, stats.evaluations) == (eager_stats.reused, eager_stats.evaluations)

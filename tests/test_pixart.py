@@ -176,3 +176,25 @@ def test_precomputed_embeddings_are_a_caption_source(write_suite, registry, tmp_
 def test_shipped_peer_suites_validate(name, registry):
     suite = load_suite(ROOT / "suites" / name, registry)
     assert suite.cases and all(suite.baseline_for(c) for c in suite.cases)
+
+
+@pytest.mark.parametrize("mode", ["compile", "cudagraph"])
+def test_pixart_runs_in_the_strong_modes(pixart, registry, mode):
+    """Compiled (Dynamo only, to stay fast) and CUDA graphs (the CPU stand-in of test_execution)."""
+    from dqar_bench.execution import Execution, ExecutionOptions
+    from tests.test_execution import ReplayedGraphs
+
+    condition = synthetic_captions([8, 20], 64, CPU, torch.float32)
+
+    def run_in(which):
+        s = strategy(registry, ("warmup-interval", {"every": 4, "warmup": 2}), ("forecast", {"order": 2}))
+        execution = Execution(which, pixart.transformer, s, ExecutionOptions(compile_backend="eager"), graphs=ReplayedGraphs)
+        with adapter_for(pixart.transformer).install(pixart.transformer, s), execution as forward:
+            outs = [denoise(pixart.transformer, make_scheduler("ddim", pixart.scheduler_config), condition, seed, 8, 4.5, s, forward) for seed in (0, 1)]
+        return outs, execution.report()
+
+    eager, _ = run_in("eager")
+    strong, report = run_in(mode)
+    for a, b in zip(strong, eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert report["graphs"] == 2 and report["eager_fallback_steps"] == 0  # compute steps and forecast steps

@@ -30,4 +30,4 @@ def adapter_for_family(family: str | None) -> type[Adapter] | None:
     return next((cls for cls in ADAPTERS if cls.FAMILY == family), None)
 
 
-__all__ = ["Adapter", "Installation", "adapter_for", "adapter_for_family"]
+__all__ = ["Adapter", "DiTAdapter", "Installation", "PixArtAdapter", "adapter_for", "adapter_for_family"]
