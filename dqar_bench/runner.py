@@ -82,6 +82,8 @@ def run_suite(
         raise DqarError(f"{run.path} already holds records; pass --resume {run.path} to continue it, or choose another --output")
     done = run.finished() if resume else {}
     device = resolve_device(suite.device)
+    if device.type == "cpu":
+        torch.set_num_threads(suite.threads)
     dtype = getattr(torch, suite.dtype)
     model = load_model(suite.model, device, dtype, suite.allow_download)
     _check_labels(suite, model)

@@ -152,8 +152,9 @@ def denoise(
         if use_cfg:
             cond, uncond = eps.chunk(2)
             eps = uncond + guidance_scale * (cond - uncond)
-        a = alphas_cumprod[t].to(torch.float32)
-        x0 = ((latents.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()).to(dtype)
+        if observer is not None:  # the untouched baseline pays for nothing it does not use
+            a = alphas_cumprod[t].to(torch.float32)
+            x0 = ((latents.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()).to(dtype)
         latents = scheduler.step(eps, t, latents).prev_sample
         if observer is not None:
             observer.after_step()

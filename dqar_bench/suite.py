@@ -33,7 +33,7 @@ DEFAULT_PARTS: dict[str, str] = {"scheduler": "all", "gate": "never", "cache": "
 
 TOP_KEYS = (
     "name", "description", "model", "sampler", "class_labels", "prompt_lengths", "prompts", "prompt_embeddings",
-    "seeds", "device", "dtype", "timing", "baseline", "probe_queries", "quality", "execution", "compile", "cases",
+    "seeds", "device", "dtype", "threads", "timing", "baseline", "probe_queries", "quality", "execution", "compile", "cases",
 )
 CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution")
 COMPILE_KEYS = ("backend", "mode", "max_graphs")
@@ -109,6 +109,9 @@ class Suite:
     per_step: bool = True
     """Time each model call inside a sampling call (a forward pre-hook; no extra sync)."""
     nvml_interval_s: float = 0.01
+    threads: int = 1
+    """CPU threads torch may use. One by default: tiny models run fastest on one thread, and
+    several threads that share cores with another process slow down many times over."""
     execution_options: ExecutionOptions = field(default_factory=ExecutionOptions)
     prompt_lengths: list[int] | None = None
     prompts: list[str] | None = None
@@ -195,6 +198,9 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) ->
         raise r.error("field 'timing.nvml_interval_ms' must be > 0 (milliseconds between NVML samples)")
     quality = _quality(r, data.get("quality"))
     probe_queries = r.get(data, "probe_queries", int, default=16)
+    threads = r.get(data, "threads", int, default=1)
+    if threads < 1:
+        raise r.error("field 'threads' must be at least 1 (CPU threads torch may use)")
     family = model_family(model_name)
     text = _text(r, data, family, model_name)
     default_modes = _modes(r, data.get("execution", "eager"), "field 'execution'")
@@ -227,7 +233,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) ->
         path, name, model_name, allow_download, sampler, steps, guidance, labels, seeds, device, dtype,
         warmup, repeats, baseline, probe_queries, cases, digest, str(data.get("description", "") or ""),
         quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
-        execution_options=options, **text,
+        execution_options=options, threads=threads, **text,
     )
 
 
