@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Retrain the reference DiT and digit classifier into dqar_bench/reference/weights/.
 
-Usage: python scripts/train_reference.py [--out DIR] [--seed 0] [--steps N] [--threads 2]
+Usage: python scripts/train_reference.py [--out DIR] [--seed 0] [--steps N] [--threads 1] [--evaluate-only]
 """
 
 from __future__ import annotations

@@ -455,6 +455,8 @@ labels `arange(10).repeat(2)`, {m['test_sample']['inference_steps']} DDIM steps,
 ```
 {m['command']}
 ```
+About {m['dit_train_cpu_seconds'] / 60 + 2:.0f} CPU-minutes in all; it rewrites every file in this folder. Add `--evaluate-only` to
+recompute only the figures (metrics.json, this card) for the weights already here.
 Deterministic for a given seed on the same CPU type, thread count and library versions
 (torch {m['torch_version']}, diffusers {m['diffusers_version']}); elsewhere the figures may move slightly.
 """
