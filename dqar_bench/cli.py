@@ -96,7 +96,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from dqar_bench.measure.compare import benchmark_entries, compare_runs, parse_fraction, read_records, render_comparison
 
     comparison = compare_runs(
-        args.base, args.new, parse_fraction(args.max_slowdown), args.alpha, args.max_quality_drop, args.max_fid_rise
+        args.base, args.new, parse_fraction(args.max_slowdown), args.alpha, args.max_quality_drop, args.max_fid_rise,
+        parse_fraction(args.max_accuracy_drop, "--max-accuracy-drop") if args.max_accuracy_drop is not None else None,
     )
     print(render_comparison(comparison))
     if args.json:
@@ -140,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--alpha", type=float, default=0.01, help="significance level of the Mann-Whitney U test (default 0.01)")
     compare.add_argument("--max-quality-drop", type=float, metavar="DB", help="PSNR drop (dB, against each run's baseline) that counts as a regression")
     compare.add_argument("--max-fid-rise", type=float, help="FID rise that counts as a regression")
+    compare.add_argument("--max-accuracy-drop", metavar="FRACTION", help="class accuracy drop that counts as a regression (e.g. 2%% or 0.02)")
     compare.add_argument("--json", metavar="PATH", help="write the new run as github-action-benchmark customSmallerIsBetter JSON")
     trace = sub.add_parser("trace", help="measure where single reuses are safe, as training data for the policy gate")
     trace.add_argument("suite", help="suite YAML file (its cases that use a cache are traced)")

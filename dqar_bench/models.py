@@ -131,12 +131,24 @@ def build_pixart_tiny() -> LoadedModel:
     return LoadedModel("pixart-tiny", model.eval(), family="pixart")
 
 
+def build_digits_dit() -> LoadedModel:
+    """The project's trained reference model: a 6-block pixel-space DiT on sklearn's digits.
+
+    Its weights ship with the package (`dqar_bench/reference/weights/`, see MODEL_CARD.md),
+    so quality changes on a CPU are real changes, not noise around random weights.
+    """
+    from dqar_bench.reference.load import load_reference_dit, load_reference_scheduler_config
+
+    return LoadedModel("digits-dit", load_reference_dit(), load_reference_scheduler_config())
+
+
 BUILTIN_MODELS: dict[str, Callable[[], LoadedModel]] = {
     "dit-tiny": build_dit_tiny,
+    "digits-dit": build_digits_dit,
     "pixart-tiny": build_pixart_tiny,
     "dit-xl-2-256-random": build_dit_xl_random,
 }
-BUILTIN_FAMILIES: dict[str, str] = {"dit-tiny": "dit", "pixart-tiny": "pixart", "dit-xl-2-256-random": "dit"}
+BUILTIN_FAMILIES: dict[str, str] = {"dit-tiny": "dit", "digits-dit": "dit", "pixart-tiny": "pixart", "dit-xl-2-256-random": "dit"}
 FAMILY_OF_CLASS = {"DiTTransformer2DModel": "dit", "PixArtTransformer2DModel": "pixart"}
 
 

@@ -42,6 +42,9 @@ class QualityConfig:
     `feature_extractor_weights_path`); nothing is downloaded."""
     lpips_weights: str | None = None
     """A torch hub directory whose `checkpoints/` holds the LPIPS files; default torch's own."""
+    classifier: str | None = None
+    """A label classifier (`dqar_bench.measure.classify.CLASSIFIERS`) that scores the case's
+    outputs (every seed) by class accuracy: the share read as the label they were made for."""
 
 
 def paired(output: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:

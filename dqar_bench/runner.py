@@ -27,6 +27,8 @@ from dqar_bench.conditioning import condition_for
 from dqar_bench.errors import DqarError, ModelError
 from dqar_bench.execution import Execution, unsupported
 from dqar_bench.measure import environment
+from dqar_bench.measure.classify import class_accuracy
+from dqar_bench.measure.fidelity import to_uint8
 from dqar_bench.measure.instruments import Instruments, build_instruments, generate_images
 from dqar_bench.measure.meter import CaseMeter
 from dqar_bench.measure.plot import plot_run
@@ -180,7 +182,9 @@ def run_case(
         measured = _measure(suite, model, device, strategy, kit, case.execution, condition)
         outputs, samples = measured.pop("outputs"), measured.pop("latency_s")
         quality = _quality(outputs, baseline_outputs, kit)
-        fidelity = _fidelity(measured.pop("fid_images"), suite.is_baseline(case), kit)
+        fid_images, _ = measured.pop("fid_images") or (None, None)
+        fidelity = _fidelity(fid_images, suite.is_baseline(case), kit)
+        accuracy = _class_accuracy(outputs, condition, kit)
     except Exception as exc:  # one broken case must not stop the suite
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0], traceback=traceback.format_exc(), finished=_now())
         return record, None
@@ -195,6 +199,7 @@ def run_case(
         **measured,
         quality=quality,
         fidelity=fidelity,
+        class_accuracy=accuracy,
         finished=_now(),
     )
     return record, outputs
@@ -279,6 +284,17 @@ def _quality(outputs: dict[int, torch.Tensor], baseline: dict[int, torch.Tensor]
     return compare_outputs(
         torch.cat([outputs[s] for s in seeds]), torch.cat([baseline[s] for s in seeds]), kit.decode, kit.lpips, kit.lpips_note
     )
+
+
+def _class_accuracy(outputs: dict[int, torch.Tensor], condition: Condition, kit: Instruments) -> float | None:
+    """Class accuracy of the case's own outputs (every seed, first timed repeat)."""
+    labels = condition.inputs.get("class_labels")
+    if kit.quality.classifier is None or labels is None:
+        return None
+    seeds = sorted(outputs)
+    images = to_uint8(kit.to_images(torch.cat([outputs[s] for s in seeds])))
+    labels = labels.detach().cpu().repeat(len(seeds))
+    return class_accuracy(kit.quality.classifier, images, labels)
 
 
 def _fidelity(images: torch.Tensor | None, is_baseline: bool, kit: Instruments) -> dict[str, Any] | None:

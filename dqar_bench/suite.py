@@ -20,6 +20,8 @@ import yaml
 
 from dqar_bench.adapters import adapter_for_family
 from dqar_bench.errors import SuiteError
+from dqar_bench.measure.classify import CLASSIFIERS
+from dqar_bench.measure.fidelity import REFERENCE_SETS
 from dqar_bench.execution import MODES, ExecutionOptions
 from dqar_bench.models import model_family
 from dqar_bench.parts import KINDS, build_part
@@ -41,7 +43,7 @@ TEXT_KEYS = ("prompt_lengths", "prompts", "prompt_embeddings")
 MAX_PROMPT_LENGTH = 120
 SAMPLER_KEYS = ("name", "steps", "guidance_scale")
 TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms")
-QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips_weights")
+QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips_weights", "classifier")
 FIDELITY_METRICS = ("fid", "kid", "isc")
 MODEL_KEYS = ("name", "download")
 SWEEP_KEYS = ("parameter", "values")
@@ -333,15 +335,21 @@ def _quality(r: "_Reader", raw: Any) -> QualityConfig:
     if not isinstance(metrics, list) or not metrics or any(m not in FIDELITY_METRICS for m in metrics):
         raise r.error(f"field 'quality.metrics' must be a non-empty list of {', '.join(FIDELITY_METRICS)}, got {metrics!r}")
     reference = r.get(raw, "reference", str, default="baseline", field="quality.reference")
-    if fid and reference != "baseline" and not Path(reference).expanduser().exists():
-        raise r.error(f"field 'quality.reference': {reference} does not exist; give an image folder, a .npz of FID statistics, or 'baseline'")
+    named = reference == "baseline" or reference in REFERENCE_SETS
+    if fid and not named and not Path(reference).expanduser().exists():
+        sets = ", ".join(REFERENCE_SETS)
+        raise r.error(f"field 'quality.reference': {reference} does not exist; give an image folder, a .npz of FID statistics, 'baseline' or a shipped set ({sets})")
+    classifier = r.get(raw, "classifier", str, field="quality.classifier")
+    if classifier is not None and classifier not in CLASSIFIERS:
+        raise r.error(f"field 'quality.classifier': unknown classifier '{classifier}' (classifiers: {', '.join(CLASSIFIERS)})")
     weights = {}
     for key in ("inception_weights", "lpips_weights"):
         value = r.get(raw, key, str, field=f"quality.{key}")
         weights[key] = str(Path(value).expanduser()) if value is not None else None
     return QualityConfig(
         fid=fid,
-        reference=reference if reference == "baseline" else str(Path(reference).expanduser()),
+        reference=reference if named else str(Path(reference).expanduser()),
+        classifier=classifier,
         metrics=tuple(metrics),
         feature_extractor=r.get(raw, "feature_extractor", str, default=QualityConfig.feature_extractor, field="quality.feature_extractor"),
         **weights,

@@ -24,6 +24,7 @@ COLUMNS = [
     "gpu_peak_mib", "process_mib", "torch_alloc_mib", "torch_reserved_mib", "rss_mib", "rss_scope", "joules_per_image",
     "memory_note", "process_note", "energy_note",
     "space", "ssim", "lpips", "lpips_note", "fid", "isc", "kid", "fidelity_n", "fidelity_note", "execution",
+    "class_accuracy",
 ]
 
 # A speedup compares like with like: these must match between a case and the baseline.
@@ -140,6 +141,7 @@ def _quality(row: dict[str, Any], record: dict[str, Any]) -> None:
             lpips=quality.get("lpips"),
             lpips_note=quality.get("lpips_note"),
         )
+    row.update(class_accuracy=record.get("class_accuracy"))
     fidelity = record.get("fidelity") or {}
     if fidelity:
         row.update(fid=fidelity.get("fid"), isc=fidelity.get("isc_mean"), kid=fidelity.get("kid_mean"),
@@ -198,8 +200,10 @@ def _memory_table(rows: list[dict[str, Any]]) -> str:
 def _quality_table(rows: list[dict[str, Any]]) -> str:
     has_lpips = any(_present(r["lpips"]) for r in rows)
     has_fid = any(_present(r["fid"]) or _present(r["isc"]) or _present(r["kid"]) for r in rows)
+    has_accuracy = any(_present(r["class_accuracy"]) for r in rows)
     header = ["case", "PSNR / SSIM on", "PSNR dB", "SSIM", "MSE (latents)", "max abs (latents)"]
     header += ["LPIPS"] if has_lpips else []
+    header += ["class accuracy"] if has_accuracy else []
     header += ["FID", "IS", "KID", "images"] if has_fid else []
     lines = _head(header, left=2)
     for row in rows:
@@ -210,6 +214,8 @@ def _quality_table(rows: list[dict[str, Any]]) -> str:
         ]
         if has_lpips:
             cells.append("(reference)" if base else _num(row["lpips"], "{:.4f}"))
+        if has_accuracy:
+            cells.append(_num(row["class_accuracy"], "{:.1%}"))
         if has_fid:
             cells += [_num(row["fid"], "{:.3f}"), _num(row["isc"], "{:.3f}"), _num(row["kid"], "{:.4f}"), _num(row["fidelity_n"], "{:d}")]
         lines.append(_line(cells))

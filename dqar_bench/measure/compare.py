@@ -37,6 +37,8 @@ class CaseChange:
     psnr_new: float | None = None
     fid_base: float | None = None
     fid_new: float | None = None
+    accuracy_base: float | None = None
+    accuracy_new: float | None = None
     verdict: str = ""
     regressions: list[str] = field(default_factory=list)
 
@@ -58,6 +60,7 @@ class Comparison:
     max_fid_rise: float | None
     changes: list[CaseChange]
     notes: list[str]
+    max_accuracy_drop: float | None = None
 
     @property
     def regressed(self) -> bool:
@@ -90,11 +93,13 @@ def compare_runs(
     alpha: float = 0.01,
     max_quality_drop: float | None = None,
     max_fid_rise: float | None = None,
+    max_accuracy_drop: float | None = None,
 ) -> Comparison:
     base_records, new_records = read_records(base), read_records(new)
+    limits = (max_quality_drop, max_fid_rise, max_accuracy_drop)
     changes = []
     for case in list(base_records) + [c for c in new_records if c not in base_records]:
-        changes.append(_compare_case(case, base_records.get(case), new_records.get(case), max_slowdown, alpha, max_quality_drop, max_fid_rise))
+        changes.append(_compare_case(case, base_records.get(case), new_records.get(case), max_slowdown, alpha, limits))
     notes = _environment_notes(base_records, new_records)
     short = [c.case for c in changes if c.base and c.new and min_detectable_p(c.base.n, c.new.n) > alpha]
     if short:
@@ -102,7 +107,7 @@ def compare_runs(
             f"too few samples to call any change significant at alpha {alpha:g} for: {', '.join(short)} "
             "(raise timing.repeats or add seeds; 5 or more per run are needed at alpha 0.01)"
         )
-    return Comparison(Path(base), Path(new), max_slowdown, alpha, max_quality_drop, max_fid_rise, changes, notes)
+    return Comparison(Path(base), Path(new), max_slowdown, alpha, max_quality_drop, max_fid_rise, changes, notes, max_accuracy_drop)
 
 
 def _compare_case(
@@ -111,8 +116,7 @@ def _compare_case(
     new: dict[str, Any] | None,
     max_slowdown: float,
     alpha: float,
-    max_quality_drop: float | None,
-    max_fid_rise: float | None,
+    limits: tuple[float | None, float | None, float | None],
 ) -> CaseChange:
     change = CaseChange(case)
     if base is None or new is None:
@@ -142,7 +146,7 @@ def _compare_case(
         change.verdict = "faster"
     else:
         change.verdict = "no change"
-    worse = _quality_regressions(change, base, new, max_quality_drop, max_fid_rise)
+    worse = _quality_regressions(change, base, new, *limits)
     if worse:
         change.regressions += worse
         change.verdict += ", worse quality"
@@ -150,7 +154,12 @@ def _compare_case(
 
 
 def _quality_regressions(
-    change: CaseChange, base: dict[str, Any], new: dict[str, Any], max_quality_drop: float | None, max_fid_rise: float | None
+    change: CaseChange,
+    base: dict[str, Any],
+    new: dict[str, Any],
+    max_quality_drop: float | None,
+    max_fid_rise: float | None,
+    max_accuracy_drop: float | None = None,
 ) -> list[str]:
     change.psnr_base, change.psnr_new = _psnr(base), _psnr(new)
     change.fid_base = (base.get("fidelity") or {}).get("fid")
@@ -163,13 +172,17 @@ def _quality_regressions(
     if max_fid_rise is not None and change.fid_base is not None and change.fid_new is not None:
         if change.fid_new - change.fid_base > max_fid_rise:
             worse.append(f"FID {change.fid_base:.3f} -> {change.fid_new:.3f}")
+    change.accuracy_base, change.accuracy_new = base.get("class_accuracy"), new.get("class_accuracy")
+    if max_accuracy_drop is not None and change.accuracy_base is not None and change.accuracy_new is not None:
+        if change.accuracy_base - change.accuracy_new > max_accuracy_drop + 1e-12:
+            worse.append(f"class accuracy {change.accuracy_base:.1%} -> {change.accuracy_new:.1%}")
     return worse
 
 
 def render_comparison(comparison: Comparison) -> str:
     """A markdown table of per-case changes, the gate's verdict, and notes."""
-    header = ["case", "base ms / image", "new ms / image", "change", "p (Mann-Whitney U)", "PSNR dB base -> new", "FID base -> new", "verdict"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * 6 + "---|"]
+    header = ["case", "base ms / image", "new ms / image", "change", "p (Mann-Whitney U)", "PSNR dB base -> new", "FID base -> new", "accuracy base -> new", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * 7 + "---|"]
     for c in comparison.changes:
         base = _ms(c.base)
         new = _ms(c.new)
@@ -179,6 +192,7 @@ def render_comparison(comparison: Comparison) -> str:
             "n/a" if c.p_value is None else f"{c.p_value:.3g}",
             "n/a" if c.psnr_base is None and c.psnr_new is None else f"{_db(c.psnr_base)} -> {_db(c.psnr_new)}",
             "n/a" if c.fid_base is None and c.fid_new is None else f"{_num(c.fid_base)} -> {_num(c.fid_new)}",
+            "n/a" if c.accuracy_base is None and c.accuracy_new is None else f"{_pct(c.accuracy_base)} -> {_pct(c.accuracy_new)}",
             ("**REGRESSION**: " + "; ".join(c.regressions)) if c.regressions else (c.verdict if c.status == "compared" else f"{c.status}: {c.verdict}"),
         ]
         lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
@@ -187,6 +201,8 @@ def render_comparison(comparison: Comparison) -> str:
         gate.append(f"PSNR drop over {comparison.max_quality_drop:g} dB")
     if comparison.max_fid_rise is not None:
         gate.append(f"FID rise over {comparison.max_fid_rise:g}")
+    if comparison.max_accuracy_drop is not None:
+        gate.append(f"class accuracy drop over {comparison.max_accuracy_drop:.1%}")
     regressed = [c.case for c in comparison.changes if c.regressions]
     verdict = f"**{len(regressed)} regression(s)**: {', '.join(regressed)}" if regressed else "**no regression**"
     out = [f"Comparing {comparison.base} (base) with {comparison.new} (new)", "", "\n".join(lines), "", f"{verdict} (gate: {'; '.join(gate)})"]
@@ -229,13 +245,13 @@ def benchmark_entries(records: dict[str, dict[str, Any]], suite: str | None = No
     return entries
 
 
-def parse_fraction(text: str) -> float:
+def parse_fraction(text: str, option: str = "--max-slowdown") -> float:
     """'5%' or '0.05' -> 0.05."""
     raw = text.strip()
     try:
         return float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
     except ValueError:
-        raise DqarError(f"option --max-slowdown: '{text}' is not a fraction; write 5% or 0.05") from None
+        raise DqarError(f"option {option}: '{text}' is not a fraction; write 5% or 0.05") from None
 
 
 def _per_image(record: dict[str, Any]) -> Measurement | None:
@@ -282,3 +298,7 @@ def _db(value: float | None) -> str:
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

@@ -31,6 +31,15 @@ WEIGHTS_OPTION = "'quality.inception_weights' in the suite (or --inception-weigh
 # Feature extractors that register themselves when their module is imported.
 PROVIDERS = {"dqar-digits-classifier": "dqar_bench.reference.classifier"}
 
+REFERENCE_SETS = {"digits-heldout": "dqar_bench.reference.data:held_out_images"}
+"""Real image sets that ship with the project, by the name a suite gives as `quality.reference`."""
+
+
+def reference_set(name: str) -> torch.Tensor:
+    """A shipped reference set as images in [0, 1]."""
+    module, function = REFERENCE_SETS[name].split(":")
+    return getattr(importlib.import_module(module), function)()
+
 
 class ImageSet(Dataset):
     """uint8 images (N, 3, H, W) as torch-fidelity reads them: one tensor per item."""
@@ -178,6 +187,12 @@ class Fidelity:
     def _load_reference(self, reference: str | Path | torch.Tensor) -> tuple[str, dict[str, torch.Tensor] | None, dict[str, np.ndarray] | None]:
         from torch_fidelity.metric_fid import fid_features_to_statistics
 
+        if isinstance(reference, str) and reference in REFERENCE_SETS:
+            label = reference
+            reference = reference_set(reference)
+            feats = self._features(ImageSet(to_uint8(reference)))
+            stats = _float64(fid_features_to_statistics(feats[self.layers["fid"]])) if "fid" in self.metrics else None
+            return f"{label} ({len(reference)} images)", feats, stats
         if isinstance(reference, torch.Tensor):
             feats = self._features(ImageSet(reference if reference.dtype == torch.uint8 else to_uint8(reference)))
             stats = _float64(fid_features_to_statistics(feats[self.layers["fid"]])) if "fid" in self.metrics else None

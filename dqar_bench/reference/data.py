@@ -50,6 +50,11 @@ def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
     return out.clamp(-1.0, 1.0)
 
 
+def held_out_images() -> torch.Tensor:
+    """The held-out digits in [0, 1]: the real-data reference set for generated digits' FID."""
+    return (load_digits_split().test_images + 1.0) / 2.0
+
+
 def load_digits_split(
     resolution: int = NATIVE_RESOLUTION,
     held_out_fraction: float = HELD_OUT_FRACTION,
