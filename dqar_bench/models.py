@@ -71,44 +71,28 @@ class LoadedModel:
         return int(value) if value is not None else None
 
 
-def build_dit_tiny() -> LoadedModel:
-    """A 4-block DiT (2 heads x 16, 8x8x4 latents, 10 classes), random weights from seed 0."""
+def _random_dit(name: str, **config: Any) -> LoadedModel:
+    """A class-conditional DiT (learned sigma, patch 2) with random weights from seed 0."""
     from diffusers import DiTTransformer2DModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = DiTTransformer2DModel(
-            num_attention_heads=2,
-            attention_head_dim=16,
-            in_channels=4,
-            out_channels=8,
-            num_layers=4,
-            sample_size=8,
-            patch_size=2,
-            num_embeds_ada_norm=10,
-        )
-    return LoadedModel("dit-tiny", model.eval())
+        model = DiTTransformer2DModel(in_channels=4, out_channels=8, patch_size=2, **config)
+    return LoadedModel(name, model.eval())
+
+
+def build_dit_tiny() -> LoadedModel:
+    """A 4-block DiT (2 heads x 16, 8x8x4 latents, 10 classes), random weights from seed 0."""
+    return _random_dit("dit-tiny", num_attention_heads=2, attention_head_dim=16, num_layers=4, sample_size=8, num_embeds_ada_norm=10)
 
 
 def build_dit_xl_random() -> LoadedModel:
     """DiT-XL/2-256's architecture (28 blocks, 16 heads x 72, 32x32x4 latents, 1000 classes) with
     random weights from seed 0: for timing on a machine without the checkpoint (ANCHORS.md
     section 1 was measured so). Its images and quality figures mean nothing."""
-    from diffusers import DiTTransformer2DModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = DiTTransformer2DModel(
-            num_attention_heads=16,
-            attention_head_dim=72,
-            in_channels=4,
-            out_channels=8,
-            num_layers=28,
-            sample_size=32,
-            patch_size=2,
-            num_embeds_ada_norm=1000,
-        )
-    return LoadedModel("dit-xl-2-256-random", model.eval())
+    return _random_dit(
+        "dit-xl-2-256-random", num_attention_heads=16, attention_head_dim=72, num_layers=28, sample_size=32, num_embeds_ada_norm=1000
+    )
 
 
 def build_pixart_tiny() -> LoadedModel:

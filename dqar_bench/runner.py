@@ -88,7 +88,7 @@ def run_suite(
         torch.set_num_threads(suite.threads)
     dtype = getattr(torch, suite.dtype)
     model = load_model(suite.model, device, dtype, suite.allow_download)
-    _check_labels(suite, model)
+    check_labels(suite, model)
     run.write_text("suite.yaml", suite.path.read_text())
     kit = build_instruments(suite.quality, model.vae, model.latent_channels, device)
     kit.environment = environment.collect(device, suite.dtype, suite.seeds, suite.content_hash, model.transformer)
@@ -309,7 +309,8 @@ def _fidelity(images: torch.Tensor | None, is_baseline: bool, kit: Instruments) 
     return kit.fidelity.score(images)
 
 
-def _check_labels(suite: Suite, model: LoadedModel) -> None:
+def check_labels(suite: Suite, model: LoadedModel) -> None:
+    """Class labels must exist in the model, or its label embedding fails deep inside the forward."""
     if model.family != "dit":
         return
     bad = [c for c in suite.class_labels if not 0 <= c < model.null_class]

@@ -43,7 +43,7 @@ from dqar_bench.models import LoadedModel, load_model
 from dqar_bench.parts import Gate, build_part
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.policy.features import FEATURES, SIGNALS as POLICY_SIGNALS, feature_rows
-from dqar_bench.runner import _check_labels, resolve_device
+from dqar_bench.runner import check_labels, resolve_device
 from dqar_bench.sampling import make_scheduler, sample
 from dqar_bench.strategy import Strategy
 from dqar_bench.suite import Case, Suite
@@ -141,7 +141,7 @@ def trace_suite(
     chosen = select_cases(suite, cases, progress)
     device = resolve_device(suite.device)
     model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download)
-    _check_labels(suite, model)
+    check_labels(suite, model)
     summary = TraceSummary(cases=[c.name for c in chosen])
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
