@@ -159,3 +159,13 @@ def test_suite_case_with_policy_gate_runs(tmp_path: Path, monkeypatch) -> None:
     assert all(r["status"] == "ok" for r in records.values()), [r.get("error") for r in records.values()]
     # Always safe: every block reuses wherever the cache holds something (steps 1..3 of 4).
     assert records["always"]["reuse_ratio"] == pytest.approx(3 / 4)
+
+
+def test_shipped_policy_is_found_by_name_from_any_directory(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # nowhere near the repository
+    assert Policy(weights="digits-dit")._model is not None
+    assert Policy(weights="dit-tiny")._model is not None
+    suite = _write_suite(tmp_path / "suite.yaml", "  - name: learned\n    gate: {name: policy, weights: digits-dt}\n")
+    assert main(["validate", str(suite)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "digits-dt" in err and "digits-dit" in err  # names the shipped policies
