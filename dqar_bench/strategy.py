@@ -280,10 +280,10 @@ class Strategy:
         values: list[torch.Tensor] = []
         names: list[str] = []
         device = ctx.latents.device
-        nan = torch.tensor(float("nan"), device=device)
         if signals.SNR in wanted:
             names.append(signals.SNR)
-            values.append(signals.latent_snr(ctx.latents, ctx.x0) if ctx.x0 is not None else nan)
+            no_x0_yet = ctx.x0 is None  # before the first step: the SNR is undefined
+            values.append(torch.tensor(float("nan"), device=device) if no_x0_yet else signals.latent_snr(ctx.latents, ctx.x0))
         if signals.LATENT_NORM in wanted:
             names.append(signals.LATENT_NORM)
             values.append(signals.latent_norm(ctx.latents))
