@@ -39,6 +39,7 @@ from dqar_bench.reference.load import (
     SCHEDULER_CONFIG_FILE,
     WEIGHTS_DIR,
 )
+from dqar_bench.sampling import sample
 
 RESOLUTION = 8
 
@@ -112,21 +113,11 @@ def sample_digits(
     num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
     guidance_scale: float = DEFAULT_GUIDANCE,
 ) -> torch.Tensor:
-    """The harness's baseline sampler, restated so the model card's figures mean the same thing:
-    one batch of N(0, I) noise from `manual_seed(seed)`, DDIM, classifier-free guidance with the
-    null class, result clamped to [-1, 1]."""
+    """The harness's own sampling call (`dqar_bench.sampling.sample`, DDIM, classifier-free
+    guidance with the null class), so the model card's figures are the benchmark's baseline;
+    images clamped to [-1, 1]."""
     scheduler = DDIMScheduler.from_config(scheduler_config)
-    scheduler.set_timesteps(num_inference_steps)
-    size = model.config.sample_size
-    batch = labels.shape[0]
-    x = torch.randn(
-        (batch, model.config.in_channels, size, size), generator=torch.Generator().manual_seed(seed)
-    )
-    class_in = torch.cat([labels, torch.full_like(labels, NULL_CLASS)])
-    for t in scheduler.timesteps:
-        eps_c, eps_u = model(torch.cat([x, x]), timestep=t.expand(2 * batch), class_labels=class_in).sample.chunk(2)
-        eps = eps_u + guidance_scale * (eps_c - eps_u)
-        x = scheduler.step(eps, t, x).prev_sample
+    x = sample(model, scheduler, labels.tolist(), seed, num_inference_steps, guidance_scale, NULL_CLASS)
     return x.clamp(-1.0, 1.0)
 
 
