@@ -182,8 +182,7 @@ def run_case(
         measured = _measure(suite, model, device, strategy, kit, case.execution, condition)
         outputs, samples = measured.pop("outputs"), measured.pop("latency_s")
         quality = _quality(outputs, baseline_outputs, kit)
-        fid_images, _ = measured.pop("fid_images") or (None, None)
-        fidelity = _fidelity(fid_images, suite.is_baseline(case), kit)
+        fidelity = _fidelity(measured.pop("fid_images"), suite.is_baseline(case), kit)
         accuracy = _class_accuracy(outputs, condition, kit)
     except Exception as exc:  # one broken case must not stop the suite
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0], traceback=traceback.format_exc(), finished=_now())

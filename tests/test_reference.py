@@ -160,3 +160,15 @@ def test_weights_from_another_architecture_raise_one_line_error(tmp_path: Path) 
 def test_shipped_weights_fit_the_size_budget() -> None:
     total = sum(p.stat().st_size for p in load.WEIGHTS_DIR.iterdir() if p.suffix == ".safetensors")
     assert total <= 20 * 1024 * 1024
+
+
+def test_shipped_reference_set_is_a_fid_reference_by_name() -> None:
+    from dqar_bench.measure.fidelity import Fidelity, reference_set
+    from dqar_bench.reference.classifier import FEATURE_EXTRACTOR_NAME
+
+    fidelity = Fidelity("digits-heldout", FEATURE_EXTRACTOR_NAME, metrics=("fid",))
+    assert fidelity.reference_label == "digits-heldout (360 images)"
+    real = reference_set("digits-heldout")
+    assert fidelity.score(real)["fid"] < 1e-3
+    noisy = (real + 0.3 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert fidelity.score(noisy)["fid"] > 1.0

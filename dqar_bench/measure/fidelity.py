@@ -187,16 +187,14 @@ class Fidelity:
     def _load_reference(self, reference: str | Path | torch.Tensor) -> tuple[str, dict[str, torch.Tensor] | None, dict[str, np.ndarray] | None]:
         from torch_fidelity.metric_fid import fid_features_to_statistics
 
+        label = None
         if isinstance(reference, str) and reference in REFERENCE_SETS:
-            label = reference
-            reference = reference_set(reference)
-            feats = self._features(ImageSet(to_uint8(reference)))
-            stats = _float64(fid_features_to_statistics(feats[self.layers["fid"]])) if "fid" in self.metrics else None
-            return f"{label} ({len(reference)} images)", feats, stats
+            label, reference = reference, reference_set(reference)
         if isinstance(reference, torch.Tensor):
             feats = self._features(ImageSet(reference if reference.dtype == torch.uint8 else to_uint8(reference)))
             stats = _float64(fid_features_to_statistics(feats[self.layers["fid"]])) if "fid" in self.metrics else None
-            return f"{len(reference)} images", feats, stats
+            count = f"{len(reference)} images"
+            return (f"{label} ({count})" if label else count), feats, stats
         path = Path(reference).expanduser()
         if path.is_file() and path.suffix == ".npz":
             with np.load(path) as data:

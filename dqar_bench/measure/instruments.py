@@ -91,17 +91,15 @@ def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, laten
 
 def generate_images(
     call: Callable[[int, list[int]], torch.Tensor], count: int, batch: int, num_classes: int, kit: Instruments
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` uint8 images, and their labels, from seeded calls with uniformly drawn class
-    labels (as FID-50k does)."""
-    images, all_labels = [], []
+) -> torch.Tensor:
+    """`count` uint8 images from seeded calls with uniformly drawn class labels (as FID-50k does)."""
+    images = []
     for k in range(math.ceil(count / batch)):
         seed = FID_SEED_BASE + k
         labels = torch.randint(0, num_classes, (batch,), generator=torch.Generator().manual_seed(seed)).tolist()
         images.append(to_uint8(kit.to_images(call(seed, labels).detach().float().cpu())))
-        all_labels.extend(labels)
         kit.progress.tick()
-    return torch.cat(images)[:count], torch.tensor(all_labels[:count])
+    return torch.cat(images)[:count]
 
 
 def save_images(path: Path, images: torch.Tensor) -> None:
