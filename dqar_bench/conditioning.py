@@ -118,8 +118,7 @@ def t5_condition(source: str, prompts: list[str], device: torch.device, dtype: t
         return embeds.to(dtype), mask
 
     embeds, mask = encode(prompts)
-    null_embeds, null_mask = encode([""])
-    del encoder
+    null_embeds, null_mask = encode([""])  # the encoder is dropped with this frame
     return captions_condition(embeds, mask, null_embeds, null_mask)
 
 

@@ -43,17 +43,7 @@ class RunDir:
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record; a torn last line (a crash mid-write) is ignored."""
-        if not self.records_path.exists():
-            return []
-        out = []
-        for line in self.records_path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return read_records(self.records_path)
 
     def finished(self) -> dict[str, dict[str, Any]]:
         """The latest record of each case that finished without error."""
@@ -80,6 +70,23 @@ class RunDir:
 
     def _outputs_path(self, case: str) -> Path:
         return self.path / "outputs" / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", case) + ".safetensors")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a `records.jsonl`, in order; a torn or blank line is skipped.
+
+    Reading never creates anything, so views (`compare`) can read any run directory."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "case" in record:
+            out.append(record)
+    return out
 
 
 def _plain(value: Any) -> Any:

@@ -13,12 +13,12 @@ format: a list of {name, unit, value, range, extra}.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dqar_bench import records
 from dqar_bench.errors import DqarError
 from dqar_bench.measure.stats import Measurement, mann_whitney_u, min_detectable_p
 
@@ -70,17 +70,10 @@ class Comparison:
 def read_records(path: str | Path) -> dict[str, dict[str, Any]]:
     """The latest record of each case in a run directory (or a records.jsonl file)."""
     path = Path(path)
-    records_path = path / "records.jsonl" if path.is_dir() else path
+    records_path = path / records.RECORDS if path.is_dir() else path
     if not records_path.is_file():
         raise DqarError(f"{path}: no records.jsonl there; give a run directory written by `dqar-bench run`")
-    latest: dict[str, dict[str, Any]] = {}
-    for line in records_path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line
-        if isinstance(record, dict) and "case" in record:
-            latest[record["case"]] = record
+    latest = {record["case"]: record for record in records.read_records(records_path)}
     if not latest:
         raise DqarError(f"{records_path}: holds no records")
     return latest
