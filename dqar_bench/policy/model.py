@@ -122,13 +122,6 @@ def load_policy(path: str | Path, features: Sequence[str] = FEATURES) -> PolicyM
     return model.eval().requires_grad_(False)
 
 
-def training_info(path: str | Path) -> dict[str, Any]:
-    """The `extra` a policy was saved with (empty when there is none)."""
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
-        raw = (handle.metadata() or {}).get("training")
-    return json.loads(raw) if raw else {}
-
-
 def _describe(exc: BaseException) -> str:
     detail = " ".join(str(exc).split())
     if len(detail) > 160:
