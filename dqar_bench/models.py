@@ -136,12 +136,6 @@ BUILTIN_FAMILIES: dict[str, str] = {"dit-tiny": "dit", "digits-dit": "dit", "pix
 FAMILY_OF_CLASS = {"DiTTransformer2DModel": "dit", "PixArtTransformer2DModel": "pixart"}
 
 
-def register_builtin_model(name: str, factory: Callable[[], LoadedModel], family: str = "dit") -> None:
-    """Add a built-in model (used by the shipped reference model and by tests)."""
-    BUILTIN_MODELS[name] = factory
-    BUILTIN_FAMILIES[name] = family
-
-
 def model_family(name: str) -> str | None:
     """"dit" or "pixart" without loading weights: built-in, the checkpoint's config if it is
     on disk (a folder or the hub cache), else a guess from the name; None if unknown."""

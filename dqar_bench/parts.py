@@ -134,7 +134,7 @@ class Cache(Part):
     """Says what a block stores when it computes and what it gives back when it reuses.
 
     One instance serves every block of a model, keyed by block index. `TARGET` says where
-    the adapter hooks it (see `TARGETS`): `"attention"` wraps each block's self-attention
+    the adapter hooks it: `"attention"` wraps each block's self-attention
     module; `"attention+mlp"` its self-attention and its feed-forward (the strategy keeps one
     instance of the cache per site, so `store`/`reuse` stay keyed by block); `"block"` the
     whole block, and what is stored is the block's residual (output minus input), which a
@@ -151,7 +151,7 @@ class Cache(Part):
     """
 
     KIND = "cache"
-    TARGET: ClassVar[Literal["attention", "attention+mlp", "block", "cross-attention"]] = "attention"
+    TARGET: ClassVar[Literal["attention", "attention+mlp", "block"]] = "attention"
     NEEDS_QKV: ClassVar[bool] = False
     UNSUPPORTED: ClassVar[dict[str, str]] = {
         "cudagraph": "the cache keeps new tensors at every store (not graph-safe; see dqar_bench.storage.SlotCache)",
@@ -190,14 +190,6 @@ class Cache(Part):
     def nbytes(self) -> int:
         """Bytes really held now (codes plus scales for a quantized cache)."""
         raise NotImplementedError
-
-
-TARGETS: dict[str, str] = {
-    "attention": "each block's self-attention (attn1)",
-    "attention+mlp": "each block's self-attention and feed-forward (attn1 and ff)",
-    "block": "each whole transformer block (its residual is stored)",
-    "cross-attention": "each block's cross-attention (attn2); no built-in adapter hosts it",
-}
 
 
 BASES: dict[str, type[Part]] = {

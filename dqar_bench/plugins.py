@@ -3,13 +3,15 @@
 Built-in parts (the `strategies` package) are registered by module path, exactly like a
 third-party plugin but without install metadata; third-party parts arrive through the
 `dqar_bench` entry-point group (switched off by `DQAR_BENCH_DISABLE_PLUGIN_AUTOLOAD=1`).
-A third-party plugin that fails to import, returns a class without a name, or reuses a
-name is reported in `Registry.problems` and left out; the others keep working. The same
+A third-party plugin that fails to import, implements a hook that does not exist (a
+misspelled `register_gate`), returns a class without a name, or reuses a name is reported
+in `Registry.problems` and left out; the others keep working. The same
 faults in a built-in part are bugs and raise `PluginError` at once.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import os
@@ -102,6 +104,8 @@ def load_registry(autoload: bool | None = None, extra_plugins: tuple[object, ...
             raise PluginError(f"plugin {plugin!r} could not be registered (already registered?)")
         origin[name] = ("(registered in code)", False)
 
+    _drop_unknown_hooks(pm, registry, origin)
+
     for kind in KINDS:
         hook = getattr(pm.hook, HOOK_OF_KIND[kind])
         # get_hookimpls() lists plugins in registration order (built-ins first), so a
@@ -123,6 +127,37 @@ def load_registry(autoload: bool | None = None, extra_plugins: tuple[object, ...
                     f"plugin '{impl.plugin_name}' from {dist} failed in {HOOK_OF_KIND[kind]}: {type(exc).__name__}: {exc}"
                 )
     return registry
+
+
+def _drop_unknown_hooks(pm: pluggy.PluginManager, registry: Registry, origin: dict[str, tuple[str, bool]]) -> None:
+    """pluggy's `check_pending`: a hook implementation with no spec (`register_gate` for
+    `register_gates`) would otherwise never be called, and its parts would silently be
+    missing. Such a plugin is reported and left out whole; in a built-in it is a bug."""
+    while True:
+        try:
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or repr(exc.plugin)
+            dist, builtin = origin.get(name, ("unknown distribution", False))
+            unknown = sorted(
+                hook for hook, caller in vars(pm.hook).items()
+                if not hook.startswith("_") and not caller.has_spec() and any(i.plugin is exc.plugin for i in caller.get_hookimpls())
+            )
+            hints = [f"'{h}'" + _hook_hint(h) for h in unknown]
+            problem = (
+                f"plugin '{name}' from {dist} implements unknown hook(s) {', '.join(hints)} "
+                f"(hooks: {', '.join(HOOK_OF_KIND.values())}); it was left out"
+            )
+            if builtin:
+                raise PluginError(problem) from None
+            registry.problems.append(problem)
+            pm.unregister(exc.plugin)
+
+
+def _hook_hint(hook: str) -> str:
+    close = difflib.get_close_matches(hook, list(HOOK_OF_KIND.values()), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _add(registry: Registry, kind: str, cls: object, plugin: str, dist: str) -> None:

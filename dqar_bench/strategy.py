@@ -34,7 +34,6 @@ SITES: dict[str, tuple[str, ...]] = {
     "attention": ("attention",),
     "attention+mlp": ("attention", "mlp"),
     "block": ("block",),
-    "cross-attention": ("cross-attention",),
 }
 
 

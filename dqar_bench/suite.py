@@ -427,6 +427,12 @@ def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: str
     for kind, spec in case.parts.items():
         names = registry.names(kind)
         if spec.name not in names:
+            if registry.problems:  # it may well be the broken plugin's part: say what broke first
+                raise r.error(
+                    f"{where}: field '{kind}': {kind} '{spec.name}' is not installed, and plugins failed to load: "
+                    f"{'; '.join(registry.problems)}; fix or reinstall that plugin (`dqar-bench plugins` lists the problems)"
+                    + (f", or did you mean {_close(spec.name, names)}?" if _close(spec.name, names) else "")
+                )
             raise r.error(
                 f"{where}: field '{kind}': unknown {kind} '{spec.name}'{_suggest(spec.name, names)} "
                 f"(installed: {', '.join(names)}; see `dqar-bench plugins`)"
@@ -448,8 +454,13 @@ def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: str
 
 
 def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    close = _close(word, choices)
+    return f" (did you mean {close}?)" if close else ""
+
+
+def _close(word: str, choices: Any) -> str:
+    """Up to three close matches, quoted and joined with 'or' ("" when none is close)."""
+    return " or ".join(repr(c) for c in difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5))
 
 
 class _Reader:

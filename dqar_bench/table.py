@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from dqar_bench import markdown
 from dqar_bench.measure.stats import NOISY, SPEEDUP_METHOD, UNRELIABLE, Measurement, speedup
 
 COLUMNS = [
@@ -253,11 +254,11 @@ def _texts(rows: list[dict[str, Any]], key: str) -> list[str]:
 
 
 def _head(header: list[str], left: int) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * left + ["---:"] * (len(header) - left)) + "|"]
+    return markdown.head(header, markdown.left_then_right(len(header), left))
 
 
 def _line(cells: list[Any]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    return markdown.row(cells)
 
 
 def _speedup(row: dict[str, Any]) -> str:

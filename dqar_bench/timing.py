@@ -95,9 +95,3 @@ class CallTimer:
         else:
             self._cpu_marks.append(_clock())
         self._used += 1
-
-
-def timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
-    """Run `fn` once; return (seconds, its result)."""
-    timing, result = CallTimer(device).time(fn)
-    return timing.seconds, result

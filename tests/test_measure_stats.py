@@ -1,4 +1,4 @@
-"""Summaries, speedup intervals and the Mann-Whitney U test, against numpy and scipy."""
+"""Summaries, speedup intervals and the Mann-Whitney U test, pinned on samples worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dqar_bench.measure.stats import Measurement, mann_whitney_u, min_detectable_p, percentile, speedup
+from dqar_bench.measure.stats import Measurement, mann_whitney_u, min_detectable_p, paired_speedup, percentile, speedup
 
 
 def test_summary_matches_numpy():
@@ -52,25 +52,35 @@ def test_speedup_claims_no_interval_from_one_sample():
     assert s.label() == "1.96x"
 
 
-@pytest.mark.parametrize("n1, n2, shift", [(3, 3, 0.0), (6, 6, 0.1), (5, 8, 0.05), (12, 10, 0.2), (40, 35, 0.05)])
-def test_mann_whitney_matches_scipy(n1, n2, shift):
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(n1 * 100 + n2)
-    a = rng.normal(1.0 + shift, 0.1, n1).tolist()
-    b = rng.normal(1.0, 0.1, n2).tolist()
-    ours = mann_whitney_u(a, b)
-    method = "exact" if ours.method == "exact" else "asymptotic"
-    theirs = stats.mannwhitneyu(a, b, alternative="two-sided", method=method)
-    assert ours.u == pytest.approx(theirs.statistic)
-    assert ours.p_value == pytest.approx(theirs.pvalue, rel=1e-9)
+def test_bootstrap_interval_on_a_known_sample():
+    """Ten ratios, five 1s and five 2s: a resample's median is 1, 1.5 or 2 with chances
+    0.377, 0.246, 0.377 (binomial), so the 2.5 % and 97.5 % percentiles are exactly 1 and 2."""
+    s = paired_speedup([1.0] * 5 + [2.0] * 5, [1.0] * 10)
+    assert (s.value, s.low, s.high) == (1.5, 1.0, 2.0)
+    # the same through independent samples: the baseline's median is 2 whatever is drawn
+    t = speedup([2.0] * 10, [1.0] * 5 + [2.0] * 5)
+    assert (t.value, t.low, t.high) == (pytest.approx(2 / 1.5), 1.0, 2.0)
+    one_sided = paired_speedup([1.0] * 9 + [2.0], [1.0] * 10)  # P(median > 1) = P(5+ twos of 10 draws) < 2.5 %
+    assert (one_sided.low, one_sided.high) == (1.0, 1.0)
 
 
-def test_mann_whitney_with_ties_uses_the_corrected_normal_approximation():
-    stats = pytest.importorskip("scipy.stats")
-    a, b = [1, 1, 2, 2, 3, 3], [2, 3, 3, 4, 4, 4]
-    ours = mann_whitney_u(a, b)
-    assert ours.method == "normal approximation"
-    assert ours.p_value == pytest.approx(stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic").pvalue)
+def test_paired_speedup_cancels_drift_that_hits_whole_rounds():
+    base = [1.0, 1.0, 3.0, 3.0, 1.0]  # rounds 3 and 4 ran on a loaded machine
+    case = [0.5, 0.5, 1.5, 1.5, 0.5]
+    assert paired_speedup(base, case).value == 2.0
+    assert speedup(base, case).value == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="same number of rounds"):
+        paired_speedup([1.0, 2.0], [1.0])
+
+
+def test_mann_whitney_method_is_chosen_explicitly_and_p_is_exact():
+    # [1, 2, 3] against [4, 5, 6]: one ordering of C(6, 3) = 20 is this extreme each way
+    exact = mann_whitney_u([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert exact.method == "exact" and exact.u == 0.0 and exact.p_value == pytest.approx(2 / 20)
+    tied = mann_whitney_u([1, 1, 2, 2, 3, 3], [2, 3, 3, 4, 4, 4])
+    assert tied.method == "asymptotic"
+    large = mann_whitney_u(list(range(31)), [x + 0.5 for x in range(31)])
+    assert large.method == "asymptotic"
     assert mann_whitney_u([1.0] * 5, [1.0] * 5).p_value == 1.0
 
 

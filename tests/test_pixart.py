@@ -138,7 +138,7 @@ def test_text_settings_are_checked_at_validate(write_suite, registry, body, frag
 
 
 class CrossAttentionOutput(Cache):
-    """A cache on the cross-attention (PAB's third broadcast), which no built-in adapter hosts."""
+    """A third-party cache on the cross-attention (PAB's third broadcast): a target no adapter hosts."""
 
     PLUGIN_NAME = "cross-attention-output"
     TARGET = "cross-attention"
@@ -157,7 +157,7 @@ def test_a_part_the_adapter_cannot_host_is_refused_at_validate(write_suite):
         load_suite(write_suite(body), registry)
     message = str(err.value)
     assert "\n" not in message and "case 'pab_cross'" in message and "pixart adapter cannot host cache 'cross-attention-output'" in message
-    assert "parts apply to self-attention" in message
+    assert message.endswith("it hosts targets attention, attention+mlp, block")
 
 
 def test_precomputed_embeddings_are_a_caption_source(write_suite, registry, tmp_path):

@@ -149,3 +149,54 @@ def test_entry_point_part_runs_in_a_suite(fake_distribution, write_suite, tmp_pa
     odd = RunDir(tmp_path / "run").finished()["odd"]
     assert odd["parts"]["gate"]["name"] == "every-other"
     assert odd["reuse_ratio"] == pytest.approx(3 / 6)  # steps 1, 3, 5 of 6 reuse every block
+
+
+def test_a_misspelled_hook_is_a_plugin_problem_not_silence(tmp_path, fake_distribution):
+    typo = _plugin_module(
+        tmp_path,
+        "typo_plugin",
+        """
+        from dqar_bench import Gate, hookimpl
+
+        class Sometimes(Gate):
+            '''Never registered: the hook below is misspelled.'''
+            PLUGIN_NAME = "sometimes"
+
+        @hookimpl
+        def register_gate():
+            return [Sometimes]
+        """,
+    )
+    fake_distribution("typo-dist", {"typo": "typo_plugin"}, typo)
+    fake_distribution("dqar-bench-every-other", {"every_other": "dqar_bench_every_other"}, EXAMPLE_PLUGIN)
+    registry = load_registry(autoload=True)
+    [problem] = registry.problems
+    assert "'typo'" in problem and "typo-dist" in problem and "unknown hook(s) 'register_gate' (did you mean 'register_gates'?)" in problem
+    assert "sometimes" not in registry.names("gate") and "every-other" in registry.names("gate")  # the others still work
+
+
+def test_a_misspelled_hook_in_a_builtin_is_an_error(tmp_path, monkeypatch):
+    folder = _plugin_module(tmp_path, "builtin_typo", "from dqar_bench import hookimpl\n\n@hookimpl\ndef register_cache():\n    return []\n")
+    monkeypatch.syspath_prepend(str(folder))
+    import dqar_bench.plugins as plugins
+
+    original = plugins.builtin_modules()
+    monkeypatch.setattr(plugins, "builtin_modules", lambda: original + ["builtin_typo"])
+    with pytest.raises(PluginError, match="unknown hook.*'register_cache' \\(did you mean 'register_caches'\\?\\)"):
+        load_registry(autoload=False)
+
+
+def test_a_part_of_a_plugin_that_failed_to_load_says_so(tmp_path, fake_distribution, write_suite):
+    from dqar_bench.errors import SuiteError
+    from dqar_bench.suite import load_suite
+
+    broken = _plugin_module(tmp_path, "broken_plugin2", "raise ImportError('no module named missing_dep')\n")
+    fake_distribution("dqar-bench-every-other", {"every_other": "broken_plugin2"}, broken)
+    registry = load_registry(autoload=True)
+    path = write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n  - name: odd\n    gate: every-other\n")
+    with pytest.raises(SuiteError) as err:
+        load_suite(path, registry)
+    message = str(err.value)
+    assert "\n" not in message and "gate 'every-other' is not installed, and plugins failed to load" in message
+    assert "plugin 'every_other'" in message and "failed to load: ImportError: no module named missing_dep" in message
+    assert "unknown gate" not in message

@@ -48,8 +48,6 @@ class Adapter:
 
     FAMILY: str = ""
     TARGETS: frozenset[str] = frozenset({"attention", "attention+mlp", "block"})
-    REFUSED: dict[str, str] = {}
-    """Targets this adapter does not host, each with the reason a user is given."""
 
     @classmethod
     def supports(cls, model: torch.nn.Module) -> bool:
@@ -61,12 +59,8 @@ class Adapter:
         target = getattr(part, "TARGET", None)
         if part.KIND != "cache" or target in cls.TARGETS:
             return None
-        reason = cls.REFUSED.get(target, "")  # type: ignore[arg-type]
         hosted = ", ".join(sorted(cls.TARGETS))
-        return (
-            f"the {cls.FAMILY or cls.__name__} adapter cannot host cache '{part.PLUGIN_NAME}' (target '{target}')"
-            f"{': ' + reason if reason else ''}; it hosts targets {hosted}"
-        )
+        return f"the {cls.FAMILY or cls.__name__} adapter cannot host cache '{part.PLUGIN_NAME}' (target '{target}'); it hosts targets {hosted}"
 
     def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(model.transformer_blocks)

@@ -11,7 +11,6 @@ class DiTAdapter(Adapter):
     """Blocks are `model.transformer_blocks`; self-attention `attn1`, feed-forward `ff`."""
 
     FAMILY = "dit"
-    REFUSED = {"cross-attention": "a class-conditioned DiT has no cross-attention"}
 
     @classmethod
     def supports(cls, model: torch.nn.Module) -> bool:

@@ -3,8 +3,8 @@
 Its blocks are `BasicTransformerBlock`s like DiT's, with `ada_norm_single` modulation and
 a cross-attention `attn2` over the caption between self-attention and feed-forward. Parts
 apply to self-attention (`attn1`), the feed-forward or the whole block; the cross-attention
-always computes. Caching it (PAB's cross-attention broadcast) would need its own hook and
-its own test, so a cache that targets it is refused at `validate` time.
+always computes: caching it (PAB's cross-attention broadcast) would need its own hook
+target, and a cache whose target no adapter hosts is refused at `validate` time.
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ class PixArtAdapter(Adapter):
     """Blocks are `model.transformer_blocks`: `attn1` (self), `attn2` (cross, not hooked), `ff`."""
 
     FAMILY = "pixart"
-    REFUSED = {
-        "cross-attention": "PixArt's cross-attention (attn2) always computes here; parts apply to self-attention (attn1)",
-    }
 
     @classmethod
     def supports(cls, model: torch.nn.Module) -> bool:

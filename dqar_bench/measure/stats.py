@@ -3,19 +3,20 @@
 A `Measurement` (after `torch.utils.benchmark.Measurement`) summarises the timed samples of
 one case and says when their spread makes the median untrustworthy. A `Speedup` carries an
 interval computed from both cases' raw samples, so "1.08x" never appears without the noise
-it sits in. `mann_whitney_u` is the test `compare` uses to decide whether a slowdown is real
-(as asv does); it is written out here (exact distribution for small samples without ties,
-normal approximation otherwise) so the harness needs no scipy.
+it sits in; with per-round times (the baseline and the case timed in the same rounds) the
+speedup is the median of the per-round ratios (`paired_speedup`). `mann_whitney_u` is the test
+`compare` uses to decide whether a change is real (as asv does). Both go through scipy, with
+the method chosen explicitly.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import stats
 
 NOISY = 0.10
 """IQR / median above this: the case is flagged noisy."""
@@ -105,7 +106,11 @@ class Measurement:
         }
 
 
-SPEEDUP_METHOD = "ratio of medians; 95% interval: percentile bootstrap, 2000 resamples of each case's raw samples"
+SPEEDUP_METHOD = "ratio of medians; 95% interval: percentile bootstrap (scipy.stats.bootstrap), 2000 resamples of each case's raw samples"
+PAIRED_SPEEDUP_METHOD = "median of per-round ratios; 95% interval: percentile bootstrap (scipy.stats.bootstrap), 2000 resamples of the ratios"
+EXACT_MAX_SAMPLES = 30
+"""Mann-Whitney U is computed exactly (the null distribution counted out) up to this many
+samples a side when there are no ties; otherwise with the normal approximation."""
 
 
 @dataclass(frozen=True)
@@ -132,10 +137,10 @@ def speedup(
 ) -> Speedup:
     """Speedup of `case` over `baseline` from raw per-call times.
 
-    The point value is the ratio of medians. The interval is a percentile bootstrap: each
-    case's samples are resampled independently (with replacement, a fixed seed so a table
-    is reproducible) and the ratio of medians recomputed. With fewer than two samples on a
-    side there is no spread to resample, and no interval is claimed.
+    The point value is the ratio of medians. The interval is scipy's percentile bootstrap:
+    each case's samples are resampled independently (with replacement, a fixed seed so a
+    table is reproducible) and the ratio of medians recomputed. With fewer than two samples
+    on a side there is no spread to resample, and no interval is claimed.
     """
     base = np.asarray(baseline, dtype=np.float64)
     new = np.asarray(case, dtype=np.float64)
@@ -144,13 +149,55 @@ def speedup(
     value = float(np.median(base) / np.median(new))
     if base.size < 2 or new.size < 2:
         return Speedup(value, None, None)
-    rng = np.random.default_rng(seed)
-    base_medians = np.median(base[rng.integers(0, base.size, (resamples, base.size))], axis=1)
-    new_medians = np.median(new[rng.integers(0, new.size, (resamples, new.size))], axis=1)
-    ratios = base_medians / new_medians
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(ratios, [tail, 100.0 - tail])
-    return Speedup(value, float(low), float(high))
+
+    def ratio_of_medians(b: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.median(b, axis=axis) / np.median(n, axis=axis)
+
+    low, high = _percentile_bootstrap((base, new), ratio_of_medians, resamples, confidence, seed)
+    return Speedup(value, low, high)
+
+
+def paired_speedup(
+    baseline_rounds: Sequence[float],
+    case_rounds: Sequence[float],
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Speedup:
+    """Speedup from rounds in which the baseline and the case both ran: the median of the
+    per-round ratios baseline / case, so drift that hits a whole round cancels out."""
+    ratios = round_ratios(baseline_rounds, case_rounds)
+    value = float(np.median(ratios))
+    if ratios.size < 2:
+        return Speedup(value, None, None, PAIRED_SPEEDUP_METHOD)
+
+    def median(r: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.median(r, axis=axis)
+
+    low, high = _percentile_bootstrap((ratios,), median, resamples, confidence, seed)
+    return Speedup(value, low, high, PAIRED_SPEEDUP_METHOD)
+
+
+def round_ratios(baseline_rounds: Sequence[float], case_rounds: Sequence[float]) -> np.ndarray:
+    """baseline / case, round by round."""
+    base = np.asarray(baseline_rounds, dtype=np.float64)
+    new = np.asarray(case_rounds, dtype=np.float64)
+    if base.shape != new.shape or base.size == 0:
+        raise ValueError(f"per-round ratios need the same number of rounds on both sides, got {base.size} and {new.size}")
+    return base / new
+
+
+def _percentile_bootstrap(data: tuple[np.ndarray, ...], statistic: Any, resamples: int, confidence: float, seed: int) -> tuple[float | None, float | None]:
+    """scipy's percentile bootstrap (each sample resampled on its own); no interval when
+    every resample gives the same value (scipy then has nothing to spread)."""
+    result = stats.bootstrap(
+        data, statistic, n_resamples=resamples, confidence_level=confidence, method="percentile",
+        vectorized=True, paired=False, rng=np.random.default_rng(seed),
+    )
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None, None
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -161,68 +208,25 @@ class MannWhitney:
 
 
 def mann_whitney_u(a: Sequence[float], b: Sequence[float]) -> MannWhitney:
-    """Two-sided Mann-Whitney U test of `a` against `b`.
+    """Two-sided Mann-Whitney U test of `a` against `b` (`scipy.stats.mannwhitneyu`).
 
-    Exact (the null distribution counted out) when there are no ties and both sides have
-    at most 30 samples; otherwise the normal approximation with tie and continuity
-    corrections. Matches `scipy.stats.mannwhitneyu(a, b, method=...)`. U is the statistic
-    of `a`: large when `a` tends to be larger.
+    The method is chosen here, not left to scipy's "auto": exact when there are no ties
+    and both sides have at most `EXACT_MAX_SAMPLES`, else the normal approximation with
+    tie and continuity corrections ("asymptotic"). U is the statistic of `a`: large when
+    `a` tends to be larger.
     """
-    n1, n2 = len(a), len(b)
-    if n1 == 0 or n2 == 0:
+    if len(a) == 0 or len(b) == 0:
         raise ValueError("Mann-Whitney U needs samples on both sides")
-    ranks, tie_sizes = _ranks(list(a) + list(b))
-    u = sum(ranks[:n1]) - n1 * (n1 + 1) / 2.0
-    if not any(t > 1 for t in tie_sizes) and max(n1, n2) <= 30:
-        counts = _u_counts(n1, n2)
-        total = sum(counts)
-        k = int(round(max(u, n1 * n2 - u)))
-        upper = sum(counts[k:]) / total  # P(U >= k) = P(U <= n1 n2 - k) by symmetry
-        return MannWhitney(u, min(1.0, 2.0 * upper), "exact")
-    n = n1 + n2
-    mu = n1 * n2 / 2.0
-    tie_term = sum(t**3 - t for t in tie_sizes) / (n * (n - 1))
-    sigma = math.sqrt(n1 * n2 / 12.0 * ((n + 1) - tie_term))
-    if sigma == 0.0:
-        return MannWhitney(u, 1.0, "normal approximation")
-    z = max(abs(u - mu) - 0.5, 0.0) / sigma
-    return MannWhitney(u, min(1.0, math.erfc(z / math.sqrt(2.0))), "normal approximation")
+    joined = np.concatenate([np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)])
+    ties = np.unique(joined).size < joined.size
+    method = "exact" if not ties and max(len(a), len(b)) <= EXACT_MAX_SAMPLES else "asymptotic"
+    if np.ptp(joined) == 0.0:  # all equal: no evidence of any difference (scipy would give NaN)
+        return MannWhitney(len(a) * len(b) / 2.0, 1.0, method)
+    result = stats.mannwhitneyu(a, b, alternative="two-sided", method=method)
+    return MannWhitney(float(result.statistic), float(result.pvalue), method)
 
 
 def min_detectable_p(n1: int, n2: int) -> float:
     """The smallest two-sided p the exact test can give with these sample counts: below
     what `compare` asks for, no slowdown can ever be called significant."""
-    return 2.0 / math.comb(n1 + n2, n1)
-
-
-def _ranks(values: list[float]) -> tuple[list[float], list[int]]:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = [0.0] * len(values)
-    tie_sizes: list[int] = []
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2.0 + 1.0
-        tie_sizes.append(j - i + 1)
-        i = j + 1
-    return ranks, tie_sizes
-
-
-@functools.lru_cache(maxsize=None)
-def _u_counts(m: int, n: int) -> tuple[int, ...]:
-    """How many of the C(m+n, m) orderings give each U = 0 .. m*n (no ties)."""
-    if m == 0 or n == 0:
-        return (1,)
-    # The largest value is either in the first sample (it beats all n others: U shifts by n)
-    # or in the second (it beats nobody from the first sample).
-    with_first = _u_counts(m - 1, n)
-    with_second = _u_counts(m, n - 1)
-    counts = [0] * (m * n + 1)
-    for u, c in enumerate(with_first):
-        counts[u + n] += c
-    for u, c in enumerate(with_second):
-        counts[u] += c
-    return tuple(counts)
+    return min(1.0, 2.0 / math.comb(n1 + n2, n1))
