@@ -93,17 +93,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from dqar_bench.measure.compare import benchmark_entries, compare_runs, parse_fraction, read_records, render_comparison
+    from dqar_bench.measure import compare
 
-    comparison = compare_runs(
-        args.base, args.new, parse_fraction(args.max_slowdown), args.alpha, args.max_quality_drop, args.max_fid_rise,
-        parse_fraction(args.max_accuracy_drop, "--max-accuracy-drop") if args.max_accuracy_drop is not None else None,
+    comparison = compare.compare_runs(
+        args.base,
+        args.new,
+        max_slowdown=compare.parse_fraction(args.max_slowdown),
+        alpha=args.alpha,
+        max_quality_drop=compare.parse_limit(args.max_quality_drop, "--max-quality-drop", percent=False),
+        max_fid_rise=compare.parse_rise(args.max_fid_rise),
+        max_accuracy_drop=compare.parse_limit(args.max_accuracy_drop, "--max-accuracy-drop"),
+        strict=args.strict,
     )
-    print(render_comparison(comparison))
+    print(compare.render_comparison(comparison))
     if args.json:
-        Path(args.json).write_text(json.dumps(benchmark_entries(read_records(args.new)), indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(compare.benchmark_entries(compare.read_records(args.new)), indent=1) + "\n")
         print(f"\nbenchmark JSON (customSmallerIsBetter): {args.json}")
-    return 1 if comparison.regressed else 0
+    return comparison.exit_status
 
 
 def _missing() -> object:
@@ -134,14 +140,19 @@ def parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a suite file without running it")
     validate.add_argument("suite")
     sub.add_parser("plugins", help="list every installed strategy part")
-    compare = sub.add_parser("compare", help="compare two runs per case; exit 1 on a regression (a CI gate)")
+    compare = sub.add_parser(
+        "compare",
+        help="compare two runs per case; exit 0 clean, 1 on a regression, 3 when only inconclusive (a CI gate)",
+        description="Exit status: 0 clean, 1 regression, 2 user error, 3 some cases inconclusive (noisy or too few rounds) and none regressed.",
+    )
     compare.add_argument("base", help="run directory of the reference run")
     compare.add_argument("new", help="run directory of the run under test")
-    compare.add_argument("--max-slowdown", default="5%", help="slowdown of the median time per image that counts, if significant (default 5%%)")
-    compare.add_argument("--alpha", type=float, default=0.01, help="significance level of the Mann-Whitney U test (default 0.01)")
-    compare.add_argument("--max-quality-drop", type=float, metavar="DB", help="PSNR drop (dB, against each run's baseline) that counts as a regression")
-    compare.add_argument("--max-fid-rise", type=float, help="FID rise that counts as a regression")
-    compare.add_argument("--max-accuracy-drop", metavar="FRACTION", help="class accuracy drop that counts as a regression (e.g. 2%% or 0.02)")
+    compare.add_argument("--max-slowdown", default="5%", help="fall of a case's speedup (against its run's own baseline) that counts, if significant (default 5%%)")
+    compare.add_argument("--alpha", type=float, default=0.01, help="significance level of the Mann-Whitney U test on per-round speedups (default 0.01)")
+    compare.add_argument("--max-quality-drop", default="1", metavar="DB", help="PSNR drop (dB, against each run's baseline) that counts as a regression (default 1; 'off' to skip)")
+    compare.add_argument("--max-fid-rise", default="50%", help="FID rise that counts as a regression: relative (50%%, the default) or absolute (10); 'off' to skip")
+    compare.add_argument("--max-accuracy-drop", default="2%", metavar="FRACTION", help="class accuracy drop that counts as a regression (default 2%%; 'off' to skip)")
+    compare.add_argument("--strict", action="store_true", help="any change in what a case is (parts, parameters, steps, seeds, versions) is a regression")
     compare.add_argument("--json", metavar="PATH", help="write the new run as github-action-benchmark customSmallerIsBetter JSON")
     trace = sub.add_parser("trace", help="measure where single reuses are safe, as training data for the policy gate")
     trace.add_argument("suite", help="suite YAML file (its cases that use a cache are traced)")
