@@ -19,11 +19,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dqar_bench.runner import run_suite
     from dqar_bench.suite import load_suite
 
-    suite = load_suite(args.suite)
-    if args.inception_weights:
-        import dataclasses
-
-        suite = dataclasses.replace(suite, quality=dataclasses.replace(suite.quality, inception_weights=args.inception_weights))
+    suite = load_suite(args.suite, inception_weights=args.inception_weights)
     output = args.resume or args.output
     run = run_suite(suite, output, resume=args.resume is not None)
     failed = [r["case"] for r in run.records() if r.get("status") not in ("ok", "unsupported")]
@@ -36,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from dqar_bench.suite import load_suite
 
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, inception_weights=args.inception_weights)
     print(f"{args.suite}: ok: suite '{suite.name}', {len(suite.cases)} cases, model {suite.model}, baseline '{suite.baseline}'")
     return 0
 
@@ -139,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--inception-weights", metavar="PATH", help="local Inception weights file for FID / IS / KID (overrides quality.inception_weights)")
     validate = sub.add_parser("validate", help="check a suite file without running it")
     validate.add_argument("suite")
+    validate.add_argument("--inception-weights", metavar="PATH", help="check with this Inception weights file, as `run --inception-weights` would use it")
     sub.add_parser("plugins", help="list every installed strategy part")
     compare = sub.add_parser(
         "compare",

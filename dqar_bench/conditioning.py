@@ -28,6 +28,7 @@ import torch
 
 from dqar_bench.errors import ModelError
 from dqar_bench.sampling import Condition, labels_condition
+from dqar_bench.weights import weights_only_loads
 
 MAX_CAPTION_TOKENS = 120  # PixArt-alpha's max_sequence_length
 EMBEDDING_KEYS = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask")
@@ -102,7 +103,8 @@ def t5_condition(source: str, prompts: list[str], device: torch.device, dtype: t
         ) from None
     try:
         tokenizer = T5Tokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=offline)
-        encoder = T5EncoderModel.from_pretrained(source, subfolder="text_encoder", local_files_only=offline, torch_dtype=dtype)
+        with weights_only_loads():  # a checkpoint's .bin pickles are read as data, never run
+            encoder = T5EncoderModel.from_pretrained(source, subfolder="text_encoder", local_files_only=offline, torch_dtype=dtype)
     except Exception as exc:
         raise ModelError(
             f"'{source}' has no loadable text_encoder/tokenizer ({type(exc).__name__}); download the whole checkpoint "

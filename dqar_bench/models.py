@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from dqar_bench.errors import ModelError
+from dqar_bench.weights import weights_only_loads
 
 # DiT's noise schedule (the one DiTPipeline ships with): 1000 steps, linear betas.
 DIT_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -189,7 +190,8 @@ def _load_checkpoint(name: str, allow_download: bool) -> LoadedModel:
     offline = not allow_download or os.environ.get("HF_HUB_OFFLINE") == "1"
     source = str(local) if is_local else name
     try:
-        transformer = model_class.from_pretrained(source, subfolder="transformer", local_files_only=offline)
+        with weights_only_loads():  # a checkpoint's .bin pickles are read as data, never run
+            transformer = model_class.from_pretrained(source, subfolder="transformer", local_files_only=offline)
     except (OSError, ValueError, EnvironmentError) as exc:
         if is_local:
             raise ModelError(f"model folder '{name}' has no loadable {model_class.__name__} in 'transformer/': {_first_line(exc)}") from None
@@ -217,7 +219,8 @@ def _load_vae(source: str, offline: bool) -> torch.nn.Module | None:
     try:
         from diffusers import AutoencoderKL
 
-        return AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=offline)
+        with weights_only_loads():
+            return AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=offline)
     except Exception:
         return None
 

@@ -21,6 +21,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from dqar_bench.weights import check_weights_file, weights_only_loads
+
 LPIPS_FILES = ("weights-vgg16-lpips.pth", "vgg16-397923af.pth")
 """What torch-fidelity's LPIPS loads from `<torch hub dir>/checkpoints/`."""
 
@@ -152,12 +154,14 @@ def lpips_scorer(hub_dir: str | None, device: torch.device) -> tuple[LpipsScorer
             f"not computed: LPIPS weights not found locally ({', '.join(missing)} in {root / 'checkpoints'}); "
             "set 'quality.lpips_weights' to a torch hub folder holding them"
         )
+    check_lpips_files(root)
     from torch_fidelity.sample_similarity_lpips import SampleSimilarityLPIPS
 
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(root))
     try:
-        model = SampleSimilarityLPIPS("lpips-vgg16").to(device).eval()
+        with weights_only_loads():
+            model = SampleSimilarityLPIPS("lpips-vgg16").to(device).eval()
     finally:
         torch.hub.set_dir(previous)
 
@@ -168,6 +172,14 @@ def lpips_scorer(hub_dir: str | None, device: torch.device) -> tuple[LpipsScorer
         return float(model(_rgb(a), _rgb(b)).mean())
 
     return score, None
+
+
+def check_lpips_files(root: Path) -> None:
+    """Each LPIPS weights file present under `root/checkpoints` must be plain weights."""
+    for name in LPIPS_FILES:
+        path = root / "checkpoints" / name
+        if path.is_file():
+            check_weights_file(path, "LPIPS weights ('quality.lpips_weights')")
 
 
 def _rgb(x: torch.Tensor) -> torch.Tensor:

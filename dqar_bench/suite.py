@@ -19,15 +19,16 @@ from typing import Any
 import yaml
 
 from dqar_bench.adapters import adapter_for_family
-from dqar_bench.errors import SuiteError
-from dqar_bench.measure.classify import CLASSIFIERS
-from dqar_bench.measure.fidelity import REFERENCE_SETS
+from dqar_bench.errors import DqarError, SuiteError
+from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
+from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
 from dqar_bench.execution import MODES, ExecutionOptions
 from dqar_bench.models import model_family
 from dqar_bench.parts import KINDS, build_part
 from dqar_bench.plugins import Registry, get_registry
-from dqar_bench.quality import QualityConfig
+from dqar_bench.quality import LPIPS_FILES, QualityConfig, check_lpips_files
 from dqar_bench.sampling import SAMPLERS
+from dqar_bench.weights import check_weights_file
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -141,8 +142,9 @@ class Suite:
         return [c for c in self.cases if self.is_baseline(c)] + [c for c in self.cases if not self.is_baseline(c)]
 
 
-def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
-    """Read and validate a suite file."""
+def load_suite(path: str | Path, registry: Registry | None = None, inception_weights: str | None = None) -> Suite:
+    """Read and validate a suite file; `inception_weights` (the command line's) overrides
+    the suite's `quality.inception_weights` and is checked with it."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -155,10 +157,10 @@ def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SuiteError(f"{path}:{where}: YAML syntax error: {problem}; fix the YAML there") from None
-    return parse_suite(data, path, text, registry or get_registry())
+    return parse_suite(data, path, text, registry or get_registry(), inception_weights)
 
 
-def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) -> Suite:
+def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, inception_weights: str | None = None) -> Suite:
     r = _Reader(path)
     if not isinstance(data, dict):
         raise r.error("the file must be a mapping with 'name', 'model', 'cases' and so on")
@@ -198,7 +200,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) ->
     nvml_interval_ms = r.get(timing, "nvml_interval_ms", float, default=10.0, field="timing.nvml_interval_ms")
     if nvml_interval_ms <= 0:
         raise r.error("field 'timing.nvml_interval_ms' must be > 0 (milliseconds between NVML samples)")
-    quality = _quality(r, data.get("quality"))
+    quality = _quality(r, data.get("quality"), inception_weights)
     probe_queries = r.get(data, "probe_queries", int, default=16)
     threads = r.get(data, "threads", int, default=1)
     if threads < 1:
@@ -319,10 +321,10 @@ def _text(r: "_Reader", data: dict, family: str | None, model: str) -> dict[str,
     return {"prompt_embeddings": str(file), "text_batch": batch}
 
 
-def _quality(r: "_Reader", raw: Any) -> QualityConfig:
+def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None) -> QualityConfig:
     """Paths are taken from the working directory, like a model folder's."""
     if raw is None:
-        return QualityConfig()
+        raw = {}
     if not isinstance(raw, dict):
         raise r.error("field 'quality' must be a mapping (fid, reference, metrics, feature_extractor, inception_weights, lpips_weights)")
     r.check_keys(raw, QUALITY_KEYS, "quality.")
@@ -346,7 +348,9 @@ def _quality(r: "_Reader", raw: Any) -> QualityConfig:
     for key in ("inception_weights", "lpips_weights"):
         value = r.get(raw, key, str, field=f"quality.{key}")
         weights[key] = str(Path(value).expanduser()) if value is not None else None
-    return QualityConfig(
+    if inception_weights is not None:
+        weights["inception_weights"] = str(Path(inception_weights).expanduser())
+    config = QualityConfig(
         fid=fid,
         reference=reference if named else str(Path(reference).expanduser()),
         classifier=classifier,
@@ -354,6 +358,29 @@ def _quality(r: "_Reader", raw: Any) -> QualityConfig:
         feature_extractor=r.get(raw, "feature_extractor", str, default=QualityConfig.feature_extractor, field="quality.feature_extractor"),
         **weights,
     )
+    try:
+        check_quality_files(config)
+    except DqarError as exc:
+        raise r.error(str(exc)) from None
+    return config
+
+
+def check_quality_files(quality: QualityConfig) -> None:
+    """Every weights file the quality metrics will load is there and is plain weights
+    (`dqar_bench.weights`): checked before anything runs, so nothing is sampled in vain and
+    no pickle ever runs code."""
+    if quality.fid:
+        ensure_registered(quality.feature_extractor)
+        check_weights(quality.feature_extractor, quality.inception_weights)
+    elif quality.inception_weights is not None:
+        check_weights_file(quality.inception_weights, WEIGHTS_OPTION)
+    if quality.classifier is not None:
+        check_classifier(quality.classifier)
+    if quality.lpips_weights is not None:
+        root = Path(quality.lpips_weights)
+        if not root.is_dir():
+            raise DqarError(f"field 'quality.lpips_weights': {root} is not a folder; give a torch hub folder whose checkpoints/ holds {', '.join(LPIPS_FILES)}")
+        check_lpips_files(root)
 
 
 def _model(r: "_Reader", raw: Any) -> tuple[str, bool]:

@@ -119,8 +119,11 @@ def test_missing_inception_weights_name_the_option(tmp_path, monkeypatch):
     with pytest.raises(DqarError, match="no file at"):
         check_weights("inception-v3-compat", str(tmp_path / "missing.pth"))
     weights = tmp_path / "w.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, weights)
+    check_weights("inception-v3-compat", str(weights))  # a local file of plain tensors is all it takes
     weights.write_bytes(b"")
-    check_weights("inception-v3-compat", str(weights))  # a local file is all it takes
+    with pytest.raises(DqarError, match="cannot be read as weights"):
+        check_weights("inception-v3-compat", str(weights))
 
 
 def test_nothing_downloads_inside_the_guard():

@@ -11,8 +11,22 @@ import importlib
 
 import torch
 
+from dqar_bench.errors import DqarError
+
 CLASSIFIERS = {"digits": "dqar_bench.reference.classifier:class_accuracy"}
 """name -> "module:function(images, labels) -> float" (images uint8 or in [-1, 1])."""
+CLASSIFIER_WEIGHTS = {"digits": "dqar_bench.reference.load:classifier_weights_path"}
+"""name -> "module:function() -> Path" of the weights file it loads (checked before a run)."""
+
+
+def check_classifier(name: str) -> None:
+    """The classifier's weights file must be there before any sampling is done for it."""
+    if name not in CLASSIFIERS:
+        raise DqarError(f"field 'quality.classifier': unknown classifier '{name}' (classifiers: {', '.join(CLASSIFIERS)})")
+    module, function = CLASSIFIER_WEIGHTS[name].split(":")
+    path = getattr(importlib.import_module(module), function)()
+    if not path.is_file():
+        raise DqarError(f"field 'quality.classifier': classifier '{name}' needs its weights file {path}, which is missing; reinstall dqar-bench or retrain it")
 
 
 def class_accuracy(name: str, images: torch.Tensor | None, labels: torch.Tensor | None) -> float | None:

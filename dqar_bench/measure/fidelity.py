@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dqar_bench.errors import DqarError
+from dqar_bench.weights import check_weights_file, weights_only_loads
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -30,6 +31,9 @@ WEIGHTS_OPTION = "'quality.inception_weights' in the suite (or --inception-weigh
 
 # Feature extractors that register themselves when their module is imported.
 PROVIDERS = {"dqar-digits-classifier": "dqar_bench.reference.classifier"}
+
+SHIPPED_WEIGHTS = {"dqar-digits-classifier": "dqar_bench.reference.load:classifier_weights_path"}
+"""Feature extractors whose weights ship with the package (checked before a run when no path is given)."""
 
 REFERENCE_SETS = {"digits-heldout": "dqar_bench.reference.data:held_out_images"}
 """Real image sets that ship with the project, by the name a suite gives as `quality.reference`."""
@@ -94,16 +98,25 @@ def ensure_registered(name: str) -> type:
 
 
 def check_weights(feature_extractor: str, weights_path: str | None) -> None:
-    """Fail early, in one line, where the run would otherwise need a download."""
+    """Fail early, in one line, where the run would otherwise need a download, or where the
+    weights file is missing or would run code when loaded (`dqar_bench.weights`)."""
     if weights_path is not None:
-        if not Path(weights_path).expanduser().is_file():
-            raise DqarError(f"{WEIGHTS_OPTION}: no file at {weights_path}")
+        check_weights_file(weights_path, WEIGHTS_OPTION)
         return
-    if feature_extractor == INCEPTION and not (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE).is_file():
-        raise DqarError(
-            f"FID / IS / KID need the Inception weights and dqar-bench downloads nothing: set {WEIGHTS_OPTION} "
-            f"to a local copy of {INCEPTION_FILE} ({INCEPTION_URL})"
-        )
+    if feature_extractor == INCEPTION:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+        if not cached.is_file():
+            raise DqarError(
+                f"FID / IS / KID need the Inception weights and dqar-bench downloads nothing: set {WEIGHTS_OPTION} "
+                f"to a local copy of {INCEPTION_FILE} ({INCEPTION_URL})"
+            )
+        check_weights_file(cached, "the Inception weights in the torch hub cache")
+    shipped = SHIPPED_WEIGHTS.get(feature_extractor)
+    if shipped is not None:
+        module, function = shipped.split(":")
+        path = getattr(importlib.import_module(module), function)()
+        if not Path(path).is_file():
+            raise DqarError(f"feature extractor '{feature_extractor}' needs its shipped weights file {path}, which is missing; reinstall dqar-bench")
 
 
 class Fidelity:
@@ -133,7 +146,7 @@ class Fidelity:
         kwargs: dict[str, Any] = {"verbose": False}
         if weights_path is not None:
             kwargs["feature_extractor_weights_path"] = str(Path(weights_path).expanduser())
-        with no_downloads():
+        with no_downloads(), weights_only_loads():
             self.extractor = create_feature_extractor(feature_extractor, sorted(set(self.layers.values())), cuda=self.cuda, **kwargs)
         self.reference_label, self._ref_features, self._ref_stats = self._load_reference(reference)
 

@@ -111,6 +111,11 @@ def load_reference_metrics(weights_dir: Path | None = None) -> dict[str, Any]:
     return _read_json(weights_dir, METRICS_FILE)
 
 
+def classifier_weights_path() -> Path:
+    """Where the shipped digit classifier's weights are (they may be missing: see `load_classifier`)."""
+    return WEIGHTS_DIR / CLASSIFIER_WEIGHTS_FILE
+
+
 def load_classifier(weights_dir: Path | None = None, *, path: Path | None = None) -> DigitClassifier:
     """The digit classifier in eval mode; `path` names a classifier `.safetensors` file directly
     (torch-fidelity's `feature_extractor_weights_path`), overriding `weights_dir`."""
