@@ -16,10 +16,15 @@ from dqar_bench.errors import DqarError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dqar_bench.errors import ModelError
+    from dqar_bench.models import offline_problem
     from dqar_bench.runner import run_suite
     from dqar_bench.suite import load_suite
 
     suite = load_suite(args.suite, inception_weights=args.inception_weights)
+    problem = offline_problem(suite.model, suite.allow_download)
+    if problem:
+        raise ModelError(f"{suite.path}: field 'model': {problem}")  # before any run directory is made
     output = args.resume or args.output
     run = run_suite(suite, output, resume=args.resume is not None)
     failed = [r["case"] for r in run.records() if r.get("status") not in ("ok", "unsupported")]
@@ -32,8 +37,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from dqar_bench.suite import load_suite
 
+    from dqar_bench.models import offline_problem
+
     suite = load_suite(args.suite, inception_weights=args.inception_weights)
     print(f"{args.suite}: ok: suite '{suite.name}', {len(suite.cases)} cases, model {suite.model}, baseline '{suite.baseline}'")
+    problem = offline_problem(suite.model, suite.allow_download)
+    if problem:
+        print(f"note: `run` needs the model on this machine: {problem}")
     return 0
 
 
@@ -72,9 +82,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_train_policy(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from pathlib import Path
+
     from dqar_bench.policy.model import save_policy
     from dqar_bench.policy.train import read_traces, train_policy
 
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise DqarError(f"--output {output} already exists; pass --force to overwrite it, or choose another file")
+    if output.is_dir():
+        raise DqarError(f"--output {output} is a folder; give the .safetensors file to write")
     data = read_traces(args.traces)
     names = ("hidden", "seed", "val_fraction", "max_epochs", "patience")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
@@ -159,7 +176,8 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--max-samples", type=int, help="trace at most this many (step, block) candidates per sampling call, drawn at random")
     train = sub.add_parser("train-policy", help="train the policy gate's MLP on a trace file")
     train.add_argument("traces", help="trace file from `dqar-bench trace`")
-    train.add_argument("--output", "-o", required=True, help="policy .safetensors file to write")
+    train.add_argument("--output", "-o", required=True, help="policy .safetensors file to write (must not exist, unless --force)")
+    train.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     train.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths (default 64 32)")
     train.add_argument("--seed", type=int, help="seed of the split and the initial weights (default 0)")
     train.add_argument("--val-fraction", type=float, help="share of sampling calls held out for validation (default 0.2)")

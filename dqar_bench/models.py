@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -82,18 +83,20 @@ def _random_dit(name: str, **config: Any) -> LoadedModel:
     return LoadedModel(name, model.eval())
 
 
+DIT_TINY_CONFIG: dict[str, Any] = {"num_attention_heads": 2, "attention_head_dim": 16, "num_layers": 4, "sample_size": 8, "num_embeds_ada_norm": 10}
+DIT_XL_CONFIG: dict[str, Any] = {"num_attention_heads": 16, "attention_head_dim": 72, "num_layers": 28, "sample_size": 32, "num_embeds_ada_norm": 1000}
+
+
 def build_dit_tiny() -> LoadedModel:
     """A 4-block DiT (2 heads x 16, 8x8x4 latents, 10 classes), random weights from seed 0."""
-    return _random_dit("dit-tiny", num_attention_heads=2, attention_head_dim=16, num_layers=4, sample_size=8, num_embeds_ada_norm=10)
+    return _random_dit("dit-tiny", **DIT_TINY_CONFIG)
 
 
 def build_dit_xl_random() -> LoadedModel:
     """DiT-XL/2-256's architecture (28 blocks, 16 heads x 72, 32x32x4 latents, 1000 classes) with
     random weights from seed 0: for timing on a machine without the checkpoint (ANCHORS.md
     section 1 was measured so). Its images and quality figures mean nothing."""
-    return _random_dit(
-        "dit-xl-2-256-random", num_attention_heads=16, attention_head_dim=72, num_layers=28, sample_size=32, num_embeds_ada_norm=1000
-    )
+    return _random_dit("dit-xl-2-256-random", **DIT_XL_CONFIG)
 
 
 def build_pixart_tiny() -> LoadedModel:
@@ -135,6 +138,66 @@ BUILTIN_MODELS: dict[str, Callable[[], LoadedModel]] = {
 }
 BUILTIN_FAMILIES: dict[str, str] = {"dit-tiny": "dit", "digits-dit": "dit", "pixart-tiny": "pixart", "dit-xl-2-256-random": "dit"}
 FAMILY_OF_CLASS = {"DiTTransformer2DModel": "dit", "PixArtTransformer2DModel": "pixart"}
+
+
+def _digits_config() -> dict[str, Any]:
+    from dqar_bench.reference.load import load_reference_dit_config, reference_weights_present
+
+    reference_weights_present()
+    return load_reference_dit_config()
+
+
+BUILTIN_CONFIGS: dict[str, Callable[[], dict[str, Any]]] = {
+    "dit-tiny": lambda: DIT_TINY_CONFIG,
+    "dit-xl-2-256-random": lambda: DIT_XL_CONFIG,
+    "digits-dit": _digits_config,
+}
+"""A built-in model's transformer config, read without building it (for `validate`)."""
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def model_config(name: str, allow_download: bool = False) -> dict[str, Any] | None:
+    """The transformer config of a model, without building it or loading weights.
+
+    Raises `ModelError` (one line) where the model cannot be had: an unknown name, a missing
+    folder, a built-in whose shipped files are gone. None where the config cannot be read
+    here but the run may still get it (a checkpoint id not downloaded yet, see
+    `offline_problem`), or for a built-in with no config to read.
+    """
+    if name in BUILTIN_MODELS:
+        config = BUILTIN_CONFIGS.get(name)
+        return config() if config is not None else None
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "transformer" / "config.json").is_file():
+            raise ModelError(f"model folder '{name}' has no transformer/config.json; give a diffusers checkpoint folder (or id)")
+        return _local_transformer_config(name)
+    if not HUB_ID.match(name):
+        if "/" in name or name.startswith((".", "~")):
+            raise ModelError(f"model folder '{name}' does not exist; give an existing diffusers checkpoint folder, a checkpoint id or a built-in model")
+        known = ", ".join(sorted(BUILTIN_MODELS))
+        raise ModelError(f"model '{name}' is neither a built-in model ({known}) nor a checkpoint id or folder")
+    return _local_transformer_config(name)
+
+
+def offline_problem(name: str, allow_download: bool) -> str | None:
+    """Why a checkpoint id cannot be loaded on this machine as the suite stands (it is not
+    in the local Hugging Face cache and downloads are off), or None."""
+    if allow_download or name in BUILTIN_MODELS or Path(name).expanduser().exists() or not HUB_ID.match(name):
+        return None
+    if _local_transformer_config(name) is not None:
+        return None
+    return (
+        f"model '{name}' is not available offline; download it first (`huggingface-cli download {name}`) "
+        f"or set `model: {{name: {name}, download: true}}` in the suite"
+    )
+
+
+def num_classes(config: dict[str, Any] | None) -> int | None:
+    """Class labels a class-conditional DiT knows (0..n-1) by its config; None if it does not say."""
+    value = (config or {}).get("num_embeds_ada_norm")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def model_family(name: str) -> str | None:
@@ -182,11 +245,9 @@ def _load_checkpoint(name: str, allow_download: bool) -> LoadedModel:
 
     family = model_family(name) or "dit"
     model_class = PixArtTransformer2DModel if family == "pixart" else DiTTransformer2DModel
+    model_config(name, allow_download)  # an unknown name or a missing folder: its one-line error
     local = Path(name).expanduser()
     is_local = local.exists()
-    if not is_local and "/" not in name:
-        known = ", ".join(sorted(BUILTIN_MODELS))
-        raise ModelError(f"model '{name}' is neither a built-in model ({known}) nor a checkpoint id or folder")
     offline = not allow_download or os.environ.get("HF_HUB_OFFLINE") == "1"
     source = str(local) if is_local else name
     try:

@@ -9,6 +9,7 @@ suite's parameters, so a bad value is caught before anything is measured.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -125,6 +126,14 @@ class Quantizer(Part):
     """Says how a cached tensor is stored (and so how many bytes the cache holds)."""
 
     KIND = "quantizer"
+
+    def begin(self, device: torch.device) -> None:
+        """Called at the start of every sampling call, outside the forward (device buffers go here)."""
+
+    def nonfinite(self) -> int:
+        """How many NaN or inf values this quantizer has been handed so far (a host read:
+        asked outside timed calls only). A quantizer that keeps them as they are says 0."""
+        return 0
 
     def pack(self, x: torch.Tensor) -> Packed:
         raise NotImplementedError
@@ -251,6 +260,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         item = args[0] if args else Any
         items = [_coerce(name, v, item) for v in value]
         return items if origin is list else tuple(items)
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"parameter '{name}' must be a mapping ({_type_name(annotation)}), got {value!r}")
+        key_type, item_type = args if len(args) == 2 else (Any, Any)
+        return {_coerce(name, k, key_type): _coerce(name, v, item_type) for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -259,6 +273,8 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return value
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isnan(value):
+                raise ValueError(f"parameter '{name}' must be a number, got NaN")
             return float(value)
     elif annotation is str:
         if isinstance(value, str):
@@ -277,6 +293,8 @@ def _type_name(annotation: Any) -> str:
         return " | ".join(_type_name(a) for a in args)
     if origin in (list, tuple):
         return f"list[{_type_name(args[0]) if args else 'any'}]"
+    if origin is dict or annotation is dict:
+        return f"dict[{_type_name(args[0])}, {_type_name(args[1])}]" if len(args) == 2 else "dict"
     if annotation is type(None):
         return "null"
     return getattr(annotation, "__name__", str(annotation))

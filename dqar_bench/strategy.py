@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -54,10 +54,19 @@ class ReuseStats:
     reused: int = 0
     evaluations: int = 0
     peak_cache_bytes: int = 0
+    count_nonfinite: Callable[[], int] = field(default=lambda: 0, repr=False)
+    nonfinite_before: int = 0
 
     @property
     def reuse_ratio(self) -> float:
         return self.reused / self.evaluations if self.evaluations else 0.0
+
+    @property
+    def nonfinite_cached(self) -> int:
+        """NaN or inf values handed to the quantizer since the reset (they come back as NaN,
+        and did not spoil the rest of their group's scale); one host read, so ask after the
+        timed calls."""
+        return self.count_nonfinite() - self.nonfinite_before
 
 
 class Strategy:
@@ -83,7 +92,7 @@ class Strategy:
         for each in self.caches.values():
             each.quantizer = quantizer
         self.probe_queries = probe_queries
-        self.stats = ReuseStats()
+        self.stats = ReuseStats(count_nonfinite=quantizer.nonfinite)
         self._mask: torch.Tensor | None = None
         self._reuse: list[bool] = []
         self._entropy: signals.EntropyProbe | None = None
@@ -131,12 +140,13 @@ class Strategy:
                 self._entropy = signals.EntropyProbe(self.probe_queries)
             self._entropy.reset(num_blocks, device)
         self.gate.reset(num_steps, num_blocks)
+        self.quantizer.begin(torch.device(device))
         for each in self.caches.values():
             each.clear()
             each.begin(num_blocks, torch.device(device))
 
     def reset_stats(self) -> None:
-        self.stats = ReuseStats()
+        self.stats = ReuseStats(count_nonfinite=self.quantizer.nonfinite, nonfinite_before=self.quantizer.nonfinite())
 
     def before_step(self, ctx: StepContext) -> None:
         """Decide which blocks reuse at this step (or, for a mid-forward gate, that none has yet)."""
@@ -149,9 +159,21 @@ class Strategy:
         eligible = self._eligible(ctx.step)
         if any(eligible):
             ctx.signals = self._gather_signals(ctx)
-            decided = self.gate.decide(ctx, eligible)
+            decided = self._decide(ctx, eligible)
             self._reuse = [bool(d) and e for d, e in zip(decided, eligible)]
         self._begin_caches(ctx.step)
+
+    def _decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
+        """The gate's answer, one per block; any other length is the gate's bug, named."""
+        decided = self.gate.decide(ctx, eligible)
+        count = len(decided) if hasattr(decided, "__len__") else None
+        if count != len(eligible):
+            got = f"{count} answers" if count is not None else f"a {type(decided).__name__}"
+            raise ValueError(
+                f"gate '{self.gate.PLUGIN_NAME}' ({type(self.gate).__module__}.{type(self.gate).__name__}) answered "
+                f"{got} at step {ctx.step} for {len(eligible)} blocks; decide() must return one bool per block"
+            )
+        return list(decided)
 
     def _begin_caches(self, step: int) -> None:
         computes = [not r for r in self._reuse]
@@ -265,7 +287,7 @@ class Strategy:
         else:
             change = float(signals.residual_change(residual, self._reference))  # the step's one host sync
         ctx.signals = {signals.RESIDUAL_CHANGE: change}
-        decided = self.gate.decide(ctx, eligible) if any(eligible) else [False] * len(eligible)
+        decided = self._decide(ctx, eligible) if any(eligible) else [False] * len(eligible)
         self._reuse = [bool(d) and e for d, e in zip(decided, eligible)]
         if not any(self._reuse):
             self._reference = residual.detach()

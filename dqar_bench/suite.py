@@ -12,6 +12,8 @@ import copy
 import dataclasses
 import difflib
 import hashlib
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,11 @@ from typing import Any
 import yaml
 
 from dqar_bench.adapters import adapter_for_family
-from dqar_bench.errors import DqarError, SuiteError
+from dqar_bench.errors import DqarError, ModelError, SuiteError
 from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
 from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
 from dqar_bench.execution import MODES, ExecutionOptions
-from dqar_bench.models import model_family
+from dqar_bench.models import model_config, model_family, num_classes
 from dqar_bench.parts import KINDS, build_part
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.quality import LPIPS_FILES, QualityConfig, check_lpips_files
@@ -47,6 +49,8 @@ TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms")
 QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips_weights", "classifier")
 FIDELITY_METRICS = ("fid", "kid", "isc")
 MODEL_KEYS = ("name", "download")
+MAX_EXPANDED = 1_000_000
+"""A suite is small; past this many values and characters (aliases filled in) it is an alias bomb."""
 SWEEP_KEYS = ("parameter", "values")
 
 
@@ -147,9 +151,14 @@ def load_suite(path: str | Path, registry: Registry | None = None, inception_wei
     the suite's `quality.inception_weights` and is checked with it."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise SuiteError(f"{path}: cannot read the suite file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SuiteError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the suite file as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -157,7 +166,31 @@ def load_suite(path: str | Path, registry: Registry | None = None, inception_wei
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SuiteError(f"{path}:{where}: YAML syntax error: {problem}; fix the YAML there") from None
+    if _expanded_size(data, MAX_EXPANDED) > MAX_EXPANDED:
+        raise SuiteError(
+            f"{path}: the suite expands to more than {MAX_EXPANDED:,} values and characters once its YAML aliases (*name) are "
+            "filled in (an alias of an alias of a list repeats it exponentially); write the repeated parts out, or alias them less deeply"
+        )
     return parse_suite(data, path, text, registry or get_registry(), inception_weights)
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """How big `data` is with every alias filled in: values plus characters of text,
+    counted without copying anything and given up just past `limit` (a self-referencing
+    alias never ends)."""
+    size = 0
+    stack = [data]
+    while stack and size <= limit:
+        item = stack.pop()
+        size += 1
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return size
 
 
 def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, inception_weights: str | None = None) -> Suite:
@@ -178,8 +211,13 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     if steps < 1:
         raise r.error("field 'sampler.steps' must be at least 1")
     guidance = r.get(sampler_raw, "guidance_scale", float, default=4.0, field="sampler.guidance_scale")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise r.error(f"field 'sampler.guidance_scale' must be a finite number >= 0 (1 or less turns classifier-free guidance off), got {guidance}")
     labels = r.int_list(data, "class_labels", default=[0, 1])
     seeds = r.int_list(data, "seeds", default=[0])
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise r.error(f"field 'seeds': seed {repeated[0]} is given more than once; give each seed once (outputs and quality are kept per seed)")
     device = r.get(data, "device", str, default="auto")
     if device not in DEVICES and not device.startswith("cuda:"):
         raise r.error(f"field 'device': '{device}' is not one of {', '.join(DEVICES)} (or cuda:N)")
@@ -198,14 +236,31 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         raise r.error("fields 'timing.warmup' must be >= 0 and 'timing.repeats' >= 1")
     per_step = r.get(timing, "per_step", bool, default=True, field="timing.per_step")
     nvml_interval_ms = r.get(timing, "nvml_interval_ms", float, default=10.0, field="timing.nvml_interval_ms")
-    if nvml_interval_ms <= 0:
+    if not (math.isfinite(nvml_interval_ms) and nvml_interval_ms > 0):
         raise r.error("field 'timing.nvml_interval_ms' must be > 0 (milliseconds between NVML samples)")
     quality = _quality(r, data.get("quality"), inception_weights)
     probe_queries = r.get(data, "probe_queries", int, default=16)
+    if probe_queries < 1:
+        raise r.error(f"field 'probe_queries' must be at least 1 (query rows the entropy probe samples per image and head), got {probe_queries}")
     threads = r.get(data, "threads", int, default=1)
     if threads < 1:
         raise r.error("field 'threads' must be at least 1 (CPU threads torch may use)")
+    cores = usable_cores()
+    if threads > cores:
+        raise r.error(
+            f"field 'threads': {threads} is more than the {cores} CPU cores this process may use; threads beyond the cores "
+            f"only wait on each other and make timings meaningless; use at most {cores}"
+        )
     family = model_family(model_name)
+    try:
+        config = model_config(model_name, allow_download)
+    except ModelError as exc:
+        raise r.error(f"field 'model': {exc}") from None
+    classes = num_classes(config)
+    if family == "dit" and classes is not None:
+        bad = [c for c in labels if not 0 <= c < classes]
+        if bad:
+            raise r.error(f"field 'class_labels': {bad[0]} is out of range for model '{model_name}' (its {classes} classes are 0..{classes - 1})")
     text = _text(r, data, family, model_name)
     default_modes = _modes(r, data.get("execution", "eager"), "field 'execution'")
     options = _compile_options(r, data.get("compile"))
@@ -235,10 +290,18 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     digest = hashlib.sha256(text_of_file.encode()).hexdigest()[:16]
     return Suite(
         path, name, model_name, allow_download, sampler, steps, guidance, labels, seeds, device, dtype,
-        warmup, repeats, baseline, probe_queries, cases, digest, str(data.get("description", "") or ""),
+        warmup, repeats, baseline, probe_queries, cases, digest, r.get(data, "description", str, default=""),
         quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
         execution_options=options, threads=threads, **text,
     )
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _modes(r: "_Reader", raw: Any, where: str) -> tuple[str, ...]:
@@ -404,7 +467,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: str |
     for kind in KINDS:
         if kind in raw:
             specs[kind] = _part_spec(r, where, kind, raw[kind])
-    description = str(raw.get("description", "") or "")
+    description = r.get(raw, "description", str, default="", field=f"description' of case '{name}")
     sweep = raw.get("sweep")
     if sweep is None:
         case = Case(name, _with_defaults(specs), description)

@@ -122,6 +122,11 @@ def _parse_line(path: Path, number: int, line: str) -> tuple[list[float], float,
         if value is None:
             row.append(math.nan)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise DqarError(
+                    f"{where}: feature '{name}' is {value}, not a finite number; `dqar-bench trace` writes a feature it "
+                    "could not measure as null, so this file was edited or damaged: trace again"
+                )
             row.append(float(value))
         else:
             raise DqarError(f"{where}: feature '{name}' must be a number or null, got {value!r}")

@@ -87,6 +87,12 @@ def load_reference_dit_config(weights_dir: Path | None = None) -> dict[str, Any]
     return {k: v for k, v in _read_json(weights_dir, DIT_CONFIG_FILE).items() if not k.startswith("_")}
 
 
+def reference_weights_present(weights_dir: Path | None = None) -> None:
+    """Raise the one-line `ModelError` now if a file the reference DiT needs is missing."""
+    for name in (DIT_CONFIG_FILE, DIT_WEIGHTS_FILE, SCHEDULER_CONFIG_FILE):
+        _resolve(weights_dir, name)
+
+
 def load_reference_dit(weights_dir: Path | None = None) -> DiTTransformer2DModel:
     """The trained reference DiT on CPU, float32, in eval mode (label dropout off)."""
     config_path = _resolve(weights_dir, DIT_CONFIG_FILE)

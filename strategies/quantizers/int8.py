@@ -1,7 +1,8 @@
 """Quantizer `int8`: symmetric 8-bit codes, one scale per tensor, per channel or per head.
 
-q = clip(round(x / s), -127, 127), s = max|x| / 127 over each group, so the round trip is
-off by at most half a step (s / 2). The groups:
+q = clip(round(x / s), -127, 127), s = max|x| / 127 over the finite values of each group,
+so the round trip is off by at most half a step (s / 2); a NaN or inf is kept as the code
+-128 and comes back as NaN, without touching the rest of its group. The groups:
 
 - `per_tensor`: the whole tensor (one float32 scale; the DQAR seed's default);
 - `per_channel`: each channel of the last dimension (C scales for [B, N, C], D for K/V);
@@ -19,9 +20,11 @@ from typing import Literal
 import torch
 
 from dqar_bench import Quantizer, hookimpl
-from strategies.quantizers.scaled import Scaled, scales_for
+from strategies.quantizers.scaled import NonFiniteCounter, Scaled, finite_amax, scales_for
 
 CODE_MAX = 127.0
+NAN_CODE = -128
+"""Where a NaN or inf was: the one int8 code the symmetric range leaves unused."""
 
 
 @dataclass
@@ -37,18 +40,29 @@ class Int8(Quantizer):
         default=None, metadata={"help": "per_head on [batch, tokens, channels] tensors: the channels split into this many heads"}
     )
 
+    _nonfinite: NonFiniteCounter = field(default_factory=NonFiniteCounter, init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if self.heads is not None and self.heads < 1:
             raise ValueError(f"parameter 'heads' must be >= 1, got {self.heads}")
+
+    def begin(self, device: torch.device) -> None:
+        self._nonfinite.begin(device)
+
+    def nonfinite(self) -> int:
+        return self._nonfinite.read()
 
     def pack(self, x: torch.Tensor) -> Scaled:
         x = x.detach()
         view, keep = self._groups(x)
         dims = tuple(d for d in range(view.ndim) if d not in keep)
-        amax = view.abs().amax(dim=dims, keepdim=True) if dims else view.abs()
+        amax, finite = finite_amax(view, dims)
         scales = scales_for(amax, CODE_MAX)
-        codes = (view.to(torch.float32) / scales).round_().clamp_(-CODE_MAX, CODE_MAX).to(torch.int8)
-        return Scaled(codes, scales, x.dtype, x.shape)
+        codes = (view.to(torch.float32) / scales).round_().clamp_(-CODE_MAX, CODE_MAX)
+        codes = codes.masked_fill_(~finite, NAN_CODE).to(torch.int8)
+        count = (~finite).sum()
+        self._nonfinite.add(count)
+        return Scaled(codes, scales, x.dtype, x.shape, count, NAN_CODE)
 
     def _groups(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         """`x` (reshaped if need be) and the dimensions along which each group has its own scale."""
