@@ -49,8 +49,10 @@ TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms")
 QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips_weights", "classifier")
 FIDELITY_METRICS = ("fid", "kid", "isc")
 MODEL_KEYS = ("name", "download")
-MAX_EXPANDED = 1_000_000
-"""A suite is small; past this many values and characters (aliases filled in) it is an alias bomb."""
+EXPANSION_FACTOR = 10
+MIN_EXPANSION_LIMIT = 100_000
+"""Without aliases a suite holds fewer values and characters than its file has characters;
+one that expands past ten times its file (and past this floor) is an alias bomb."""
 SWEEP_KEYS = ("parameter", "values")
 
 
@@ -166,9 +168,10 @@ def load_suite(path: str | Path, registry: Registry | None = None, inception_wei
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SuiteError(f"{path}:{where}: YAML syntax error: {problem}; fix the YAML there") from None
-    if _expanded_size(data, MAX_EXPANDED) > MAX_EXPANDED:
+    limit = max(MIN_EXPANSION_LIMIT, EXPANSION_FACTOR * len(text))
+    if _expanded_size(data, limit) > limit:
         raise SuiteError(
-            f"{path}: the suite expands to more than {MAX_EXPANDED:,} values and characters once its YAML aliases (*name) are "
+            f"{path}: the suite expands to more than {limit:,} values and characters once its YAML aliases (*name) are "
             "filled in (an alias of an alias of a list repeats it exponentially); write the repeated parts out, or alias them less deeply"
         )
     return parse_suite(data, path, text, registry or get_registry(), inception_weights)

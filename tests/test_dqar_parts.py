@@ -13,6 +13,7 @@ import torch
 
 from dqar_bench import signals
 from dqar_bench.context import StepContext
+from dqar_bench.parts import build_part
 from strategies.gates.dqar import Dqar
 from strategies.gates.entropy import Entropy
 from strategies.gates.snr import Snr
@@ -229,6 +230,52 @@ def test_int8_zero_or_constant_tensors_come_back_without_nan(mode, heads, shape,
     assert torch.allclose(back, x, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode, heads, shape", INT8_CASES)
+@pytest.mark.parametrize("bad", [NAN, math.inf, -math.inf])
+def test_int8_a_non_finite_value_stays_inside_its_group_and_is_counted(mode, heads, shape, bad):
+    x = _spread(shape)
+    where = (0,) * (len(shape) - 1) + (shape[-1] - 1,)  # the last channel (per_channel: its own group)
+    zeroed, poisoned = x.clone(), x.clone()
+    zeroed[where], poisoned[where] = 0.0, bad  # a zero never sets a group's max |x|
+    quantizer = Int8(mode=mode, heads=heads)
+    quantizer.begin(torch.device("cpu"))
+    packed = quantizer.pack(poisoned)
+    reference = Int8(mode=mode, heads=heads).pack(zeroed)
+    back, expected = packed.unpack(), reference.unpack()
+    assert math.isnan(back[where])  # the broken value still shows as broken, as NaN
+    others = torch.ones(shape, dtype=torch.bool)
+    others[where] = False
+    # every other value, in its group and in every other group, comes back exactly as if the
+    # value had been harmless: each scale is taken over the finite values of its group only
+    assert torch.equal(packed.scales, reference.scales) and torch.equal(back[others], expected[others])
+    assert int(packed.nonfinite) == 1 and quantizer.nonfinite() == 1
+    quantizer.pack(poisoned)
+    assert quantizer.nonfinite() == 2  # a running count over packs, read once on the host
+
+
+def test_int8_scale_ignores_a_nan_in_its_group():
+    x = torch.tensor([[1.0, 2.0, NAN, -4.0]])
+    packed = Int8().pack(x)
+    assert packed.scales.item() == pytest.approx(4.0 / 127)  # max |x| over the finite values
+    back = packed.unpack()
+    assert torch.allclose(back[0, [0, 1, 3]], torch.tensor([1.0, 2.0, -4.0]), atol=4.0 / 127 / 2)
+    assert math.isnan(back[0, 2]) and packed.codes[0, 2] == -128
+
+
+def test_strategy_stats_count_non_finite_values_the_cache_was_handed(registry):
+    from dqar_bench.strategy import Strategy
+
+    parts = {k: build_part(registry.get(k, n).cls, p) for k, n, p in (
+        ("scheduler", "all", {}), ("gate", "never", {}), ("cache", "attention-output", {}), ("quantizer", "int8", {"mode": "per_channel"}))}
+    strategy = Strategy(parts["scheduler"], parts["gate"], parts["cache"], parts["quantizer"])
+    strategy.begin(2, 3, torch.device("cpu"))
+    strategy.quantizer.pack(torch.tensor([[NAN, 1.0], [2.0, 3.0]]))  # before the reset: not counted
+    strategy.reset_stats()
+    strategy.cache.store(0, torch.tensor([[math.inf, 1.0], [NAN, 3.0]]), None)
+    strategy.cache.store(1, torch.ones(2, 2), None)
+    assert strategy.stats.nonfinite_cached == 2
+
+
 def test_int8_keeps_the_callers_dtype():
     x = torch.randn(2, 8, 16, dtype=torch.bfloat16)
     assert Int8().pack(x).unpack().dtype == torch.bfloat16
@@ -255,6 +302,18 @@ def test_fp8_round_trip_within_half_a_step_of_its_scale(shape):
     bound = x.abs() * 2**-4 + packed.scales * 2**-10
     assert torch.all(err <= bound * (1 + 1e-5))
     assert packed.nbytes == x.numel() + 4
+
+
+@pytest.mark.skipif(FP8 is None, reason="this torch has no float8_e4m3fn")
+def test_fp8_scale_ignores_non_finite_values_and_keeps_them_as_nan():
+    x = torch.tensor([[1.0, -2.0, math.inf, NAN, 0.5]])
+    quantizer = Fp8()
+    quantizer.begin(torch.device("cpu"))
+    packed = quantizer.pack(x)
+    assert packed.scales.item() == pytest.approx(2.0 / 448)
+    back = packed.unpack()
+    assert torch.allclose(back[0, [0, 1, 4]], x[0, [0, 1, 4]], rtol=2**-4)
+    assert back[0, 2:4].isnan().all() and int(packed.nonfinite) == 2 and quantizer.nonfinite() == 2
 
 
 @pytest.mark.skipif(FP8 is None, reason="this torch has no float8_e4m3fn")

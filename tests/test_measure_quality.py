@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,6 +26,36 @@ def test_ssim_is_one_for_identical_and_falls_with_noise():
     assert 1.0 > values[0] > values[1] > values[2] > 0.0
     y = (x + 0.05 * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(0, 1)
     assert ssim(x, y, 1.0) == pytest.approx(ssim(y, x, 1.0))  # symmetric
+
+
+def _ssim_by_hand(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
+    """Wang et al. 2004 written out with loops: a 3x3 Gaussian window (sigma 1.5) slid over a
+    single-channel image with no padding, the per-window SSIM averaged."""
+    g = np.exp(-np.array([-1.0, 0.0, 1.0]) ** 2 / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    values = []
+    for i in range(x.shape[0] - 2):
+        for j in range(x.shape[1] - 2):
+            a, b = x[i:i + 3, j:j + 3], y[i:i + 3, j:j + 3]
+            mx, my = (w * a).sum(), (w * b).sum()
+            vx, vy = (w * a * a).sum() - mx**2, (w * b * b).sum() - my**2
+            cov = (w * a * b).sum() - mx * my
+            values.append((2 * mx * my + c1) * (2 * cov + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_reference_values():
+    # constant images: no variance, so SSIM is the luminance term alone,
+    # (2 * 0.5 * 0.25 + 1e-4) / (0.25 + 0.0625 + 1e-4) = 0.2501 / 0.3126
+    x, y = torch.full((1, 1, 3, 3), 0.5, dtype=torch.float64), torch.full((1, 1, 3, 3), 0.25, dtype=torch.float64)
+    assert ssim(x, y, 1.0) == pytest.approx(0.2501 / 0.3126, rel=1e-12)
+    # a 4x5 image against a distorted copy: the window shrinks to 3x3 (the image's short side, odd)
+    a = np.array([[0.1, 0.5, 0.9, 0.3, 0.7], [0.2, 0.8, 0.4, 0.6, 0.0], [0.9, 0.1, 0.5, 0.5, 0.3], [0.4, 0.4, 0.2, 0.8, 1.0]])
+    b = a * 0.8 + 0.1 * np.sin(np.arange(20).reshape(4, 5))
+    ours = ssim(torch.tensor(a)[None, None], torch.tensor(b)[None, None], 1.0)
+    assert ours == pytest.approx(_ssim_by_hand(a, b, 1.0), rel=1e-12)
+    assert ours < 1.0 and ssim(torch.tensor(a)[None, None], torch.tensor(a)[None, None], 1.0) == pytest.approx(1.0)
 
 
 def test_ssim_handles_tiny_latents():

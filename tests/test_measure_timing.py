@@ -166,6 +166,36 @@ def test_synthetic_model_proves_timer_and_speedup_arithmetic(tmp_path, monkeypat
     assert records["every2"]["timer"] == "perf_counter"
 
 
+def test_cold_is_the_first_call_of_a_case(tmp_path, monkeypatch, registry):
+    """The model's very first forward costs 1 s more (a lazy initialisation): that lands in the
+    first warmup call of the first case only, and `cold_s` is exactly that call."""
+    clock = synthetic.VirtualClock()
+    monkeypatch.setattr(timing, "_clock", clock)
+    first = []
+
+    def initialise_once(module, args):
+        if not first:
+            first.append(True)
+            clock.advance(1.0)
+
+    def build():
+        loaded = synthetic.build(blocks=BLOCKS, attention_s=ATTN, mlp_s=MLP, clock=clock)
+        loaded.transformer.register_forward_pre_hook(initialise_once)
+        return loaded
+
+    monkeypatch.setitem(models.BUILTIN_MODELS, "fixed-cost", build)
+    path = tmp_path / "cold.yaml"
+    path.write_text(textwrap.dedent(SUITE.format(model="fixed-cost", steps=STEPS)).replace("warmup: 1", "warmup: 2"))
+    run = run_suite(load_suite(path, registry), tmp_path / "run", registry=registry, progress=lambda line: None)
+    records = {r["case"]: r for r in RunDir(run.path).records()}
+    call = synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP)
+    baseline = records["baseline"]
+    assert baseline["cold_s"] == baseline["warmup_s"][0] == pytest.approx(call + 1.0)
+    assert baseline["warmup_s"][1] == pytest.approx(call) and baseline["median_s"] == pytest.approx(call)
+    every2 = records["every2"]
+    assert every2["cold_s"] == every2["warmup_s"][0] == pytest.approx(synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP, 2))
+
+
 def test_real_clock_times_at_least_the_known_cost(tmp_path, monkeypatch, registry):
     """With real sleeps the figure can only exceed the known cost (by the sampler's own work);
     how close it comes is a speed figure, printed by benchmarks/harness_overhead.py."""
