@@ -556,6 +556,12 @@ def _close(word: str, choices: Any) -> str:
     return " or ".join(repr(c) for c in difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5))
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as the error shows it: its repr, cut so that one line stays one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _Reader:
     """Typed access to mapping fields that turns every mismatch into a located SuiteError."""
 
@@ -581,7 +587,7 @@ class _Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error(f"field '{label}' must be {kind.__name__}, got {value!r}")
+            raise self.error(f"field '{label}' must be {kind.__name__}, got {_short(value)}")
         return value
 
     def int_list(self, data: dict, key: str, default: list[int]) -> list[int]:
@@ -589,5 +595,5 @@ class _Reader:
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise self.error(f"field '{key}' must be a non-empty list of integers, got {value!r}")
+            raise self.error(f"field '{key}' must be a non-empty list of integers, got {_short(value)}")
         return value

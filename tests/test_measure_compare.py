@@ -15,7 +15,8 @@ import pytest
 from dqar_bench import Gate, StepContext, hookimpl, models, timing
 from dqar_bench.cli import main
 from dqar_bench.measure import synthetic
-from dqar_bench.measure.compare import EXIT_INCONCLUSIVE, EXIT_REGRESSION, benchmark_entries, compare_runs, identity_diff
+from dqar_bench.measure.case_diff import identity_diff
+from dqar_bench.measure.compare import EXIT_INCONCLUSIVE, EXIT_REGRESSION, benchmark_entries, compare_runs
 from dqar_bench.plugins import load_registry
 from dqar_bench.runner import run_suite
 from dqar_bench.suite import load_suite

@@ -37,14 +37,12 @@ from typing import Any
 
 from dqar_bench import markdown, records
 from dqar_bench.errors import DqarError
+from dqar_bench.measure.case_diff import identity_diff
 from dqar_bench.measure.stats import UNRELIABLE, Measurement, mann_whitney_u, min_detectable_p
 
 ENVIRONMENT_KEYS = ("gpu", "driver", "cuda", "torch", "diffusers", "cpu", "dtype", "attention_backend", "git_commit")
 
 EXIT_CLEAN, EXIT_REGRESSION, EXIT_INCONCLUSIVE = 0, 1, 3
-
-IDENTITY_FALLBACK = ("parts", "model", "sampler", "steps", "guidance_scale", "batch", "seeds", "dtype", "device", "execution_mode", "dqar_bench")
-"""What a record without `identity` (an older dqar-bench) says about what its case is."""
 
 TIMING_FIELDS = ("latency_s", "round_s", "baseline_round_s", "median_s", "per_image_s", "cold_s")
 QUALITY_FIELDS = ("quality", "fidelity", "class_accuracy")
@@ -364,59 +362,6 @@ def _nonfinite_paths(value: Any, path: str) -> list[str]:
     if isinstance(value, list):
         return [path] if any(_nonfinite_paths(v, path) for v in value) else []
     return []
-
-
-def identity_of(record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """What the case is: the record's `identity`, or (older records) the fields that say it."""
-    identity = record.get("identity")
-    if isinstance(identity, dict):
-        return identity, True
-    return {k: record[k] for k in IDENTITY_FALLBACK if k in record}, False
-
-
-def identity_diff(base: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], bool]:
-    """'field: base -> new' for every difference in what the case is; and whether both
-    records carried an `identity` (else the record fields of both are compared)."""
-    (a, recorded_a), (b, recorded_b) = identity_of(base), identity_of(new)
-    recorded = recorded_a and recorded_b
-    if not recorded:  # compare like with like
-        a = {k: base[k] for k in IDENTITY_FALLBACK if k in base}
-        b = {k: new[k] for k in IDENTITY_FALLBACK if k in new}
-    flat_a, flat_b = _flatten(a), _flatten(b)
-    keys = list(flat_a) + [k for k in flat_b if k not in flat_a]
-    missing = object()
-    out = []
-    for key in keys:
-        va, vb = flat_a.get(key, missing), flat_b.get(key, missing)
-        if va != vb:
-            out.append(f"{_identity_label(key)}: {_show(va, missing)} -> {_show(vb, missing)}")
-    return out, recorded
-
-
-def _flatten(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Leaves by path; an empty mapping (no parts, no parameters) is no leaf at all."""
-    if isinstance(value, dict):
-        return {p: v for k, item in value.items() for p, v in _flatten(item, (*path, str(k))).items()}
-    return {path: value}
-
-
-def _identity_label(path: tuple[str, ...]) -> str:
-    """`parts.gate.params.every` reads as `gate.every`, `parts.gate.name` as `gate`,
-    `parts.gate.version` as `gate version`, `dqar_bench` as `dqar-bench`."""
-    if len(path) >= 2 and path[0] == "parts":
-        kind, rest = path[1], path[2:]
-        if not rest or rest == ("name",):
-            return kind
-        if rest[0] == "params" and len(rest) > 1:
-            return kind + "." + ".".join(rest[1:])
-        return f"{kind} {'.'.join(rest)}"
-    if path and path[0] in ("dqar_bench", "dqar_bench_version"):
-        return "dqar-bench" + ("." + ".".join(path[1:]) if len(path) > 1 else "")
-    return ".".join(path)
-
-
-def _show(value: Any, missing: object) -> str:
-    return "(none)" if value is missing else str(value)
 
 
 def render_comparison(comparison: Comparison) -> str:
