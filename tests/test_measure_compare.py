@@ -127,6 +127,14 @@ def test_records_without_rounds_fall_back_to_time_per_image_and_say_so(tmp_path,
     assert any("no per-round timings" in n and "drift of the machine" in n for n in comparison.notes)
     assert main(["compare", str(base), str(new)]) == 1
     assert "ms / image (no rounds)" in capsys.readouterr().out
+    # raw times from two different machines say nothing about the code
+    for run, cpu in ((base, "AMD EPYC"), (new, "Intel Xeon")):
+        rec = json.loads((run / "records.jsonl").read_text())
+        (run / "records.jsonl").write_text(json.dumps({**rec, "environment": {"cpu": cpu}}) + "\n")
+    [x] = compare_runs(base, new).changes
+    assert not x.regressions and x.inconclusive == [
+        "time per image +30.0% across different machines (cpu: AMD EPYC -> Intel Xeon): raw times there are not comparable"
+    ]
 
 
 # --- deterministic figures: FLOPs and reuse ------------------------------------------------

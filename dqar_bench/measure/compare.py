@@ -11,7 +11,8 @@ Each case is judged on what can be trusted about it:
   either run's ratios are unreliable (IQR / median over 25 %), or there are too few rounds
   for the test ever to reach `alpha`, or the test does not reach it, the case is
   *inconclusive*, not a regression. Records without rounds (an older dqar-bench) fall back
-  to the median time per image across runs, and the table says so.
+  to the median time per image across runs, and the table says so; across two different
+  machines such raw times are not comparable, and a slowdown there is inconclusive.
 - **FLOPs per call and the reuse ratio** are deterministic: any rise in FLOPs or fall in
   reuse is a regression, with no tolerance; the other direction is reported as a change.
 - **Quality** is gated by default: PSNR to each run's own baseline down by more than 1 dB,
@@ -205,7 +206,8 @@ def compare_runs(
     if max_fid_rise is not None and not (math.isfinite(max_fid_rise.amount) and max_fid_rise.amount >= 0):
         raise DqarError(f"option --max-fid-rise: {max_fid_rise.amount} must be a finite number >= 0")
     base_records, new_records = read_records(base), read_records(new)
-    judge = _Judge(max_slowdown, alpha, max_quality_drop, max_fid_rise, max_accuracy_drop, strict)
+    machines = _machine_differences(base_records, new_records)
+    judge = _Judge(max_slowdown, alpha, max_quality_drop, max_fid_rise, max_accuracy_drop, strict, machines)
     changes = [
         judge.case(case, base_records.get(case), new_records.get(case))
         for case in list(base_records) + [c for c in new_records if c not in base_records]
@@ -230,6 +232,8 @@ class _Judge:
     max_fid_rise: Rise | None
     max_accuracy_drop: float | None
     strict: bool
+    machines: list[str] = field(default_factory=list)
+    """How the two runs' machines differ ('cpu: A -> B'); raw times across them mean nothing."""
 
     def case(self, case: str, base: dict[str, Any] | None, new: dict[str, Any] | None) -> CaseChange:
         change = CaseChange(case)
@@ -280,7 +284,11 @@ class _Judge:
             return
         unit = "rounds" if timing.kind == "speedup" else "samples"
         noisy = [side for side, m in (("base", timing.base), ("new", timing.new)) if m.relative_iqr > UNRELIABLE]
-        if min_detectable_p(timing.base.n, timing.new.n) >= self.alpha:
+        if timing.kind != "speedup" and self.machines:
+            change.inconclusive.append(
+                f"{_timing_change(timing)} across different machines ({'; '.join(self.machines)}): raw times there are not comparable"
+            )
+        elif min_detectable_p(timing.base.n, timing.new.n) >= self.alpha:
             change.inconclusive.append(
                 f"too few {unit} ({timing.base.n} and {timing.new.n}: the test cannot reach p < {self.alpha:g}) to call {_timing_change(timing)} slower"
             )
@@ -524,6 +532,17 @@ def _psnr(record: dict[str, Any]) -> float | None:
     if quality.get("psnr_db") is None:
         return math.inf if quality.get("identical") else None
     return float(quality["psnr_db"])
+
+
+MACHINE_KEYS = ("gpu", "driver", "cuda", "cpu")
+
+
+def _machine_differences(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
+    env_base = next((r.get("environment") for r in base.values() if r.get("environment")), None) or {}
+    env_new = next((r.get("environment") for r in new.values() if r.get("environment")), None) or {}
+    if not env_base or not env_new:
+        return []
+    return [f"{k}: {env_base.get(k)} -> {env_new.get(k)}" for k in MACHINE_KEYS if env_base.get(k) != env_new.get(k)]
 
 
 def _environment_notes(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
