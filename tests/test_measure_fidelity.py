@@ -219,9 +219,10 @@ def test_quality_keys_are_validated(write_suite, tmp_path, capsys, quality, mess
     assert err.count("\n") == 1 and message in err
 
 
-def test_timing_keys_are_validated(write_suite, capsys):
+def test_timing_keys_are_validated(write_suite, capsys, monkeypatch):
     from dqar_bench.suite import load_suite
 
+    monkeypatch.setitem(models.BUILTIN_MODELS, "pixel-tiny", build_pixel_dit)  # validate checks the model exists
     body = SUITE.format(extractor=TINY).replace("timing: {warmup: 0, repeats: 1}", "timing: {warmup: 0, repeats: 1, per_step: false, nvml_interval_ms: 50}")
     suite = load_suite(write_suite(body))
     assert suite.per_step is False and suite.nvml_interval_s == pytest.approx(0.05)
