@@ -11,7 +11,10 @@ its benchmark scripts (`scripts/layer_sweep.py`, `scripts/warmup_sweep.py`) patc
 
 in Python floats, rounding down twice. On DiT-XL's 28 blocks with warmup 0.2 that allows
 11.6 / 18.7 / 24.5 / 38.7 % of the block evaluations for layer fractions 0.33 / 0.5 /
-0.66 / 1.0, which with the `always` gate is exactly the seed's reuse column.
+0.66 / 1.0, which with the `always` gate is exactly the seed's reuse column. The floats
+matter: where the product is a whole number (t = 21 of 50 at f = 0.5 gives exactly 4),
+`t / 49 - 0.2` lands just below it and the floor loses a block; in exact arithmetic the
+column would read 11.6 / 18.8 / 24.5 / 39.0 %. This part keeps the seed's arithmetic.
 
 It differs from `linear` on purpose, and `linear` stays as it is: `linear` counts progress
 over the post-warmup steps only (1 / (steps left) at the first, 1 at the last) and rounds
