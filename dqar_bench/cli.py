@@ -168,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-part", help="run the conformance checks of dqar_bench.testing on an installed part")
     check.add_argument("name", help="the part's registry name (see `dqar-bench plugins`)")
     check.add_argument("--kind", choices=("scheduler", "gate", "cache", "quantizer"), help="its kind, where the name is taken in several")
-    check.add_argument("--steps", type=int, default=4, help="sampling steps per call on the tiny models (default 4)")
+    check.add_argument("--steps", type=int, default=3, help="sampling steps per call on the tiny models (default 3)")
     compare = sub.add_parser("compare", help="compare two runs per case; exit 1 on a regression (a CI gate)")
     compare.add_argument("base", help="run directory of the reference run")
     compare.add_argument("new", help="run directory of the run under test")
