@@ -144,10 +144,19 @@ def _all_checks(part: type[Part], registry: Registry, params: dict[str, Any] | N
 def assert_conforms(part: type[Part], **options: Any) -> None:
     """`check_part`, failing with every failed check's line."""
     failed = [r.line() for r in check_part(part, **options) if not r.ok]
-    assert not failed, f"{part.__name__} fails {len(failed)} conformance check(s):\n" + "\n".join(failed)
+    _require(not failed, f"{part.__name__} fails {len(failed)} conformance check(s):\n" + "\n".join(failed))
 
 
 # --- the checks ------------------------------------------------------------------------
+
+
+class ConformanceError(AssertionError):
+    """A check's finding (raised as such, so `python -O` cannot strip it)."""
+
+
+def _require(condition: object, message: str = "") -> None:
+    if not condition:
+        raise ConformanceError(message)
 
 
 def _check(name: str, body: Callable[[], Any]) -> CheckResult:
@@ -156,23 +165,24 @@ def _check(name: str, body: Callable[[], Any]) -> CheckResult:
     except Exception as exc:  # a check reports, it never raises
         where = traceback.extract_tb(exc.__traceback__)[-1]
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return CheckResult(name, False, f"{type(exc).__name__}: {first} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})")
+        kind = "" if isinstance(exc, ConformanceError) else f"{type(exc).__name__}: "
+        return CheckResult(name, False, f"{kind}{first} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})")
     return CheckResult(name, True, detail if isinstance(detail, str) else "")
 
 
 def _registered(part: type[Part], kind: str, registry: Registry) -> str:
     name = part.PLUGIN_NAME
-    assert name, "PLUGIN_NAME is empty"
+    _require(name, "PLUGIN_NAME is empty")
     info = registry.parts[kind].get(name)
-    assert info is not None, f"the registry has no {kind} named '{name}' (is its hook registered? pass plugins=(your_module,))"
-    assert info.cls is part, f"the registry's {kind} '{name}' is {info.cls.__name__} from {info.plugin}, not this class"
-    assert part.describe(), "no description: give the class a docstring (its first line is the description)"
+    _require(info is not None, f"the registry has no {kind} named '{name}' (is its hook registered? pass plugins=(your_module,))")
+    _require(info.cls is part, f"the registry's {kind} '{name}' is {info.cls.__name__} from {info.plugin}, not this class")
+    _require(part.describe(), "no description: give the class a docstring (its first line is the description)")
     for p in part.parameters():
-        assert p.default is not dataclasses.MISSING, f"parameter '{p.name}' has no default"
-        assert p.help, f"parameter '{p.name}' has no help text: field(default=..., metadata={{'help': '...'}})"
+        _require(p.default is not dataclasses.MISSING, f"parameter '{p.name}' has no default")
+        _require(p.help, f"parameter '{p.name}' has no help text: field(default=..., metadata={{'help': '...'}})")
     for cls in part.__mro__:
         bad = [m for m in vars(cls).get("UNSUPPORTED", {}) if m not in MODES]
-        assert not bad, f"UNSUPPORTED names {bad}, not execution modes ({', '.join(MODES)})"
+        _require(not bad, f"UNSUPPORTED names {bad}, not execution modes ({', '.join(MODES)})")
     return f"{kind} '{name}' from {info.distribution}, {len(part.parameters())} parameter(s)"
 
 
@@ -181,17 +191,20 @@ def _round_trip(quantizer: Quantizer) -> None:
     for x in (torch.randn(2, 16, 32, generator=generator), torch.zeros(2, 16, 32), torch.randn(2, 2, 16, 16, generator=generator)):
         packed = quantizer.pack(x)
         back = packed.unpack()
-        assert back.shape == x.shape and back.dtype == x.dtype, f"unpack gave {tuple(back.shape)} {back.dtype} for {tuple(x.shape)} {x.dtype}"
-        assert torch.isfinite(back).all(), f"unpack of a {'zero' if not x.any() else 'random'} tensor is not finite"
-        assert isinstance(packed.nbytes, int) and packed.nbytes > 0, f"nbytes must be a positive int, got {packed.nbytes!r}"
+        _require(back.shape == x.shape and back.dtype == x.dtype, f"unpack gave {tuple(back.shape)} {back.dtype} for {tuple(x.shape)} {x.dtype}")
+        _require(torch.isfinite(back).all(), f"unpack of a {'zero' if not x.any() else 'random'} tensor is not finite")
+        _require(isinstance(packed.nbytes, int) and packed.nbytes > 0, f"nbytes must be a positive int, got {packed.nbytes!r}")
 
 
 def _model_checks(part: type[Part], kind: str, params: dict[str, Any], registry: Registry, model_name: str, steps: int) -> list[CheckResult]:
     from dqar_bench.adapters import adapter_for
 
     bench = _Bench.load(model_name)
-    assembly = _assembly(part, kind, params, registry)
-    refusal = adapter_for(bench.model.transformer).refusal(type(assembly["cache"]))  # type: ignore[arg-type]
+    assembly: list[dict[str, Part]] = []
+    assembled = _check(f"{model_name}: assembles with {', '.join(COMPANIONS[kind])}", lambda: assembly.append(_assembly(part, kind, params, registry)))
+    if not assembled.ok:
+        return [assembled]
+    refusal = adapter_for(bench.model.transformer).refusal(type(assembly[0]["cache"]))  # type: ignore[arg-type]
     if refusal:
         return [CheckResult(f"{model_name}: skipped", True, refusal)]
 
@@ -283,27 +296,27 @@ def _eager(bench: _Bench, part: type[Part], kind: str, params: dict[str, Any], r
             reused.append(strategy.stats.reused - before)
     answers.close()
     runs.update(eager=outputs[0], eager_reused=reused[0], steps=steps)
-    assert torch.isfinite(outputs[0]).all(), "the outputs are not finite"
-    assert torch.equal(outputs[0], outputs[1]), "a second call with the same seed gave other outputs: state is not reset per call"
-    assert reused[0] == reused[1], f"a second call reused {reused[1]} block evaluations, the first {reused[0]}"
+    _require(torch.isfinite(outputs[0]).all(), "the outputs are not finite")
+    _require(torch.equal(outputs[0], outputs[1]), "a second call with the same seed gave other outputs: state is not reset per call")
+    _require(reused[0] == reused[1], f"a second call reused {reused[1]} block evaluations, the first {reused[0]}")
     return f"{reused[0]} of {steps * bench.model.num_blocks} block evaluations reused"
 
 
 def _removal(bench: _Bench, runs: dict[str, Any]) -> None:
-    assert "state" in runs, "the eager run did not get as far as installing the part"
+    _require("state" in runs, "the eager run did not get as far as installing the part")
     transformer = bench.model.transformer
     left = [name for name, m in transformer.named_modules() if "forward" in m.__dict__]
-    assert not left, f"patched forward left on {left[:3]}"
+    _require(not left, f"patched forward left on {left[:3]}")
     state = transformer.state_dict()
-    assert all(torch.equal(v, runs["state"][k]) for k, v in state.items()), "the model's weights changed"
+    _require(all(torch.equal(v, runs["state"][k]) for k, v in state.items()), "the model's weights changed")
     after = bench.call(None, 0, runs["steps"])
-    assert torch.equal(after, bench.reference(runs["steps"])), "the untouched model gives other outputs after removal"
+    _require(torch.equal(after, bench.reference(runs["steps"])), "the untouched model gives other outputs after removal")
 
 
 def _answers(runs: dict[str, Any]) -> str:
-    assert "answers" in runs, "the eager run did not get as far as a step"
+    _require("answers" in runs, "the eager run did not get as far as a step")
     problems = runs["answers"]
-    assert not problems, "; ".join(problems[:3])
+    _require(not problems, "; ".join(problems[:3]))
     return runs.get("answers_note", "")
 
 
@@ -314,7 +327,7 @@ def _replay(bench: _Bench, part: type[Part], kind: str, params: dict[str, Any], 
     declared = {k: type(p).UNSUPPORTED.get("cudagraph") for k, p in strategy.parts.items() if type(p).UNSUPPORTED.get("cudagraph")}
     if declared:
         return "declared unsupported: " + "; ".join(f"{k} '{strategy.parts[k].PLUGIN_NAME}': {why}" for k, why in declared.items())
-    assert "eager" in runs, "the eager run failed, nothing to compare with"
+    _require("eager" in runs, "the eager run failed, nothing to compare with")
     transformer = bench.model.transformer
     execution = Execution("cudagraph", transformer, strategy, graphs=ReplayedGraphs)
     outputs, reused = [], []
@@ -326,7 +339,7 @@ def _replay(bench: _Bench, part: type[Part], kind: str, params: dict[str, Any], 
     report = execution.report()
     for i, out in enumerate(outputs):
         torch.testing.assert_close(out, runs["eager"], rtol=TOLERANCE, atol=TOLERANCE, msg=lambda m: f"replayed call {i + 1} differs from eager: {m.splitlines()[0]}")
-    assert reused == [runs["eager_reused"]] * 2, f"replayed calls reused {reused}, eager {runs['eager_reused']}"
+    _require(reused == [runs["eager_reused"]] * 2, f"replayed calls reused {reused}, eager {runs['eager_reused']}")
     return f"{report['graphs']} graphs, {report['replays']} replays"
 
 
