@@ -2,8 +2,8 @@
 
 from dqar_bench.context import StepContext
 from dqar_bench.hookspecs import hookimpl
-from dqar_bench.parts import Cache, Gate, Quantizer, Scheduler
+from dqar_bench.parts import Cache, Gate, Quantizer, Scheduler, StaticGate
 
 __version__ = "0.1.0"
 
-__all__ = ["Cache", "Gate", "Quantizer", "Scheduler", "StepContext", "hookimpl", "__version__"]
+__all__ = ["Cache", "Gate", "Quantizer", "Scheduler", "StaticGate", "StepContext", "hookimpl", "__version__"]

@@ -47,6 +47,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from dqar_bench.plan import plan_suite, render_plan
+    from dqar_bench.plugins import get_registry
+    from dqar_bench.suite import load_suite
+
+    registry = get_registry()
+    suite = load_suite(args.suite, registry)
+    geo, plans = plan_suite(suite, registry)
+    print(render_plan(suite, geo, plans))
+    return 0
+
+
+def cmd_check_part(args: argparse.Namespace) -> int:
+    from dqar_bench.plugins import get_registry
+    from dqar_bench.testing import check_part, find_part
+
+    registry = get_registry()
+    cls = find_part(registry, args.name, args.kind)
+    results = check_part(cls, registry=registry, steps=args.steps)
+    for result in results:
+        print(result.line())
+    failed = [r for r in results if not r.ok]
+    kind = cls.KIND
+    print(f"{kind} '{cls.PLUGIN_NAME}': {len(results) - len(failed)} of {len(results)} checks passed")
+    return 1 if failed else 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from dqar_bench.parts import KINDS
     from dqar_bench.plugins import get_registry
@@ -135,6 +162,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "validate": cmd_validate,
     "plugins": cmd_plugins,
+    "plan": cmd_plan,
+    "check-part": cmd_check_part,
     "trace": cmd_trace,
     "train-policy": cmd_train_policy,
     "compare": cmd_compare,
@@ -154,6 +183,12 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("suite")
     validate.add_argument("--inception-weights", metavar="PATH", help="check with this Inception weights file, as `run --inception-weights` would use it")
     sub.add_parser("plugins", help="list every installed strategy part")
+    plan = sub.add_parser("plan", help="print each case's reuse pattern for the suite's model and steps, without weights")
+    plan.add_argument("suite", help="suite YAML file")
+    check = sub.add_parser("check-part", help="run the conformance checks of dqar_bench.testing on an installed part")
+    check.add_argument("name", help="the part's registry name (see `dqar-bench plugins`)")
+    check.add_argument("--kind", choices=("scheduler", "gate", "cache", "quantizer"), help="its kind, where the name is taken in several")
+    check.add_argument("--steps", type=int, default=3, help="sampling steps per call on the tiny models (default 3)")
     compare = sub.add_parser(
         "compare",
         help="compare two runs per case; exit 0 clean, 1 on a regression, 3 when only inconclusive (a CI gate)",

@@ -109,8 +109,50 @@ class Gate(Part):
         """Called at the start of every sampling call; state lives here and is reset here."""
 
     def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
-        """Per block, reuse at this step? Only eligible blocks may say True."""
+        """Per block, reuse at this step? One answer per entry of `eligible`; the harness
+        keeps an answer only where the block is eligible (scheduler mask and cache)."""
         raise NotImplementedError
+
+    def static_pattern(self, num_steps: int, num_blocks: int) -> torch.Tensor | None:
+        """The gate's answers when they depend on nothing but the step and the block.
+
+        A bool tensor [num_steps, num_blocks], True where the gate would reuse the block
+        if it were eligible; None (the default) when the answers read signals or anything
+        else measured during the call. `dqar-bench plan` derives a case's exact reuse
+        pattern from it without running a model, and `dqar_bench.testing` checks that
+        `decide` agrees with it. Subclass `StaticGate` to write the pattern only once.
+        """
+        return None
+
+
+class StaticGate(Gate):
+    """A gate whose answer depends only on the step and the block: `pattern` says it once.
+
+    `decide` reads the pattern (made at `reset`, or again whenever the number of steps or
+    blocks changes), so what `dqar-bench plan` predicts and what a run does are one code path.
+    """
+
+    def pattern(self, num_steps: int, num_blocks: int) -> torch.Tensor:
+        """A bool tensor [num_steps, num_blocks]: True where the gate reuses an eligible block."""
+        raise NotImplementedError
+
+    def static_pattern(self, num_steps: int, num_blocks: int) -> torch.Tensor:
+        pattern = self.pattern(num_steps, num_blocks)
+        if tuple(pattern.shape) != (num_steps, num_blocks):
+            raise ValueError(
+                f"gate '{self.PLUGIN_NAME}' gave a pattern of shape {tuple(pattern.shape)}, expected ({num_steps}, {num_blocks})"
+            )
+        return pattern.bool()
+
+    def reset(self, num_steps: int, num_blocks: int) -> None:
+        self._rows = (num_steps, num_blocks, self.static_pattern(num_steps, num_blocks).tolist())
+
+    def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
+        rows = getattr(self, "_rows", None)
+        if rows is None or rows[:2] != (ctx.num_steps, len(eligible)):
+            self.reset(ctx.num_steps, len(eligible))
+            rows = self._rows
+        return [bool(r) and e for r, e in zip(rows[2][ctx.step], eligible)]
 
 
 class Packed(Protocol):

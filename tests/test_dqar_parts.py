@@ -121,13 +121,29 @@ def test_entropy_threshold_adapts_to_the_conditioning_length_only_when_asked():
     [(NAN, False), (0.05, False), (0.1, True), (1.0, True), (10.0, True), (10.5, False), (1e9, False)],
 )
 def test_snr_gate_reuses_only_inside_the_window(snr, reuse):
-    gate = Snr()  # the seed's window [0.1, 10]
+    gate = Snr(deep_layer_snr_threshold=0.0)  # the seed's window [0.1, 10], no deep-block floor
     gate.reset(20, 3)
     assert gate.decide(ctx(snr=snr), [True, False, True]) == [reuse, False, reuse]
 
 
+@pytest.mark.parametrize("blocks, first_deep", [(3, 2), (6, 4), (28, 18)])
+def test_deep_blocks_need_the_seeds_snr_floor(blocks, first_deep):
+    """The seed's LayerScheduler.can_reuse: index >= 2L // 3 is deep and needs SNR >= 1.0 (its default)."""
+    for gate in (Snr(), Dqar(warmup=0)):
+        assert gate.deep_layer_snr_threshold == 1.0
+        gate.reset(20, blocks)
+        focused = [0.0] * blocks
+        below = gate.decide(ctx(entropy=focused, snr=0.5), [True] * blocks)
+        assert below == [b < first_deep for b in range(blocks)]  # 28 blocks: 18..27 are deep
+        gate.reset(20, blocks)
+        assert gate.decide(ctx(entropy=focused, snr=1.0), [True] * blocks) == [True] * blocks  # at the floor: allowed
+    off = Snr(deep_layer_snr_threshold=0.0)
+    off.reset(20, blocks)
+    assert off.decide(ctx(snr=0.5), [True] * blocks) == [True] * blocks
+
+
 def test_dqar_gate_needs_warmup_snr_window_and_low_entropy():
-    gate = Dqar()  # tau 2.0, window [0.1, 10], warmup 2
+    gate = Dqar()  # tau 2.0, window [0.1, 10], warmup 2, deep-block floor 1.0 (SNR 1.0 below passes it)
     assert (gate.threshold, gate.snr_low, gate.snr_high, gate.warmup) == (2.0, 0.1, 10.0, 2)
     gate.reset(20, 3)
     focused = [1.0, 3.0, 1.0]
@@ -161,6 +177,7 @@ def test_max_reuse_forces_a_compute_after_a_run_of_reuse():
         (Snr, {"snr_low": -1.0}, "snr_low"),
         (Dqar, {"warmup": -1}, "warmup"),
         (Dqar, {"base_length": 0.0}, "base_length"),
+        (Dqar, {"deep_layer_snr_threshold": -1.0}, "deep_layer_snr_threshold"),
     ],
 )
 def test_gate_parameters_out_of_range_are_refused(cls, params, message):

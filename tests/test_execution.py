@@ -14,7 +14,7 @@ import torch
 from dqar_bench.adapters import adapter_for
 from dqar_bench.cli import main
 from dqar_bench.errors import SuiteError
-from dqar_bench.execution import CudaGraphs, Execution, ExecutionOptions, KeyedRunner, _copy, unsupported
+from dqar_bench.execution import Execution, ExecutionOptions, KeyedRunner, _copy, unsupported
 from dqar_bench.parts import build_part
 from dqar_bench.records import RunDir
 from dqar_bench.sampling import denoise, labels_condition, make_scheduler
@@ -22,6 +22,7 @@ from dqar_bench.storage import Slots
 from dqar_bench.strategy import Strategy
 from dqar_bench.suite import load_suite
 from dqar_bench.table import render_markdown, results_frame
+from dqar_bench.testing import ReplayedGraphs
 from tests.conftest import SMALL_SUITE_HEAD
 
 
@@ -256,66 +257,6 @@ def test_records_of_a_mode_expanded_run_resume(write_suite, tmp_path, monkeypatc
     assert again == ["baseline@cudagraph", "never@cudagraph"]  # only what did not run is tried again
     never = {r["case"]: r for r in RunDir(out).records()}["never@eager"]
     assert never["quality"]["identical"] is True  # compared with the eager baseline's outputs
-
-
-class ReplayedGraphs(CudaGraphs):
-    """A CPU stand-in for CUDA graphs with their one property that matters here: a replay runs
-    the recorded tensor operations on the same tensors, and no Python at all.
-
-    `make` records every aten op of the forward (running it, as capture-then-replay does);
-    a replay reruns them in order and writes each result into the tensor recorded for it,
-    so later ops (and the caller) read the new values at the old addresses.
-    """
-
-    def __init__(self, transformer):
-        self.transformer = transformer
-        self.static = None
-        self._sources = {}
-        self.recorded = 0
-
-    def warm(self, *args, **kwargs):
-        self.load(*args, **kwargs)
-        return self._run()
-
-    def make(self, *args, **kwargs):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        ops = []
-
-        class Record(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                ops.append((func, args, kwargs or {}, out))
-                return out
-
-        self.load(*args, **kwargs)
-        with Record():
-            static_out = self._run()
-        self.recorded += 1
-
-        def replay(*a, **k):
-            self.load(*a, **k)
-            for func, fargs, fkwargs, out in ops:
-                new = func(*fargs, **fkwargs)
-                for old, value in zip(_tensors(out), _tensors(new)):
-                    if old is not value and old._base is None and value.data_ptr() != old.data_ptr():
-                        old.copy_(value)
-            return static_out
-
-        from dqar_bench.execution import _Program
-
-        return _Program(replay, static_out)
-
-    def close(self):
-        self.static = None
-
-
-def _tensors(value):
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [v for v in value if isinstance(v, torch.Tensor)]
-    return []
 
 
 @pytest.mark.parametrize("case", ["baseline", "pab", "fora", "delta_dit", "taylorseer", "full_dqar"])

@@ -182,7 +182,7 @@ def test_shipped_peer_suites_validate(name, registry):
 def test_pixart_runs_in_the_strong_modes(pixart, registry, mode):
     """Compiled (Dynamo only, to stay fast) and CUDA graphs (the CPU stand-in of test_execution)."""
     from dqar_bench.execution import Execution, ExecutionOptions
-    from tests.test_execution import ReplayedGraphs
+    from dqar_bench.testing import ReplayedGraphs
 
     condition = synthetic_captions([8, 20], 64, CPU, torch.float32)
 

@@ -18,9 +18,10 @@ def test_builtins_are_registered_with_their_metadata(registry):
     assert "all" in registry.names("scheduler")
     info = registry.get("gate", "interval")
     assert info.distribution == BUILTIN_DISTRIBUTION
-    assert info.cls.describe().startswith("Compute on steps 0, N")
-    [param] = info.cls.parameters()
-    assert (param.name, param.type_name, param.default) == ("every", "int", 2)
+    assert info.cls.describe().startswith("Compute every N-th step")
+    every, anchor = info.cls.parameters()
+    assert (every.name, every.type_name, every.default) == ("every", "int", 2)
+    assert (anchor.name, anchor.type_name, anchor.default) == ("anchor", "'start' | 'end'", "start")
 
 
 def test_entry_point_plugin_is_found_and_attributed(fake_distribution):

@@ -2,8 +2,9 @@
 
 A block reuses when its attention is focused (entropy below tau(p), see `entropy`) and
 the latent SNR is inside the window (see `snr`), and never during the first `warmup`
-steps, while the cache holds little but the first, noisiest features. The defaults are
-the seed's: tau 2.0, window [0.1, 10], 2 warmup steps.
+steps, while the cache holds little but the first, noisiest features; blocks in the
+deepest third also need SNR >= `deep_layer_snr_threshold` (see `snr`). The defaults are
+the seed's: tau 2.0, window [0.1, 10], 2 warmup steps, deep-block floor 1.0.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from dqar_bench import Gate, StepContext, hookimpl
 from dqar_bench.signals import ENTROPY, SNR
 from strategies.gates.entropy import check_entropy_params, entropy_threshold, focused
-from strategies.gates.snr import check_window, in_window
+from strategies.gates.snr import DEEP_HELP, check_deep_threshold, check_window, deep_floor, in_window
 from strategies.gates.streaks import Streaks
 
 
@@ -31,12 +32,14 @@ class Dqar(Gate):
     adapt_to_length: bool = field(default=False, metadata={"help": "scale tau by sqrt(p / base_length)"})
     base_length: float = field(default=77.0, metadata={"help": "p0 of the adaptation"})
     max_reuse: int = field(default=0, metadata={"help": "compute after this many reuse steps in a row (0 = no cap)"})
+    deep_layer_snr_threshold: float = field(default=1.0, metadata={"help": DEEP_HELP})
 
     _streaks: Streaks = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_entropy_params(self.threshold, self.base_length)
         check_window(self.snr_low, self.snr_high)
+        check_deep_threshold(self.deep_layer_snr_threshold)
         if self.warmup < 0:
             raise ValueError(f"parameter 'warmup' must be >= 0, got {self.warmup}")
         self._streaks = Streaks(self.max_reuse)
@@ -50,6 +53,7 @@ class Dqar(Gate):
         else:
             tau = entropy_threshold(self.threshold, ctx.cond_len, self.base_length, self.adapt_to_length)
             reuse = [e and f for e, f in zip(eligible, focused(ctx.signals[ENTROPY], tau))]
+            reuse = deep_floor(reuse, ctx.signals[SNR], self.deep_layer_snr_threshold)
         return self._streaks.cap(ctx.step, reuse)
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dqar_bench import Gate, StepContext, hookimpl
+import torch
+
+from dqar_bench import StaticGate, hookimpl
 
 
 @dataclass
-class Never(Gate):
+class Never(StaticGate):
     """Never reuse: every block computes at every step (the baseline's behaviour)."""
 
     PLUGIN_NAME = "never"
 
-    def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
-        return [False] * len(eligible)
+    def pattern(self, num_steps: int, num_blocks: int) -> torch.Tensor:
+        return torch.zeros(num_steps, num_blocks, dtype=torch.bool)
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 
 FirstBlockCache (ParaAttention; diffusers' `apply_first_block_cache`) always runs the
 first block, measures how far its residual moved since the last step where every block
-ran, `mean|r0 - r0_ref| / mean|r0_ref|`, and if that is below a threshold skips all
+ran, `mean|r0 - r0_ref| / mean|r0_ref|`, and unless that is above a threshold skips all
 later blocks, adding their cached residual instead. With the `block-residual` cache the
 cached residuals of blocks 1..N-1 add up to exactly that tail residual.
 
@@ -27,21 +27,21 @@ from dqar_bench.signals import RESIDUAL_CHANGE
 
 @dataclass
 class ResidualChange(Gate):
-    """Skip blocks 1..N-1 (reuse their residual) while block 0's residual changed less than a threshold."""
+    """Skip blocks 1..N-1 (reuse their residual) while block 0's residual changed by at most a threshold."""
 
     PLUGIN_NAME = "residual-change"
     SIGNALS = frozenset({RESIDUAL_CHANGE})
     DECIDES_AFTER_BLOCK = 0
     UNSUPPORTED = {"cudagraph": "decides inside the forward (after block 0), which no captured graph can hold"}
 
-    threshold: float = field(default=0.05, metadata={"help": "relative L1 change of block 0's residual under which the rest is reused (diffusers' default)"})
+    threshold: float = field(default=0.05, metadata={"help": "relative L1 change of block 0's residual up to which the rest is reused (diffusers' default)"})
 
     def __post_init__(self) -> None:
         if self.threshold < 0:
             raise ValueError(f"parameter 'threshold' must be >= 0, got {self.threshold}")
 
     def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
-        reuse = ctx.signals[RESIDUAL_CHANGE] < self.threshold
+        reuse = ctx.signals[RESIDUAL_CHANGE] <= self.threshold  # diffusers computes where the change is > threshold
         return [reuse and e for e in eligible]
 
 

@@ -1,17 +1,28 @@
 """Scheduler `front-rear`: Delta-DiT's stage-adaptive block ranges.
 
-Delta-DiT (Chen et al. 2024) finds that DiT's front blocks shape the outline and its rear
-blocks the details, so it caches the deviation of the *rear* blocks in the early steps
-(while the outline forms, the front blocks must compute) and of the *front* blocks in the
-late steps. With the `block-residual` cache a run of reused blocks adds its stored
-residuals, which is exactly the Delta-Cache of that block range; with the `interval` gate
-(N = 2) it refreshes every N-th step.
+Source: Chen et al. 2024, "Delta-DiT: A Training-Free Acceleration Method Tailored for
+Diffusion Transformers" (arXiv 2406.01125; no code was published with it). DiT's front
+blocks shape the outline and its rear blocks the details, so it caches the deviation of
+the *rear* blocks in the early steps (while the outline forms, the front blocks must
+compute) and of the *front* blocks in the late steps. With the `block-residual` cache a
+run of reused blocks adds its stored residuals, which is the Delta-Cache of that block
+range; with the `interval` gate (N = 2) it refreshes every N-th step.
 
-The sizes are fractions so one setting fits DiT-XL/2 (28 blocks) and the tiny test
-models: `blocks` is N_c / N (0.75 = 21 of 28 blocks) and `boundary` is the share of the
-steps before the switch (the paper's b; 0.4 = 8 of 20 steps). These are our reading of
-the paper's 20-step PixArt-alpha / DiT-XL settings (N = 2, N_c = 21; 1.6x) and should
-be checked against it before its figures are quoted.
+The settings are fractions so one setting fits DiT-XL/2 and PixArt-alpha (28 blocks) and
+the tiny test models:
+
+- `boundary` is the share of the steps in the early stage. The paper's boundary b counts
+  sampling steps down (t = T .. 1, rear blocks cached while t > b); its 20-step PixArt-alpha
+  row is "b = 12" (Table 1, as the public ICLR 2025 review of the paper quotes it), which
+  leaves 20 - 12 = 8 early steps: 0.4 of the steps. At other step counts the boundary
+  scales with them: 10 of 25 steps, 20 of 50.
+- `blocks` is N_c / N, the share of the blocks in the cached range: 0.75 = 21 of 28. That
+  number is our reading of the paper and could not be checked against its text here
+  (only its abstract and reviews were at hand); check it before quoting the paper's 1.6x.
+
+Both round to the nearest whole number, halves to even (Python's `round`): 0.75 of a
+6-block model is round(4.5) = 4 blocks, 0.67 of them, and 0.75 of 4 blocks is 3. A range
+never rounds to more blocks than the model has.
 """
 
 from __future__ import annotations
@@ -29,8 +40,8 @@ class FrontRear(Scheduler):
 
     PLUGIN_NAME = "front-rear"
 
-    blocks: float = field(default=0.75, metadata={"help": "share of the blocks in the cached range (N_c / N)"})
-    boundary: float = field(default=0.4, metadata={"help": "share of the steps in the early stage (rear blocks cached)"})
+    blocks: float = field(default=0.75, metadata={"help": "share of the blocks in the cached range (N_c / N), rounded to the nearest block (halves to even)"})
+    boundary: float = field(default=0.4, metadata={"help": "share of the steps in the early stage (rear blocks cached), rounded like blocks"})
 
     def __post_init__(self) -> None:
         for name in ("blocks", "boundary"):

@@ -1,6 +1,6 @@
 """An example dqar-bench plugin: one gate, one entry point, a dozen lines."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dqar_bench import Gate, StepContext, hookimpl
 
@@ -11,7 +11,7 @@ class EveryOther(Gate):
 
     PLUGIN_NAME = "every-other"
 
-    start: int = 0
+    start: int = field(default=0, metadata={"help": "no reuse before this step"})
 
     def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
         reuse = ctx.step >= self.start and ctx.step % 2 == 1
