@@ -44,6 +44,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problem = offline_problem(suite.model, suite.allow_download)
     if problem:
         print(f"note: `run` needs the model on this machine: {problem}")
+        print("note: the weights files its quality metrics name are checked once the model is on this machine")
     return 0
 
 

@@ -25,7 +25,7 @@ from dqar_bench.errors import DqarError, ModelError, SuiteError
 from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
 from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
 from dqar_bench.execution import MODES, ExecutionOptions
-from dqar_bench.models import model_config, model_family, num_classes
+from dqar_bench.models import model_config, model_family, num_classes, offline_problem
 from dqar_bench.parts import KINDS, build_part
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.quality import LPIPS_FILES, QualityConfig, check_lpips_files
@@ -241,7 +241,10 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     nvml_interval_ms = r.get(timing, "nvml_interval_ms", float, default=10.0, field="timing.nvml_interval_ms")
     if not (math.isfinite(nvml_interval_ms) and nvml_interval_ms > 0):
         raise r.error("field 'timing.nvml_interval_ms' must be > 0 (milliseconds between NVML samples)")
-    quality = _quality(r, data.get("quality"), inception_weights)
+    # Files a run needs on this machine are checked only where the model itself can run here;
+    # a GPU suite whose checkpoint is not downloaded still validates (`validate` notes both).
+    runnable_here = offline_problem(model_name, allow_download) is None
+    quality = _quality(r, data.get("quality"), inception_weights, check_files=runnable_here)
     probe_queries = r.get(data, "probe_queries", int, default=16)
     if probe_queries < 1:
         raise r.error(f"field 'probe_queries' must be at least 1 (query rows the entropy probe samples per image and head), got {probe_queries}")
@@ -387,7 +390,7 @@ def _text(r: "_Reader", data: dict, family: str | None, model: str) -> dict[str,
     return {"prompt_embeddings": str(file), "text_batch": batch}
 
 
-def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None) -> QualityConfig:
+def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None, check_files: bool = True) -> QualityConfig:
     """Paths are taken from the working directory, like a model folder's."""
     if raw is None:
         raw = {}
@@ -424,10 +427,11 @@ def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None) -> Qu
         feature_extractor=r.get(raw, "feature_extractor", str, default=QualityConfig.feature_extractor, field="quality.feature_extractor"),
         **weights,
     )
-    try:
-        check_quality_files(config)
-    except DqarError as exc:
-        raise r.error(str(exc)) from None
+    if check_files:
+        try:
+            check_quality_files(config)
+        except DqarError as exc:
+            raise r.error(str(exc)) from None
     return config
 
 
