@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -44,6 +44,8 @@ class PageVisit:
     """Console errors, uncaught exceptions and error-level log entries (failed loads)."""
     requests: list[str] = field(default_factory=list)
     """Every URL the page asked for (the page itself, data: URIs included)."""
+    values: list[Any] = field(default_factory=list)
+    """What each expression given to `visit(evaluate=...)` returned, in order."""
 
 
 class Browser:
@@ -144,8 +146,11 @@ class Browser:
             except TimeoutError:
                 break
 
-    def visit(self, url: str, width: int = 1280, height: int = 900, full_page: bool = False, settle: float = 0.5) -> PageVisit:
-        """Load `url`, wait for its load event, and take a screenshot (of the viewport or the whole page)."""
+    def visit(
+        self, url: str, width: int = 1280, height: int = 900, full_page: bool = False, settle: float = 0.5, evaluate: Sequence[str] = ()
+    ) -> PageVisit:
+        """Load `url`, wait for its load event, run `evaluate` (JavaScript expressions) in the page,
+        and take a screenshot (of the viewport or the whole page)."""
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
@@ -157,12 +162,17 @@ class Browser:
         while not any(e.get("method") == "Page.loadEventFired" and e.get("sessionId") == session for e in self._events):
             self._events.append(self._read(end))
         self._drain(settle)
+        values = []
+        for expression in evaluate:
+            result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+            values.append(result.get("result", {}).get("value"))
+        self._drain(0.1)
         shot: dict[str, Any] = {"format": "png"}
         if full_page:
             size = self.call("Page.getLayoutMetrics", session=session)["cssContentSize"]
             shot.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1})
         data = self.call("Page.captureScreenshot", shot, session)["data"]
-        visit = PageVisit(screenshot=base64.b64decode(data))
+        visit = PageVisit(screenshot=base64.b64decode(data), values=values)
         for event in self._events:
             if event.get("sessionId") != session:
                 continue

@@ -104,9 +104,12 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
 
 
 def _unique_labels(runs: list[Run]) -> None:
-    """Directory names, with parents added until no two runs share a label."""
+    """Directory names, with parents added until no two runs share a label (the same run twice: numbered)."""
     depth = 1
-    while len({r.label for r in runs}) < len(runs) and depth < 8:
+    while len({r.label for r in runs}) < len(runs) and depth < 4:
         depth += 1
         for run in runs:
-            run.label = "/".join(run.path.resolve().parts[-depth:])
+            run.label = "/".join(p for p in run.path.resolve().parts[-depth:] if p != "/")
+    if len({r.label for r in runs}) < len(runs):
+        for number, run in enumerate(runs, 1):
+            run.label = f"{run.path.name} #{number}"

@@ -152,7 +152,7 @@ def section(runs: list[Run], max_seeds: int = 4) -> str:
             if image is None:
                 continue
             pictures[entry.label] = picture = compose(image)
-            caption = "baseline" if entry.is_baseline else f"{speedup(entry.row.get('speedup'))} · {psnr(entry.row.get('psnr_db'))}"
+            caption = "reference" if entry.is_baseline else f"{speedup(entry.row.get('speedup'))} · {psnr(entry.row.get('psnr_db'))}"
             attrs = f' data-case="{esc(entry.label)}" data-seed="{seed}"'
             figures.append(
                 f'<figure class="sample{" base" if entry.is_baseline else ""}"{attrs}>{_img(picture[0], f"{entry.label}, seed {seed}")}'
@@ -166,7 +166,7 @@ def section(runs: list[Run], max_seeds: int = 4) -> str:
         if diffs:
             top = max(float(np.nanmax(d)) if np.isfinite(d).any() else 0.0 for _, d in diffs)
             cells = "".join(
-                f'<figure class="sample diff">{_img(heat(d, top), f"difference of {label} to the baseline, seed {seed}")}'
+                f'<figure class="diffmap" data-diff="{esc(label)}" data-seed="{seed}">{_img(heat(d, top), f"difference of {label} to the baseline, seed {seed}")}'
                 f"<figcaption><b>{esc(label)}</b><span>max {np.nanmax(d) if np.isfinite(d).any() else 0:.3f}</span></figcaption></figure>"
                 for label, d in diffs
             )
