@@ -27,6 +27,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--height", type=int, default=2000)
     p.add_argument("--full-page", action="store_true", help="the whole page, not the first --height pixels")
     args = p.parse_args(argv)
+    if not args.report.is_file():
+        print(f"error: {args.report}: no such report (dqar-bench run writes RUN_DIR/report.html)", file=sys.stderr)
+        return 2
     visit = screenshot(args.report, args.output, args.width, args.height, args.full_page)
     print(f"screenshot: {args.output} ({len(visit.screenshot) / 1024:.0f} KiB)")
     for error in visit.errors:

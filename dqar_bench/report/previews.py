@@ -24,7 +24,8 @@ MAX_ITEMS = 16
 MAX_FRAMES = 8
 MAX_SIDE = 128
 PIXEL_BUDGET = 4 * 128 * 128
-"""Items of a batch kept per seed: as many as fit this many pixels (all ten 8x8 digits, four 128px images)."""
+"""Items of a batch kept per seed: as many as fit this many pixels (all ten 8x8 digits, four 128 px
+images, one 8-frame 128 px video), at least one."""
 
 Decode = Callable[[torch.Tensor], torch.Tensor]
 
@@ -49,13 +50,13 @@ def keep_previews(run: RunDir, case: str, outputs: dict[int, torch.Tensor], deco
 
 
 def shrink(images: torch.Tensor) -> torch.Tensor:
-    """The first items that fit PIXEL_BUDGET, evenly spaced frames (video), at most MAX_SIDE pixels a side."""
-    side = max(images.shape[-2:])
-    fit = PIXEL_BUDGET // (min(side, MAX_SIDE) ** 2)
-    images = images[: max(1, min(MAX_ITEMS, fit))]
+    """Evenly spaced frames (video), the first items that fit PIXEL_BUDGET, at most MAX_SIDE pixels a side."""
     if images.dim() == 5 and images.shape[2] > MAX_FRAMES:
         index = torch.linspace(0, images.shape[2] - 1, MAX_FRAMES).round().long()
         images = images[:, :, index]
+    frames = images.shape[2] if images.dim() == 5 else 1
+    fit = PIXEL_BUDGET // (min(max(images.shape[-2:]), MAX_SIDE) ** 2 * frames)
+    images = images[: max(1, min(MAX_ITEMS, fit))]
     height, width = images.shape[-2:]
     scale = MAX_SIDE / max(height, width)
     if scale >= 1:
