@@ -10,7 +10,6 @@ import io
 import re
 
 import numpy as np
-import pytest
 import torch
 
 from dqar_bench.cli import main

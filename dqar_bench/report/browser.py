@@ -18,7 +18,6 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 FLAGS = (
@@ -194,10 +193,3 @@ def visit_event(visit: PageVisit, method: str, params: dict[str, Any]) -> None:
     elif method == "Network.requestWillBeSent":
         visit.requests.append(params.get("request", {}).get("url", ""))
 
-
-def screenshot(page: Path, output: Path, width: int = 1280, height: int = 900, full_page: bool = False) -> PageVisit:
-    """Open a local file in Chromium and save its screenshot; the visit tells what the console said."""
-    with Browser() as browser:
-        visit = browser.visit(page.resolve().as_uri(), width, height, full_page)
-    output.write_bytes(visit.screenshot)
-    return visit
