@@ -95,6 +95,8 @@ def test_one_picture_per_case_and_seed(report_run):
     shown = sorted((f["data-case"], int(f["data-seed"])) for f in figures)
     ok = [c for c, r in records.items() if r["status"] == "ok"]
     assert shown == sorted((c, s) for c in ok for s in (0, 1))
+    diffs = sorted((f["data-diff"], int(f["data-seed"])) for f in _figures(page, "diffmap"))
+    assert diffs == sorted((c, s) for c in ok if not c.startswith("baseline") for s in (0, 1))  # against the baseline
     not_shown = re.search(r"Not shown: (.*?)\.</p>", page).group(1)
     for case, record in records.items():
         if record["status"] != "ok":

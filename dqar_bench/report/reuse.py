@@ -64,7 +64,7 @@ def section(runs: list[Run]) -> str:
             else:
                 untracked.append(esc(entry.label))
     if not maps and not untracked:
-        return '<p class="note">No case of this run reuses (only untouched-model cases).</p>'
+        return '<p class="note">No reuse maps: no case with a strategy finished (the untouched model reuses nothing).</p>'
     legend = "".join(f'<i style="background:{colour(x / 10)}"></i>' for x in range(11))
     parts = [
         '<p class="lede">Rows are blocks (block 0, the first, on top), columns are denoising steps. '

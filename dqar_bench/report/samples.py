@@ -130,7 +130,8 @@ def section(runs: list[Run], max_seeds: int = 4) -> str:
         else:
             drawable[entry.label] = item
     if not drawable:
-        return '<p class="note">No outputs were saved in this run, so there are no images to show.</p>'
+        why = "no case finished" if not any(e.ok for e in entries) else "the run kept no outputs"
+        return f'<p class="note">No images: {why}.</p>'
     seeds = [int(s) for s in runs[0].first.get("seeds") or sorted(next(iter(drawable.values())).tensors)][:max_seeds]
     by_case = {(e.run.label, e.case): e for e in entries}
     kinds = sorted({item.kind for item in drawable.values()})
@@ -140,44 +141,53 @@ def section(runs: list[Run], max_seeds: int = 4) -> str:
         "Under each: speedup over the baseline and PSNR to it (of all seeds, as in the table).</p>"
     ]
     for seed in seeds:
-        figures, diffs, pictures = [], [], {}
-        for entry in entries:
-            item = drawable.get(entry.label)
-            if item is None:
-                continue
-            base_entry = by_case.get((entry.run.label, entry.baseline_case))
-            base_item = drawable.get(base_entry.label) if base_entry else None
-            scale = _scale(base_item or item, seed)
-            image = displayed(item, seed, scale)
-            if image is None:
-                continue
-            pictures[entry.label] = picture = compose(image)
-            caption = "reference" if entry.is_baseline else f"{speedup(entry.row.get('speedup'))} · {psnr(entry.row.get('psnr_db'))}"
-            attrs = f' data-case="{esc(entry.label)}" data-seed="{seed}"'
-            figures.append(
-                f'<figure class="sample{" base" if entry.is_baseline else ""}"{attrs}>{_img(picture[0], f"{entry.label}, seed {seed}")}'
-                f"<figcaption><b>{esc(entry.label)}</b><span>{esc(caption)}</span></figcaption></figure>"
-            )
-            if not entry.is_baseline and base_entry is not None and base_entry.label in pictures:
-                diff = difference(picture, pictures[base_entry.label])
-                if diff is not None:
-                    diffs.append((entry.label, diff))
-        parts.append(f'<h3>seed {seed}</h3><div class="strip">{"".join(figures)}</div>')
-        if diffs:
-            top = max(float(np.nanmax(d)) if np.isfinite(d).any() else 0.0 for _, d in diffs)
-            cells = "".join(
-                f'<figure class="diffmap" data-diff="{esc(label)}" data-seed="{seed}">{_img(heat(d, top), f"difference of {label} to the baseline, seed {seed}")}'
-                f"<figcaption><b>{esc(label)}</b><span>max {np.nanmax(d) if np.isfinite(d).any() else 0:.3f}</span></figcaption></figure>"
-                for label, d in diffs
-            )
-            parts.append(
-                f"<details><summary>Absolute difference to the baseline, seed {seed} "
-                f"(black 0, brightest {top:.3f} on the [0, 1] scale of the pictures)</summary>"
-                f'<div class="strip">{cells}</div></details>'
-            )
+        parts.append(_seed_row(entries, drawable, by_case, seed))
     if missing:
         parts.append(f'<p class="note">Not shown: {", ".join(missing)}.</p>')
     return "\n".join(parts)
+
+
+def _seed_row(entries: list[Entry], drawable: dict[str, Shown], by_case: dict[tuple[str, str], Entry], seed: int) -> str:
+    """One seed: every case's picture in a row, then (folded) each one's difference to its baseline."""
+    figures, diffs, pictures = [], [], {}
+    for entry in entries:
+        item = drawable.get(entry.label)
+        if item is None:
+            continue
+        base = by_case.get((entry.run.label, entry.baseline_case))
+        image = displayed(item, seed, _scale(drawable.get(base.label, item) if base else item, seed))
+        if image is None:
+            continue
+        pictures[entry.label] = picture = compose(image)
+        caption = "reference" if entry.is_baseline else f"{speedup(entry.row.get('speedup'))} · {psnr(entry.row.get('psnr_db'))}"
+        figures.append(
+            f'<figure class="sample{" base" if entry.is_baseline else ""}" data-case="{esc(entry.label)}" data-seed="{seed}">'
+            f'{_img(picture[0], f"{entry.label}, seed {seed}")}'
+            f"<figcaption><b>{esc(entry.label)}</b><span>{esc(caption)}</span></figcaption></figure>"
+        )
+        if not entry.is_baseline and base is not None and base.label in pictures:
+            diff = difference(picture, pictures[base.label])
+            if diff is not None:
+                diffs.append((entry.label, diff))
+    row = f'<h3>seed {seed}</h3><div class="strip">{"".join(figures)}</div>'
+    if not diffs:
+        return row
+    top = max(_largest(d) for _, d in diffs)
+    cells = "".join(
+        f'<figure class="diffmap" data-diff="{esc(label)}" data-seed="{seed}">'
+        f'{_img(heat(d, top), f"difference of {label} to the baseline, seed {seed}")}'
+        f"<figcaption><b>{esc(label)}</b><span>max {_largest(d):.3f}</span></figcaption></figure>"
+        for label, d in diffs
+    )
+    return (
+        f"{row}<details><summary>Absolute difference to the baseline, seed {seed} "
+        f"(black 0, brightest {top:.3f} on the [0, 1] scale of the pictures)</summary>"
+        f'<div class="strip">{cells}</div></details>'
+    )
+
+
+def _largest(diff: np.ndarray) -> float:
+    return float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0
 
 
 def _scale(item: Shown, seed: int) -> float:
