@@ -153,6 +153,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return comparison.exit_status
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from dqar_bench.report import write_report
+
+    if args.max_seeds < 1:
+        raise DqarError(f"--max-seeds: {args.max_seeds} shows no images; give 1 or more")
+    print(f"report: {write_report(args.runs, args.output, args.max_seeds)}")
+    return 0
+
+
 def _missing() -> object:
     import dataclasses
 
@@ -168,6 +177,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "trace": cmd_trace,
     "train-policy": cmd_train_policy,
     "compare": cmd_compare,
+    "report": cmd_report,
 }
 
 
@@ -204,6 +214,10 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-accuracy-drop", default="2%", metavar="FRACTION", help="class accuracy drop that counts as a regression (default 2%%; 'off' to skip)")
     compare.add_argument("--strict", action="store_true", help="any change in what a case is (parts, parameters, steps, seeds, versions) is a regression")
     compare.add_argument("--json", metavar="PATH", help="write the new run as github-action-benchmark customSmallerIsBetter JSON")
+    report = sub.add_parser("report", help="write the HTML report of a run, or one report comparing several runs")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each compared with its own baseline)")
+    report.add_argument("--output", "-o", metavar="FILE", help="HTML file to write (default RUN_DIR/report.html for one run, ./report.html for several)")
+    report.add_argument("--max-seeds", type=int, default=4, help="seeds whose images are shown (default 4)")
     trace = sub.add_parser("trace", help="measure where single reuses are safe, as training data for the policy gate")
     trace.add_argument("suite", help="suite YAML file (its cases that use a cache are traced)")
     trace.add_argument("--output", "-o", required=True, help="trace file to write (JSON lines; must not exist)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 RECORDS = "records.jsonl"
@@ -61,6 +62,23 @@ class RunDir:
             return None
         return {int(k.split("_", 1)[1]): v for k, v in load_file(str(path)).items()}
 
+    def save_previews(self, case: str, previews: dict[int, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+        """Small uint8 images of a case's outputs per seed (decoded at run time), for the report."""
+        path = self._previews_path(case)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({f"seed_{seed}": t.contiguous() for seed, t in previews.items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+
+    def load_previews(self, case: str) -> tuple[dict[int, torch.Tensor], dict[str, str]] | None:
+        """The previews saved for `case` and their metadata, or None when the run kept none."""
+        path = self._previews_path(case)
+        if not path.exists():
+            return None
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+            return {int(k.split("_", 1)[1]): fh.get_tensor(k) for k in fh.keys()}, meta
+
     def write_text(self, name: str, text: str) -> Path:
         path = self.path / name
         tmp = path.with_name(path.name + ".tmp")
@@ -70,6 +88,9 @@ class RunDir:
 
     def _outputs_path(self, case: str) -> Path:
         return self.path / "outputs" / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", case) + ".safetensors")
+
+    def _previews_path(self, case: str) -> Path:
+        return self.path / "previews" / self._outputs_path(case).name
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from dqar_bench.parts import build_part
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.quality import compare_outputs
 from dqar_bench.records import RunDir
+from dqar_bench.report import keep_previews, report_run
 from dqar_bench.sampling import Condition, denoise, labels_condition, make_scheduler
 from dqar_bench.strategy import Strategy
 from dqar_bench.suite import Case, Suite
@@ -120,6 +121,8 @@ def run_suite(
                 if suite.is_baseline(case):
                     baseline_outputs[case.name] = outputs
             run.append(record)
+            if outputs is not None:
+                keep_previews(run, case.name, outputs, kit.decode, say)  # decoded pictures for the report (VAE models)
             say(_summary(record))
     finally:
         kit.progress.close()
@@ -132,6 +135,7 @@ def run_suite(
     progress("")
     progress(table)
     progress(f"\nplot: {plot}")
+    progress(f"report: {report_run(run)}")
     progress(f"results: {run.path}")
     return run
 
@@ -156,6 +160,7 @@ def run_case(
     record: dict[str, Any] = {
         "suite": suite.name,
         "case": case.name,
+        "description": case.description,
         "parts": {kind: {"name": s.name, "params": s.params} for kind, s in case.parts.items()},
         "model": suite.model,
         "sampler": suite.sampler,
@@ -257,6 +262,8 @@ def _measure(
                 "evaluations": stats.evaluations if stats else 0,
                 "reuse_ratio": stats.reuse_ratio if stats else 0.0,
                 "cache_bytes": stats.peak_cache_bytes if stats else 0,
+                "reuse_map": stats.reuse_map if stats else None,  # [step][block]: timed calls that reused there
+                "reuse_map_calls": stats.calls if stats else 0,
             }
         fid_images = None
         if kit.fid_images:

@@ -56,6 +56,10 @@ class ReuseStats:
     peak_cache_bytes: int = 0
     count_nonfinite: Callable[[], int] = field(default=lambda: 0, repr=False)
     nonfinite_before: int = 0
+    reuse_map: list[list[int]] = field(default_factory=list)
+    """How many of the counted calls reused block b at step t: `reuse_map[t][b]`; sums to `reused`."""
+    calls: int = 0
+    """Sampling calls counted (the denominator that turns `reuse_map` into a frequency)."""
 
     @property
     def reuse_ratio(self) -> float:
@@ -67,6 +71,22 @@ class ReuseStats:
         and did not spoil the rest of their group's scale); one host read, so ask after the
         timed calls."""
         return self.count_nonfinite() - self.nonfinite_before
+
+    def begin_call(self, num_steps: int, num_blocks: int) -> None:
+        """Count a call; the map grows to the largest (steps, blocks) seen, so it always sums to `reused`."""
+        width = max(num_blocks, len(self.reuse_map[0]) if self.reuse_map else 0)
+        for row in self.reuse_map:
+            row.extend([0] * (width - len(row)))
+        self.reuse_map.extend([0] * width for _ in range(num_steps - len(self.reuse_map)))
+        self.calls += 1
+
+    def count_step(self, step: int, reuse: list[bool]) -> None:
+        self.evaluations += len(reuse)
+        self.reused += sum(reuse)
+        row = self.reuse_map[step]
+        for block, reused in enumerate(reuse):
+            if reused:
+                row[block] += 1
 
 
 class Strategy:
@@ -131,6 +151,7 @@ class Strategy:
             )
         self._mask = mask.bool().cpu()
         self._num_blocks = num_blocks
+        self.stats.begin_call(num_steps, num_blocks)
         self._reuse = [False] * num_blocks
         self._reference = None
         if not self.probes_entropy:
@@ -181,8 +202,8 @@ class Strategy:
             each.begin_step(step, computes)
 
     def after_step(self) -> None:
-        self.stats.evaluations += self._num_blocks
-        self.stats.reused += sum(self._reuse)
+        assert self._ctx is not None, "before_step() must be called before after_step()"
+        self.stats.count_step(self._ctx.step, self._reuse)
         held = sum(each.nbytes() for each in self.caches.values())
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, held)
 

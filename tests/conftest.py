@@ -75,3 +75,62 @@ def fake_distribution(tmp_path, monkeypatch):
             monkeypatch.syspath_prepend(str(module_dir))
 
     return install
+
+
+REPORT_SUITE = """\
+name: small-report
+description: a small run for the report tests
+model: dit-tiny
+sampler: {name: ddim, steps: 6, guidance_scale: 4.0}
+class_labels: [1, 2]
+seeds: [0, 1]
+device: cpu
+timing: {warmup: 0, repeats: 2}
+baseline: baseline
+cases:
+  - name: baseline
+  - name: iv
+    description: every other step
+    gate: {name: interval, every: 2}
+  - name: ent
+    gate: {name: entropy, threshold: 2.72}
+  - name: boom
+    gate: never
+  - name: graphs
+    gate: {name: interval, every: 2}
+    execution: cudagraph
+"""
+
+
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory):
+    """A small run for the report's tests: its RunDir, records by case, report text and what `run` printed.
+
+    dit-tiny, 6 steps, two seeds, two timed repeats; a case that reuses on a fixed interval,
+    one whose gate reads data, one that fails, and one that cannot run on the CPU.
+    """
+    import io
+
+    from dqar_bench import runner
+    from dqar_bench.cli import main
+    from dqar_bench.records import RunDir
+
+    root = tmp_path_factory.mktemp("report")
+    suite = root / "suite.yaml"
+    suite.write_text(REPORT_SUITE)
+    real = runner.build_strategy
+
+    def build(case, registry, probe_queries=16):
+        if case.name.startswith("boom"):
+            raise RuntimeError("part exploded")
+        return real(case, registry, probe_queries)
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "build_strategy", build)
+        mp.setattr("sys.stdout", printed)
+        assert main(["run", str(suite), "-o", str(root / "run")]) == 1  # 'boom' failed
+    run = RunDir(root / "run")
+    records = {r["case"]: r for r in run.records()}
+    page = (run.path / "report.html").read_text()
+    return run, records, page, printed.getvalue()

@@ -1,0 +1,230 @@
+"""The HTML report: built from a run directory alone, every case shown, reuse maps that add up.
+
+Most tests read the report of one small run made once per session (`report_run` in conftest).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import numpy as np
+import torch
+
+from dqar_bench.cli import main
+from dqar_bench.records import RunDir
+from tests.conftest import REPORT_SUITE as SUITE
+
+STEPS, BLOCKS, CALLS = 6, 4, 4  # dit-tiny has 4 blocks; 2 seeds x 2 repeats are timed
+
+
+def _figures(page: str, cls: str) -> list[dict[str, str]]:
+    """Attributes of every <figure class="cls ..."> in the page."""
+    out = []
+    for tag in re.findall(r"<figure ([^>]*)>", page):
+        attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', tag))
+        if cls in attrs.get("class", "").split():
+            out.append(attrs)
+    return out
+
+
+def _row(page: str, case: str) -> str:
+    match = re.search(rf'<tr [^>]*data-case="{re.escape(case)}">(.*?)</tr>', page, re.S)
+    assert match, f"no summary row for {case}"
+    return match.group(1)
+
+
+def remote_resources(page: str) -> list[str]:
+    """Every src / href / url() in the page that points off the machine (http, https, protocol-relative)."""
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']?\s*([^"'\s>]+)""", page, re.I)
+    refs += re.findall(r"""url\(\s*["']?([^"')\s]+)""", page, re.I)
+    refs += re.findall(r"""@import\s+["']([^"']+)""", page, re.I)
+    return [r for r in refs if re.match(r"(https?:)?//", r.strip(), re.I)]
+
+
+def test_the_run_writes_its_report_and_says_where(report_run):
+    run, records, page, printed = report_run
+    assert f"report: {run.path / 'report.html'}" in printed
+    assert page.startswith("<!DOCTYPE html>") and "</html>" in page
+    assert "small-report" in page and "a small run for the report tests" in page
+
+
+def test_every_case_has_a_summary_row_failed_and_unsupported_with_their_reasons(report_run):
+    _, records, page, _ = report_run
+    rows = re.findall(r'<tr [^>]*data-case="([^"]+)"', page)
+    assert sorted(rows) == sorted(records)  # every case, once
+    failed = [c for c, r in records.items() if r["status"] == "failed"]
+    unsupported = [c for c, r in records.items() if r["status"] == "unsupported"]
+    assert failed and unsupported
+    for case in failed:
+        row = _row(page, case)
+        assert 'class="badge failed"' in row and "RuntimeError: part exploded" in row
+    for case in unsupported:
+        row = _row(page, case)
+        assert 'class="badge unsupported"' in row and "unsupported in cudagraph: needs CUDA" in row
+    iv = _row(page, next(c for c in records if c.startswith("iv")))
+    assert 'title="every other step"' in iv  # the case's description
+    assert "interval(every=2)" in iv and "50.0%" in iv  # parts and reuse
+
+
+def test_reuse_maps_add_up_to_the_recorded_reuse(report_run):
+    _, records, page, _ = report_run
+    maps = {f["data-case"]: f for f in _figures(page, "rmap")}
+    with_parts = [c for c, r in records.items() if r["status"] == "ok" and r["parts"]]
+    assert sorted(maps) == sorted(with_parts)  # the untouched baseline has none
+    for case in with_parts:
+        record = records[case]
+        assert record["reuse_map_calls"] == CALLS
+        assert len(record["reuse_map"]) == STEPS and all(len(row) == BLOCKS for row in record["reuse_map"])
+        assert sum(map(sum, record["reuse_map"])) == record["reused"]
+        assert int(maps[case]["data-reused"]) == record["reused"] and int(maps[case]["data-calls"]) == CALLS
+        # the drawn cells: one per (block, step), their counts sum to the recorded reuse
+        figure = page[page.index(f'data-case="{case}" data-reused'):]
+        figure = figure[: figure.index("</figure>")]
+        counts = [int(n) for n in re.findall(r'title="step \d+, block \d+: (\d+) of \d+ calls"', figure)]
+        assert len(counts) == STEPS * BLOCKS and sum(counts) == record["reused"]
+    interval = records[next(c for c in records if c.startswith("iv"))]
+    assert interval["reused"] > 0
+    assert interval["reuse_map"] == [[CALLS if step % 2 else 0] * BLOCKS for step in range(STEPS)]
+
+
+def test_one_picture_per_case_and_seed(report_run):
+    _, records, page, _ = report_run
+    figures = _figures(page, "sample")
+    shown = sorted((f["data-case"], int(f["data-seed"])) for f in figures)
+    ok = [c for c, r in records.items() if r["status"] == "ok"]
+    assert shown == sorted((c, s) for c in ok for s in (0, 1))
+    diffs = sorted((f["data-diff"], int(f["data-seed"])) for f in _figures(page, "diffmap"))
+    assert diffs == sorted((c, s) for c in ok if not c.startswith("baseline") for s in (0, 1))  # against the baseline
+    not_shown = re.search(r"Not shown: (.*?)\.</p>", page).group(1)
+    for case, record in records.items():
+        if record["status"] != "ok":
+            assert case in not_shown
+    # dit-tiny has 4-channel latents and no VAE: each picture is a row of 4 channel panels per batch item
+    first = re.search(r'data-case="[^"]+" data-seed="0"><img class="(\w+)" src="data:image/png;base64,([^"]+)"', page)
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(first.group(2))))
+    assert image.size == (4 * 8 + 3, 2 * 8 + 1)  # 4 channels across, 2 labels down, 1 px gaps
+
+
+def test_the_page_fetches_nothing(report_run):
+    page = report_run[2]
+    assert remote_resources(page) == []
+    assert "data:image/png;base64," in page
+    # the check itself finds what it must
+    assert remote_resources('<img src="https://cdn.example/x.png"><link href=//fonts.example/a.css>') == [
+        "https://cdn.example/x.png", "//fonts.example/a.css"]
+    assert remote_resources("<style>body { background: url('http://x/y.png') }</style>") == ["http://x/y.png"]
+
+
+def test_report_command_rebuilds_and_compares_runs(report_run, tmp_path, capsys):
+    import shutil
+
+    run, records = report_run[0], report_run[1]
+    other = tmp_path / "other"
+    shutil.copytree(run.path, other)
+    out = tmp_path / "both.html"
+    assert main(["report", str(run.path), str(other), "-o", str(out)]) == 0
+    assert f"report: {out}" in capsys.readouterr().out
+    page = out.read_text()
+    labels = re.findall(r'<tr [^>]*data-case="([^"]+)"', page)
+    assert sorted(labels) == sorted(f"{name}: {case}" for name in ("run", "other") for case in records)
+    assert len(_figures(page, "rmap")) == 2 * len(_figures(report_run[2], "rmap"))
+    from dqar_bench.report.runs import load_runs
+
+    assert [r.label for r in load_runs([run.path, run.path])] == ["run #1", "run #2"]  # the same run twice
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a directory" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no records.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "empty" / "outputs").exists()  # reading a directory creates nothing in it
+
+
+def test_a_failing_report_never_costs_the_run(write_suite, tmp_path, monkeypatch, capsys):
+    import dqar_bench.report as report
+
+    def broken(*args, **kwargs):
+        raise ValueError("template went missing")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    path = write_suite(SUITE.split("cases:")[0] + "cases:\n  - name: baseline\n  - name: iv\n    gate: {name: interval, every: 2}\n")
+    assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0
+    assert "report: not written: ValueError: template went missing" in capsys.readouterr().out
+    assert [r["status"] for r in RunDir(tmp_path / "run").records()] == ["ok", "ok"]
+    assert (tmp_path / "run" / "table.md").exists()
+
+
+def test_a_model_with_a_vae_keeps_decoded_previews(write_suite, tmp_path, monkeypatch):
+    """The report of a VAE model shows the pictures decoded at run time: it never needs the model."""
+    from diffusers import AutoencoderKL
+
+    from dqar_bench import runner
+
+    real = runner.load_model
+
+    def with_vae(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        torch.manual_seed(0)
+        loaded.vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,), layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), norm_num_groups=4, sample_size=8,
+        ).eval()
+        return loaded
+
+    monkeypatch.setattr(runner, "load_model", with_vae)
+    path = write_suite(SUITE.split("cases:")[0] + "cases:\n  - name: baseline\n  - name: iv\n    gate: {name: interval, every: 2}\n")
+    assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0
+    run = RunDir(tmp_path / "run")
+    previews, meta = run.load_previews("iv")
+    assert meta == {"space": "image"} and sorted(previews) == [0, 1]
+    assert previews[0].dtype == torch.uint8 and tuple(previews[0].shape) == (2, 3, 8, 8)
+    page = (run.path / "report.html").read_text()
+    assert "decoded by the model" in page
+    assert len(_figures(page, "sample")) == 4  # two cases x two seeds
+
+
+def test_video_outputs_are_strips_of_frames(tmp_path):
+    """5-D outputs [batch, channels, frames, height, width]: one row of evenly spaced frames per item."""
+    from PIL import Image
+
+    from dqar_bench.report import write_report
+    from dqar_bench.report.previews import MAX_FRAMES
+
+    run = RunDir(tmp_path / "run")
+    base = {"suite": "video", "steps": 2, "batch": 2, "seeds": [0], "baseline_case": "baseline", "parts": {},
+            "latency_s": [1.0, 1.1, 0.9], "median_s": 1.0, "per_image_s": 0.5, "status": "ok"}
+    frames = torch.linspace(-1, 1, 12).view(1, 1, 12, 1, 1).expand(2, 3, 12, 16, 16).contiguous()
+    run.append({**base, "case": "baseline"})
+    run.save_outputs("baseline", {0: frames})
+    run.append({**base, "case": "fast", "latency_s": [0.5, 0.6, 0.4], "median_s": 0.5,
+                "quality": {"psnr_db": 30.0, "space": "latent"}, "parts": {"gate": {"name": "interval", "params": {}}}})
+    run.save_outputs("fast", {0: frames.flip(2)})
+    page = write_report([run.path]).read_text()
+    pictures = re.findall(r'data-case="[^"]+" data-seed="0"><img class="\w+" src="data:image/png;base64,([^"]+)"', page)
+    assert len(pictures) == 2
+    image = Image.open(io.BytesIO(base64.b64decode(pictures[0])))
+    assert image.size == (MAX_FRAMES * 16 + (MAX_FRAMES - 1), 2 * 16 + 1)
+    row = np.asarray(image)[0, ::17, 0]  # the first pixel of each frame: brightening, left to right
+    assert (np.diff(row.astype(int)) > 0).all()
+    assert "2.00×" in page  # speedup under the picture, from the raw samples
+
+
+def test_reuse_counts_per_step_and_block():
+    from dqar_bench.strategy import ReuseStats
+
+    stats = ReuseStats()
+    stats.begin_call(3, 2)
+    stats.count_step(0, [False, False])
+    stats.count_step(1, [True, False])
+    stats.count_step(2, [True, True])
+    stats.begin_call(3, 2)
+    stats.count_step(1, [True, True])
+    assert stats.reuse_map == [[0, 0], [2, 1], [1, 1]] and stats.calls == 2
+    assert sum(map(sum, stats.reuse_map)) == stats.reused == 5 and stats.evaluations == 8
+    stats.begin_call(4, 3)  # a longer call widens the map; nothing counted is lost
+    assert len(stats.reuse_map) == 4 and all(len(r) == 3 for r in stats.reuse_map)
+    assert sum(map(sum, stats.reuse_map)) == 5
