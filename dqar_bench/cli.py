@@ -16,9 +16,13 @@ from dqar_bench.errors import DqarError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dqar_bench.distributed.launch import launch, single_process_only, without_nproc
     from dqar_bench.runner import run_suite
     from dqar_bench.suite import load_suite
 
+    if args.nproc is not None:
+        return launch(args.nproc, without_nproc(args.argv))
+    single_process_only("dqar-bench run")  # until the runner shares its cases and FID images out (issue 12)
     suite = load_suite(args.suite)
     if args.inception_weights:
         import dataclasses
@@ -106,6 +110,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if comparison.regressed else 0
 
 
+def cmd_fid_stats(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from dqar_bench.measure.fid_stats import folder_statistics
+    from dqar_bench.runner import resolve_device
+
+    path = folder_statistics(args.folder, args.feature_extractor, args.inception_weights, resolve_device(args.device), args.output)
+    with np.load(path) as stats:
+        print(f"{path}: FID statistics (mu, sigma) of {int(stats['num_images'])} images by '{stats['feature_extractor']}'")
+    return 0
+
+
 def _missing() -> object:
     import dataclasses
 
@@ -119,6 +135,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "trace": cmd_trace,
     "train-policy": cmd_train_policy,
     "compare": cmd_compare,
+    "fid-stats": cmd_fid_stats,
 }
 
 
@@ -131,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--output", "-o", help="run directory (default results/runs/<suite>-<time>/)")
     where.add_argument("--resume", metavar="DIR", help="continue a run directory, skipping cases already recorded")
     run.add_argument("--inception-weights", metavar="PATH", help="local Inception weights file for FID / IS / KID (overrides quality.inception_weights)")
+    run.add_argument("--nproc", type=int, metavar="N", help="run as N ranks on this machine under torch.distributed.run (torchrun --standalone)")
     validate = sub.add_parser("validate", help="check a suite file without running it")
     validate.add_argument("suite")
     sub.add_parser("plugins", help="list every installed strategy part")
@@ -143,6 +161,12 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-fid-rise", type=float, help="FID rise that counts as a regression")
     compare.add_argument("--max-accuracy-drop", metavar="FRACTION", help="class accuracy drop that counts as a regression (e.g. 2%% or 0.02)")
     compare.add_argument("--json", metavar="PATH", help="write the new run as github-action-benchmark customSmallerIsBetter JSON")
+    stats = sub.add_parser("fid-stats", help="FID statistics (mu, sigma) of an image folder, cached next to it, for quality.fid.reference_stats")
+    stats.add_argument("folder", help="folder of .png / .jpg images (searched deep)")
+    stats.add_argument("--output", "-o", help="statistics file to write (default FOLDER.fid-EXTRACTOR.npz next to the folder)")
+    stats.add_argument("--feature-extractor", default="inception-v3-compat", help="torch-fidelity feature extractor (default inception-v3-compat)")
+    stats.add_argument("--inception-weights", metavar="PATH", help="local weights file of the feature extractor")
+    stats.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     trace = sub.add_parser("trace", help="measure where single reuses are safe, as training data for the policy gate")
     trace.add_argument("suite", help="suite YAML file (its cases that use a cache are traced)")
     trace.add_argument("--output", "-o", required=True, help="trace file to write (JSON lines; must not exist)")
@@ -162,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
     try:
         return COMMANDS[args.command](args)
