@@ -31,6 +31,8 @@ DEFAULT_TIMEOUT_S = 1800.0
 collectives, so ranks may arrive far apart; a hang is still found, just that late."""
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+PROBE_TAG, PROBE_TIMEOUT_S = 0x0DEAD, 1.0
+"""The message that asks, after a failed collective, which ranks are gone (see `World._dead_peers`)."""
 REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
@@ -164,7 +166,29 @@ class World:
 
     def _error(self, what: str, exc: BaseException) -> RankError:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        dead = self._dead_peers()
+        if dead:
+            who = ", ".join(str(r) for r in dead)
+            return RankError(f"rank {who} died: '{what}' cannot complete (rank {self.rank} lost its connection to it; see rank {who}'s own output)")
         return RankError(f"rank {self.rank}: '{what}' failed, another rank is gone or hung ({first})")
+
+    def _dead_peers(self) -> list[int]:
+        """Ranks whose connection to this one is closed: a message to each, and which ones the transport refuses.
+
+        gloo says 'Connection closed by peer' for a process that is gone, and times out for
+        one that is alive but elsewhere (a stray message to it no longer matters: the run stops).
+        """
+        dead = []
+        probe = torch.zeros(1)
+        for peer in range(self.world_size):
+            if peer == self.rank:
+                continue
+            try:
+                dist.isend(probe, dst=peer, group=self._objects, tag=PROBE_TAG).wait(timeout=_dt.timedelta(seconds=PROBE_TIMEOUT_S))
+            except RuntimeError as exc:
+                if any(word in str(exc).lower() for word in ("closed", "reset", "broken pipe")):
+                    dead.append(peer)
+        return dead
 
 
 def _missing_ranks(message: str) -> list[int]:
