@@ -20,12 +20,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.nproc is None:
         single_process_only("dqar-bench run")  # until the runner shares its cases and FID images out (issue 12)
-    from dqar_bench.runner import run_suite
     from dqar_bench.suite import load_suite
 
     if args.nproc is not None:
         load_suite(args.suite)  # a bad suite is one line here, not one per rank
         return launch(args.nproc, without_nproc(args.argv))
+    from dqar_bench.runner import run_suite
 
     suite = load_suite(args.suite)
     if args.inception_weights:

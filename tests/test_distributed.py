@@ -44,7 +44,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ranks(scenario: str, out: Path, world_size: int = 2, timeout: float = 180) -> tuple[list[int], list[str], float]:
+def start_ranks(scenario: str, out: Path, world_size: int = 2, timeout: float = 300) -> tuple[list[int], list[str], float]:
     """Run the worker as `world_size` ranks (torchrun's environment, no torchrun); exit codes, outputs, wall seconds."""
     port, started = free_port(), time.perf_counter()
     procs = []
@@ -88,7 +88,7 @@ def two_ranks(tmp_path_factory, fid_images):
     out = tmp_path_factory.mktemp("ranks")
     save_file({"images": fid_images[0]}, str(out / "fid-images.safetensors"))
     codes, outputs, wall = start_ranks("equal", out)
-    print(f"two gloo ranks, scenario 'equal': {wall:.1f} s wall")
+    print(f"two gloo ranks, equalities and a hang: {wall:.1f} s wall")
     assert codes == [0, 0], outputs
     return out
 
@@ -168,8 +168,9 @@ def test_a_hung_rank_is_named_when_the_barrier_times_out(two_ranks):
 
 
 def test_a_dead_rank_is_one_line_on_the_survivor_not_a_hang(tmp_path):
-    codes, outputs, wall = start_ranks("die", tmp_path, timeout=60)
-    assert codes[1] == 3 and codes[0] == 0, outputs
+    codes, outputs, wall = start_ranks("die", tmp_path)
+    print(f"two gloo ranks, one dies: {wall:.1f} s wall")
+    assert codes == [0, 3], outputs
     gather, reduce = phase(tmp_path, "die", 0)
     # whether the barrier meets the closed connection or the missing arrival depends on timing; both name rank 1
     assert re.match(r"rank 1 (died: 'gather records'|did not reach 'gather records')", gather), gather
