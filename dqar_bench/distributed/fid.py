@@ -2,9 +2,9 @@
 
 Images are split by sampling call (`measure.instruments.fid_batches`), so each image has
 the same seed and label whatever the number of ranks. Only features travel (12 KiB per
-image for Inception's pool features and logits, not 192 KiB of pixels); rank 0 puts them back in the
-one-process order before scoring, so FID, IS and KID (whose subsets are drawn by position)
-are computed on the same set, in the same order, as one process computes them.
+image for Inception's pool features and logits, not 192 KiB of pixels); rank 0 puts them
+back in the one-process order before scoring, so FID, IS and KID (whose subsets are drawn
+by position) are computed on the same set, in the same order, as one process computes them.
 """
 
 from __future__ import annotations

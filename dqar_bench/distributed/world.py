@@ -6,9 +6,9 @@ variables RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is one rank of
 returns what it was given, so the harness has one code path for both.
 
 Each rank runs on its own device: `cuda:LOCAL_RANK` with NCCL on GPUs, the CPU with gloo
-otherwise. Python objects (records, decisions, check results) always travel over a gloo
-group, also beside NCCL: they are small, and gloo's `monitored_barrier` is what names a
-rank that hung or died instead of waiting for ever. A failed collective becomes one
+otherwise. Python objects (records, check results, FID features) always travel over a
+gloo group, also beside NCCL: they are few, on the host already, and gloo's
+`monitored_barrier` is what names a rank that hung or died instead of waiting for ever. A failed collective becomes one
 `RankError` line, never a traceback or a hang.
 """
 
@@ -30,7 +30,6 @@ DEFAULT_TIMEOUT_S = 1800.0
 """How long a collective waits for the slowest rank. FID images are made between two
 collectives, so ranks may arrive far apart; a hang is still found, just that late."""
 
-ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 PROBE_TAG, PROBE_TIMEOUT_S = 0x0DEAD, 1.0
 """The message that asks, after a failed collective, which ranks are gone (see `World._dead_peers`)."""
 REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
@@ -43,7 +42,7 @@ class RankError(DqarError):
 
 
 def launched_by_torchrun() -> bool:
-    """Whether this process is one rank of an env:// rendezvous (torchrun sets all of these)."""
+    """Whether this process is one of several ranks of an env:// rendezvous (torchrun's RANK, WORLD_SIZE > 1)."""
     return all(v in os.environ for v in ("RANK", "WORLD_SIZE")) and int(os.environ["WORLD_SIZE"]) > 1
 
 
