@@ -17,14 +17,12 @@ from dqar_bench.errors import DqarError
 
 def cmd_run(args: argparse.Namespace) -> int:
     from dqar_bench.distributed.launch import launch, single_process_only, without_nproc
-
-    if args.nproc is None:
-        single_process_only("dqar-bench run")  # until the runner shares its cases and FID images out (issue 12)
     from dqar_bench.suite import load_suite
 
     if args.nproc is not None:
         load_suite(args.suite)  # a bad suite is one line here, not one per rank
         return launch(args.nproc, without_nproc(args.argv))
+    single_process_only("dqar-bench run")  # until the runner shares its cases and FID images out (issue 12)
     from dqar_bench.runner import run_suite
 
     suite = load_suite(args.suite)

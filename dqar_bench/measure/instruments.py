@@ -114,8 +114,8 @@ def generate_images(
 ) -> torch.Tensor:
     """uint8 images from seeded calls with uniformly drawn class labels (as FID-50k does).
 
-    One process makes all `count`; rank r of `world_size` makes its calls (`fid_batches`),
-    the images at `fid_image_indices` (none: an empty tensor).
+    One process makes all `count` images; rank r of `world_size` makes only its calls
+    (`fid_batches`), that is the images at `fid_image_indices` (an empty tensor if none).
     """
     images = []
     for k in fid_batches(count, batch, rank, world_size):
