@@ -69,9 +69,6 @@ class World:
     def distributed(self) -> bool:
         return self.backend is not None
 
-    def describe(self) -> str:
-        return f"rank {self.rank} of {self.world_size} ({self.backend}, {self.device})" if self.distributed else f"one process ({self.device})"
-
     def gather(self, obj: Any, what: str = "gather") -> list[Any] | None:
         """Every rank's `obj` on rank 0, in rank order (None on the others).
 
