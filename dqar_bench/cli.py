@@ -16,15 +16,20 @@ from dqar_bench.errors import DqarError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dqar_bench.distributed.launch import launch, single_process_only, without_nproc
     from dqar_bench.errors import ModelError
     from dqar_bench.models import offline_problem
-    from dqar_bench.runner import run_suite
     from dqar_bench.suite import load_suite
 
-    suite = load_suite(args.suite, inception_weights=args.inception_weights)
+    suite = load_suite(args.suite, inception_weights=args.inception_weights)  # a bad suite is one line here, not one per rank
     problem = offline_problem(suite.model, suite.allow_download)
     if problem:
         raise ModelError(f"{suite.path}: field 'model': {problem}")  # before any run directory is made
+    if args.nproc is not None:
+        return launch(args.nproc, without_nproc(args.argv))
+    single_process_only("dqar-bench run")  # until the runner shares its cases and FID images out (issue 12)
+    from dqar_bench.runner import run_suite
+
     output = args.resume or args.output
     run = run_suite(suite, output, resume=args.resume is not None)
     failed = [r["case"] for r in run.records() if r.get("status") not in ("ok", "unsupported")]
@@ -162,6 +167,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fid_stats(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from dqar_bench.measure.fid_stats import folder_statistics
+    from dqar_bench.runner import resolve_device
+
+    path = folder_statistics(args.folder, args.feature_extractor, args.inception_weights, resolve_device(args.device), args.output)
+    with np.load(path) as stats:
+        print(f"{path}: FID statistics (mu, sigma) of {int(stats['num_images'])} images by '{stats['feature_extractor']}'")
+    return 0
+
+
 def _missing() -> object:
     import dataclasses
 
@@ -178,6 +195,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train-policy": cmd_train_policy,
     "compare": cmd_compare,
     "report": cmd_report,
+    "fid-stats": cmd_fid_stats,
 }
 
 
@@ -190,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--output", "-o", help="run directory (default results/runs/<suite>-<time>/)")
     where.add_argument("--resume", metavar="DIR", help="continue a run directory, skipping cases already recorded")
     run.add_argument("--inception-weights", metavar="PATH", help="local Inception weights file for FID / IS / KID (overrides quality.inception_weights)")
+    run.add_argument("--nproc", type=int, metavar="N", help="run as N ranks on this machine under torch.distributed.run (torchrun --standalone)")
     validate = sub.add_parser("validate", help="check a suite file without running it")
     validate.add_argument("suite")
     validate.add_argument("--inception-weights", metavar="PATH", help="check with this Inception weights file, as `run --inception-weights` would use it")
@@ -218,6 +237,12 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each compared with its own baseline)")
     report.add_argument("--output", "-o", metavar="FILE", help="HTML file to write (default RUN_DIR/report.html for one run, ./report.html for several)")
     report.add_argument("--max-seeds", type=int, default=4, help="seeds whose images are shown (default 4)")
+    stats = sub.add_parser("fid-stats", help="FID statistics (mu, sigma) of an image folder, cached next to it, for quality.fid.reference_stats")
+    stats.add_argument("folder", help="folder of .png / .jpg images (searched deep)")
+    stats.add_argument("--output", "-o", help="statistics file to write (default FOLDER.fid-EXTRACTOR.npz next to the folder)")
+    stats.add_argument("--feature-extractor", default="inception-v3-compat", help="torch-fidelity feature extractor (default inception-v3-compat)")
+    stats.add_argument("--inception-weights", metavar="PATH", help="local weights file of the feature extractor")
+    stats.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     trace = sub.add_parser("trace", help="measure where single reuses are safe, as training data for the policy gate")
     trace.add_argument("suite", help="suite YAML file (its cases that use a cache are traced)")
     trace.add_argument("--output", "-o", required=True, help="trace file to write (JSON lines; must not exist)")
@@ -238,6 +263,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
     try:
         return COMMANDS[args.command](args)

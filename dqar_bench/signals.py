@@ -46,7 +46,7 @@ def sampled_scores(q: torch.Tensor, k: torch.Tensor, num_queries: int, out: torc
     """Scaled attention scores `q k^T / sqrt(d)` of the sampled query rows, [..., rows, keys]."""
     tokens = q.shape[-2]
     if 0 < num_queries < tokens:
-        q = q.index_select(-2, _query_rows(tokens, num_queries, q.device))
+        q = q.index_select(-2, query_rows(tokens, num_queries, q.device))
     return torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2), out=out)
 
 
@@ -102,7 +102,7 @@ class EntropyProbe:
 
 
 @functools.lru_cache(maxsize=32)
-def _query_rows(tokens: int, num_queries: int, device: torch.device) -> torch.Tensor:
+def query_rows(tokens: int, num_queries: int, device: torch.device) -> torch.Tensor:
     """Indices of `num_queries` evenly spaced rows, made once per shape and device."""
     return torch.linspace(0, tokens - 1, num_queries, device=device).round().long()
 

@@ -23,6 +23,7 @@ import yaml
 from dqar_bench.adapters import adapter_for_family
 from dqar_bench.errors import DqarError, ModelError, SuiteError
 from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
+from dqar_bench.measure.fid_stats import parse_fid_config
 from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
 from dqar_bench.execution import MODES, ExecutionOptions
 from dqar_bench.models import model_config, model_family, num_classes, offline_problem
@@ -397,6 +398,13 @@ def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None, check
     if not isinstance(raw, dict):
         raise r.error("field 'quality' must be a mapping (fid, reference, metrics, feature_extractor, inception_weights, lpips_weights)")
     r.check_keys(raw, QUALITY_KEYS, "quality.")
+    if isinstance(raw.get("fid"), dict):  # {num_images, reference_stats}: FID-50K against statistics
+        fid_config = parse_fid_config(raw["fid"], r.path)
+        if fid_config.reference_stats and "reference" in raw:
+            raise r.error("give the FID reference once: 'quality.reference' or 'quality.fid.reference_stats'")
+        raw = {**raw, "fid": fid_config.num_images}
+        if fid_config.reference_stats:
+            raw["reference"] = fid_config.reference_stats
     fid = r.get(raw, "fid", int, default=0, field="quality.fid")
     if fid < 0:
         raise r.error("field 'quality.fid' must be >= 0 (images per case for FID / IS / KID; 0 turns them off)")
@@ -407,7 +415,7 @@ def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None, check
         raise r.error(f"field 'quality.metrics' must be a non-empty list of {', '.join(FIDELITY_METRICS)}, got {metrics!r}")
     reference = r.get(raw, "reference", str, default="baseline", field="quality.reference")
     named = reference == "baseline" or reference in REFERENCE_SETS
-    if fid and not named and not Path(reference).expanduser().exists():
+    if fid and not named and check_files and not Path(reference).expanduser().exists():
         sets = ", ".join(REFERENCE_SETS)
         raise r.error(f"field 'quality.reference': {reference} does not exist; give an image folder, a .npz of FID statistics, 'baseline' or a shipped set ({sets})")
     classifier = r.get(raw, "classifier", str, field="quality.classifier")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 import numpy as np
@@ -119,12 +120,15 @@ def check_weights(feature_extractor: str, weights_path: str | None) -> None:
             raise DqarError(f"feature extractor '{feature_extractor}' needs its shipped weights file {path}, which is missing; reinstall dqar-bench")
 
 
-class Fidelity:
-    """FID / IS / KID of image sets against one reference, with the extractor built once."""
+class Extractor:
+    """A torch-fidelity feature extractor, built once, with the layers the metrics read.
+
+    Apart from `Fidelity` so that a rank of a distributed run can turn its share of the
+    images into features without holding the reference: only features travel to rank 0.
+    """
 
     def __init__(
         self,
-        reference: str | Path | torch.Tensor,
         feature_extractor: str = INCEPTION,
         weights_path: str | None = None,
         metrics: tuple[str, ...] = METRICS,
@@ -147,21 +151,64 @@ class Fidelity:
         if weights_path is not None:
             kwargs["feature_extractor_weights_path"] = str(Path(weights_path).expanduser())
         with no_downloads(), weights_only_loads():
-            self.extractor = create_feature_extractor(feature_extractor, sorted(set(self.layers.values())), cuda=self.cuda, **kwargs)
+            self.model = create_feature_extractor(feature_extractor, sorted(set(self.layers.values())), cuda=self.cuda, **kwargs)
+
+    def features(self, images: torch.Tensor | Dataset) -> dict[str, torch.Tensor]:
+        """Features by layer (CPU tensors, one row per image, in order) of images or an image dataset."""
+        from torch_fidelity.utils import get_featuresdict_from_dataset
+
+        if isinstance(images, torch.Tensor):
+            images = ImageSet(images if images.dtype == torch.uint8 else to_uint8(images))
+        return get_featuresdict_from_dataset(images, self.model, self.batch_size, self.cuda, save_cpu_ram=True, verbose=False)
+
+
+Features = Mapping[str, torch.Tensor]
+"""Features by layer, as `Extractor.features` gives them."""
+
+
+class Fidelity:
+    """FID / IS / KID of image sets against one reference, with the extractor built once.
+
+    Scoring is two steps, `features` then `score_features`, so that features made
+    elsewhere (by other ranks) are scored exactly as the images of one process are.
+    """
+
+    def __init__(
+        self,
+        reference: str | Path | torch.Tensor | Features,
+        feature_extractor: str | Extractor = INCEPTION,
+        weights_path: str | None = None,
+        metrics: tuple[str, ...] = METRICS,
+        device: torch.device | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        """`reference`: a shipped set's name, an image folder, a .npz of FID statistics, images,
+        or their features; `feature_extractor`: a registered name, or an `Extractor` to share."""
+        if isinstance(feature_extractor, Extractor):
+            self.extractor = feature_extractor
+        else:
+            self.extractor = Extractor(feature_extractor, weights_path, metrics, device, batch_size)
+        self.name, self.metrics, self.layers = self.extractor.name, self.extractor.metrics, self.extractor.layers
         self.reference_label, self._ref_features, self._ref_stats = self._load_reference(reference)
+
+    def features(self, images: torch.Tensor | Dataset) -> dict[str, torch.Tensor]:
+        return self.extractor.features(images)
 
     def score(self, images: torch.Tensor) -> dict[str, Any]:
         """Metrics of `images` (uint8 RGB, or [0, 1] floats) against the reference."""
-        images = images if images.dtype == torch.uint8 else to_uint8(images)
-        feats = self._features(ImageSet(images))
-        out: dict[str, Any] = {"n": int(images.shape[0]), "reference": self.reference_label, "feature_extractor": self.name}
+        return self.score_features(self.features(images))
+
+    def score_features(self, feats: Features) -> dict[str, Any]:
+        """Metrics of a set given by its features (one row per image) against the reference."""
+        n = int(next(iter(feats.values())).shape[0])
+        out: dict[str, Any] = {"n": n, "reference": self.reference_label, "feature_extractor": self.name}
         notes = []
         if "fid" in self.metrics:
             out["fid"] = self._fid(feats[self.layers["fid"]])
         if "isc" in self.metrics:
             from torch_fidelity.metric_isc import isc_features_to_metric
 
-            isc = isc_features_to_metric(feats[self.layers["isc"]], splits=min(10, len(images)))
+            isc = isc_features_to_metric(feats[self.layers["isc"]], splits=min(10, n))
             out["isc_mean"], out["isc_std"] = float(isc["inception_score_mean"]), float(isc["inception_score_std"])
         if "kid" in self.metrics:
             if self._ref_features is None:
@@ -171,11 +218,6 @@ class Fidelity:
                 out["kid_mean"], out["kid_std"] = self._kid(feats[self.layers["kid"]], self._ref_features[self.layers["kid"]])
         out["note"] = "; ".join(notes) or None
         return out
-
-    def _features(self, dataset: Dataset) -> dict[str, torch.Tensor]:
-        from torch_fidelity.utils import get_featuresdict_from_dataset
-
-        return get_featuresdict_from_dataset(dataset, self.extractor, self.batch_size, self.cuda, save_cpu_ram=True, verbose=False)
 
     def _fid(self, features: torch.Tensor) -> float:
         from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
@@ -197,34 +239,53 @@ class Fidelity:
         kid = kid_features_to_metric(features, reference, kid_subset_size=size, kid_subsets=100, verbose=False)
         return float(kid["kernel_inception_distance_mean"]), float(kid["kernel_inception_distance_std"])
 
-    def _load_reference(self, reference: str | Path | torch.Tensor) -> tuple[str, dict[str, torch.Tensor] | None, dict[str, np.ndarray] | None]:
-        from torch_fidelity.metric_fid import fid_features_to_statistics
-
+    def _load_reference(self, reference: str | Path | torch.Tensor | Features) -> tuple[str, Features | None, dict[str, np.ndarray] | None]:
         label = None
         if isinstance(reference, str) and reference in REFERENCE_SETS:
             label, reference = reference, reference_set(reference)
         if isinstance(reference, torch.Tensor):
-            feats = self._features(ImageSet(reference if reference.dtype == torch.uint8 else to_uint8(reference)))
-            stats = _float64(fid_features_to_statistics(feats[self.layers["fid"]])) if "fid" in self.metrics else None
             count = f"{len(reference)} images"
-            return (f"{label} ({count})" if label else count), feats, stats
+            return (f"{label} ({count})" if label else count), *self._with_stats(self.features(reference))
+        if isinstance(reference, Mapping):
+            missing = sorted(set(self.layers.values()) - set(reference))
+            if missing:
+                raise DqarError(f"reference features lack the layer(s) {missing} that feature extractor '{self.name}' gives for {', '.join(self.metrics)}")
+            return f"{len(next(iter(reference.values())))} images", *self._with_stats(reference)
         path = Path(reference).expanduser()
         if path.is_file() and path.suffix == ".npz":
-            with np.load(path) as data:
-                if "mu" not in data or "sigma" not in data:
-                    raise DqarError(f"field 'quality.reference': {path} has no 'mu' and 'sigma' arrays (FID statistics)")
-                return str(path), None, _float64({"mu": data["mu"], "sigma": data["sigma"]})
-        if path.is_dir():
-            from torch_fidelity.datasets import ImagesPathDataset
-            from torch_fidelity.utils import glob_samples_paths
+            from dqar_bench.measure.fid_stats import read_statistics
 
-            files = glob_samples_paths(str(path), samples_find_deep=True, samples_find_ext="png,jpg,jpeg", verbose=False)
-            if not files:
-                raise DqarError(f"field 'quality.reference': no .png or .jpg images in {path}")
-            feats = self._features(ImagesPathDataset(files))
-            stats = _float64(fid_features_to_statistics(feats[self.layers["fid"]])) if "fid" in self.metrics else None
-            return f"{path} ({len(files)} images)", feats, stats
+            return str(path), None, read_statistics(path, self.name)
+        if path.is_dir():
+            files = image_files(path)
+            return f"{path} ({len(files)} images)", *self._with_stats(self.features(image_dataset(files)))
         raise DqarError(f"field 'quality.reference': {reference} is neither an image folder nor a .npz of FID statistics (or 'baseline')")
+
+    def _with_stats(self, feats: Features) -> tuple[Features, dict[str, np.ndarray] | None]:
+        return feats, (fid_statistics(feats[self.layers["fid"]]) if "fid" in self.metrics else None)
+
+
+def fid_statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
+    """`mu` and `sigma` of FID features, in float64, as torch-fidelity computes them."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    return _float64(fid_features_to_statistics(features))
+
+
+def image_files(folder: Path, what: str = "field 'quality.reference'") -> list[str]:
+    """The .png / .jpg images under `folder` (searched deep), in torch-fidelity's order."""
+    from torch_fidelity.utils import glob_samples_paths
+
+    files = glob_samples_paths(str(folder), samples_find_deep=True, samples_find_ext="png,jpg,jpeg", verbose=False)
+    if not files:
+        raise DqarError(f"{what}: no .png or .jpg images in {folder}")
+    return files
+
+
+def image_dataset(files: list[str]) -> Dataset:
+    from torch_fidelity.datasets import ImagesPathDataset
+
+    return ImagesPathDataset(files)
 
 
 def _float64(stats: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -89,17 +89,41 @@ def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, laten
     return kit
 
 
+def fid_batches(count: int, batch: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The FID sampling calls a rank makes: call k (seed `FID_SEED_BASE + k`) goes to rank k % world_size.
+
+    Seeds and labels belong to the call, not to the rank, so every image is the same
+    whatever the number of ranks (for the same batch size).
+    """
+    return list(range(rank, math.ceil(count / batch), world_size))
+
+
+def fid_image_indices(count: int, batch: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """Positions, in the one-process order, of the images `generate_images` makes on `rank`."""
+    return [i for k in fid_batches(count, batch, rank, world_size) for i in range(k * batch, min((k + 1) * batch, count))]
+
+
 def generate_images(
-    call: Callable[[int, list[int]], torch.Tensor], count: int, batch: int, num_classes: int, kit: Instruments
+    call: Callable[[int, list[int]], torch.Tensor],
+    count: int,
+    batch: int,
+    num_classes: int,
+    kit: Instruments,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> torch.Tensor:
-    """`count` uint8 images from seeded calls with uniformly drawn class labels (as FID-50k does)."""
+    """uint8 images from seeded calls with uniformly drawn class labels (as FID-50k does).
+
+    One process makes all `count` images; rank r of `world_size` makes only its calls
+    (`fid_batches`), that is the images at `fid_image_indices` (an empty tensor if none).
+    """
     images = []
-    for k in range(math.ceil(count / batch)):
+    for k in fid_batches(count, batch, rank, world_size):
         seed = FID_SEED_BASE + k
         labels = torch.randint(0, num_classes, (batch,), generator=torch.Generator().manual_seed(seed)).tolist()
-        images.append(to_uint8(kit.to_images(call(seed, labels).detach().float().cpu())))
+        images.append(to_uint8(kit.to_images(call(seed, labels).detach().float().cpu()))[: count - k * batch])
         kit.progress.tick()
-    return torch.cat(images)[:count]
+    return torch.cat(images) if images else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
 
 
 def save_images(path: Path, images: torch.Tensor) -> None:
