@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from dqar_bench.adapters import adapter_for_family
-from dqar_bench.errors import SuiteError
+from dqar_bench import families
+from dqar_bench.errors import DqarError, SuiteError
 from dqar_bench.measure.classify import CLASSIFIERS
 from dqar_bench.measure.fidelity import REFERENCE_SETS
 from dqar_bench.execution import MODES, ExecutionOptions
@@ -27,7 +27,7 @@ from dqar_bench.models import model_family
 from dqar_bench.parts import KINDS, build_part
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.quality import QualityConfig
-from dqar_bench.sampling import SAMPLERS
+from dqar_bench.sampling import SAMPLERS, prediction_type, sampler_refusal
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -40,7 +40,6 @@ TOP_KEYS = (
 CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution")
 COMPILE_KEYS = ("backend", "mode", "max_graphs")
 TEXT_KEYS = ("prompt_lengths", "prompts", "prompt_embeddings")
-MAX_PROMPT_LENGTH = 120
 SAMPLER_KEYS = ("name", "steps", "guidance_scale")
 TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms")
 QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips_weights", "classifier")
@@ -165,13 +164,22 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) ->
     r.check_keys(data, TOP_KEYS, "")
     name = r.get(data, "name", str, required=True)
     model_name, allow_download = _model(r, data.get("model", "dit-tiny"))
+    try:
+        family = model_family(model_name)
+    except DqarError as exc:
+        raise r.error(f"field 'model': {exc}") from None
+    spec = families.get(family) if family is not None else None
     sampler_raw = data.get("sampler", {}) or {}
     if not isinstance(sampler_raw, dict):
         raise r.error("field 'sampler' must be a mapping with name, steps and guidance_scale")
     r.check_keys(sampler_raw, SAMPLER_KEYS, "sampler.")
-    sampler = r.get(sampler_raw, "name", str, default="ddim", field="sampler.name")
+    sampler = r.get(sampler_raw, "name", str, default=spec.sampler if spec else "ddim", field="sampler.name")
     if sampler not in SAMPLERS:
-        raise r.error(f"field 'sampler.name': unknown sampler '{sampler}'{_suggest(sampler, SAMPLERS)}")
+        raise r.error(f"field 'sampler.name': unknown sampler '{sampler}'{_suggest(sampler, SAMPLERS)} (samplers: {', '.join(SAMPLERS)})")
+    if spec is not None:
+        reason = sampler_refusal(sampler, prediction_type(dict(spec.scheduler)))
+        if reason:
+            raise r.error(f"field 'sampler.name': {reason} (model '{model_name}', family {family})")
     steps = r.get(sampler_raw, "steps", int, default=20, field="sampler.steps")
     if steps < 1:
         raise r.error("field 'sampler.steps' must be at least 1")
@@ -203,8 +211,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) ->
     threads = r.get(data, "threads", int, default=1)
     if threads < 1:
         raise r.error("field 'threads' must be at least 1 (CPU threads torch may use)")
-    family = model_family(model_name)
-    text = _text(r, data, family, model_name)
+    text = _text(r, data, spec, model_name)
     default_modes = _modes(r, data.get("execution", "eager"), "field 'execution'")
     options = _compile_options(r, data.get("compile"))
 
@@ -213,7 +220,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) ->
         raise r.error("field 'cases' must be a non-empty list of cases")
     planned: list[tuple[Case, tuple[str, ...]]] = []
     for index, raw in enumerate(raw_cases):
-        built = _cases(r, raw, index, registry, family)
+        built = _cases(r, raw, index, registry, spec)
         modes = default_modes
         if raw.get("execution") is not None:
             modes = _modes(r, raw["execution"], f"case '{raw['name']}': field 'execution'")
@@ -282,11 +289,11 @@ def _compile_options(r: "_Reader", raw: Any) -> ExecutionOptions:
     )
 
 
-def _text(r: "_Reader", data: dict, family: str | None, model: str) -> dict[str, Any]:
+def _text(r: "_Reader", data: dict, spec: families.Family | None, model: str) -> dict[str, Any]:
     """Captions for a text-conditioned model; none for a class-conditioned one."""
     given = [k for k in TEXT_KEYS if data.get(k) is not None]
-    if family != "pixart":
-        if given and family is not None:
+    if spec is None or spec.text is None:
+        if given and spec is not None:
             raise r.error(f"field '{given[0]}': model '{model}' is class-conditioned; use 'class_labels'")
         return {}
     if len(given) != 1:
@@ -297,9 +304,15 @@ def _text(r: "_Reader", data: dict, family: str | None, model: str) -> dict[str,
     key = given[0]
     if key == "prompt_lengths":
         lengths = r.int_list(data, key, default=[])
-        if any(not 1 <= n <= MAX_PROMPT_LENGTH for n in lengths):
-            raise r.error(f"field 'prompt_lengths': token counts must be in 1..{MAX_PROMPT_LENGTH}, got {lengths}")
+        most = spec.text.max_tokens
+        if any(not 1 <= n <= most for n in lengths):
+            raise r.error(f"field 'prompt_lengths': token counts must be in 1..{most} (family {spec.name}), got {lengths}")
         return {"prompt_lengths": lengths, "text_batch": len(lengths)}
+    if key == "prompts" and spec.text.encoder is None:
+        raise r.error(
+            f"field 'prompts': family {spec.name} encodes prompts with its own pipeline's text encoders, which the "
+            f"harness does not run; give 'prompt_lengths' (synthetic captions) or 'prompt_embeddings' (a .safetensors file)"
+        )
     if key == "prompts":
         prompts = data[key]
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -365,7 +378,7 @@ def _model(r: "_Reader", raw: Any) -> tuple[str, bool]:
     raise r.error("field 'model' must be a model name or a mapping with 'name' (and 'download')")
 
 
-def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: str | None = None) -> list[Case]:
+def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: families.Family | None = None) -> list[Case]:
     if not isinstance(raw, dict):
         raise r.error(f"cases[{index}]: each case must be a mapping with at least 'name'")
     name = raw.get("name")
@@ -421,9 +434,8 @@ def _part_spec(r: "_Reader", where: str, kind: str, raw: Any) -> PartSpec:
     raise r.error(f"{where}: field '{kind}' must be a {kind} name or a mapping with 'name' and its parameters")
 
 
-def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: str | None = None) -> None:
-    """Build every part (so each checks its own parameters), then check them together."""
-    adapter = adapter_for_family(family)
+def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: families.Family | None = None) -> None:
+    """Build every part (so each checks its own parameters), then check them together and against the model's family."""
     for kind, spec in case.parts.items():
         names = registry.names(kind)
         if spec.name not in names:
@@ -436,7 +448,7 @@ def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: str
             build_part(cls, spec.params)
         except ValueError as exc:
             raise r.error(f"{where}: field '{kind}' ({spec.name}): {exc}") from None
-        reason = adapter.refusal(cls) if adapter is not None else None
+        reason = family.refusal(cls) if family is not None else None
         if reason:
             raise r.error(f"{where}: field '{kind}' ({spec.name}): {reason}")
     if case.parts:
