@@ -62,6 +62,31 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from dqar_bench.families import FAMILIES, GUIDANCE_MODES
+    from dqar_bench.models import BUILTIN_FAMILIES, BUILTIN_MODELS, TINY_MODELS
+    from dqar_bench.plugins import get_registry
+    from dqar_bench.sampling import prediction_type
+
+    caches = [get_registry().get("cache", name).cls for name in get_registry().names("cache")]
+    print("families:")
+    for f in FAMILIES:
+        refused = [f"{c.PLUGIN_NAME}: refused ({f.refusal(c).rsplit('; ', 1)[-1]})" for c in caches if f.refusal(c)]  # type: ignore[union-attr]
+        print(f"  {f.name:<14} {f.description}")
+        print(f"      classes: {', '.join(f.classes)}; pipeline: {f.pipeline}")
+        print(f"      blocks: {' + '.join(b.attr for b in f.blocks)}, returning {' and '.join('(' + ', '.join(b.returns) + ')' for b in f.blocks)}")
+        print(f"      self-attention: {', '.join(f.attention)}; cross-attention: {', '.join(f.cross_attention) or 'none'}; feed-forward: {', '.join(f.mlp)}")
+        print(f"      cache targets: attention, attention+mlp, block{'; ' + '; '.join(refused) if refused else ''}")
+        print(f"      conditioning: {f.conditioning}; guidance: {f.guidance} ({GUIDANCE_MODES[f.guidance]})")
+        print(f"      prediction: {prediction_type(dict(f.scheduler))}; default sampler: {f.sampler}; tiny model: {TINY_MODELS.get(f.name, '-')}")
+    print("built-in models:")
+    for name, build in BUILTIN_MODELS.items():
+        doc = " ".join((build.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        print(f"  {name:<20} {BUILTIN_FAMILIES.get(name, 'dit'):<14} {doc}")
+    print("any other name: a diffusers checkpoint id or folder of one of these families (model_index.json picks the family)")
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from dqar_bench.policy.trace import trace_suite
     from dqar_bench.suite import load_suite
@@ -116,6 +141,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "validate": cmd_validate,
     "plugins": cmd_plugins,
+    "models": cmd_models,
     "trace": cmd_trace,
     "train-policy": cmd_train_policy,
     "compare": cmd_compare,
@@ -134,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a suite file without running it")
     validate.add_argument("suite")
     sub.add_parser("plugins", help="list every installed strategy part")
+    sub.add_parser("models", help="list every model family and built-in model, and what each supports")
     compare = sub.add_parser("compare", help="compare two runs per case; exit 1 on a regression (a CI gate)")
     compare.add_argument("base", help="run directory of the reference run")
     compare.add_argument("new", help="run directory of the run under test")
