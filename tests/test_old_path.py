@@ -26,7 +26,7 @@ REFERENCE = load_file(str(Path(__file__).resolve().parent / "data" / "old_path_l
 RUNS = {  # model/sampler: steps, guidance
     "dit-tiny/ddim": (8, 4.0),
     "dit-tiny/dpm-solver": (8, 4.0),
-    "digits-dit/ddim": (25, 1.5),
+    "digits-dit/ddim": (10, 1.5),
     "pixart-tiny/ddim": (6, 4.5),
     "pixart-tiny/dpm-solver": (6, 1.0),
 }

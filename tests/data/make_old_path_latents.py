@@ -1,4 +1,8 @@
-"""Latents of the pre-families code (commit 59559e4) for the bit-identity test."""
+"""Latents of the pre-families code for tests/test_old_path.py.
+
+Run from a checkout of commit 59559e4 (the hand-written DiT/PixArt adapters), in its root:
+`git archive 59559e4 | tar -x -C /tmp/old && cp tests/data/make_old_path_latents.py /tmp/old && cd /tmp/old && PYTHONPATH=. python make_old_path_latents.py`
+"""
 import torch
 from safetensors.torch import save_file
 from dqar_bench.adapters import adapter_for
@@ -33,7 +37,7 @@ CASES = {
     "pab": lambda: strat(("interval", {"every": 2}), "attention-output", ("int8", {"mode": "per_channel"}), "timestep-window"),
 }
 out = {}
-for model_name, sampler, steps, guidance in [("dit-tiny", "ddim", 8, 4.0), ("dit-tiny", "dpm-solver", 8, 4.0), ("digits-dit", "ddim", 25, 1.5), ("pixart-tiny", "ddim", 6, 4.5), ("pixart-tiny", "dpm-solver", 6, 1.0)]:
+for model_name, sampler, steps, guidance in [("dit-tiny", "ddim", 8, 4.0), ("dit-tiny", "dpm-solver", 8, 4.0), ("digits-dit", "ddim", 10, 1.5), ("pixart-tiny", "ddim", 6, 4.5), ("pixart-tiny", "dpm-solver", 6, 1.0)]:
     m = load_model(model_name, cpu, torch.float32)
     if m.family == "pixart":
         cond = synthetic_captions([8, 20], 64, cpu, torch.float32)
@@ -47,4 +51,4 @@ for model_name, sampler, steps, guidance in [("dit-tiny", "ddim", 8, 4.0), ("dit
         key = f"{model_name}/{sampler}/{case}"
         out[key] = lat.contiguous()
         print(key, s.stats.reused if s else "-", float(lat.abs().mean()))
-save_file(out, "/tmp/fam/old_path_latents.safetensors")
+save_file(out, "old_path_latents.safetensors")
