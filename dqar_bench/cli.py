@@ -16,28 +16,35 @@ from dqar_bench.errors import DqarError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """A suite file of several models runs one suite per model, into `<output>/<model>/`."""
+    from pathlib import Path
+
     from dqar_bench.runner import run_suite
-    from dqar_bench.suite import load_suite
+    from dqar_bench.suite import load_suites
 
-    suite = load_suite(args.suite)
-    if args.inception_weights:
-        import dataclasses
+    suites = load_suites(args.suite)
+    status = 0
+    for suite in suites:
+        if args.inception_weights:
+            import dataclasses
 
-        suite = dataclasses.replace(suite, quality=dataclasses.replace(suite.quality, inception_weights=args.inception_weights))
-    output = args.resume or args.output
-    run = run_suite(suite, output, resume=args.resume is not None)
-    failed = [r["case"] for r in run.records() if r.get("status") not in ("ok", "unsupported")]
-    if failed:
-        print(f"{len(failed)} case(s) failed: {', '.join(failed)} (errors in {run.records_path})", file=sys.stderr)
-        return 1
-    return 0
+            suite = dataclasses.replace(suite, quality=dataclasses.replace(suite.quality, inception_weights=args.inception_weights))
+        output = args.resume or args.output
+        if output is not None and len(suites) > 1:
+            output = Path(output) / suite.model
+        run = run_suite(suite, output, resume=args.resume is not None)
+        failed = [r["case"] for r in run.records() if r.get("status") not in ("ok", "unsupported")]
+        if failed:
+            print(f"{len(failed)} case(s) failed: {', '.join(failed)} (errors in {run.records_path})", file=sys.stderr)
+            status = 1
+    return status
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from dqar_bench.suite import load_suite
+    from dqar_bench.suite import load_suites
 
-    suite = load_suite(args.suite)
-    print(f"{args.suite}: ok: suite '{suite.name}', {len(suite.cases)} cases, model {suite.model}, baseline '{suite.baseline}'")
+    for suite in load_suites(args.suite):
+        print(f"{args.suite}: ok: suite '{suite.name}', {len(suite.cases)} cases, model {suite.model}, baseline '{suite.baseline}'")
     return 0
 
 

@@ -141,8 +141,31 @@ class Suite:
 
 
 def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
-    """Read and validate a suite file."""
+    """Read and validate a suite file of one model."""
+    suites = load_suites(path, registry)
+    if len(suites) > 1:
+        raise SuiteError(f"{path}: field 'model' lists {len(suites)} models; this command takes one (`dqar-bench run` runs each)")
+    return suites[0]
+
+
+def load_suites(path: str | Path, registry: Registry | None = None) -> list[Suite]:
+    """Read and validate a suite file: one suite, or one per model where `model` is a list.
+
+    The suites of a model list share every other field and are named `<name>-<model>`.
+    """
     path = Path(path)
+    data, text = _read_yaml(path)
+    registry = registry or get_registry()
+    models = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(models, list):
+        return [parse_suite(data, path, text, registry)]
+    if not models or len(set(map(str, models))) != len(models):
+        raise SuiteError(f"{path}: field 'model' must be a model or a non-empty list of distinct models, got {models!r}")
+    name = data.get("name")
+    return [parse_suite({**data, "model": m, "name": f"{name}-{m}" if isinstance(name, str) and isinstance(m, str) else name}, path, text, registry) for m in models]
+
+
+def _read_yaml(path: Path) -> tuple[Any, str]:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -154,7 +177,7 @@ def load_suite(path: str | Path, registry: Registry | None = None) -> Suite:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SuiteError(f"{path}:{where}: YAML syntax error: {problem}; fix the YAML there") from None
-    return parse_suite(data, path, text, registry or get_registry())
+    return data, text
 
 
 def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) -> Suite:

@@ -288,3 +288,33 @@ def test_models_command_lists_every_family_and_built_in_model(capsys):
         assert name in out
     assert "transformer_blocks + single_transformer_blocks" in out and "cfg-separate" in out and "flow-euler" in out
     assert "kv: refused" in out
+
+
+def test_a_suite_of_several_models_is_one_suite_per_model(registry, capsys):
+    from pathlib import Path
+
+    from dqar_bench.cli import main
+    from dqar_bench.suite import load_suites
+
+    path = Path(__file__).resolve().parent.parent / "suites" / "peers-flow.yaml"
+    suites = load_suites(path, registry)
+    assert [(s.name, s.model, s.sampler) for s in suites] == [
+        ("peers-flow-flux-tiny", "flux-tiny", "flow-euler"), ("peers-flow-sd3-tiny", "sd3-tiny", "flow-euler"), ("peers-flow-wan-tiny", "wan-tiny", "flow-euler"),
+    ]
+    assert all([c.name for c in s.cases] == [c.name for c in suites[0].cases] for s in suites)
+    with pytest.raises(SuiteError, match="lists 3 models; this command takes one"):
+        load_suite(path, registry)
+    assert main(["validate", str(path)]) == 0 and capsys.readouterr().out.count(": ok: ") == 3
+
+
+def test_a_multi_model_suite_runs_each_model_into_its_own_folder(write_suite, tmp_path):
+    from dqar_bench.cli import main
+    from dqar_bench.records import RunDir
+
+    body = HEAD.format(model="[sd3-tiny, hunyuan-video-tiny]", sampler="").replace("device: cpu", "device: cpu\ntiming: {warmup: 0, repeats: 1}")
+    body += "  - name: fora\n    gate: {name: interval, every: 2}\n    cache: attention-mlp-output\n"
+    assert main(["run", str(write_suite(body)), "-o", str(tmp_path / "run")]) == 0
+    for model in ("sd3-tiny", "hunyuan-video-tiny"):
+        records = {r["case"]: r for r in RunDir(tmp_path / "run" / model).records()}
+        assert records["fora"]["status"] == "ok" and records["fora"]["model"] == model and records["fora"]["reuse_ratio"] > 0
+        assert records["fora"]["quality"]["space"] == "image"  # decoded by the family's own tiny VAE (video: frame by frame)
