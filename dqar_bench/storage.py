@@ -113,11 +113,15 @@ def streams_map(fn: Callable[..., Any], *values: Any) -> Any:
 
 def pack(quantizer: Quantizer, value: Any) -> Any:
     """A tensor, or each tensor of a tuple, stored by `quantizer`."""
+    if not isinstance(value, tuple):  # the common case, without the mapping's calls
+        return quantizer.pack(value)
     return streams_map(quantizer.pack, value)
 
 
 def unpack(packed: Any, dtype: torch.dtype) -> Any:
     """What `pack` stored, back as tensors of `dtype`."""
+    if not isinstance(packed, tuple):
+        return packed.unpack().to(dtype)
     return streams_map(lambda p: p.unpack().to(dtype), packed)
 
 

@@ -298,11 +298,14 @@ class Strategy:
         """
         cache = self.caches[key]
         slot = index + self._offset
+        single = isinstance(streams, torch.Tensor)
         if self._reuse[index]:
             held = cache.reuse(slot, module, first_tensor(streams))
+            if single:
+                return streams + held.to(streams.dtype)
             return streams_map(lambda s, r: s + r.to(s.dtype), streams, held)
         out = compute()
-        residual = streams_map(torch.sub, out, streams)
+        residual = out - streams if single else streams_map(torch.sub, out, streams)
         cache.store(slot, residual, None)
         if index == self._decide_after and self._branch == 0:
             self._decide_mid_forward(index, first_tensor(residual))

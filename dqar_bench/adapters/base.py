@@ -121,14 +121,18 @@ class BlockForward:
         self.restore = tuple(names.index(n) for n in returns)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        streams = [self._read(name, position, args, kwargs) for name, position in self.reads]
+        if self.single:  # hidden states in, hidden states out
+            name, position = self.reads[0]
+            hidden = kwargs[name] if name in kwargs else self._read(name, position, args, kwargs)
+            return self.strategy.block(self.key, self.index, self.module, lambda: self.original(*args, **kwargs), hidden)
+        streams = tuple(self._read(name, position, args, kwargs) for name, position in self.reads)
 
         def compute() -> Any:
             out = self.original(*args, **kwargs)
-            return out if self.single else tuple(out[i] for i in self.order)
+            return tuple(out[i] for i in self.order)
 
-        result = self.strategy.block(self.key, self.index, self.module, compute, streams[0] if self.single else tuple(streams))
-        return result if self.single else tuple(result[i] for i in self.restore)
+        result = self.strategy.block(self.key, self.index, self.module, compute, streams)
+        return tuple(result[i] for i in self.restore)
 
     @staticmethod
     def _read(name: str, position: int | None, args: tuple, kwargs: dict) -> Any:
