@@ -318,3 +318,28 @@ def test_a_multi_model_suite_runs_each_model_into_its_own_folder(write_suite, tm
         records = {r["case"]: r for r in RunDir(tmp_path / "run" / model).records()}
         assert records["fora"]["status"] == "ok" and records["fora"]["model"] == model and records["fora"]["reuse_ratio"] > 0
         assert records["fora"]["quality"]["space"] == "image"  # decoded by the family's own tiny VAE (video: frame by frame)
+
+
+@pytest.mark.parametrize("family, mode", [("flux", "compile"), ("flux", "cudagraph"), ("wan", "cudagraph")])
+def test_joint_blocks_and_two_pass_guidance_run_in_the_strong_modes(tinies, registry, family, mode):
+    """Compiled (Dynamo only, to stay fast; FLUX: tuples of streams through the traced hooks) and
+    CUDA graphs (the CPU stand-in of test_execution; Wan: per-branch entries, the branch in the key)."""
+    from dqar_bench.execution import Execution, ExecutionOptions
+    from tests.test_execution import ReplayedGraphs
+
+    tiny = tinies(family)
+    transformer = tiny.model.transformer
+
+    def run_in(which):
+        s = strategy(registry, {"scheduler": "all", "gate": ("interval", {"every": 2}), "cache": "block-residual", "quantizer": "none"})
+        execution = Execution(which, transformer, s, ExecutionOptions(compile_backend="eager"), graphs=ReplayedGraphs)
+        with adapter_for(transformer).install(transformer, s), execution as forward:
+            outs = [tiny.run(s, steps=4, forward=forward) for _ in range(2)]
+        return outs, execution.report(), s
+
+    eager, _, _ = run_in("eager")
+    strong, report, s = run_in(mode)
+    for a, b in zip(strong, eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    branches = 2 if tiny.spec.guidance == "cfg-separate" else 1
+    assert report["graphs"] == 2 * branches and report["eager_fallback_steps"] == 0  # compute and reuse steps, per branch
