@@ -148,6 +148,13 @@ class Cache(Part):
     the strategy) and says in `graph_key` what else changes the operations it records.
     `dqar_bench.storage.SlotCache` is such a cache to build on. A cache that is not
     graph-safe is unsupported there, which is the default below.
+
+    What `store` gets (and `reuse` must give back) is what the hooked module returns: a
+    tensor, or on families with joint image-text modules a tuple of them (a joint attention's
+    image and text outputs; a two-stream block's residuals, image first; None for a stream a
+    block does not return). `dqar_bench.storage.pack`/`unpack` handle both through the
+    quantizer; a cache that keeps Q/K/V (`NEEDS_QKV`) only ever sees tensors, since only
+    families whose attention the harness computes itself can host it.
     """
 
     KIND = "cache"
@@ -193,10 +200,10 @@ class Cache(Part):
 
 
 TARGETS: dict[str, str] = {
-    "attention": "each block's self-attention (attn1)",
-    "attention+mlp": "each block's self-attention and feed-forward (attn1 and ff)",
-    "block": "each whole transformer block (its residual is stored)",
-    "cross-attention": "each block's cross-attention (attn2); no built-in adapter hosts it",
+    "attention": "each block's self-attention (the modules its family names, e.g. attn1; FLUX: attn)",
+    "attention+mlp": "each block's self-attention and feed-forward modules (e.g. attn1 and ff; FLUX: attn, ff, ff_context, proj_mlp)",
+    "block": "each whole transformer block (its residual is stored, one per stream it returns)",
+    "cross-attention": "each block's cross-attention (attn2); no family hosts it",
 }
 
 
