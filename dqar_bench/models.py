@@ -66,7 +66,11 @@ class LoadedModel:
 
     @property
     def null_class(self) -> int:
-        """The label index DiT's label embedding reserves for the unconditional branch."""
+        """The label index DiT's label embedding reserves for the unconditional branch (also its
+        class count). A text-conditioned model has no label embedding: 1, so code that draws
+        labels for any model (FID images) draws one dummy label, which its call ignores."""
+        if self.spec.text is not None:
+            return 1
         return int(self.transformer.config.num_embeds_ada_norm)
 
     @property
