@@ -291,10 +291,44 @@ TINY_MODELS: dict[str, str] = {
 """The tiny built-in model of every family: what tests run every part on."""
 
 
-def register_builtin_model(name: str, factory: Callable[[], LoadedModel], family: str = "dit") -> None:
-    """Add a built-in model (used by the shipped reference model and by tests)."""
+BUILTIN_PREDICTIONS: dict[str, str] = {}
+"""Built-in models that predict otherwise than their family's schedule says (a flow-matching DiT)."""
+
+
+def register_builtin_model(name: str, factory: Callable[[], LoadedModel], family: str = "dit", prediction: str | None = None) -> None:
+    """Add a built-in model (used by the shipped reference model and by tests).
+
+    `prediction` (epsilon, v_prediction, flow) where the model's scheduler config differs in
+    kind from its family's, so `validate` knows its sampler without building it.
+    """
     BUILTIN_MODELS[name] = factory
     BUILTIN_FAMILIES[name] = family
+    if prediction is not None:
+        BUILTIN_PREDICTIONS[name] = prediction
+
+
+def model_prediction(name: str) -> str | None:
+    """What a model predicts, without loading weights: a built-in's (or its family's schedule),
+    a checkpoint's scheduler config where it is on disk, else its family's; None if unknown."""
+    from dqar_bench.sampling import prediction_type
+
+    if name in BUILTIN_PREDICTIONS:
+        return BUILTIN_PREDICTIONS[name]
+    if name not in BUILTIN_MODELS:
+        config = _local_json(name, "scheduler/scheduler_config.json")
+        if config is not None:
+            return prediction_type(config)
+    family = model_family(name)
+    return prediction_type(dict(families.get(family).scheduler)) if family is not None else None
+
+
+def default_sampler(name: str) -> str:
+    """The sampler a suite gets when it names none: its family's, or flow-euler / ddim by what the model predicts."""
+    family, prediction = model_family(name), model_prediction(name)
+    own = families.get(family).sampler if family is not None else "ddim"
+    if prediction is None or (prediction == "flow") == (own == "flow-euler"):
+        return own
+    return "flow-euler" if prediction == "flow" else "ddim"
 
 
 def model_family(name: str) -> str | None:

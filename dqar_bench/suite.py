@@ -23,11 +23,11 @@ from dqar_bench.errors import DqarError, SuiteError
 from dqar_bench.measure.classify import CLASSIFIERS
 from dqar_bench.measure.fidelity import REFERENCE_SETS
 from dqar_bench.execution import MODES, ExecutionOptions
-from dqar_bench.models import model_family
+from dqar_bench.models import default_sampler, model_family, model_prediction
 from dqar_bench.parts import KINDS, build_part
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.quality import QualityConfig
-from dqar_bench.sampling import SAMPLERS, prediction_type, sampler_refusal
+from dqar_bench.sampling import SAMPLERS, sampler_refusal
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -196,13 +196,13 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) ->
     if not isinstance(sampler_raw, dict):
         raise r.error("field 'sampler' must be a mapping with name, steps and guidance_scale")
     r.check_keys(sampler_raw, SAMPLER_KEYS, "sampler.")
-    sampler = r.get(sampler_raw, "name", str, default=spec.sampler if spec else "ddim", field="sampler.name")
+    sampler = r.get(sampler_raw, "name", str, default=default_sampler(model_name), field="sampler.name")
     if sampler not in SAMPLERS:
         raise r.error(f"field 'sampler.name': unknown sampler '{sampler}'{_suggest(sampler, SAMPLERS)} (samplers: {', '.join(SAMPLERS)})")
-    if spec is not None:
-        reason = sampler_refusal(sampler, prediction_type(dict(spec.scheduler)))
-        if reason:
-            raise r.error(f"field 'sampler.name': {reason} (model '{model_name}', family {family})")
+    prediction = model_prediction(model_name)
+    reason = sampler_refusal(sampler, prediction) if prediction is not None else None
+    if reason:
+        raise r.error(f"field 'sampler.name': {reason} (model '{model_name}', family {family})")
     steps = r.get(sampler_raw, "steps", int, default=20, field="sampler.steps")
     if steps < 1:
         raise r.error("field 'sampler.steps' must be at least 1")

@@ -343,3 +343,18 @@ def test_joint_blocks_and_two_pass_guidance_run_in_the_strong_modes(tinies, regi
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     branches = 2 if tiny.spec.guidance == "cfg-separate" else 1
     assert report["graphs"] == 2 * branches and report["eager_fallback_steps"] == 0  # compute and reuse steps, per branch
+
+
+def test_a_flow_matching_model_of_a_diffusion_family_gets_the_flow_sampler(write_suite, registry, monkeypatch):
+    """A built-in that predicts flow in a family whose pipeline ships a diffusion schedule (a
+    flow-trained DiT) says so when registered; validate then gives it flow-euler."""
+    from dqar_bench import models
+
+    monkeypatch.setattr(models, "BUILTIN_MODELS", dict(models.BUILTIN_MODELS))
+    monkeypatch.setattr(models, "BUILTIN_FAMILIES", dict(models.BUILTIN_FAMILIES))
+    monkeypatch.setattr(models, "BUILTIN_PREDICTIONS", dict(models.BUILTIN_PREDICTIONS))
+    models.register_builtin_model("flow-dit", models.build_dit_tiny, "dit", prediction="flow")
+    body = HEAD.format(model="flow-dit", sampler="").replace("prompt_lengths: [4]\n", "")
+    assert load_suite(write_suite(body), registry).sampler == "flow-euler"
+    with pytest.raises(SuiteError, match="cannot sample a flow-matching model"):
+        load_suite(write_suite(body.replace("{steps: 3}", "{steps: 3, name: ddim}")), registry)
