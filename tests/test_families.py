@@ -41,9 +41,7 @@ GATES = {
     "residual-change": ("residual-change", {"threshold": 1e9}),
 }
 CACHES = {name: name for name in ("attention-output", "kv", "attention-mlp-output", "block-residual", "forecast")}
-QUANTIZERS = {
-    "none": ("none", {}),
-    "int8": ("int8", {}),
+QUANTIZERS = {  # `none` is every other case's quantizer
     "int8-per-channel": ("int8", {"mode": "per_channel"}),
     "int8-per-head": ("int8", {"mode": "per_head", "heads": 2}),
     "fp8": ("fp8", {}),
@@ -118,7 +116,7 @@ def test_every_family_has_a_tiny_model_of_its_own_class():
 
 def test_the_matrix_covers_every_built_in_part(registry):
     """A registry without autoload holds the built-ins only: each must be in the matrix."""
-    for kind, covered in (("gate", GATES), ("cache", CACHES), ("quantizer", {q for q, _ in QUANTIZERS.values()}), ("scheduler", SCHEDULERS)):
+    for kind, covered in (("gate", GATES), ("cache", CACHES), ("quantizer", {"none"} | {q for q, _ in QUANTIZERS.values()}), ("scheduler", SCHEDULERS)):
         missing = set(registry.names(kind)) - set(covered)
         assert not missing, f"{kind}s missing from the matrix: {missing}"
 
@@ -320,10 +318,11 @@ def test_a_multi_model_suite_runs_each_model_into_its_own_folder(write_suite, tm
         assert records["fora"]["quality"]["space"] == "image"  # decoded by the family's own tiny VAE (video: frame by frame)
 
 
-@pytest.mark.parametrize("family, mode", [("flux", "compile"), ("flux", "cudagraph"), ("wan", "cudagraph")])
+@pytest.mark.parametrize("family, mode", [("flux", "cudagraph"), ("wan", "cudagraph")])
 def test_joint_blocks_and_two_pass_guidance_run_in_the_strong_modes(tinies, registry, family, mode):
-    """Compiled (Dynamo only, to stay fast; FLUX: tuples of streams through the traced hooks) and
-    CUDA graphs (the CPU stand-in of test_execution; Wan: per-branch entries, the branch in the key)."""
+    """CUDA graphs (the CPU stand-in of test_execution): FLUX's tuples of streams in fixed slots,
+    Wan's per-branch entries with the branch in the graph key. (`compile` runs the same hooks
+    through Dynamo; on FLUX it matches eager too, but tracing it takes 15 s, so it is not a test.)"""
     from dqar_bench.execution import Execution, ExecutionOptions
     from tests.test_execution import ReplayedGraphs
 
