@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from dqar_bench.errors import ModelError
 from dqar_bench.families import Family
 
 
@@ -39,6 +40,8 @@ class Convention:
     def latent_shape(self, config: Any, family: Family) -> tuple[int, ...]:
         channels = int(config.in_channels)
         size = _config_size(config) or tuple(family.latent_size[-2:])
+        if len(size) != 2:
+            raise ModelError(f"the transformer's config has no sample_size and family '{family.name}' names no latent_size")
         if self.frames:
             frames = getattr(config, "sample_frames", None) or (family.latent_size[0] if len(family.latent_size) == 3 else 1)
             return (channels, int(frames), *size)
@@ -52,7 +55,12 @@ class Convention:
     def image_tokens(self, config: Any, shape: tuple[int, ...]) -> int:
         """Tokens the transformer makes of one latent (for the flow schedulers' dynamic shift)."""
         patch = getattr(config, "patch_size", 1) or 1
-        patches = patch if isinstance(patch, (tuple, list)) else ((getattr(config, "patch_size_t", 1) or 1, patch, patch) if self.frames else (patch, patch))
+        if isinstance(patch, (tuple, list)):  # Wan: (t, h, w)
+            patches = tuple(patch)
+        elif self.frames:
+            patches = (getattr(config, "patch_size_t", 1) or 1, patch, patch)
+        else:
+            patches = (patch, patch)
         return math.prod(n // p for n, p in zip(shape[-len(patches):], patches))
 
     def extra(self, transformer: torch.nn.Module, shape: tuple[int, ...], condition_inputs: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -141,11 +149,6 @@ CONVENTIONS: dict[str, Convention] = {"image": Convention(), "video": Video(), "
 
 def convention(family: Family) -> Convention:
     return CONVENTIONS[family.inputs]
-
-
-def latent_shape(transformer: torch.nn.Module, family: Family) -> tuple[int, ...]:
-    """The per-image latent shape the sampler draws and returns for `transformer`."""
-    return convention(family).latent_shape(transformer.config, family)
 
 
 def _config_size(config: Any) -> tuple[int, int] | None:
