@@ -377,16 +377,17 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype, allow_downlo
     """Build a built-in model or load a diffusers checkpoint, on `device` in `dtype`."""
     if name in BUILTIN_MODELS:
         loaded = BUILTIN_MODELS[name]()
-    else:
-        loaded = _load_checkpoint(name, allow_download)
-    loaded.transformer.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        loaded.transformer.to(dtype=dtype)
+    else:  # loaded in `dtype`, so modules a model keeps in float32 (Wan's norms and RoPE) stay so
+        loaded = _load_checkpoint(name, allow_download, dtype)
+    loaded.transformer.to(device=device).eval().requires_grad_(False)
     loaded.transformer.dqar_family = loaded.family  # PixArt-alpha and -Sigma share a class: the sampler asks the model
     if loaded.vae is not None:
         loaded.vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return loaded
 
 
-def _load_checkpoint(name: str, allow_download: bool) -> LoadedModel:
+def _load_checkpoint(name: str, allow_download: bool, dtype: torch.dtype = torch.float32) -> LoadedModel:
     import diffusers
 
     local = Path(name).expanduser()
@@ -399,7 +400,7 @@ def _load_checkpoint(name: str, allow_download: bool) -> LoadedModel:
     family = _checkpoint_family(name) or families.guess(name) or families.get("dit")
     model_class = getattr(diffusers, family.classes[0])
     try:
-        transformer = model_class.from_pretrained(source, subfolder="transformer", local_files_only=offline)
+        transformer = model_class.from_pretrained(source, subfolder="transformer", local_files_only=offline, torch_dtype=dtype)
     except (OSError, ValueError, EnvironmentError) as exc:
         if is_local:
             raise ModelError(f"model folder '{name}' has no loadable {model_class.__name__} in 'transformer/': {_first_line(exc)}") from None

@@ -357,3 +357,26 @@ def test_a_flow_matching_model_of_a_diffusion_family_gets_the_flow_sampler(write
     assert load_suite(write_suite(body), registry).sampler == "flow-euler"
     with pytest.raises(SuiteError, match="cannot sample a flow-matching model"):
         load_suite(write_suite(body.replace("{steps: 3}", "{steps: 3, name: ddim}")), registry)
+
+
+def test_a_checkpoint_folder_loads_with_its_familys_classes(tmp_path, monkeypatch):
+    """A diffusers folder (model_index.json, transformer/, vae/, scheduler/) of a non-DiT family:
+    its family from the pipeline class, its transformer and VAE classes from their configs."""
+    import json
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny = load_model("sd3-tiny", CPU, torch.float32)
+    folder = tmp_path / "sd3-checkpoint"
+    tiny.transformer.save_pretrained(folder / "transformer")
+    tiny.vae.save_pretrained(folder / "vae")
+    FlowMatchEulerDiscreteScheduler(shift=2.5).save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    loaded = load_model(str(folder), CPU, torch.float32)
+    assert (loaded.family, type(loaded.transformer).__name__, type(loaded.vae).__name__) == ("sd3", "SD3Transformer2DModel", "AutoencoderKL")
+    assert loaded.scheduler_config["shift"] == 2.5 and loaded.latent_shape == (4, 8, 8)
+    condition = synthetic_captions([3], 32, CPU, torch.float32, loaded.spec.text, 16)
+    a = denoise(loaded.transformer, make_scheduler("flow-euler", tiny.scheduler_config), condition, 0, 2, 3.0)
+    b = denoise(tiny.transformer, make_scheduler("flow-euler", tiny.scheduler_config), condition, 0, 2, 3.0)
+    assert torch.equal(a, b)  # the same weights, the same outputs
