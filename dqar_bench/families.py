@@ -115,6 +115,11 @@ class Family:
     def conditioning(self) -> str:
         return "labels" if self.text is None else "text"
 
+    @property
+    def video(self) -> bool:
+        """Its latents have frames: [batch, channels, frames, h, w]."""
+        return self.inputs in ("video", "frames-first")
+
     def refusal(self, part: type) -> str | None:
         """Why a part cannot run on this family (one line), or None. Read from the class only."""
         if getattr(part, "KIND", "") != "cache":

@@ -235,6 +235,8 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry) ->
     if threads < 1:
         raise r.error("field 'threads' must be at least 1 (CPU threads torch may use)")
     text = _text(r, data, spec, model_name)
+    if spec is not None and spec.video and quality.fid:
+        raise r.error(f"field 'quality.fid': FID, IS and KID score images; model '{model_name}' (family {spec.name}) makes videos; set 'quality.fid: 0'")
     default_modes = _modes(r, data.get("execution", "eager"), "field 'execution'")
     options = _compile_options(r, data.get("compile"))
 

@@ -380,3 +380,9 @@ def test_a_checkpoint_folder_loads_with_its_familys_classes(tmp_path, monkeypatc
     a = denoise(loaded.transformer, make_scheduler("flow-euler", tiny.scheduler_config), condition, 0, 2, 3.0)
     b = denoise(tiny.transformer, make_scheduler("flow-euler", tiny.scheduler_config), condition, 0, 2, 3.0)
     assert torch.equal(a, b)  # the same weights, the same outputs
+
+
+def test_fid_on_a_video_model_is_refused_at_validate(write_suite, registry):
+    body = HEAD.format(model="wan-tiny", sampler="") + "quality: {fid: 10}\n"
+    with pytest.raises(SuiteError, match="FID, IS and KID score images; model 'wan-tiny' \\(family wan\\) makes videos"):
+        load_suite(write_suite(body), registry)
