@@ -28,7 +28,7 @@ from dqar_bench.measure.stats import Measurement, mann_whitney_u
 from dqar_bench.models import load_model
 from dqar_bench.plugins import load_registry
 from dqar_bench.runner import resolve_device, run_case
-from dqar_bench.sampling import initial_noise, make_scheduler
+from dqar_bench.sampling import make_scheduler
 from dqar_bench.suite import load_suite
 
 
@@ -36,7 +36,8 @@ def hand_loop(model, scheduler, labels, seed, steps, guidance, device, dtype):
     transformer = model.transformer
     channels, size, batch = model.latent_channels, model.sample_size, len(labels)
     scheduler.set_timesteps(steps, device=device)
-    latents = initial_noise(seed, batch, channels, size).to(device=device, dtype=dtype)
+    noise = torch.randn((batch, channels, size, size), generator=torch.Generator().manual_seed(seed))  # as the harness draws it
+    latents = noise.to(device=device, dtype=dtype)
     y = torch.tensor(labels + [model.null_class] * batch, device=device)
     with torch.no_grad():
         for t in scheduler.timesteps:

@@ -16,40 +16,48 @@ from dqar_bench.errors import DqarError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """A suite file of several models runs one suite per model, into `<output>/<model>/`."""
+    from pathlib import Path
+
     from dqar_bench.distributed.launch import launch, single_process_only, without_nproc
     from dqar_bench.errors import ModelError
     from dqar_bench.models import offline_problem
-    from dqar_bench.suite import load_suite
+    from dqar_bench.suite import load_suites
 
-    suite = load_suite(args.suite, inception_weights=args.inception_weights)  # a bad suite is one line here, not one per rank
-    problem = offline_problem(suite.model, suite.allow_download)
-    if problem:
-        raise ModelError(f"{suite.path}: field 'model': {problem}")  # before any run directory is made
+    suites = load_suites(args.suite, inception_weights=args.inception_weights)  # a bad suite is one line here, not one per rank
+    for suite in suites:
+        problem = offline_problem(suite.model, suite.allow_download)
+        if problem:
+            raise ModelError(f"{suite.path}: field 'model': {problem}")  # before any run directory is made
     if args.nproc is not None:
         return launch(args.nproc, without_nproc(args.argv))
     single_process_only("dqar-bench run")  # until the runner shares its cases and FID images out (issue 12)
     from dqar_bench.runner import run_suite
 
-    output = args.resume or args.output
-    run = run_suite(suite, output, resume=args.resume is not None)
-    failed = [r["case"] for r in run.records() if r.get("status") not in ("ok", "unsupported")]
-    if failed:
-        print(f"{len(failed)} case(s) failed: {', '.join(failed)} (errors in {run.records_path})", file=sys.stderr)
-        return 1
-    return 0
+    status = 0
+    for suite in suites:
+        output = args.resume or args.output
+        if output is not None and len(suites) > 1:
+            output = Path(output) / suite.model
+        run = run_suite(suite, output, resume=args.resume is not None)
+        failed = [r["case"] for r in run.records() if r.get("status") not in ("ok", "unsupported")]
+        if failed:
+            print(f"{len(failed)} case(s) failed: {', '.join(failed)} (errors in {run.records_path})", file=sys.stderr)
+            status = 1
+    return status
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from dqar_bench.suite import load_suite
+    from dqar_bench.suite import load_suites
 
     from dqar_bench.models import offline_problem
 
-    suite = load_suite(args.suite, inception_weights=args.inception_weights)
-    print(f"{args.suite}: ok: suite '{suite.name}', {len(suite.cases)} cases, model {suite.model}, baseline '{suite.baseline}'")
-    problem = offline_problem(suite.model, suite.allow_download)
-    if problem:
-        print(f"note: `run` needs the model on this machine: {problem}")
-        print("note: the weights files its quality metrics name are checked once the model is on this machine")
+    for suite in load_suites(args.suite, inception_weights=args.inception_weights):
+        print(f"{args.suite}: ok: suite '{suite.name}', {len(suite.cases)} cases, model {suite.model}, baseline '{suite.baseline}'")
+        problem = offline_problem(suite.model, suite.allow_download)
+        if problem:
+            print(f"note: `run` needs the model on this machine: {problem}")
+            print("note: the weights files its quality metrics name are checked once the model is on this machine")
     return 0
 
 
@@ -98,6 +106,31 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print("problems:")
         for problem in registry.problems:
             print(f"  {problem}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from dqar_bench.families import FAMILIES, GUIDANCE_MODES
+    from dqar_bench.models import BUILTIN_FAMILIES, BUILTIN_MODELS, TINY_MODELS
+    from dqar_bench.plugins import get_registry
+    from dqar_bench.sampling import prediction_type
+
+    caches = [get_registry().get("cache", name).cls for name in get_registry().names("cache")]
+    print("families:")
+    for f in FAMILIES:
+        refused = [f"{c.PLUGIN_NAME}: refused ({f.refusal(c).rsplit('; ', 1)[-1]})" for c in caches if f.refusal(c)]  # type: ignore[union-attr]
+        print(f"  {f.name:<14} {f.description}")
+        print(f"      classes: {', '.join(f.classes)}; pipeline: {f.pipeline}")
+        print(f"      blocks: {' + '.join(b.attr for b in f.blocks)}, returning {' and '.join('(' + ', '.join(b.returns) + ')' for b in f.blocks)}")
+        print(f"      self-attention: {', '.join(f.attention)}; cross-attention: {', '.join(f.cross_attention) or 'none'}; feed-forward: {', '.join(f.mlp)}")
+        print(f"      cache targets: attention, attention+mlp, block{'; ' + '; '.join(refused) if refused else ''}")
+        print(f"      conditioning: {f.conditioning}; guidance: {f.guidance} ({GUIDANCE_MODES[f.guidance]})")
+        print(f"      prediction: {prediction_type(dict(f.scheduler))}; default sampler: {f.sampler}; tiny model: {TINY_MODELS.get(f.name, '-')}")
+    print("built-in models:")
+    for name, build in BUILTIN_MODELS.items():
+        doc = " ".join((build.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        print(f"  {name:<20} {BUILTIN_FAMILIES.get(name, 'dit'):<14} {doc}")
+    print("any other name: a diffusers checkpoint id or folder of one of these families (model_index.json picks the family)")
     return 0
 
 
@@ -191,6 +224,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plugins": cmd_plugins,
     "plan": cmd_plan,
     "check-part": cmd_check_part,
+    "models": cmd_models,
     "trace": cmd_trace,
     "train-policy": cmd_train_policy,
     "compare": cmd_compare,
@@ -213,6 +247,7 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("suite")
     validate.add_argument("--inception-weights", metavar="PATH", help="check with this Inception weights file, as `run --inception-weights` would use it")
     sub.add_parser("plugins", help="list every installed strategy part")
+    sub.add_parser("models", help="list every model family and built-in model, and what each supports")
     plan = sub.add_parser("plan", help="print each case's reuse pattern for the suite's model and steps, without weights")
     plan.add_argument("suite", help="suite YAML file")
     check = sub.add_parser("check-part", help="run the conformance checks of dqar_bench.testing on an installed part")

@@ -199,6 +199,13 @@ class Cache(Part):
     the strategy) and says in `graph_key` what else changes the operations it records.
     `dqar_bench.storage.SlotCache` is such a cache to build on. A cache that is not
     graph-safe is unsupported there, which is the default below.
+
+    What `store` gets (and `reuse` must give back) is what the hooked module returns: a
+    tensor, or on families with joint image-text modules a tuple of them (a joint attention's
+    image and text outputs; a two-stream block's residuals, image first; None for a stream a
+    block does not return). `dqar_bench.storage.pack`/`unpack` handle both through the
+    quantizer; a cache that keeps Q/K/V (`NEEDS_QKV`) only ever sees tensors, since only
+    families whose attention the harness computes itself can host it.
     """
 
     KIND = "cache"

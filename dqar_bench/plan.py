@@ -76,7 +76,8 @@ class CasePlan:
 
 def geometry(suite: Suite) -> Geometry:
     """Blocks and timesteps of the suite's model and sampler, without loading weights."""
-    from dqar_bench.models import BUILTIN_MODELS, DIT_SCHEDULER_CONFIG, _local_transformer_config, _scheduler_config
+    from dqar_bench import families
+    from dqar_bench.models import BUILTIN_MODELS, DIT_SCHEDULER_CONFIG, _local_transformer_config, _scheduler_config, model_family
     from dqar_bench.sampling import make_scheduler
 
     if suite.model in BUILTIN_MODELS:
@@ -87,8 +88,10 @@ def geometry(suite: Suite) -> Geometry:
     else:
         transformer = _local_transformer_config(suite.model)
         if transformer is not None and "num_layers" in transformer:
-            blocks, source = int(transformer["num_layers"]), "its transformer/config.json"
-            config = _scheduler_config(suite.model, offline=True)
+            # every block list of the family: FLUX's and HunyuanVideo's single-stream blocks too
+            blocks = int(transformer["num_layers"]) + int(transformer.get("num_single_layers") or 0)
+            source = "its transformer/config.json"
+            config = _scheduler_config(suite.model, True, families.get(model_family(suite.model) or "dit"))
         elif suite.model in KNOWN_CHECKPOINTS:
             blocks, source = KNOWN_CHECKPOINTS[suite.model], "dqar_bench.plan.KNOWN_CHECKPOINTS"
             config = dict(DIT_SCHEDULER_CONFIG)

@@ -127,15 +127,29 @@ def ssim(output: torch.Tensor, reference: torch.Tensor, data_range: float) -> fl
 
 
 def decoder(vae: torch.nn.Module, batch_size: int = 8) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Latents -> images in [0, 1] on the CPU, through `vae` (diffusers AutoencoderKL)."""
-    scale = float(getattr(getattr(vae, "config", None), "scaling_factor", 0.18215))
+    """Latents -> images (or videos) in [0, 1] on the CPU, through `vae`, unscaled as its pipeline does.
+
+    A VAE with per-channel `latents_mean`/`latents_std` (Wan's) takes x * std + mean; any
+    other x / scaling_factor (+ shift_factor where it has one: SD3, FLUX).
+    """
+    config = getattr(vae, "config", None)
+    scale = float(getattr(config, "scaling_factor", None) or 0.18215)
+    shift = getattr(config, "shift_factor", None)
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
     param = next(vae.parameters())
+
+    def unscale(x: torch.Tensor) -> torch.Tensor:
+        if mean is not None and std is not None:
+            view = (1, -1) + (1,) * (x.dim() - 2)
+            return x * torch.tensor(std, device=x.device, dtype=x.dtype).view(view) + torch.tensor(mean, device=x.device, dtype=x.dtype).view(view)
+        x = x / scale
+        return x + shift if shift is not None else x
 
     @torch.no_grad()
     def decode(latents: torch.Tensor) -> torch.Tensor:
         chunks = []
         for chunk in latents.split(batch_size):
-            image = vae.decode(chunk.to(param.device, param.dtype) / scale).sample
+            image = vae.decode(unscale(chunk.to(param.device, param.dtype))).sample
             chunks.append(((image.float().clamp(-1, 1) + 1) / 2).cpu())
         return torch.cat(chunks)
 
@@ -167,6 +181,7 @@ def lpips_scorer(hub_dir: str | None, device: torch.device) -> tuple[LpipsScorer
 
     @torch.no_grad()
     def score(images: torch.Tensor, reference: torch.Tensor) -> float:
+        images, reference = _as_images(images), _as_images(reference)
         a = (images.clamp(0, 1) * 255).round().to(device)
         b = (reference.clamp(0, 1) * 255).round().to(device)
         return float(model(_rgb(a), _rgb(b)).mean())
@@ -187,11 +202,14 @@ def _rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 def _as_images(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) as is; (C, H, W) as one image; video (B, C, F, H, W) as B * F frames."""
     if t.dim() == 4:
         return t
     if t.dim() == 3:
         return t.unsqueeze(0)
-    raise ValueError(f"SSIM needs (B, C, H, W) or (C, H, W) tensors, got shape {tuple(t.shape)}")
+    if t.dim() == 5:
+        return t.transpose(1, 2).flatten(0, 1)
+    raise ValueError(f"SSIM needs (B, C, H, W), (C, H, W) or video (B, C, F, H, W) tensors, got shape {tuple(t.shape)}")
 
 
 def _psnr(mse: float, peak: float) -> float | None:

@@ -1,12 +1,28 @@
-"""The sampling loop: diffusers' schedulers, classifier-free guidance, fixed seeds.
+"""The sampling loop: diffusers' schedulers, guidance as the model needs it, fixed seeds.
 
-It is written out (rather than calling `DiTPipeline`) because every step must hand the
-strategy a context (step, timestep, latents, predicted x0) before the model runs, and
-DiTPipeline exposes none of that. The arithmetic follows DiTPipeline: the conditional and
-unconditional branches run as one batch; learned-sigma channels are dropped.
+It is written out (rather than calling a pipeline) because every step must hand the
+strategy a context (step, timestep, latents, predicted x0) before the model runs, and the
+pipelines expose none of that. The arithmetic follows each family's pipeline: the model's
+family entry (`dqar_bench.families`) says how it is called (`dqar_bench.model_inputs`:
+latent layout, packing, timestep scaling) and how it is guided:
 
-What the model is conditioned on is a `Condition` (`dqar_bench.conditioning` builds them):
-class labels for DiT, caption embeddings for PixArt. `forward` lets an execution mode
+- `cfg-batch`: the conditional and unconditional branches run as one batch (DiTPipeline,
+  PixArt, SD3, CogVideoX);
+- `cfg-separate`: two model calls per step (WanPipeline); the observer is told which
+  branch runs, so each keeps its own cache entries;
+- `embedded`: the guidance scale is a model input and there is no unconditional pass
+  (FLUX.1-dev, HunyuanVideo).
+
+A guidance scale <= 1 turns classifier-free guidance off. Three prediction types, read from
+the scheduler: epsilon and v-prediction (DDIM, DPM-Solver++) and flow matching
+(`FlowMatchEulerDiscreteScheduler`, with the model's `shift`, or `mu` from the image token
+count as the pipelines compute it when the schedule shifts dynamically). The x0 every step
+hands the gates is derived for the type: epsilon x0 = (x_t - sqrt(1 - a) eps) / sqrt(a),
+v-prediction x0 = sqrt(a) x_t - sqrt(1 - a) v, flow x0 = x_t - sigma v.
+
+Latents are `[batch, channels, h, w]` (images) or `[batch, channels, frames, h, w]` (video)
+for every family. What the model is conditioned on is a `Condition`
+(`dqar_bench.conditioning` builds them). `forward` lets an execution mode
 (`dqar_bench.execution`: compiled, CUDA graphs) run the transformer instead of a plain call.
 """
 
@@ -15,12 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 
 from dqar_bench.context import StepContext
+from dqar_bench.families import Family, family_of
+from dqar_bench.model_inputs import convention
 
 Forward = Callable[..., torch.Tensor]
-"""`forward(hidden_states, timestep, **condition_inputs) -> model output [batch, channels, h, w]`."""
+"""`forward(hidden_states, timestep, **condition_inputs) -> model output` (the model's own layout)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,9 @@ def plain_forward(transformer: torch.nn.Module) -> Forward:
 
 
 class StepObserver(Protocol):
+    """What the loop tells a strategy. A model run as two passes per step also calls
+    `begin(..., branches=2)` and, if the observer has it, `branch(i)` before each pass."""
+
     def begin(self, num_steps: int, num_blocks: int, device: torch.device, timesteps: list[int] | None = None) -> None: ...
 
     def before_step(self, ctx: StepContext) -> None: ...
@@ -74,24 +96,100 @@ class StepObserver(Protocol):
     def after_step(self) -> None: ...
 
 
-SAMPLERS = ("ddim", "dpm-solver")
+SAMPLERS: dict[str, str] = {
+    "ddim": "DDIM (epsilon or v-prediction models; CogVideoX's own DDIM where its schedule says so)",
+    "dpm-solver": "DPM-Solver++ 2M (epsilon or v-prediction models)",
+    "flow-euler": "flow-matching Euler (FlowMatchEulerDiscreteScheduler, with the model's shift)",
+}
+FLOW_SAMPLERS = frozenset({"flow-euler"})
+
+SIGMA_SCHEDULES: dict[str, Callable[[int], Any] | None] = {
+    "scheduler": None,
+    "1..1/n": lambda n: np.linspace(1.0, 1.0 / n, n),
+    "1..0": lambda n: np.linspace(1.0, 0.0, n + 1)[:-1],
+}
+"""Flow sigmas as pipelines pass them: the scheduler's own, FluxPipeline's, HunyuanVideoPipeline's."""
+
+
+def prediction_type(config: dict[str, Any]) -> str:
+    """What a model with this scheduler config predicts: epsilon, v_prediction, sample or flow."""
+    kind = str(config.get("prediction_type") or "epsilon")
+    flow_keys = "shift" in config and "beta_start" not in config
+    if kind == "flow_prediction" or config.get("use_flow_sigmas") or flow_keys:
+        return "flow"
+    return kind
+
+
+def sampler_refusal(sampler: str, prediction: str) -> str | None:
+    """Why `sampler` cannot sample a model that predicts `prediction` (one line), or None."""
+    if (sampler in FLOW_SAMPLERS) == (prediction == "flow"):
+        return None
+    if prediction == "flow":
+        return f"sampler '{sampler}' cannot sample a flow-matching model; use {', '.join(sorted(FLOW_SAMPLERS))}"
+    return f"sampler '{sampler}' samples flow-matching models only; this model predicts {prediction} (use ddim or dpm-solver)"
 
 
 def make_scheduler(name: str, config: dict[str, Any]) -> Any:
     """A fresh diffusers scheduler of kind `name` with the model's noise schedule."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    from diffusers import CogVideoXDDIMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{name}' (samplers: {', '.join(SAMPLERS)})")
+    reason = sampler_refusal(name, prediction_type(config))
+    if reason:
+        raise ValueError(reason)
+    if name == "flow-euler":
+        config = dict(config)
+        if "flow_shift" in config:  # a UniPC flow config (Wan) names the shift so
+            config.setdefault("shift", config["flow_shift"])
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
     if name == "ddim":
-        return DDIMScheduler.from_config(config)
-    if name == "dpm-solver":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
-    raise ValueError(f"unknown sampler '{name}' (samplers: {', '.join(SAMPLERS)})")
+        return (CogVideoXDDIMScheduler if "snr_shift_scale" in config else DDIMScheduler).from_config(config)
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
 
 
-def initial_noise(seed: int, batch: int, channels: int, size: int) -> torch.Tensor:
-    """Noise drawn on the CPU, so the same seed gives the same start on every device."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn((batch, channels, size, size), generator=generator)
+def calculate_shift(image_tokens: int, config: Any) -> float:
+    """mu for dynamic shifting from the image token count, as the FLUX and SD3 pipelines compute it."""
+    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    m = (max_shift - base_shift) / (max_len - base_len)
+    return image_tokens * m + base_shift - m * base_len
+
+
+def set_timesteps(scheduler: Any, num_steps: int, device: torch.device, image_tokens: int, sigmas: str = "scheduler") -> None:
+    """The scheduler's timesteps for `num_steps`, with a flow schedule's sigmas and mu as the pipeline sets them."""
+    kwargs: dict[str, Any] = {}
+    if _is_flow(scheduler):
+        schedule = SIGMA_SCHEDULES[sigmas]
+        if schedule is not None:
+            kwargs["sigmas"] = schedule(num_steps)
+        if scheduler.config.get("use_dynamic_shifting"):
+            kwargs["mu"] = calculate_shift(image_tokens, scheduler.config)
+    scheduler.set_timesteps(num_steps, device=device, **kwargs)
+
+
+def guidance_mode(family: Family, config: Any, guidance_scale: float) -> str:
+    """How this model is guided in this call: none, cfg-batch, cfg-separate or embedded.
+
+    An `embedded` family whose checkpoint has no guidance embedding (FLUX.1-schnell) takes
+    classifier-free guidance as two passes instead, as FluxPipeline's true CFG does.
+    """
+    if family.guidance == "embedded":
+        if getattr(config, "guidance_embeds", True):
+            return "embedded"
+        return "cfg-separate" if guidance_scale > 1.0 else "none"
+    return family.guidance if guidance_scale > 1.0 else "none"
+
+
+def num_blocks(transformer: torch.nn.Module) -> int:
+    """Blocks of every block list of the transformer's family."""
+    return sum(len(blocks) for _, blocks in family_of(transformer).block_lists(transformer))
+
+
+def latents_shape(transformer: torch.nn.Module) -> tuple[int, ...]:
+    """The per-image latent shape `denoise` draws and returns for this transformer."""
+    family = family_of(transformer)
+    return convention(family).latent_shape(transformer.config, family)
 
 
 @torch.no_grad()
@@ -122,40 +220,105 @@ def denoise(
     observer: StepObserver | None = None,
     forward: Forward | None = None,
 ) -> torch.Tensor:
-    """Run one sampling call under `condition`; the final latents [batch, channels, size, size]."""
+    """Run one sampling call under `condition`; the final latents [batch, channels, (frames,) h, w]."""
+    family = family_of(transformer)
+    conv = convention(family)
     param = next(transformer.parameters())
     device, dtype = param.device, param.dtype
     config = transformer.config
-    channels, size = int(config.in_channels), int(config.sample_size)
-    latents = initial_noise(seed, condition.batch, channels, size).to(device=device, dtype=dtype)
+    shape = conv.latent_shape(config, family)
+    latents = conv.noise(seed, condition.batch, shape).to(device=device, dtype=dtype)
     forward = forward or plain_forward(transformer)
+    prediction = prediction_of(scheduler)
+    flow = prediction == "flow"
 
-    scheduler.set_timesteps(num_steps, device=device)
+    set_timesteps(scheduler, num_steps, device, conv.image_tokens(config, shape), family.sigmas)
     timesteps = scheduler.timesteps
-    alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    use_cfg = guidance_scale > 1.0
-    inputs = condition.for_batch(use_cfg)
-    host_timesteps = [int(t) for t in timesteps.tolist()]
+    alphas_cumprod = None if flow else scheduler.alphas_cumprod.to(device)
+    mode = guidance_mode(family, config, guidance_scale)
+    constants = conv.extra(transformer, shape, condition.inputs, device, dtype)
+    if mode == "embedded":
+        constants["guidance"] = torch.full((condition.batch,), guidance_scale, device=device, dtype=dtype) * family.guidance_input
+    if mode == "cfg-separate":
+        branches = [{**condition.inputs, **constants}, {**condition.null_inputs, **constants}]
+    else:
+        branches = [{**condition.for_batch(mode == "cfg-batch"), **constants}]
+    host_timesteps = [round(float(t)) for t in timesteps.tolist()]
     if observer is not None:
-        observer.begin(len(timesteps), len(transformer.transformer_blocks), device, timesteps=host_timesteps)
+        more = {"branches": 2} if mode == "cfg-separate" else {}
+        observer.begin(len(timesteps), num_blocks(transformer), device, timesteps=host_timesteps, **more)
+
+    def run(model_input: torch.Tensor, t: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        out = forward(conv.to_model(model_input), conv.timestep(t, model_input.shape[0], dtype), **inputs)
+        return conv.from_model(out, shape)
 
     x0: torch.Tensor | None = None
     for step, t in enumerate(timesteps):
+        sigma = scheduler.sigmas[step] if flow else None
         if observer is not None:
             t_host = host_timesteps[step]
-            alpha_bar = float(scheduler.alphas_cumprod[t_host])
-            observer.before_step(StepContext(step, len(timesteps), t_host, latents, x0, alpha_bar, condition.cond_len))
-        model_input = torch.cat([latents, latents]) if use_cfg else latents
-        model_input = scheduler.scale_model_input(model_input, t)
-        out = forward(model_input, t.expand(model_input.shape[0]), **inputs)
-        eps = out[:, :channels]
-        if use_cfg:
-            cond, uncond = eps.chunk(2)
-            eps = uncond + guidance_scale * (cond - uncond)
+            if flow:
+                s = float(sigma)
+                alpha_bar = (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
+            else:
+                alpha_bar = float(scheduler.alphas_cumprod[t_host])
+            observer.before_step(StepContext(
+                step, len(timesteps), t_host, latents, x0, alpha_bar, condition.cond_len,
+                sigma=float(sigma) if flow else None, prediction=prediction,
+            ))
+        if mode == "cfg-separate":
+            model_input = _scale(scheduler, latents, t)
+            predictions = []
+            for index, inputs in enumerate(branches):
+                if observer is not None and hasattr(observer, "branch"):
+                    observer.branch(index)
+                predictions.append(run(model_input, t, inputs))
+            cond, uncond = predictions
+            pred = uncond + guidance_scale * (cond - uncond)
+        else:
+            model_input = torch.cat([latents, latents]) if mode == "cfg-batch" else latents
+            model_input = _scale(scheduler, model_input, t)
+            pred = run(model_input, t, branches[0])
+            if mode == "cfg-batch":
+                cond, uncond = pred.chunk(2)
+                pred = uncond + guidance_scale * (cond - uncond)
         if observer is not None:  # the untouched baseline pays for nothing it does not use
-            a = alphas_cumprod[t].to(torch.float32)
-            x0 = ((latents.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()).to(dtype)
-        latents = scheduler.step(eps, t, latents).prev_sample
+            x0 = predicted_x0(prediction, latents, pred, alphas_cumprod[t] if alphas_cumprod is not None else None, sigma).to(dtype)
+        latents = scheduler.step(pred, t, latents).prev_sample
         if observer is not None:
             observer.after_step()
     return latents
+
+
+def predicted_x0(prediction: str, latents: torch.Tensor, pred: torch.Tensor, alpha_bar: torch.Tensor | None, sigma: torch.Tensor | None) -> torch.Tensor:
+    """The clean sample the model's prediction implies at this step, in float32.
+
+    epsilon: (x_t - sqrt(1 - a) eps) / sqrt(a); v: sqrt(a) x_t - sqrt(1 - a) v; flow
+    (x_t = (1 - sigma) x0 + sigma noise, v = noise - x0): x_t - sigma v; sample: the prediction.
+    """
+    if prediction == "flow":
+        assert sigma is not None
+        return latents.float() - sigma.to(latents.device, torch.float32) * pred.float()
+    if prediction == "sample":
+        return pred.float()
+    assert alpha_bar is not None
+    a = alpha_bar.to(torch.float32)
+    if prediction == "v_prediction":
+        return a.sqrt() * latents.float() - (1 - a).sqrt() * pred.float()
+    return (latents.float() - (1 - a).sqrt() * pred.float()) / a.sqrt()
+
+
+def prediction_of(scheduler: Any) -> str:
+    """What the model predicts, as the scheduler it is sampled with says."""
+    if _is_flow(scheduler):
+        return "flow"
+    return prediction_type(dict(scheduler.config))
+
+
+def _is_flow(scheduler: Any) -> bool:
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
+def _scale(scheduler: Any, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    scale = getattr(scheduler, "scale_model_input", None)
+    return scale(sample, t) if scale is not None else sample

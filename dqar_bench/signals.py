@@ -72,33 +72,78 @@ class EntropyProbe:
     the block records again, so each block reads the entropy of its last compute; a slot
     never written reads NaN. The buffer is kept, refilled with NaN, from call to call while
     the shapes stay the same, so a captured CUDA graph can keep writing into it.
+
+    Blocks whose attention has another shape (FLUX's single-stream blocks attend over the
+    text and image tokens, its dual-stream blocks' probe over the image tokens) get a buffer
+    of their own; `entropies` merges them, each block having a value in one of them only.
     """
 
     def __init__(self, num_queries: int = 16) -> None:
         self.num_queries = num_queries
-        self._scores: torch.Tensor | None = None
+        self._buffers: dict[tuple, torch.Tensor] = {}
         self._num_blocks = 0
         self._device: torch.device | None = None
 
     def reset(self, num_blocks: int, device: torch.device) -> None:
         """Forget every block's scores (start of a sampling call)."""
         self._num_blocks, self._device = num_blocks, torch.device(device)
-        if self._scores is not None:
-            self._scores.fill_(float("nan"))
+        for key in list(self._buffers):
+            if self._buffers[key].shape[0] != num_blocks:
+                del self._buffers[key]
+            else:
+                self._buffers[key].fill_(float("nan"))
 
     def record(self, block: int, q: torch.Tensor, k: torch.Tensor) -> None:
         """Keep the sampled scores of `block`'s self-attention (q, k: [batch, heads, tokens, head_dim])."""
         rows = min(self.num_queries, q.shape[-2]) if self.num_queries > 0 else q.shape[-2]
         shape = (self._num_blocks, *q.shape[:-2], rows, k.shape[-2])
-        if self._scores is None or self._scores.shape != shape or self._scores.dtype != q.dtype or self._scores.device != q.device:
-            self._scores = torch.full(shape, float("nan"), dtype=q.dtype, device=q.device)
-        sampled_scores(q, k, self.num_queries, out=self._scores[block])
+        key = (shape, q.dtype, q.device)
+        scores = self._buffers.get(key)
+        if scores is None:
+            scores = self._buffers[key] = torch.full(shape, float("nan"), dtype=q.dtype, device=q.device)
+        sampled_scores(q, k, self.num_queries, out=scores[block])
 
     def entropies(self) -> torch.Tensor:
         """One float32 entropy per block, NaN for a block not recorded in this call."""
-        if self._scores is None:
+        if not self._buffers:
             return torch.full((self._num_blocks,), float("nan"), device=self._device)
-        return scores_entropy(self._scores)
+        merged: torch.Tensor | None = None
+        for scores in self._buffers.values():
+            each = scores_entropy(scores)
+            merged = each if merged is None else torch.fmax(merged, each)  # NaN where a block is not in this buffer
+        return merged  # type: ignore[return-value]
+
+
+def probe_qk(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and keys of `attn` on its own input `x`, [batch, heads, tokens, head_dim], for the probe.
+
+    For attention the harness does not compute itself (joint text-image attention, rotary
+    embeddings), the probe projects the module's `hidden_states` input with its own
+    `to_q`/`to_k` and query/key norms, without rotary embeddings and without the text
+    tokens a joint processor appends: the image tokens' attention among themselves (on
+    FLUX's single-stream blocks, whose input is the joint sequence, over text and image
+    tokens). The model's output is untouched; the probe costs two projections where it runs.
+    """
+    q, k = attn.to_q(x), attn.to_k(x)
+    heads = attn.heads
+    norm_q, norm_k = getattr(attn, "norm_q", None), getattr(attn, "norm_k", None)
+    if norm_q is not None and heads > 1 and _norm_width(norm_q) == q.shape[-1]:
+        q, k = norm_q(q), norm_k(k)  # one norm across all heads (Wan)
+        norm_q = norm_k = None
+    q, k = q.unflatten(-1, (heads, -1)), k.unflatten(-1, (heads, -1))
+    if norm_q is not None:
+        q = norm_q(q)
+    if norm_k is not None:
+        k = norm_k(k)
+    return q.transpose(1, 2), k.transpose(1, 2)
+
+
+def _norm_width(norm: torch.nn.Module) -> int | None:
+    shape = getattr(norm, "normalized_shape", None) or getattr(norm, "dim", None)
+    if shape is None:
+        weight = getattr(norm, "weight", None)
+        return int(weight.shape[-1]) if weight is not None else None
+    return int(shape[-1]) if isinstance(shape, (tuple, list, torch.Size)) else int(shape)
 
 
 @functools.lru_cache(maxsize=32)

@@ -11,11 +11,11 @@ The copy costs one elementwise kernel per store, which is why it is only done pi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Hashable, Iterator, TypeVar
+from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
 
 import torch
 
-from dqar_bench.parts import Cache
+from dqar_bench.parts import Cache, Quantizer
 
 K = TypeVar("K", bound=Hashable)
 
@@ -64,7 +64,7 @@ def tensors_of(value: Any) -> list[torch.Tensor] | None:
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        parts = [tensors_of(v) for v in value]
+        parts = [tensors_of(v) for v in value if v is not None]
         if any(p is None for p in parts):
             return None
         return [t for p in parts for t in p]  # type: ignore[union-attr]
@@ -96,9 +96,43 @@ def nbytes_of(value: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def streams_map(fn: Callable[..., Any], *values: Any) -> Any:
+    """`fn` applied to tensors, or element by element to tuples of them (a None anywhere gives None).
+
+    What a hooked module gives is a tensor or, for a joint image-text module, a tuple (its
+    image and text outputs; a stream a block does not return is None); caches and the
+    strategy treat both alike through this.
+    """
+    first = values[0]
+    if isinstance(first, tuple):
+        return tuple(streams_map(fn, *parts) for parts in zip(*values))
+    if any(v is None for v in values):
+        return None
+    return fn(*values)
+
+
+def pack(quantizer: Quantizer, value: Any) -> Any:
+    """A tensor, or each tensor of a tuple, stored by `quantizer`."""
+    if not isinstance(value, tuple):  # the common case, without the mapping's calls
+        return quantizer.pack(value)
+    return streams_map(quantizer.pack, value)
+
+
+def unpack(packed: Any, dtype: torch.dtype) -> Any:
+    """What `pack` stored, back as tensors of `dtype`."""
+    if not isinstance(packed, tuple):
+        return packed.unpack().to(dtype)
+    return streams_map(lambda p: p.unpack().to(dtype), packed)
+
+
+def first_tensor(value: Any) -> torch.Tensor:
+    """The image stream: the value itself, or the first element of a tuple."""
+    return value[0] if isinstance(value, tuple) else value
+
+
 @dataclass
 class SlotCache(Cache):
-    """A graph-safe cache that stores one packed tensor per block and gives it back as is.
+    """A graph-safe cache that stores one packed tensor (or tuple of them) per block and gives it back as is.
 
     What it holds is bookkept in `begin_step` (a block holds once it has computed in this
     sampling call), so a replayed CUDA graph, which runs no Python, leaves it right.
@@ -121,11 +155,11 @@ class SlotCache(Cache):
     def begin_step(self, step: int, computes: list[bool]) -> None:
         self._live.update(b for b, c in enumerate(computes) if c)
 
-    def store(self, block: int, out: torch.Tensor, qkv: tuple[torch.Tensor, ...] | None) -> None:
-        self._held.put(block, self.quantizer.pack(out), self.pinned)
+    def store(self, block: int, out: Any, qkv: tuple[torch.Tensor, ...] | None) -> None:
+        self._held.put(block, pack(self.quantizer, out), self.pinned)
 
-    def reuse(self, block: int, module: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self._held[block].unpack().to(hidden_states.dtype)
+    def reuse(self, block: int, module: torch.nn.Module, hidden_states: torch.Tensor) -> Any:
+        return unpack(self._held[block], hidden_states.dtype)
 
     def nbytes(self) -> int:
         return self._held.nbytes()

@@ -7,6 +7,15 @@ computes (and stores, and probes if the gate needs entropy); a cache whose targe
 `"attention+mlp"` also gets each feed-forward through `mlp`, and one whose target is
 `"block"` gets whole blocks through `block`.
 
+Every hooked module has a cache instance of its own, keyed by its slot: `attention`,
+`mlp`, `block` for the first module a family names at a site, `mlp/1` for the second
+(FLUX's `ff_context`) and so on (`bind`, from the adapter); each instance is keyed by
+block. What a module gives may be a tuple: a joint attention returns its image and text
+outputs, a two-stream block its image and text residuals; caches store and give back the
+tuple (`dqar_bench.storage.pack`). A model run as two passes per step (classifier-free
+guidance with separate conditional and unconditional calls) tells the strategy which
+branch runs (`branch`): each branch keeps its own cache entries, both follow one decision.
+
 A gate may instead decide once block k of the current forward has computed
 (`Gate.DECIDES_AFTER_BLOCK`, FirstBlockCache): `block` measures the residual change there
 and asks the gate then, still one host sync per step. Reuse is counted per step from the
@@ -27,6 +36,7 @@ from dqar_bench import signals
 from dqar_bench.attention import attend, project_qkv
 from dqar_bench.context import StepContext
 from dqar_bench.parts import Cache, Gate, Part, Quantizer, Scheduler
+from dqar_bench.storage import first_tensor, streams_map
 
 # The hook sites of each cache target, in the order a block runs them; the first site's
 # cache instance is `Strategy.cache`, each further site gets its own copy.
@@ -121,6 +131,32 @@ class Strategy:
         self._ctx: StepContext | None = None
         self._decide_after = gate.DECIDES_AFTER_BLOCK
         self._reference: torch.Tensor | None = None
+        self._uses: dict[str, set[int]] | None = None
+        self._own_attention = True
+        self._branches = 1
+        self._branch = 0
+        self._offset = 0
+
+    def bind(self, uses: dict[str, set[int]], own_attention: bool = True) -> None:
+        """The adapter's layout: which blocks have a module in each cache slot (`attention`,
+        `mlp`, `mlp/1`, ...), and whether the harness's own attention path is exact for this
+        model (else probes project Q and K on the side). Slots beyond the first of a site get
+        their own copy of the cache."""
+        for key in uses:
+            if key not in self.caches:
+                extra = copy.deepcopy(self.cache)
+                extra.quantizer = self.quantizer
+                self.caches[key] = extra
+        self._uses = {key: set(blocks) for key, blocks in uses.items()}
+        self._own_attention = own_attention
+
+    def unbind(self) -> None:
+        """Back to the unbound layout (every slot serves every block); extra slots are dropped."""
+        first = set(SITES[self.cache.TARGET])
+        for key in [k for k in self.caches if k not in first]:
+            del self.caches[key]
+        self._uses = None
+        self._own_attention = True
 
     @property
     def parts(self) -> dict[str, Part]:
@@ -140,8 +176,10 @@ class Strategy:
         for each in self.caches.values():
             each.pinned = value
 
-    def begin(self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Sequence[int] | None = None) -> None:
-        """Start a sampling call: fresh mask, gate state and an empty cache."""
+    def begin(
+        self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Sequence[int] | None = None, branches: int = 1
+    ) -> None:
+        """Start a sampling call: fresh mask, gate state and an empty cache (one set of entries per branch)."""
         self.scheduler.timesteps = [int(t) for t in timesteps] if timesteps is not None else None
         mask = self.scheduler.mask(num_steps, num_blocks)
         if tuple(mask.shape) != (num_steps, num_blocks):
@@ -152,6 +190,7 @@ class Strategy:
         self._mask = mask.bool().cpu()
         self._num_blocks = num_blocks
         self.stats.begin_call(num_steps, num_blocks)
+        self._branches, self._branch, self._offset = branches, 0, 0
         self._reuse = [False] * num_blocks
         self._reference = None
         if not self.probes_entropy:
@@ -164,7 +203,11 @@ class Strategy:
         self.quantizer.begin(torch.device(device))
         for each in self.caches.values():
             each.clear()
-            each.begin(num_blocks, torch.device(device))
+            each.begin(num_blocks * branches, torch.device(device))
+
+    def branch(self, index: int) -> None:
+        """The next forward is branch `index` of this step (two-pass guidance: 0 conditional, 1 unconditional)."""
+        self._branch, self._offset = index, index * self._num_blocks
 
     def reset_stats(self) -> None:
         self.stats = ReuseStats(count_nonfinite=self.quantizer.nonfinite, nonfinite_before=self.quantizer.nonfinite())
@@ -173,6 +216,7 @@ class Strategy:
         """Decide which blocks reuse at this step (or, for a mid-forward gate, that none has yet)."""
         assert self._mask is not None, "begin() must be called before the first step"
         self._ctx = ctx
+        self._branch, self._offset = 0, 0
         self._reuse = [False] * self._num_blocks
         self._probe = self._probing(ctx.step)
         if self._decide_after is not None:
@@ -197,7 +241,7 @@ class Strategy:
         return list(decided)
 
     def _begin_caches(self, step: int) -> None:
-        computes = [not r for r in self._reuse]
+        computes = [not r for r in self._reuse] * self._branches
         for each in self.caches.values():
             each.begin_step(step, computes)
 
@@ -209,7 +253,7 @@ class Strategy:
 
     def graph_key(self) -> tuple:
         """Everything that changes the operations of this step's forward: one CUDA graph each."""
-        return (tuple(self._reuse), tuple(self._probe), *(each.graph_key() for each in self.caches.values()))
+        return (self._branch, tuple(self._reuse), tuple(self._probe), *(each.graph_key() for each in self.caches.values()))
 
     def _probing(self, step: int) -> list[bool]:
         """Blocks to probe if they compute now: those the scheduler lets reuse at the next step.
@@ -226,34 +270,49 @@ class Strategy:
     def _eligible(self, step: int, first: int = 0) -> list[bool]:
         assert self._mask is not None
         row = self._mask[step].tolist()
-        return [b >= first and bool(m) and all(c.holds(b) for c in self.caches.values()) for b, m in enumerate(row)]
+        return [b >= first and bool(m) and self._holds(b) for b, m in enumerate(row)]
+
+    def _holds(self, block: int) -> bool:
+        """Every cache slot the block has holds something for it, in every branch."""
+        for key, cache in self.caches.items():
+            if self._uses is not None and block not in self._uses.get(key, ()):
+                continue
+            if not all(cache.holds(block + branch * self._num_blocks) for branch in range(self._branches)):
+                return False
+        return True
 
     def attention(
         self,
+        key: str,
         block: int,
         attn: torch.nn.Module,
-        original: Callable[..., torch.Tensor],
+        original: Callable[..., Any],
         hidden_states: torch.Tensor,
         *args: Any,
         **kwargs: Any,
-    ) -> torch.Tensor:
+    ) -> Any:
         """A block's self-attention: from the cache, or computed and stored."""
+        cache = self.caches[key]
+        slot = block + self._offset
         if self._reuse[block]:
-            return self.cache.reuse(block, attn, hidden_states)
-        probe = self._probe[block]
-        if self.cache.NEEDS_QKV or probe:
+            return cache.reuse(slot, attn, hidden_states)
+        probe = self._probe[block] and self._branch == 0 and key == "attention"
+        if cache.NEEDS_QKV or (probe and self._own_attention):
             q, k, v = project_qkv(attn, hidden_states)
             if probe:
                 self._entropy.record(block, q, k)  # type: ignore[union-attr]
             out = attend(attn, q, k, v, hidden_states)
-            self.cache.store(block, out, (q, k, v))
-        else:
-            out = original(hidden_states, *args, **kwargs)
-            self.cache.store(block, out, None)
+            cache.store(slot, out, (q, k, v))
+            return out
+        if probe:
+            self._entropy.record(block, *signals.probe_qk(attn, hidden_states))  # type: ignore[union-attr]
+        out = original(hidden_states, *args, **kwargs)
+        cache.store(slot, out, None)
         return out
 
     def mlp(
         self,
+        key: str,
         block: int,
         ff: torch.nn.Module,
         original: Callable[..., torch.Tensor],
@@ -262,36 +321,36 @@ class Strategy:
         **kwargs: Any,
     ) -> torch.Tensor:
         """A block's feed-forward (target "attention+mlp"): from its cache, or computed and stored."""
-        cache = self.caches["mlp"]
+        cache = self.caches[key]
+        slot = block + self._offset
         if self._reuse[block]:
-            return cache.reuse(block, ff, hidden_states)
+            return cache.reuse(slot, ff, hidden_states)
         out = original(hidden_states, *args, **kwargs)
-        cache.store(block, out, None)
+        cache.store(slot, out, None)
         return out
 
-    def block(
-        self,
-        index: int,
-        module: torch.nn.Module,
-        original: Callable[..., torch.Tensor],
-        hidden_states: torch.Tensor,
-        *args: Any,
-        **kwargs: Any,
-    ) -> torch.Tensor:
+    def block(self, key: str, index: int, module: torch.nn.Module, compute: Callable[[], Any], streams: Any) -> Any:
         """A whole block (target "block"): its input plus the cached residual, or computed.
 
-        The residual (output minus input) is what is stored, so a reused block still
-        passes on what changed upstream of it; over a run of reused blocks this is
+        `streams` is what the block updates (its `hidden_states`, or a tuple of image and
+        text streams, the image first) and `compute()` runs the block and returns the same
+        structure. The residual (output minus input) is what is stored, so a reused block
+        still passes on what changed upstream of it; over a run of reused blocks this is
         Delta-DiT's Delta-Cache and FirstBlockCache's cached tail.
         """
-        cache = self.caches["block"]
+        cache = self.caches[key]
+        slot = index + self._offset
+        single = isinstance(streams, torch.Tensor)
         if self._reuse[index]:
-            return hidden_states + cache.reuse(index, module, hidden_states).to(hidden_states.dtype)
-        out = original(hidden_states, *args, **kwargs)
-        residual = out - hidden_states
-        cache.store(index, residual, None)
-        if index == self._decide_after:
-            self._decide_mid_forward(index, residual)
+            held = cache.reuse(slot, module, first_tensor(streams))
+            if single:
+                return streams + held.to(streams.dtype)
+            return streams_map(lambda s, r: s + r.to(s.dtype), streams, held)
+        out = compute()
+        residual = out - streams if single else streams_map(torch.sub, out, streams)
+        cache.store(slot, residual, None)
+        if index == self._decide_after and self._branch == 0:
+            self._decide_mid_forward(index, first_tensor(residual))
         return out
 
     def _decide_mid_forward(self, index: int, residual: torch.Tensor) -> None:

@@ -20,17 +20,17 @@ from typing import Any
 
 import yaml
 
-from dqar_bench.adapters import adapter_for_family
+from dqar_bench import families
 from dqar_bench.errors import DqarError, ModelError, SuiteError
 from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
 from dqar_bench.measure.fid_stats import parse_fid_config
 from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
 from dqar_bench.execution import MODES, ExecutionOptions
-from dqar_bench.models import model_config, model_family, num_classes, offline_problem
+from dqar_bench.models import default_sampler, model_config, model_family, model_prediction, num_classes, offline_problem
 from dqar_bench.parts import KINDS, build_part
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.quality import LPIPS_FILES, QualityConfig, check_lpips_files
-from dqar_bench.sampling import SAMPLERS
+from dqar_bench.sampling import SAMPLERS, sampler_refusal
 from dqar_bench.weights import check_weights_file
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -44,7 +44,6 @@ TOP_KEYS = (
 CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution")
 COMPILE_KEYS = ("backend", "mode", "max_graphs")
 TEXT_KEYS = ("prompt_lengths", "prompts", "prompt_embeddings")
-MAX_PROMPT_LENGTH = 120
 SAMPLER_KEYS = ("name", "steps", "guidance_scale")
 TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms")
 QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips_weights", "classifier")
@@ -150,9 +149,32 @@ class Suite:
 
 
 def load_suite(path: str | Path, registry: Registry | None = None, inception_weights: str | None = None) -> Suite:
-    """Read and validate a suite file; `inception_weights` (the command line's) overrides
-    the suite's `quality.inception_weights` and is checked with it."""
+    """Read and validate a suite file of one model; `inception_weights` (the command line's)
+    overrides the suite's `quality.inception_weights` and is checked with it."""
+    suites = load_suites(path, registry, inception_weights)
+    if len(suites) > 1:
+        raise SuiteError(f"{path}: field 'model' lists {len(suites)} models; this command takes one (`dqar-bench run` runs each)")
+    return suites[0]
+
+
+def load_suites(path: str | Path, registry: Registry | None = None, inception_weights: str | None = None) -> list[Suite]:
+    """Read and validate a suite file: one suite, or one per model where `model` is a list.
+
+    The suites of a model list share every other field and are named `<name>-<model>`.
+    """
     path = Path(path)
+    data, text = _read_yaml(path)
+    registry = registry or get_registry()
+    models = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(models, list):
+        return [parse_suite(data, path, text, registry, inception_weights)]
+    if not models or len(set(map(str, models))) != len(models):
+        raise SuiteError(f"{path}: field 'model' must be a model or a non-empty list of distinct models, got {models!r}")
+    name = data.get("name")
+    return [parse_suite({**data, "model": m, "name": f"{name}-{m}" if isinstance(name, str) and isinstance(m, str) else name}, path, text, registry, inception_weights) for m in models]
+
+
+def _read_yaml(path: Path) -> tuple[Any, str]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -175,7 +197,7 @@ def load_suite(path: str | Path, registry: Registry | None = None, inception_wei
             f"{path}: the suite expands to more than {limit:,} values and characters once its YAML aliases (*name) are "
             "filled in (an alias of an alias of a list repeats it exponentially); write the repeated parts out, or alias them less deeply"
         )
-    return parse_suite(data, path, text, registry or get_registry(), inception_weights)
+    return data, text
 
 
 def _expanded_size(data: Any, limit: int) -> int:
@@ -204,13 +226,22 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     r.check_keys(data, TOP_KEYS, "")
     name = r.get(data, "name", str, required=True)
     model_name, allow_download = _model(r, data.get("model", "dit-tiny"))
+    try:
+        family = model_family(model_name)
+    except DqarError as exc:
+        raise r.error(f"field 'model': {exc}") from None
+    spec = families.get(family) if family is not None else None
     sampler_raw = data.get("sampler", {}) or {}
     if not isinstance(sampler_raw, dict):
         raise r.error("field 'sampler' must be a mapping with name, steps and guidance_scale")
     r.check_keys(sampler_raw, SAMPLER_KEYS, "sampler.")
-    sampler = r.get(sampler_raw, "name", str, default="ddim", field="sampler.name")
+    sampler = r.get(sampler_raw, "name", str, default=default_sampler(model_name), field="sampler.name")
     if sampler not in SAMPLERS:
-        raise r.error(f"field 'sampler.name': unknown sampler '{sampler}'{_suggest(sampler, SAMPLERS)}")
+        raise r.error(f"field 'sampler.name': unknown sampler '{sampler}'{_suggest(sampler, SAMPLERS)} (samplers: {', '.join(SAMPLERS)})")
+    prediction = model_prediction(model_name)
+    reason = sampler_refusal(sampler, prediction) if prediction is not None else None
+    if reason:
+        raise r.error(f"field 'sampler.name': {reason} (model '{model_name}', family {family})")
     steps = r.get(sampler_raw, "steps", int, default=20, field="sampler.steps")
     if steps < 1:
         raise r.error("field 'sampler.steps' must be at least 1")
@@ -245,7 +276,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     # Files a run needs on this machine are checked only where the model itself can run here;
     # a GPU suite whose checkpoint is not downloaded still validates (`validate` notes both).
     runnable_here = offline_problem(model_name, allow_download) is None
-    quality = _quality(r, data.get("quality"), inception_weights, check_files=runnable_here)
+    quality = _quality(r, data.get("quality"), inception_weights, on_this_machine=runnable_here)
     probe_queries = r.get(data, "probe_queries", int, default=16)
     if probe_queries < 1:
         raise r.error(f"field 'probe_queries' must be at least 1 (query rows the entropy probe samples per image and head), got {probe_queries}")
@@ -258,7 +289,6 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
             f"field 'threads': {threads} is more than the {cores} CPU cores this process may use; threads beyond the cores "
             f"only wait on each other and make timings meaningless; use at most {cores}"
         )
-    family = model_family(model_name)
     try:
         config = model_config(model_name, allow_download)
     except ModelError as exc:
@@ -268,7 +298,14 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         bad = [c for c in labels if not 0 <= c < classes]
         if bad:
             raise r.error(f"field 'class_labels': {bad[0]} is out of range for model '{model_name}' (its {classes} classes are 0..{classes - 1})")
-    text = _text(r, data, family, model_name)
+    text = _text(r, data, spec, model_name)
+    if spec is not None and spec.video and quality.fid:
+        raise r.error(f"field 'quality.fid': FID, IS and KID score images; model '{model_name}' (family {spec.name}) makes videos; set 'quality.fid: 0'")
+    if runnable_here:
+        try:
+            check_quality_files(quality)
+        except DqarError as exc:
+            raise r.error(str(exc)) from None
     default_modes = _modes(r, data.get("execution", "eager"), "field 'execution'")
     options = _compile_options(r, data.get("compile"))
 
@@ -277,7 +314,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         raise r.error("field 'cases' must be a non-empty list of cases")
     planned: list[tuple[Case, tuple[str, ...]]] = []
     for index, raw in enumerate(raw_cases):
-        built = _cases(r, raw, index, registry, family)
+        built = _cases(r, raw, index, registry, spec)
         modes = default_modes
         if raw.get("execution") is not None:
             modes = _modes(r, raw["execution"], f"case '{raw['name']}': field 'execution'")
@@ -354,11 +391,11 @@ def _compile_options(r: "_Reader", raw: Any) -> ExecutionOptions:
     )
 
 
-def _text(r: "_Reader", data: dict, family: str | None, model: str) -> dict[str, Any]:
+def _text(r: "_Reader", data: dict, spec: families.Family | None, model: str) -> dict[str, Any]:
     """Captions for a text-conditioned model; none for a class-conditioned one."""
     given = [k for k in TEXT_KEYS if data.get(k) is not None]
-    if family != "pixart":
-        if given and family is not None:
+    if spec is None or spec.text is None:
+        if given and spec is not None:
             raise r.error(f"field '{given[0]}': model '{model}' is class-conditioned; use 'class_labels'")
         return {}
     if len(given) != 1:
@@ -369,9 +406,15 @@ def _text(r: "_Reader", data: dict, family: str | None, model: str) -> dict[str,
     key = given[0]
     if key == "prompt_lengths":
         lengths = r.int_list(data, key, default=[])
-        if any(not 1 <= n <= MAX_PROMPT_LENGTH for n in lengths):
-            raise r.error(f"field 'prompt_lengths': token counts must be in 1..{MAX_PROMPT_LENGTH}, got {lengths}")
+        most = spec.text.max_tokens
+        if any(not 1 <= n <= most for n in lengths):
+            raise r.error(f"field 'prompt_lengths': token counts must be in 1..{most} (family {spec.name}), got {lengths}")
         return {"prompt_lengths": lengths, "text_batch": len(lengths)}
+    if key == "prompts" and spec.text.encoder is None:
+        raise r.error(
+            f"field 'prompts': family {spec.name} encodes prompts with its own pipeline's text encoders, which the "
+            f"harness does not run; give 'prompt_lengths' (synthetic captions) or 'prompt_embeddings' (a .safetensors file)"
+        )
     if key == "prompts":
         prompts = data[key]
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -391,8 +434,9 @@ def _text(r: "_Reader", data: dict, family: str | None, model: str) -> dict[str,
     return {"prompt_embeddings": str(file), "text_batch": batch}
 
 
-def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None, check_files: bool = True) -> QualityConfig:
-    """Paths are taken from the working directory, like a model folder's."""
+def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None, on_this_machine: bool = True) -> QualityConfig:
+    """Paths are taken from the working directory, like a model folder's; a reference path is
+    checked `on_this_machine` (the weights files, by `check_quality_files`, after the model)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -415,7 +459,7 @@ def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None, check
         raise r.error(f"field 'quality.metrics' must be a non-empty list of {', '.join(FIDELITY_METRICS)}, got {metrics!r}")
     reference = r.get(raw, "reference", str, default="baseline", field="quality.reference")
     named = reference == "baseline" or reference in REFERENCE_SETS
-    if fid and not named and check_files and not Path(reference).expanduser().exists():
+    if fid and not named and on_this_machine and not Path(reference).expanduser().exists():
         sets = ", ".join(REFERENCE_SETS)
         raise r.error(f"field 'quality.reference': {reference} does not exist; give an image folder, a .npz of FID statistics, 'baseline' or a shipped set ({sets})")
     classifier = r.get(raw, "classifier", str, field="quality.classifier")
@@ -435,11 +479,6 @@ def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None, check
         feature_extractor=r.get(raw, "feature_extractor", str, default=QualityConfig.feature_extractor, field="quality.feature_extractor"),
         **weights,
     )
-    if check_files:
-        try:
-            check_quality_files(config)
-        except DqarError as exc:
-            raise r.error(str(exc)) from None
     return config
 
 
@@ -470,7 +509,7 @@ def _model(r: "_Reader", raw: Any) -> tuple[str, bool]:
     raise r.error("field 'model' must be a model name or a mapping with 'name' (and 'download')")
 
 
-def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: str | None = None) -> list[Case]:
+def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: families.Family | None = None) -> list[Case]:
     if not isinstance(raw, dict):
         raise r.error(f"cases[{index}]: each case must be a mapping with at least 'name'")
     name = raw.get("name")
@@ -526,9 +565,8 @@ def _part_spec(r: "_Reader", where: str, kind: str, raw: Any) -> PartSpec:
     raise r.error(f"{where}: field '{kind}' must be a {kind} name or a mapping with 'name' and its parameters")
 
 
-def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: str | None = None) -> None:
-    """Build every part (so each checks its own parameters), then check them together."""
-    adapter = adapter_for_family(family)
+def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: families.Family | None = None) -> None:
+    """Build every part (so each checks its own parameters), then check them together and against the model's family."""
     for kind, spec in case.parts.items():
         names = registry.names(kind)
         if spec.name not in names:
@@ -547,7 +585,7 @@ def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: str
             build_part(cls, spec.params)
         except ValueError as exc:
             raise r.error(f"{where}: field '{kind}' ({spec.name}): {exc}") from None
-        reason = adapter.refusal(cls) if adapter is not None else None
+        reason = family.refusal(cls) if family is not None else None
         if reason:
             raise r.error(f"{where}: field '{kind}' ({spec.name}): {reason}")
     if case.parts:

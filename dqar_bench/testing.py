@@ -8,7 +8,7 @@
 
 Given a part class, the checks build it with its defaults, fill the other three kinds with
 plain built-ins (see `COMPANIONS`), and run it on the tiny built-in model of every model
-family the harness has (`tiny_models`), a few DDIM steps with guidance, asserting what the
+family the harness has (`tiny_models`), a few steps of the model's own sampler with guidance, asserting what the
 harness relies on and cannot check at run time:
 
 - the registry lists it under its name, with a description and, for every parameter, a
@@ -72,18 +72,11 @@ class CheckResult:
 
 
 def tiny_models() -> list[str]:
-    """One small built-in model per model family: each family's `<name>-tiny` built-in.
+    """One small built-in model per model family (`dqar_bench.models.TINY_MODELS`), so a
+    family added with a tiny model is checked from then on."""
+    from dqar_bench.models import TINY_MODELS
 
-    Read from `dqar_bench.models.BUILTIN_FAMILIES`, so a family added with a tiny model is
-    checked from then on (a test fails for a family without one).
-    """
-    from dqar_bench.models import BUILTIN_FAMILIES
-
-    chosen: dict[str, str] = {}
-    for name, family in BUILTIN_FAMILIES.items():
-        if name.endswith("-tiny"):
-            chosen.setdefault(family, name)
-    return [chosen[f] for f in sorted(chosen)]
+    return [TINY_MODELS[f] for f in sorted(TINY_MODELS)]
 
 
 def kind_of(part: type[Part]) -> str:
@@ -263,9 +256,10 @@ class _Bench:
         return _BENCHES[name]
 
     def call(self, strategy: Any, seed: int, steps: int, forward: Any = None) -> torch.Tensor:
+        from dqar_bench.models import default_sampler
         from dqar_bench.sampling import denoise, make_scheduler
 
-        scheduler = make_scheduler("ddim", self.model.scheduler_config)
+        scheduler = make_scheduler(default_sampler(self.model.name), self.model.scheduler_config)
         return denoise(self.model.transformer, scheduler, self.condition, seed, steps, GUIDANCE, strategy, forward)
 
     def reference(self, steps: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from dqar_bench import Cache, hookimpl
-from dqar_bench.adapters import PixArtAdapter, adapter_for
+from dqar_bench.adapters import adapter_for
 from dqar_bench.conditioning import embeddings_condition, synthetic_captions
 from dqar_bench.errors import SuiteError
 from dqar_bench.models import load_model, model_family
@@ -57,7 +57,7 @@ def run(pixart, condition, s=None, steps=6):
 def test_pixart_tiny_is_a_text_conditioned_pixart(pixart):
     assert pixart.family == "pixart" and pixart.caption_channels == 64 and pixart.num_blocks == 4
     assert type(pixart.transformer).__name__ == "PixArtTransformer2DModel"
-    assert isinstance(adapter_for(pixart.transformer), PixArtAdapter)
+    assert adapter_for(pixart.transformer).family.name == "pixart"
     assert all(b.attn2 is not None for b in pixart.transformer.transformer_blocks)
     assert model_family("pixart-tiny") == "pixart" and model_family("PixArt-alpha/PixArt-XL-2-512x512") == "pixart"
 
@@ -156,8 +156,9 @@ def test_a_part_the_adapter_cannot_host_is_refused_at_validate(write_suite):
     with pytest.raises(SuiteError) as err:
         load_suite(write_suite(body), registry)
     message = str(err.value)
-    assert "\n" not in message and "case 'pab_cross'" in message and "pixart adapter cannot host cache 'cross-attention-output'" in message
-    assert message.endswith("it hosts targets attention, attention+mlp, block")
+    assert "\n" not in message and "case 'pab_cross'" in message
+    assert "family 'pixart' hosts no cache on the cross-attention (cache 'cross-attention-output')" in message
+    assert "parts apply to self-attention (attn1)" in message
 
 
 def test_precomputed_embeddings_are_a_caption_source(write_suite, registry, tmp_path):

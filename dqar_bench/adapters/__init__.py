@@ -1,33 +1,22 @@
-"""Model adapters: they put a strategy on a model's blocks and take it off again.
+"""The model adapter: it puts a strategy on a model's blocks and takes it off again.
 
-An adapter is chosen by the transformer's class. `install` returns an `Installation`
-that restores the model exactly (its modules' `forward` attributes are deleted again, so
-nothing of the harness is left on the model).
+There is one adapter, driven by the model's family entry (`dqar_bench.families`): the
+entry says where the blocks are and what their attention and feed-forward modules are
+called. `install` returns an `Installation` that restores the model exactly (its modules'
+`forward` attributes are deleted again, so nothing of the harness is left on the model).
 """
 
 from __future__ import annotations
 
 import torch
 
-from dqar_bench.adapters.dit import DiTAdapter
 from dqar_bench.adapters.base import Adapter, Installation
-from dqar_bench.adapters.pixart import PixArtAdapter
-
-# The most specific first: PixArt's blocks would also pass DiT's layout check.
-ADAPTERS: tuple[type[Adapter], ...] = (PixArtAdapter, DiTAdapter)
+from dqar_bench.families import family_of
 
 
 def adapter_for(model: torch.nn.Module) -> Adapter:
-    for cls in ADAPTERS:
-        if cls.supports(model):
-            return cls()
-    names = ", ".join(c.__name__ for c in ADAPTERS)
-    raise NotImplementedError(f"no adapter for {type(model).__name__} (adapters: {names})")
+    """The adapter for a transformer, from its family entry (a one-line error if it has none)."""
+    return Adapter(family_of(model))
 
 
-def adapter_for_family(family: str | None) -> type[Adapter] | None:
-    """The adapter class of a model family ("dit", "pixart"), for checks before a model exists."""
-    return next((cls for cls in ADAPTERS if cls.FAMILY == family), None)
-
-
-__all__ = ["Adapter", "DiTAdapter", "Installation", "PixArtAdapter", "adapter_for", "adapter_for_family"]
+__all__ = ["Adapter", "Installation", "adapter_for"]

@@ -1,20 +1,25 @@
-"""What every adapter shares: patching a module's forward and undoing it cleanly.
+"""The generic adapter: a family entry's blocks and submodules, routed through a strategy.
 
 A cache's `TARGET` says which modules of each block are patched (`SITES` in the
-strategy): self-attention, self-attention and feed-forward, or the whole block. An adapter
-lists the targets it can host; any other is refused with a one-line reason, at `validate`
-time already (`refusal`, from the part's class, before any model is built).
+strategy): self-attention, self-attention and feed-forward, or the whole block. Every
+module a family names at a site and a block has gets its own cache slot (`Strategy.bind`).
+A whole block is wrapped by `BlockForward`, which reads the streams the block updates from
+its arguments and puts its outputs into the strategy's order (image stream first) and
+back into the block's own. A part the family cannot host is refused with a one-line
+reason, at `validate` time already (`Family.refusal`, from the part's class).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import inspect
+from typing import Any, Callable
 
 import torch
 
+from dqar_bench.families import Blocks, Family
 from dqar_bench.parts import Part
-from dqar_bench.strategy import Strategy
+from dqar_bench.strategy import SITES, Strategy
 
 
 class Installation:
@@ -25,7 +30,7 @@ class Installation:
         self.num_blocks = num_blocks
         self._patched: list[torch.nn.Module] = []
 
-    def patch(self, module: torch.nn.Module, forward: Callable[..., torch.Tensor]) -> None:
+    def patch(self, module: torch.nn.Module, forward: Callable[..., Any]) -> None:
         if "forward" in module.__dict__:
             raise RuntimeError(f"{type(module).__name__} already has a patched forward; remove the other hook first")
         module.forward = forward
@@ -35,6 +40,8 @@ class Installation:
         for module in self._patched:
             del module.forward
         self._patched.clear()
+        if self.strategy is not None:
+            self.strategy.unbind()
 
     def __enter__(self) -> "Installation":
         return self
@@ -44,55 +51,93 @@ class Installation:
 
 
 class Adapter:
-    """Knows where a model family keeps its blocks, their self-attention and feed-forward."""
+    """Puts a strategy on the blocks of a model of one family."""
 
-    FAMILY: str = ""
-    TARGETS: frozenset[str] = frozenset({"attention", "attention+mlp", "block"})
+    def __init__(self, family: Family) -> None:
+        self.family = family
 
-    @classmethod
-    def supports(cls, model: torch.nn.Module) -> bool:
-        raise NotImplementedError
-
-    @classmethod
-    def refusal(cls, part: type[Part]) -> str | None:
-        """Why this adapter cannot host `part` (one line), or None."""
-        target = getattr(part, "TARGET", None)
-        if part.KIND != "cache" or target in cls.TARGETS:
-            return None
-        hosted = ", ".join(sorted(cls.TARGETS))
-        return f"the {cls.FAMILY or cls.__name__} adapter cannot host cache '{part.PLUGIN_NAME}' (target '{target}'); it hosts targets {hosted}"
+    def refusal(self, part: type[Part]) -> str | None:
+        """Why this family cannot host `part` (one line), or None."""
+        return self.family.refusal(part)
 
     def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        return list(model.transformer_blocks)
-
-    def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        return [block.attn1 for block in self.blocks(model)]
-
-    def mlp_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        return [block.ff for block in self.blocks(model)]
+        """Every block, in the order a forward runs them (all block lists, one after the other)."""
+        return [block for _, blocks in self.family.block_lists(model) for block in blocks]
 
     def install(self, model: torch.nn.Module, strategy: Strategy | None) -> Installation:
         """Route the modules the strategy's cache targets through it (nothing when None)."""
-        blocks = self.blocks(model)
-        installation = Installation(strategy, len(blocks))
+        lists = self.family.block_lists(model)
+        flat: list[tuple[Blocks, torch.nn.Module]] = [(spec, block) for spec, blocks in lists for block in blocks]
+        installation = Installation(strategy, len(flat))
         if strategy is None:
             return installation
         reason = self.refusal(type(strategy.cache))
         if reason:
             raise NotImplementedError(reason)
-        if any(getattr(b, "_chunk_size", None) for b in blocks) and "mlp" in strategy.caches:
+        if any(getattr(b, "_chunk_size", None) for _, b in flat) and "mlp" in strategy.caches:
             raise NotImplementedError("feed-forward chunking calls each ff several times per step; turn it off to cache the MLP")
-        routes = {
-            "attention": (self.attention_modules, strategy.attention),
-            "mlp": (self.mlp_modules, strategy.mlp),
-            "block": (lambda m: blocks, strategy.block),
-        }
+        plan: list[tuple[torch.nn.Module, Callable[..., Any]]] = []
+        uses: dict[str, set[int]] = {}
+        for site in SITES[strategy.cache.TARGET]:
+            for index, (spec, block) in enumerate(flat):
+                if site == "block":
+                    uses.setdefault("block", set()).add(index)
+                    plan.append((block, BlockForward(strategy, "block", index, block, spec.returns)))
+                    continue
+                route = strategy.attention if site == "attention" else strategy.mlp
+                for j, name in enumerate(self.family.attention if site == "attention" else self.family.mlp):
+                    module = getattr(block, name, None)
+                    if module is None:
+                        continue
+                    key = site if j == 0 else f"{site}/{j}"
+                    uses.setdefault(key, set()).add(index)
+                    plan.append((module, functools.partial(route, key, index, module, module.forward)))
+        strategy.bind(uses, self.family.own_attention)
         try:
-            for site in strategy.caches:
-                modules, route = routes[site]
-                for index, module in enumerate(modules(model)):
-                    installation.patch(module, functools.partial(route, index, module, module.forward))
+            for module, forward in plan:
+                installation.patch(module, forward)
         except BaseException:
             installation.remove()
             raise
         return installation
+
+
+class BlockForward:
+    """A block's forward routed through `Strategy.block`, streams in the strategy's order.
+
+    The streams are the names the family says the block returns; they are read from the
+    block's arguments (by keyword or position) and handed over image first. A block that
+    returns one tensor is handed that tensor, so the common case costs no tuple.
+    """
+
+    def __init__(self, strategy: Strategy, key: str, index: int, module: torch.nn.Module, returns: tuple[str, ...]) -> None:
+        self.strategy, self.key, self.index, self.module = strategy, key, index, module
+        self.original = module.forward
+        params = list(inspect.signature(self.original).parameters)
+        names = sorted(returns, key=lambda n: n != "hidden_states")
+        self.reads = [(name, params.index(name) if name in params else None) for name in names]
+        self.single = len(names) == 1
+        self.order = tuple(returns.index(n) for n in names)
+        self.restore = tuple(names.index(n) for n in returns)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.single:  # hidden states in, hidden states out
+            name, position = self.reads[0]
+            hidden = kwargs[name] if name in kwargs else self._read(name, position, args, kwargs)
+            return self.strategy.block(self.key, self.index, self.module, lambda: self.original(*args, **kwargs), hidden)
+        streams = tuple(self._read(name, position, args, kwargs) for name, position in self.reads)
+
+        def compute() -> Any:
+            out = self.original(*args, **kwargs)
+            return tuple(out[i] for i in self.order)
+
+        result = self.strategy.block(self.key, self.index, self.module, compute, streams)
+        return tuple(result[i] for i in self.restore)
+
+    @staticmethod
+    def _read(name: str, position: int | None, args: tuple, kwargs: dict) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        if position is not None and position < len(args):
+            return args[position]
+        return None

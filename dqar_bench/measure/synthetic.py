@@ -69,6 +69,8 @@ class _Block(nn.Module):
 class FixedCostTransformer(nn.Module):
     """Takes and gives what DiTTransformer2DModel does; its blocks only cost time."""
 
+    dqar_family = "dit"  # its family entry (dqar_bench.families): DiT's block layout
+
     def __init__(
         self,
         blocks: int = 2,

@@ -37,6 +37,7 @@ from typing import Any, Callable
 import torch
 
 from dqar_bench.adapters import adapter_for
+from dqar_bench.conditioning import condition_for
 from dqar_bench.context import StepContext
 from dqar_bench.errors import DqarError
 from dqar_bench.models import LoadedModel, load_model
@@ -44,7 +45,7 @@ from dqar_bench.parts import Gate, build_part
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.policy.features import FEATURES, SIGNALS as POLICY_SIGNALS, feature_rows
 from dqar_bench.runner import check_labels, resolve_device
-from dqar_bench.sampling import make_scheduler, sample
+from dqar_bench.sampling import Condition, denoise, make_scheduler
 from dqar_bench.strategy import Strategy
 from dqar_bench.suite import Case, Suite
 
@@ -140,8 +141,10 @@ def trace_suite(
     registry = registry or get_registry()
     chosen = select_cases(suite, cases, progress)
     device = resolve_device(suite.device)
-    model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download)
+    dtype = getattr(torch, suite.dtype)
+    model = load_model(suite.model, device, dtype, suite.allow_download)
     check_labels(suite, model)
+    condition = condition_for(suite, model, device, dtype)
     summary = TraceSummary(cases=[c.name for c in chosen])
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +155,7 @@ def trace_suite(
             strategy = Strategy(parts["scheduler"], tracer, parts["cache"], parts["quantizer"], suite.probe_queries)  # type: ignore[arg-type]
             with adapter_for(model.transformer).install(model.transformer, strategy):
                 for seed in suite.seeds:
-                    lines, calls = _trace_call(suite, case, model, strategy, tracer, seed, tolerance, max_samples)
+                    lines, calls = _trace_call(suite, case, model, condition, strategy, tracer, seed, tolerance, max_samples)
                     for line in lines:
                         fh.write(json.dumps(line, allow_nan=False) + "\n")
                     fh.flush()
@@ -169,6 +172,7 @@ def _trace_call(
     suite: Suite,
     case: Case,
     model: LoadedModel,
+    condition: Condition,
     strategy: Strategy,
     tracer: _Tracer,
     seed: int,
@@ -178,10 +182,7 @@ def _trace_call(
     scheduler = make_scheduler(suite.sampler, model.scheduler_config)
 
     def call() -> torch.Tensor:
-        return sample(
-            model.transformer, scheduler, suite.class_labels, seed, suite.steps,
-            suite.guidance_scale, model.null_class, observer=strategy,
-        ).double().cpu()
+        return denoise(model.transformer, scheduler, condition, seed, suite.steps, suite.guidance_scale, strategy).double().cpu()
 
     tracer.recording, tracer.target, tracer.candidates = True, None, {}
     reference = call()

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from dqar_bench import Cache, hookimpl
-from dqar_bench.storage import Slots
+from dqar_bench.storage import Slots, pack, streams_map, unpack
 
 
 @dataclass
@@ -94,26 +95,30 @@ class Forecast(Cache):
             host = host.pin_memory()
         self._scalars.copy_(host, non_blocking=True)
 
-    def store(self, block: int, out: torch.Tensor, qkv: tuple[torch.Tensor, ...] | None) -> None:
+    def store(self, block: int, out: Any, qkv: tuple[torch.Tensor, ...] | None) -> None:
+        """`out` is a tensor or, on a joint image-text module, a tuple: each is expanded alike."""
         assert self._scalars is not None
         multipliers = self._scalars[block, 0]
-        factors = [out.float()]
+        factors = [streams_map(torch.Tensor.float, out)]
         for j in range(self.terms - 1):
             before = self._held.get((block, j))
             if before is None:  # the very first computation of this block: higher factors start at zero
-                factors.append(torch.zeros_like(factors[0]))
+                factors.append(streams_map(torch.zeros_like, factors[0]))
             else:
-                factors.append((factors[j] - before.unpack().float()) * multipliers[j])
+                old = unpack(before, torch.float32)
+                factors.append(streams_map(lambda now, was, m=multipliers[j]: (now - was) * m, factors[j], old))
         for j, factor in enumerate(factors):  # all derived from the old ones before any is overwritten
-            self._held.put((block, j), self.quantizer.pack(factor.to(out.dtype)), self.pinned)
+            typed = streams_map(lambda f, o: f.to(o.dtype), factor, out)
+            self._held.put((block, j), pack(self.quantizer, typed), self.pinned)
 
-    def reuse(self, block: int, module: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    def reuse(self, block: int, module: torch.nn.Module, hidden_states: torch.Tensor) -> Any:
         assert self._scalars is not None
         coefficients = self._scalars[block, 1]
-        out = self._held[(block, 0)].unpack().float()
+        out = unpack(self._held[(block, 0)], torch.float32)
         for j in range(1, self.terms):
-            out = out + self._held[(block, j)].unpack().float() * coefficients[j]
-        return out.to(hidden_states.dtype)
+            term = unpack(self._held[(block, j)], torch.float32)
+            out = streams_map(lambda acc, t, c=coefficients[j]: acc + t * c, out, term)
+        return streams_map(lambda o: o.to(hidden_states.dtype), out)
 
     def nbytes(self) -> int:
         return self._held.nbytes()
