@@ -24,9 +24,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         import dataclasses
 
         suite = dataclasses.replace(suite, quality=dataclasses.replace(suite.quality, inception_weights=args.inception_weights))
+    if args.rerun_changed and args.resume is None:
+        raise DqarError("--rerun-changed reruns the changed cases of a run being resumed; give --resume DIR too")
     output = args.resume or args.output
-    run = run_suite(suite, output, resume=args.resume is not None)
-    failed = [r["case"] for r in run.records() if r.get("status") not in ("ok", "unsupported")]
+    run = run_suite(suite, output, resume=args.resume is not None, rerun_changed=args.rerun_changed)
+    latest = run.latest()  # a case that failed and then finished on resume counts as finished
+    failed = [c.name for c in suite.cases if c.name in latest and latest[c.name].get("status") not in ("ok", "unsupported")]
     if failed:
         print(f"{len(failed)} case(s) failed: {', '.join(failed)} (errors in {run.records_path})", file=sys.stderr)
         return 1
@@ -129,7 +132,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("suite", help="suite YAML file")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--output", "-o", help="run directory (default results/runs/<suite>-<time>/)")
-    where.add_argument("--resume", metavar="DIR", help="continue a run directory, skipping cases already recorded")
+    where.add_argument("--resume", metavar="DIR", help="continue a run directory, skipping cases already recorded with the same content")
+    run.add_argument("--rerun-changed", action="store_true", help="with --resume: rerun the cases whose definition changed since they were recorded")
     run.add_argument("--inception-weights", metavar="PATH", help="local Inception weights file for FID / IS / KID (overrides quality.inception_weights)")
     validate = sub.add_parser("validate", help="check a suite file without running it")
     validate.add_argument("suite")

@@ -226,3 +226,44 @@ def _u_counts(m: int, n: int) -> tuple[int, ...]:
     for u, c in enumerate(with_second):
         counts[u] += c
     return tuple(counts)
+
+
+PAIRED_SPEEDUP_METHOD = (
+    "median of per-round ratios (baseline / case, timed in the same round); 95% interval: "
+    "scipy.stats.bootstrap, percentile method, 9999 resamples of the ratios, fixed seed 0"
+)
+
+
+def paired_speedup(
+    baseline_rounds: Sequence[float],
+    case_rounds: Sequence[float],
+    resamples: int = 9999,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Speedup:
+    """Speedup of a case from rounds it ran in together with its baseline.
+
+    Each round gives one ratio, baseline seconds / case seconds; drift between rounds
+    moves both sides of a ratio alike and cancels. The value is the median ratio; the
+    interval a percentile bootstrap over the ratios (`scipy.stats.bootstrap`, a fixed seed
+    so a table is reproducible). One round has no spread: no interval is claimed. Rounds
+    that all give the same ratio have none either: the interval is that ratio.
+    """
+    from scipy.stats import bootstrap
+
+    base = np.asarray(baseline_rounds, dtype=np.float64)
+    new = np.asarray(case_rounds, dtype=np.float64)
+    if base.size == 0 or base.size != new.size:
+        raise ValueError(f"paired speedup needs the same number (> 0) of rounds on both sides, got {base.size} and {new.size}")
+    ratios = base / new
+    value = float(np.median(ratios))
+    if ratios.size < 2:
+        return Speedup(value, None, None, PAIRED_SPEEDUP_METHOD)
+    if np.all(ratios == ratios[0]):
+        return Speedup(value, value, value, PAIRED_SPEEDUP_METHOD)
+    result = bootstrap(
+        (ratios,), np.median, n_resamples=resamples, confidence_level=confidence, method="percentile",
+        vectorized=True, axis=-1, rng=np.random.default_rng(seed),
+    )
+    interval = result.confidence_interval
+    return Speedup(value, float(interval.low), float(interval.high), PAIRED_SPEEDUP_METHOD)
