@@ -245,3 +245,31 @@ cases:
     shift = np.median(rounds[4:]) / np.median(rounds[:4])
     print(f"raw baseline round time under load: x{shift:.2f}; paired speedup {a:.3f} quiet, {b:.3f} loaded")
     assert abs(math.log(b / a)) < math.log(1.25)
+
+
+def test_strong_modes_are_timed_blocked_and_say_so(write_suite, tmp_path, monkeypatch):
+    from tests.conftest import SMALL_SUITE_HEAD
+
+    monkeypatch.setattr(torch, "compile", lambda model, **options: model)  # the runner's path, without Dynamo's minutes
+
+    body = SMALL_SUITE_HEAD.replace("repeats: 1", "repeats: 2") + """\
+execution: [eager, compile]
+cases:
+  - name: baseline
+  - name: iv
+    gate: {name: interval, every: 2}
+"""
+    registry = registry_with_test_parts()
+    run = run_suite(load_suite(write_suite(body), registry), tmp_path / "run", registry=registry, progress=lambda line: None)
+    records = RunDir(run.path).latest()
+    log = RoundLog(run.path / "rounds.jsonl").entries()
+    compiled, eager = records["iv@compile"], records["iv@eager"]
+    assert compiled["timing_order"] == "blocked" and "compile mode keeps its compiled programs alive" in compiled["timing_note"]
+    assert eager["timing_order"] == "interleaved" and "timing_note" not in eager
+    assert all(len(log_entry["cases"]) == 1 for log_entry in log if log_entry["timing_order"] == "blocked")
+    assert [e["order"] for e in log if e["timing_order"] == "interleaved"][0] in (["baseline@eager", "iv@eager"], ["iv@eager", "baseline@eager"])
+    assert compiled["flops"] == eager["flops"]  # counted on an eager call with the strategy installed, in either mode
+    assert compiled["baseline_round_s"] == records["baseline@compile"]["round_s"]  # paired by position
+    assert compiled["quality"]["psnr_db"] == pytest.approx(eager["quality"]["psnr_db"], rel=1e-4)
+    table = (run.path / "table.md").read_text()
+    assert "(blocked)" in table.split("| iv@compile |")[1].split("\n")[0]
