@@ -84,13 +84,15 @@ class CaseRun:
         case: Case,
         identity: dict[str, Any] | None = None,
         key: str = "",
-        baseline_key: str | None = None,
+        baseline: tuple[str, str] | None = None,
         settings: dict[str, Any] | None = None,
         partner: bool = False,
         blocked: bool = False,
         prior_rounds: list[int] | None = None,
     ) -> None:
-        self.ctx, self.case, self.key, self.baseline_key = ctx, case, key, baseline_key
+        self.ctx, self.case, self.key = ctx, case, key
+        self.baseline = baseline
+        """The name and key of the baseline its rounds pair with (None: no pairing)."""
         self.partner = partner
         """Timed only as the paired baseline of cases rerun in this session; its record stands."""
         self.blocked = blocked
@@ -251,13 +253,13 @@ class CaseRun:
             self._session_calls += 1
             self.ctx.kit.progress.tick()
         per_step = self.ctx.suite.per_step and self.case.execution == "eager"
-        return {"case": self.case.name, "calls_s": calls, "steps_s": steps if per_step else None}
+        return {"case_key": self.key, "calls_s": calls, "steps_s": steps if per_step else None}
 
     def _log_round(self, round_id: int, timed: dict[str, Any], order_kind: str, order: list[str]) -> None:
         suite = self.ctx.suite
         self.ctx.log.append({
             "round": round_id, "session": self.ctx.session, "timing_order": order_kind, "round_seed": suite.round_seed,
-            "order": order, "cases": {self.key: timed},
+            "order": order, "cases": {self.case.name: timed},
         })
         self.round_ids.append(round_id)
 
@@ -266,7 +268,7 @@ class CaseRun:
     def finish(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
         """The case's record, from its rounds (the first `repeats` of them) and its baseline's."""
         suite = self.ctx.suite
-        paired = pair(entries, self.round_ids[: suite.repeats], self.key, self.baseline_key)
+        paired = pair(entries, self.round_ids[: suite.repeats], (self.case.name, self.key), self.baseline)
         if not paired.round_s:
             self.fail(RuntimeError("no timed round finished"))
             return self.record

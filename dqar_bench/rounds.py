@@ -11,8 +11,11 @@ directory: a crash loses at most the round in flight, and `--resume` goes on fro
 rounds already there. A line:
 
     {"round": 3, "session": "...", "timing_order": "interleaved", "round_seed": 0,
-     "order": ["iv", "baseline"], "cases": {"<case_key>": {"case": "iv", "calls_s": [...],
-     "steps_s": [[...], ...] | null}}}
+     "order": ["iv", "baseline"], "cases": {"iv": {"case_key": "<sha256>", "calls_s": [...],
+     "steps_s": [[...], ...] | null}, "baseline": {...}}}
+
+A case's rounds are those under its name with its `case_key` (a round of an edited case
+never counts for the new definition).
 
 Cases that are timed blocked (their repeats back to back: `timing.order: blocked`, or
 strong execution modes, which keep compiled programs alive) write one line per round with
@@ -91,37 +94,45 @@ class Paired:
     step_s: list[list[float]] | None
 
 
-def pair(entries: list[dict[str, Any]], round_ids: list[int], key: str, baseline_key: str | None) -> Paired:
-    """Collect a case's rounds (`round_ids`, under `key`) and its baseline's times in them.
+def timed_as(entry: dict[str, Any], name: str, key: str | None) -> dict[str, Any] | None:
+    """What `name` with `key` timed in this round, if it ran in it."""
+    found = entry["cases"].get(name)
+    return found if isinstance(found, dict) and key is not None and found.get("case_key") == key else None
+
+
+def pair(entries: list[dict[str, Any]], round_ids: list[int], case: tuple[str, str], baseline: tuple[str, str] | None) -> Paired:
+    """Collect a case's rounds (`round_ids`; `case` is its name and key) and its baseline's
+    times in them.
 
     An interleaved round holds the baseline's own time. A blocked one does not: its i-th
     round of a session pairs with the baseline's i-th round of the same session (or of
     all its rounds, when the baseline was not timed in that session)."""
     wanted = set(round_ids)
-    own = [e for e in entries if e["round"] in wanted and key in e["cases"]]
-    base_all = [e for e in entries if baseline_key is not None and baseline_key in e["cases"]]
+    own = [e for e in entries if e["round"] in wanted and timed_as(e, *case) is not None]
+    base_all = [e for e in entries if baseline is not None and timed_as(e, *baseline) is not None]
     round_s, base_s, latency = [], [], []
     steps: list[list[float]] | None = []
     position: dict[Any, int] = {}
     for entry in own:
-        mine = entry["cases"][key]
+        mine = timed_as(entry, *case)
+        assert mine is not None
         round_s.append(math.fsum(mine["calls_s"]))
         latency.extend(mine["calls_s"])
         if steps is not None and mine.get("steps_s") is not None:
             steps.extend(mine["steps_s"])
         else:
             steps = None
-        if baseline_key is None:
+        if baseline is None:
             continue
-        if baseline_key in entry["cases"]:
-            base_s.append(math.fsum(entry["cases"][baseline_key]["calls_s"]))
+        theirs = timed_as(entry, *baseline)
+        if theirs is not None:
+            base_s.append(math.fsum(theirs["calls_s"]))
             continue
         session = entry.get("session")
         same = [b for b in base_all if b.get("session") == session] or base_all
         index = position.get(session, 0)
         position[session] = index + 1
         if index < len(same):
-            base_s.append(math.fsum(same[index]["cases"][baseline_key]["calls_s"]))
-    complete = baseline_key is not None and len(base_s) == len(round_s)
-    return Paired(
-        [e["round"] for e in own], round_s, base_s if complete else None, latency, steps or None)
+            base_s.append(math.fsum(same[index]["cases"][baseline[0]]["calls_s"]))
+    complete = baseline is not None and len(base_s) == len(round_s)
+    return Paired([e["round"] for e in own], round_s, base_s if complete else None, latency, steps or None)

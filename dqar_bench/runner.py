@@ -47,7 +47,7 @@ from dqar_bench.models import LoadedModel, load_model
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.records import RunDir, check_target
 from dqar_bench.resume import ResumePlan, plan_resume
-from dqar_bench.rounds import RoundLog, round_order
+from dqar_bench.rounds import RoundLog, round_order, timed_as
 from dqar_bench.sampling import Condition
 from dqar_bench.suite import Case, Suite
 from dqar_bench.table import render_markdown, results_frame
@@ -189,12 +189,14 @@ class _Session:
         its finished baseline as a partner: timed again beside them, not recorded again."""
         suite, keys = self.suite, self.keys
         entries = self.log.entries()
-        used: set[tuple[str, int]] = set()
+        used: set[tuple[str, int]] = set()  # rounds a record already stands on
         for record in self.run.records():
-            used.update((record.get("case_key"), r) for r in record.get("round_ids") or [])
+            used.update((record["case"], r) for r in record.get("round_ids") or [])
         todo = [c for c in self.cases if c.name not in done]
-        prior = {c.name: [e["round"] for e in entries if keys[c.name] in e["cases"] and (keys[c.name], e["round"]) not in used][: suite.repeats]
-                 for c in todo}
+        prior = {  # rounds of an unfinished case (a crash mid-run): resume goes on from them
+            c.name: [e["round"] for e in entries if timed_as(e, c.name, keys[c.name]) and (c.name, e["round"]) not in used][: suite.repeats]
+            for c in todo
+        }
         need = {c.name: suite.repeats - len(prior[c.name]) for c in todo}
         self.wanted: dict[str, int] = {}
         runs: list[CaseRun] = []
@@ -210,7 +212,7 @@ class _Session:
                 continue
             self.wanted[case.name] = wanted
             runs.append(CaseRun(
-                self.ctx, case, self.identities[case.name], keys[case.name], keys.get(baseline), self.settings,
+                self.ctx, case, self.identities[case.name], keys[case.name], (baseline, keys[baseline]), self.settings,
                 partner=partner, blocked=suite.timing_order == "blocked" or case.execution != "eager",
                 prior_rounds=prior.get(case.name, []),
             ))
@@ -260,7 +262,7 @@ class _Session:
                         self.run.append(one.record)
                     say(_summary(one.record))
                     continue
-                timed[one.key] = result
+                timed[name] = result
             self.log.append({
                 "round": round_id, "session": self.ctx.session, "timing_order": "interleaved",
                 "round_seed": self.suite.round_seed, "order": order, "cases": timed,

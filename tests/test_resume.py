@@ -108,7 +108,7 @@ def test_rerun_changed_reruns_just_the_changed_cases(write_suite, tmp_path, caps
     assert len(RunDir(out).records()) == 4
     log = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     for r in latest["iv"]["round_ids"]:
-        assert latest["baseline"]["case_key"] in log[r]["cases"]  # paired with a baseline timed in the same round
+        assert log[r]["cases"]["baseline"]["case_key"] == latest["baseline"]["case_key"]  # paired with a baseline timed in the same round
     assert main(["run", str(edited), "--rerun-changed", "-o", str(tmp_path / "x")]) == 2
     assert "--resume" in one_line(capsys)
 

@@ -99,26 +99,30 @@ def test_injected_slowdown_lowers_the_paired_speedup_by_exactly_its_cost(tmp_pat
 
 
 def test_rounds_are_logged_in_a_seeded_order_and_recorded(tmp_path, monkeypatch):
-    records, _, rounds = fixed_cost_run(tmp_path, monkeypatch, repeats=6)
+    twin = "  - name: every2-twin\n    gate: {name: interval, every: 2}\n"  # the same content under another name
+    records, frame, rounds = fixed_cost_run(tmp_path, monkeypatch, repeats=6, extra=twin)
     log = RoundLog(tmp_path / "run" / "rounds.jsonl").entries()
     assert [e["round"] for e in log] == list(range(6))
-    assert [e["order"] for e in log] == [round_order(["baseline", "every2", "every3"], 0, r) for r in range(6)]
+    assert [e["order"] for e in log] == [round_order(["baseline", "every2", "every3", "every2-twin"], 0, r) for r in range(6)]
+    assert records["every2"]["case_key"] == records["every2-twin"]["case_key"]
+    assert frame.loc["every2-twin", "speedup"] == pytest.approx(frame.loc["every2", "speedup"]) == pytest.approx(expected_speedup(2))
     assert len({tuple(e["order"]) for e in log}) > 1  # shuffled, not one fixed order
-    keys = {r["case_key"] for r in records.values()}
-    assert all(set(e["cases"]) == keys for e in log)
+    assert all({name: t["case_key"] for name, t in e["cases"].items()} == {n: r["case_key"] for n, r in records.items()} for e in log)
     assert all(r["round_seed"] == 0 and r["round_ids"] == list(range(6)) for r in records.values())
     assert round_order(list("abcdef"), 7, 3) == round_order(list("abcdef"), 7, 3) != round_order(list("abcdef"), 8, 3)
 
 
 def test_pairing_rules():
     def entry(r, session, **cases):
-        return {"round": r, "session": session, "cases": {k: {"case": k, "calls_s": v, "steps_s": None} for k, v in cases.items()}}
+        return {"round": r, "session": session, "cases": {k: {"case_key": f"key-{k}", "calls_s": v, "steps_s": None} for k, v in cases.items()}}
 
+    x, b = ("x", "key-x"), ("b", "key-b")
     entries = [entry(0, "s", b=[2.0, 2.0], x=[1.0, 1.0]), entry(1, "s", b=[4.0, 4.0], x=[1.0, 3.0]), entry(2, "t", x=[5.0, 5.0])]
-    paired = pair(entries, [0, 1], "x", "b")
+    paired = pair(entries, [0, 1], x, b)
     assert paired.round_s == [2.0, 4.0] and paired.baseline_round_s == [4.0, 8.0] and paired.latency_s == [1.0, 1.0, 1.0, 3.0]
-    assert pair(entries, [0, 1, 2], "x", "b").baseline_round_s == [4.0, 8.0, 4.0]  # blocked: by position
-    assert pair(entries, [2], "x", None).baseline_round_s is None
+    assert pair(entries, [0, 1, 2], x, b).baseline_round_s == [4.0, 8.0, 4.0]  # blocked: by position
+    assert pair(entries, [2], x, None).baseline_round_s is None
+    assert pair(entries, [0, 1], ("x", "an edited x"), b).round_s == []  # another definition's rounds never count
     # the paired speedup is the median ratio; its interval a bootstrap over the ratios
     s = paired_speedup([1.0, 1.1, 1.3, 2.0, 1.2], [0.5, 0.5, 0.6, 1.0, 0.6])
     ratios = np.array([2.0, 2.2, 1.3 / 0.6, 2.0, 2.0])
@@ -155,7 +159,8 @@ def test_a_crash_loses_only_the_round_in_flight_and_resume_pairs_new_rounds(tmp_
     base_key = records["baseline"]["case_key"]
     for record in records.values():
         assert record["status"] == "ok" and record["round_ids"] == [0, 1, 2, 3]
-        assert all(base_key in log[r]["cases"] and record["case_key"] in log[r]["cases"] for r in record["round_ids"])
+        for r in record["round_ids"]:
+            assert log[r]["cases"]["baseline"]["case_key"] == base_key and log[r]["cases"][record["case"]]["case_key"] == record["case_key"]
         assert len({log[r]["session"] for r in record["round_ids"]}) == 2  # two sessions, each paired within itself
 
 
