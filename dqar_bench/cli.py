@@ -34,13 +34,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     single_process_only("dqar-bench run")  # until the runner shares its cases and FID images out (issue 12)
     from dqar_bench.runner import run_suite
 
+    if args.rerun_changed and args.resume is None:
+        raise DqarError("--rerun-changed reruns the changed cases of a run being resumed; give --resume DIR too")
     status = 0
     for suite in suites:
         output = args.resume or args.output
         if output is not None and len(suites) > 1:
             output = Path(output) / suite.model
-        run = run_suite(suite, output, resume=args.resume is not None)
-        failed = [r["case"] for r in run.records() if r.get("status") not in ("ok", "unsupported")]
+        run = run_suite(suite, output, resume=args.resume is not None, rerun_changed=args.rerun_changed)
+        latest = run.latest()  # a case that failed and then finished on resume counts as finished
+        failed = [c.name for c in suite.cases if c.name in latest and latest[c.name].get("status") not in ("ok", "unsupported")]
         if failed:
             print(f"{len(failed)} case(s) failed: {', '.join(failed)} (errors in {run.records_path})", file=sys.stderr)
             status = 1
@@ -240,7 +243,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("suite", help="suite YAML file")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--output", "-o", help="run directory (default results/runs/<suite>-<time>/)")
-    where.add_argument("--resume", metavar="DIR", help="continue a run directory, skipping cases already recorded")
+    where.add_argument("--resume", metavar="DIR", help="continue a run directory, skipping cases already recorded with the same content")
+    run.add_argument("--rerun-changed", action="store_true", help="with --resume: rerun the cases whose definition changed since they were recorded")
     run.add_argument("--inception-weights", metavar="PATH", help="local Inception weights file for FID / IS / KID (overrides quality.inception_weights)")
     run.add_argument("--nproc", type=int, metavar="N", help="run as N ranks on this machine under torch.distributed.run (torchrun --standalone)")
     validate = sub.add_parser("validate", help="check a suite file without running it")

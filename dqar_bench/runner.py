@@ -1,52 +1,63 @@
-"""The runner: one path for every case, baseline included.
+"""The runner: one path for every case, baseline included, timed in interleaved rounds.
 
-The model is built once per suite. For each case the registry turns names into parts,
-the adapter installs them (nothing for the untouched baseline), warmup calls run, then
-`repeats` timed calls per seed; outputs of the first timed repeat are compared with the
-baseline's, and one record is appended to disk before the next case starts. A case that
-raises is recorded as failed and the suite goes on.
+Everything the user gave is checked before the run directory is made (the directory
+itself, the model, the class labels, the quality instruments), so a refused run leaves
+nothing behind. The model is built once per suite. Then, in two phases:
 
-Measurement (`dqar_bench.measure`): every timed call's raw time is kept (CUDA events on a
-GPU, perf_counter on the CPU, per-step marks inside), the first warmup call is the cold
-figure, memory peaks and energy are taken around the case, the environment once per run.
+1. Prepare, one case at a time (baselines first), with its strategy installed
+   (`case_run.CaseRun.prepare`): warmup (the first call is the cold figure), one call per
+   seed whose outputs are scored against the baseline's and counted for FLOPs and reuse,
+   and the images for FID. Cases timed blocked (strong execution modes, which keep
+   compiled programs alive, or `timing.order: blocked`) run their timed rounds here.
+2. Time: `repeats` rounds; in each, every case runs once per seed, in an order shuffled
+   per round from `timing.round_seed`, installing its strategy before its calls and
+   removing it after (`dqar_bench.rounds`). Each finished round is fsynced to
+   `rounds.jsonl`.
+
+Then each case's record (its identity and key, every timed call, its seconds per round and
+its baseline's in the same rounds, FLOPs, quality) is appended to `records.jsonl`. A case
+that raises, or whose outputs or timings are not finite, is recorded as failed and the
+suite goes on.
+
+`--resume` finds finished cases by content (`dqar_bench.resume`); cases that still need
+rounds continue from those in `rounds.jsonl`, and the baseline of their mode is timed again
+in the new rounds, so every speedup pairs rounds that ran together.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import traceback
+import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from dqar_bench import __version__
-from dqar_bench.adapters import adapter_for
+from dqar_bench.case_run import CaseRun, RunContext, build_strategy
 from dqar_bench.conditioning import condition_for
 from dqar_bench.errors import DqarError, ModelError
-from dqar_bench.execution import Execution, unsupported
+from dqar_bench.identity import case_identity, case_key, measurement_settings
 from dqar_bench.measure import environment
-from dqar_bench.measure.classify import class_accuracy
-from dqar_bench.measure.fidelity import to_uint8
-from dqar_bench.measure.instruments import Instruments, build_instruments, generate_images
-from dqar_bench.measure.meter import CaseMeter
+from dqar_bench.measure.instruments import Instruments, build_instruments
 from dqar_bench.measure.plot import plot_run
 from dqar_bench.measure.progress import Progress as ProgressBar
-from dqar_bench.measure.stats import Measurement
 from dqar_bench.models import LoadedModel, load_model
-from dqar_bench.parts import build_part
 from dqar_bench.plugins import Registry, get_registry
-from dqar_bench.quality import compare_outputs
-from dqar_bench.records import RunDir
+from dqar_bench.records import RunDir, check_target
 from dqar_bench.report import keep_previews, report_run
-from dqar_bench.sampling import Condition, denoise, labels_condition, make_scheduler
-from dqar_bench.strategy import Strategy
+from dqar_bench.resume import ResumePlan, plan_resume
+from dqar_bench.rounds import RoundLog, round_order, timed_as
+from dqar_bench.sampling import Condition
 from dqar_bench.suite import Case, Suite
 from dqar_bench.table import render_markdown, results_frame
-from dqar_bench.timing import CallTimer
+
+__all__ = ["build_strategy", "check_labels", "default_output_dir", "resolve_device", "run_case", "run_suite"]
 
 Progress = Callable[[str], None]
+RUNS_ROOT = Path("results") / "runs"
+MAX_SUITE_NAME = 80
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,17 +69,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_strategy(case: Case, registry: Registry, probe_queries: int = 16) -> Strategy | None:
-    """The case's parts, built and wired; None for the untouched model."""
-    if case.untouched:
-        return None
-    parts = {kind: build_part(registry.get(kind, spec.name).cls, spec.params) for kind, spec in case.parts.items()}
-    return Strategy(parts["scheduler"], parts["gate"], parts["cache"], parts["quantizer"], probe_queries)  # type: ignore[arg-type]
-
-
 def default_output_dir(suite: Suite) -> Path:
+    """`results/runs/<suite name>-<time>`: the name is made a single safe path component,
+    so no suite name (`../x`, `/abs`, `a/b`) can place a run elsewhere."""
+    safe = re.sub(r"[^A-Za-z0-9_.=-]+", "_", suite.name)[:MAX_SUITE_NAME].lstrip(".") or "suite"
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("results") / "runs" / f"{suite.name}-{stamp}"
+    path = RUNS_ROOT / f"{safe}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = RUNS_ROOT / f"{safe}-{stamp}-{n}"
+    return path
 
 
 def run_suite(
@@ -77,66 +88,35 @@ def run_suite(
     resume: bool = False,
     registry: Registry | None = None,
     progress: Progress = print,
+    rerun_changed: bool = False,
 ) -> RunDir:
     """Run every case of `suite` into a run directory and write its tables."""
     registry = registry or get_registry()
-    run = RunDir(output or default_output_dir(suite))
-    if not resume and run.records():
-        raise DqarError(f"{run.path} already holds records; pass --resume {run.path} to continue it, or choose another --output")
-    done = run.finished() if resume else {}
+    path = Path(output) if output is not None else default_output_dir(suite)
+    check_target(path, resume)
     device = resolve_device(suite.device)
-    if device.type == "cpu":
-        torch.set_num_threads(suite.threads)
-    dtype = getattr(torch, suite.dtype)
-    model = load_model(suite.model, device, dtype, suite.allow_download)
-    check_labels(suite, model)
-    run.write_text("suite.yaml", suite.path.read_text())
-    kit = build_instruments(suite.quality, model.vae, model.latent_channels, device)
-    kit.environment = environment.collect(device, suite.dtype, suite.seeds, suite.content_hash, model.transformer)
-    run.write_text("environment.json", json.dumps(kit.environment, indent=1) + "\n")
-
-    condition = condition_for(suite, model, device, dtype)
     cases = suite.ordered_cases()
-    kit.reference_file = run.path / "outputs" / "baseline-fid-images.safetensors"
-    if cases[0].name in done:  # the first baseline's images are the FID reference
-        kit.resume_reference()
-
-    # one baseline per execution mode; each case is compared with the one in its mode
-    baseline_outputs = {c.name: run.load_outputs(c.name) for c in cases if suite.is_baseline(c) and c.name in done}
-    batch = suite.batch
-    per_case = kit.calls_per_case(suite.warmup, suite.repeats, len(suite.seeds), batch)
-    kit.progress = ProgressBar(per_case * sum(c.name not in done for c in cases))
-    say = kit.progress.wrap(progress)
+    settings = measurement_settings(suite)
+    identities = {c.name: case_identity(suite, c, registry, device.type) for c in cases}
+    keys = {name: case_key(identity, settings) for name, identity in identities.items()}
+    run: RunDir | None = RunDir.open(path, resume=True) if resume else None  # the directory exists: lock it first
     try:
-        for index, case in enumerate(cases, 1):
-            if case.name in done:
-                say(f"[{index}/{len(cases)}] {case.name}: already recorded, skipped")
-                continue
-            say(f"[{index}/{len(cases)}] {case.name} ...")
-            kit.progress.case(case.name)
-            reference = baseline_outputs.get(suite.baseline_for(case))
-            record, outputs = run_case(suite, case, model, device, registry, reference, kit, condition)
-            if outputs is not None:
-                run.save_outputs(case.name, outputs)
-                if suite.is_baseline(case):
-                    baseline_outputs[case.name] = outputs
-            run.append(record)
-            if outputs is not None:
-                keep_previews(run, case.name, outputs, kit.decode, say)  # decoded pictures for the report (VAE models)
-            say(_summary(record))
+        plan = plan_resume(run, cases, keys, identities, settings, rerun_changed) if run is not None else ResumePlan()
+        for note in plan.notes:
+            progress(note)
+        if device.type == "cpu":
+            torch.set_num_threads(suite.threads)
+        model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download)
+        check_labels(suite, model)
+        kit = build_instruments(suite.quality, model.vae, model.latent_channels, device)
+        condition = condition_for(suite, model, device, getattr(torch, suite.dtype))
+        if run is None:
+            run = RunDir.open(path, resume=False)
+        _Session(suite, run, registry, model, device, kit, condition, identities, keys, settings, plan, progress).execute()
+        _write_views(suite, run, progress)
     finally:
-        kit.progress.close()
-
-    frame = results_frame(run.records(), suite.baseline)
-    run.write_text("results.csv", frame.to_csv(index=False))
-    table = render_markdown(frame)
-    plot = plot_run(frame, run.path / "pareto.png", suite.name)
-    run.write_text("table.md", f"# {suite.name}\n\n{table}\n")
-    progress("")
-    progress(table)
-    progress(f"\nplot: {plot}")
-    progress(f"report: {report_run(run)}")
-    progress(f"results: {run.path}")
+        if run is not None:
+            run.close()
     return run
 
 
@@ -150,169 +130,173 @@ def run_case(
     kit: Instruments | None = None,
     condition: Condition | None = None,
 ) -> tuple[dict[str, Any], dict[int, torch.Tensor] | None]:
-    """Measure one case; never raises for a failure of the case itself.
-
-    A case whose execution mode it cannot run in (no CUDA for `cudagraph`, a part that
-    says so) is recorded as `unsupported` with the reason, and nothing is run.
-    """
+    """Measure one case on its own, its repeats timed blocked (benchmarks use it); never
+    raises for a failure of the case itself."""
     kit = kit or Instruments(device=device)
-    condition = condition or labels_condition(suite.class_labels, model.null_class, device)
-    record: dict[str, Any] = {
-        "suite": suite.name,
-        "case": case.name,
-        "description": case.description,
-        "parts": {kind: {"name": s.name, "params": s.params} for kind, s in case.parts.items()},
-        "model": suite.model,
-        "sampler": suite.sampler,
-        "steps": suite.steps,
-        "guidance_scale": suite.guidance_scale,
-        "batch": suite.batch,
-        "cond_len": condition.cond_len,
-        "execution_mode": case.execution,
-        "baseline_case": suite.baseline_for(case),
-        "seeds": suite.seeds,
-        "device": str(device),
-        "dtype": suite.dtype,
-        "suite_hash": suite.content_hash,
-        "dqar_bench": __version__,
-        "environment": kit.environment,
-        "started": _now(),
-    }
-    try:
-        strategy = build_strategy(case, registry, suite.probe_queries)
-        reason = unsupported(case.execution, device, strategy)
-        if reason:
-            record.update(status="unsupported", error=f"unsupported in {case.execution}: {reason}", finished=_now())
-            return record, None
-        measured = _measure(suite, model, device, strategy, kit, case.execution, condition)
-        outputs, samples = measured.pop("outputs"), measured.pop("latency_s")
-        quality = _quality(outputs, baseline_outputs, kit)
-        fidelity = _fidelity(measured.pop("fid_images"), suite.is_baseline(case), kit)
-        accuracy = _class_accuracy(outputs, condition, kit)
-    except Exception as exc:  # one broken case must not stop the suite
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0], traceback=traceback.format_exc(), finished=_now())
-        return record, None
-    batch = suite.batch
-    latency = Measurement.of(samples)
-    record.update(
-        status="ok",
-        latency_s=samples,
-        median_s=latency.median,
-        per_image_s=latency.median / batch,
-        latency=latency.summary(),
-        **measured,
-        quality=quality,
-        fidelity=fidelity,
-        class_accuracy=accuracy,
-        finished=_now(),
-    )
-    return record, outputs
+    ctx = RunContext(suite, model, device, registry, kit, condition or condition_for(suite, model, device, getattr(torch, suite.dtype)))
+    one = CaseRun(ctx, case, key=case.name, blocked=True)
+    one.prepare(suite.repeats, baseline_outputs)
+    if not one.ready:
+        return one.record, None
+    return one.finish(ctx.log.entries()), one.outputs
 
 
-def _measure(
-    suite: Suite,
-    model: LoadedModel,
-    device: torch.device,
-    strategy: Strategy | None,
-    kit: Instruments,
-    mode: str = "eager",
-    condition: Condition | None = None,
-) -> dict[str, Any]:
-    """Warmup (the first call is the cold figure), timed repeats, then images for FID."""
-    scheduler = make_scheduler(suite.sampler, model.scheduler_config)
-    condition = condition or labels_condition(suite.class_labels, model.null_class, device)
-    execution = Execution(mode, model.transformer, strategy, suite.execution_options)
-    forward = None
+class _Session:
+    """One invocation of `run_suite` on a run directory."""
 
-    def call(seed: int, labels: list[int] | None = None) -> torch.Tensor:
-        given = condition
-        if labels is not None and model.family == "dit":  # FID draws its own labels; captions stay the suite's
-            given = labels_condition(labels, model.null_class, device)
-        return denoise(model.transformer, scheduler, given, seed, suite.steps, suite.guidance_scale, strategy, forward)
+    def __init__(self, suite: Suite, run: RunDir, registry: Registry, model: LoadedModel, device: torch.device, kit: Instruments,
+                 condition: Condition, identities: dict[str, dict[str, Any]], keys: dict[str, str], settings: dict[str, Any],
+                 plan: ResumePlan, progress: Progress) -> None:
+        self.suite, self.run, self.kit, self.keys, self.plan = suite, run, kit, keys, plan
+        self.identities, self.settings = identities, settings
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        self.log = RoundLog(run.rounds_path)
+        self.ctx = RunContext(suite, model, device, registry, kit, condition, self.log, stamp, self.log.next_round())
+        self.progress = progress
+        self.cases = suite.ordered_cases()
 
-    meter = CaseMeter(device, suite.nvml_interval_s)
-    # per-step marks are a forward pre-hook: eager only (a compiled or replayed forward runs no hooks)
-    timer = CallTimer(device, model.transformer if suite.per_step and mode == "eager" else None)
-    outputs: dict[int, torch.Tensor] = {}
-    samples: list[float] = []
-    steps: list[list[float]] = []
-    warmup: list[float] = []
-    with adapter_for(model.transformer).install(model.transformer, strategy), execution as forward, meter:
-        with timer:
-            # a strong mode warms up twice: the first call meets empty caches and unallocated
-            # buffers, so the second still compiles / captures its first step once
-            for i in range(suite.warmup if mode == "eager" else max(suite.warmup, 2)):
-                timing, _ = timer.time(lambda: call(suite.seeds[i % len(suite.seeds)]))
-                warmup.append(timing.seconds)
-                kit.progress.tick()
-            if strategy is not None:
-                strategy.reset_stats()  # count the timed calls only
-            with meter.timed_section():
-                for repeat in range(suite.repeats):
-                    for seed in suite.seeds:
-                        timing, latents = timer.time(lambda: call(seed))
-                        samples.append(timing.seconds)
-                        steps.append(timing.steps)
-                        if repeat == 0:
-                            outputs[seed] = latents.detach().float().cpu()
-                        kit.progress.tick()
-            stats = strategy.stats if strategy is not None else None
-            reuse = {  # of the timed calls only: taken before any image for FID is made
-                "reused": stats.reused if stats else 0,
-                "evaluations": stats.evaluations if stats else 0,
-                "reuse_ratio": stats.reuse_ratio if stats else 0.0,
-                "cache_bytes": stats.peak_cache_bytes if stats else 0,
-                "reuse_map": stats.reuse_map if stats else None,  # [step][block]: timed calls that reused there
-                "reuse_map_calls": stats.calls if stats else 0,
-            }
-        fid_images = None
-        if kit.fid_images:
-            fid_images = generate_images(call, kit.fid_images, suite.batch, model.null_class, kit)
-    images = suite.repeats * len(suite.seeds) * suite.batch
-    return {
-        "execution": execution.report(),
-        "outputs": outputs,
-        "latency_s": samples,
-        "timer": timer.method,
-        "cold_s": warmup[0] if warmup else None,
-        "warmup_s": warmup,
-        "step_s": steps if suite.per_step and mode == "eager" else None,
-        **meter.report(images),
-        **reuse,
-        "fid_images": fid_images,
-    }
+    def execute(self) -> None:
+        suite, run, kit = self.suite, self.run, self.kit
+        run.write_text("suite.yaml", suite.path.read_text(encoding="utf-8"))
+        kit.environment = environment.collect(self.ctx.device, suite.dtype, suite.seeds, suite.content_hash, self.ctx.model.transformer)
+        run.write_text("environment.json", json.dumps(kit.environment, indent=1) + "\n")
+        kit.reference_file = run.fid_reference_path
+        self._adopt_renamed()
+        done = set(self.plan.done) | set(self.plan.renamed)
+        if self.cases[0].name in done:  # the first baseline's images are the FID reference
+            kit.resume_reference()
+        runs = self._plan(done)
+        measured = [r for r in runs if not r.partner]
+        calls = kit.calls_per_case(suite.warmup, suite.repeats, len(suite.seeds), suite.batch) + len(suite.seeds)
+        kit.progress = ProgressBar(calls * len(measured) + (suite.warmup + suite.repeats * len(suite.seeds)) * (len(runs) - len(measured)))
+        say = kit.progress.wrap(self.progress)
+        for index, case in enumerate(self.cases, 1):
+            if case.name in done:
+                say(f"[{index}/{len(self.cases)}] {case.name}: already recorded, skipped")
+        try:
+            self._prepare_all(runs, say)
+            self._time_rounds([r for r in runs if r.ready and not r.blocked], say)
+            entries = self.log.entries()
+            for one in measured:
+                if one.ready:
+                    record = one.finish(entries)
+                    run.append(record)
+                    say(_summary(record))
+        finally:
+            kit.progress.close()
+
+    def _plan(self, done: set[str]) -> list[CaseRun]:
+        """The cases to measure in this session and, for each execution mode where some are,
+        its finished baseline as a partner: timed again beside them, not recorded again."""
+        suite, keys = self.suite, self.keys
+        entries = self.log.entries()
+        used: set[tuple[str, int]] = set()  # rounds a record already stands on
+        for record in self.run.records():
+            used.update((record["case"], r) for r in record.get("round_ids") or [])
+        todo = [c for c in self.cases if c.name not in done]
+        prior = {  # rounds of an unfinished case (a crash mid-run): resume goes on from them
+            c.name: [e["round"] for e in entries if timed_as(e, c.name, keys[c.name]) and (c.name, e["round"]) not in used][: suite.repeats]
+            for c in todo
+        }
+        need = {c.name: suite.repeats - len(prior[c.name]) for c in todo}
+        self.wanted: dict[str, int] = {}
+        runs: list[CaseRun] = []
+        for case in self.cases:
+            baseline = suite.baseline_for(case)
+            others = [need[c.name] for c in todo if suite.baseline_for(c) == case.name and c.name != case.name]
+            if case.name in need:
+                wanted = max([need[case.name], *others]) if suite.is_baseline(case) else need[case.name]
+                partner = False
+            elif suite.is_baseline(case) and any(n > 0 for n in others):
+                wanted, partner = max(others), True
+            else:
+                continue
+            self.wanted[case.name] = wanted
+            runs.append(CaseRun(
+                self.ctx, case, self.identities[case.name], keys[case.name], (baseline, keys[baseline]), self.settings,
+                partner=partner, blocked=suite.timing_order == "blocked" or case.execution != "eager",
+                prior_rounds=prior.get(case.name, []),
+            ))
+        return runs
+
+    def _prepare_all(self, runs: list[CaseRun], say: Progress) -> None:
+        references: dict[str, dict[int, torch.Tensor]] = {}
+        for name in self.plan.done:
+            if self.suite.is_baseline(self.suite.case(name)) and self.plan.done[name].get("status") == "ok":
+                references[name] = self.run.load_outputs(name)  # read by plan_resume already
+        for name in self.plan.renamed:
+            if self.suite.is_baseline(self.suite.case(name)):
+                references[name] = self.run.load_outputs(name)
+        for index, one in enumerate(runs, 1):
+            case = one.case
+            self.kit.progress.case(case.name)
+            role = " (timed again as the baseline of rerun cases)" if one.partner else ""
+            say(f"[{index}/{len(runs)}] {case.name}: preparing{role} ...")
+            one.prepare(self.wanted[case.name] if one.blocked else 0, references.get(self.suite.baseline_for(case)))
+            if one.status in ("failed", "unsupported"):
+                if not one.partner:
+                    self.run.append(one.record)
+                say(_summary(one.record))
+                continue
+            if not one.partner and one.outputs is not None:
+                self.run.save_outputs(case.name, one.outputs)
+                one.record["outputs_file"] = str(self.run.outputs_path(case.name).relative_to(self.run.path))
+                keep_previews(self.run, case.name, one.outputs, self.kit.decode, say)  # decoded pictures for the report (VAE models)
+                if self.suite.is_baseline(case):
+                    references[case.name] = one.outputs
+
+    def _time_rounds(self, runs: list[CaseRun], say: Progress) -> None:
+        """Interleaved rounds: each case once per seed per round, in a seeded shuffled order."""
+        total = max((self.wanted[r.case.name] for r in runs), default=0)
+        for i in range(total):
+            group = {r.case.name: r for r in runs if r.ready and i < self.wanted[r.case.name]}
+            if not group:
+                break
+            round_id = self.ctx.take_round()
+            order = round_order(list(group), self.suite.round_seed, round_id)
+            say(f"round {i + 1}/{total}: {', '.join(order)}")
+            timed: dict[str, Any] = {}
+            for name in order:
+                one = group[name]
+                result = one.time_round()
+                if result is None:  # the case failed in this round
+                    if not one.partner:
+                        self.run.append(one.record)
+                    say(_summary(one.record))
+                    continue
+                timed[name] = result
+            self.log.append({
+                "round": round_id, "session": self.ctx.session, "timing_order": "interleaved",
+                "round_seed": self.suite.round_seed, "order": order, "cases": timed,
+            })
+            for one in group.values():
+                if one.ready:
+                    one.round_ids.append(round_id)
+
+    def _adopt_renamed(self) -> None:
+        """A case under a new name whose content matches a finished record is that record:
+        copied under the new name (outputs too), so tables and `compare` find it."""
+        for name, found in self.plan.renamed.items():
+            case = self.suite.case(name)
+            record = {**found, "case": name, "renamed_from": found["case"], "baseline_case": self.suite.baseline_for(case)}
+            if found.get("status") == "ok":
+                shutil.copyfile(self.run.outputs_path(found["case"]), self.run.outputs_path(name))
+                record["outputs_file"] = str(self.run.outputs_path(name).relative_to(self.run.path))
+            self.run.append(record)
 
 
-def _quality(outputs: dict[int, torch.Tensor], baseline: dict[int, torch.Tensor] | None, kit: Instruments) -> dict[str, Any] | None:
-    if baseline is None or set(baseline) != set(outputs):
-        return None
-    seeds = sorted(outputs)
-    return compare_outputs(
-        torch.cat([outputs[s] for s in seeds]), torch.cat([baseline[s] for s in seeds]), kit.decode, kit.lpips, kit.lpips_note
-    )
-
-
-def _class_accuracy(outputs: dict[int, torch.Tensor], condition: Condition, kit: Instruments) -> float | None:
-    """Class accuracy of the case's own outputs (every seed, first timed repeat)."""
-    labels = condition.inputs.get("class_labels")
-    if kit.quality.classifier is None or labels is None:
-        return None
-    seeds = sorted(outputs)
-    images = to_uint8(kit.to_images(torch.cat([outputs[s] for s in seeds])))
-    labels = labels.detach().cpu().repeat(len(seeds))
-    return class_accuracy(kit.quality.classifier, images, labels)
-
-
-def _fidelity(images: torch.Tensor | None, is_baseline: bool, kit: Instruments) -> dict[str, Any] | None:
-    """FID / IS / KID of the case's images; the baseline's images may be the reference itself."""
-    if images is None:
-        return None
-    if is_baseline and kit.quality.reference == "baseline" and kit.fidelity is None:
-        kit.adopt_reference(images)  # the first baseline's; a baseline in another mode is scored against it
-        return {"n": int(images.shape[0]), "reference": "this case (the baseline)", "feature_extractor": kit.quality.feature_extractor}
-    if kit.fidelity is None:
-        return {"n": int(images.shape[0]), "note": "no reference: the baseline did not finish"}
-    return kit.fidelity.score(images)
+def _write_views(suite: Suite, run: RunDir, progress: Progress) -> None:
+    names = {c.name for c in suite.cases}
+    frame = results_frame([r for r in run.records() if r["case"] in names], suite.baseline)
+    run.write_text("results.csv", frame.to_csv(index=False))
+    table = render_markdown(frame)
+    plot = plot_run(frame, run.path / "pareto.png", suite.name)
+    run.write_text("table.md", f"# {suite.name}\n\n{table}\n")
+    progress("")
+    progress(table)
+    progress(f"\nplot: {plot}")
+    progress(f"report: {report_run(run)}")
+    progress(f"results: {run.path}")
 
 
 def check_labels(suite: Suite, model: LoadedModel) -> None:
@@ -326,12 +310,10 @@ def check_labels(suite: Suite, model: LoadedModel) -> None:
 
 def _summary(record: dict[str, Any]) -> str:
     if record["status"] == "unsupported":
-        return f"    {record['error']}"
+        return f"    {record['case']}: {record['error']}"
     if record["status"] != "ok":
-        return f"    failed: {record['error']}"
+        return f"    {record['case']}: failed: {record['error']}"
     noise = record["latency"]["noise"]
-    return f"    median {record['median_s'] * 1000:.1f} ms/call ({noise}), reuse {record['reuse_ratio']:.1%}"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    flops = (record.get("flops") or {}).get("per_call")
+    extra = f", {flops / 1e12:.4g} TFLOP/call" if flops is not None else ""
+    return f"    {record['case']}: median {record['median_s'] * 1000:.1f} ms/call ({noise}), reuse {record['reuse_ratio']:.1%}{extra}"

@@ -212,6 +212,12 @@ class Strategy:
     def reset_stats(self) -> None:
         self.stats = ReuseStats(count_nonfinite=self.quantizer.nonfinite, nonfinite_before=self.quantizer.nonfinite())
 
+    def release(self) -> None:
+        """Drop what the caches hold: between interleaved rounds other cases run, and a
+        strategy waiting for its next round should hold no memory (each call starts empty)."""
+        for each in self.caches.values():
+            each.clear()
+
     def before_step(self, ctx: StepContext) -> None:
         """Decide which blocks reuse at this step (or, for a mid-forward gate, that none has yet)."""
         assert self._mask is not None, "begin() must be called before the first step"

@@ -45,7 +45,8 @@ CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution")
 COMPILE_KEYS = ("backend", "mode", "max_graphs")
 TEXT_KEYS = ("prompt_lengths", "prompts", "prompt_embeddings")
 SAMPLER_KEYS = ("name", "steps", "guidance_scale")
-TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms")
+TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms", "order", "round_seed")
+TIMING_ORDERS = ("interleaved", "blocked")
 QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips_weights", "classifier")
 FIDELITY_METRICS = ("fid", "kid", "isc")
 MODEL_KEYS = ("name", "download")
@@ -127,6 +128,11 @@ class Suite:
     prompt_embeddings: str | None = None
     text_batch: int | None = None
     """Captions per sampling call for a text-conditioned model (None: class labels)."""
+    timing_order: str = "interleaved"
+    """'interleaved': the timed repeats run in rounds, every case once per round (see
+    `dqar_bench.rounds`); 'blocked': each case's repeats back to back."""
+    round_seed: int = 0
+    """Seed of the case order in each round."""
 
     @property
     def batch(self) -> int:
@@ -271,6 +277,10 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         raise r.error("fields 'timing.warmup' must be >= 0 and 'timing.repeats' >= 1")
     per_step = r.get(timing, "per_step", bool, default=True, field="timing.per_step")
     nvml_interval_ms = r.get(timing, "nvml_interval_ms", float, default=10.0, field="timing.nvml_interval_ms")
+    timing_order = r.get(timing, "order", str, default="interleaved", field="timing.order")
+    if timing_order not in TIMING_ORDERS:
+        raise r.error(f"field 'timing.order': '{timing_order}' is not one of {', '.join(TIMING_ORDERS)}{_suggest(timing_order, TIMING_ORDERS)}")
+    round_seed = r.get(timing, "round_seed", int, default=0, field="timing.round_seed")
     if not (math.isfinite(nvml_interval_ms) and nvml_interval_ms > 0):
         raise r.error("field 'timing.nvml_interval_ms' must be > 0 (milliseconds between NVML samples)")
     # Files a run needs on this machine are checked only where the model itself can run here;
@@ -336,7 +346,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         path, name, model_name, allow_download, sampler, steps, guidance, labels, seeds, device, dtype,
         warmup, repeats, baseline, probe_queries, cases, digest, r.get(data, "description", str, default=""),
         quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
-        execution_options=options, threads=threads, **text,
+        execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, **text,
     )
 
 

@@ -3,8 +3,11 @@
 Every figure is derived here from what the record keeps, raw samples included, so a
 table can be rebuilt (and re-judged) from `records.jsonl` alone. Speedup is against the
 baseline of the same run, and only where the two were measured alike (same batch,
-steps, sampler, device, dtype, execution mode); its interval comes from both cases' raw
-samples (`measure.stats.speedup`).
+steps, sampler, device, dtype, execution mode). Where the record has rounds (`round_s`
+and the baseline's `baseline_round_s` in the same rounds) the speedup is the median of
+per-round ratios with a bootstrap interval over them (`measure.stats.paired_speedup`);
+older records without rounds fall back to both cases' raw samples (`measure.stats.speedup`).
+The FLOP speedup is the baseline's FLOPs per call over the case's (`measure.flops`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from dqar_bench import markdown
-from dqar_bench.measure.stats import NOISY, SPEEDUP_METHOD, UNRELIABLE, Measurement, speedup
+from dqar_bench.measure.stats import NOISY, SPEEDUP_METHOD, UNRELIABLE, Measurement, paired_speedup, speedup
 
 COLUMNS = [
     "case", "status", "parts", "median_ms", "per_image_ms", "speedup", "reuse_ratio", "cache_mib", "psnr_db",
@@ -25,7 +28,7 @@ COLUMNS = [
     "gpu_peak_mib", "process_mib", "torch_alloc_mib", "torch_reserved_mib", "rss_mib", "rss_scope", "joules_per_image",
     "memory_note", "process_note", "energy_note",
     "space", "ssim", "lpips", "lpips_note", "fid", "isc", "kid", "fidelity_n", "fidelity_note", "execution",
-    "class_accuracy",
+    "class_accuracy", "tflop_per_call", "flop_speedup", "timing_order", "rounds", "speedup_method",
 ]
 
 # A speedup compares like with like: these must match between a case and the baseline.
@@ -85,7 +88,12 @@ def _timing(row: dict[str, Any], record: dict[str, Any]) -> None:
         reuse_ratio=record.get("reuse_ratio"),
         cache_mib=(record.get("cache_bytes") or 0) / 2**20,
         timer=record.get("timer"),
+        timing_order=record.get("timing_order"),
+        rounds=record.get("rounds"),
     )
+    flops = (record.get("flops") or {}).get("per_call")
+    if flops is not None:
+        row["tflop_per_call"] = flops / 1e12
     if samples:
         m = Measurement.of(samples).scaled(1000)
         row.update(n=m.n, mean_ms=m.mean, p10_ms=m.p10, p90_ms=m.p90, iqr_ms=m.iqr, noise=m.noise)
@@ -106,11 +114,21 @@ def _speed(row: dict[str, Any], record: dict[str, Any], base: dict[str, Any] | N
     if differ:
         row["speedup_note"] = f"not comparable with '{baseline}': {', '.join(differ)} differ"
         return
-    samples = record.get("latency_s") or []
-    if not samples:
+    base_flops = (base.get("flops") or {}).get("per_call")
+    if row["tflop_per_call"] and base_flops:
+        row["flop_speedup"] = base_flops / (row["tflop_per_call"] * 1e12)
+    rounds, base_rounds = record.get("round_s"), record.get("baseline_round_s")
+    if rounds and base_rounds and len(rounds) == len(base_rounds):
+        s = paired_speedup(base_rounds, rounds)
+    elif rounds and not base_rounds:
+        row["speedup_note"] = f"no rounds of '{baseline}' to pair with"
         return
-    s = speedup(base["latency_s"], samples)
-    row.update(speedup=s.value, speedup_low=s.low, speedup_high=s.high)
+    else:  # a record from before rounds: both cases' raw samples
+        samples = record.get("latency_s") or []
+        if not samples:
+            return
+        s = speedup(base["latency_s"], samples)
+    row.update(speedup=s.value, speedup_low=s.low, speedup_high=s.high, speedup_method=s.method)
 
 
 def _memory(row: dict[str, Any], record: dict[str, Any]) -> None:
@@ -165,7 +183,7 @@ def render_markdown(frame: pd.DataFrame) -> str:
 
 def _time_table(rows: list[dict[str, Any]]) -> str:
     header = ["case", "parts (gate / cache / quantizer / scheduler)", "median ms", "mean ms", "p10 ms", "p90 ms", "IQR ms",
-              "noise", "ms / image", "speedup [95% CI]", "reuse", "cache MiB", "PSNR dB"]
+              "noise", "ms / image", "speedup [95% CI]", "TFLOP / call", "FLOP speedup", "reuse", "cache MiB", "PSNR dB"]
     lines = _head(header, left=2)
     for row in rows:
         if row["status"] == "unsupported":
@@ -177,7 +195,7 @@ def _time_table(rows: list[dict[str, Any]]) -> str:
                 row["case"], row["parts"], _num(row["median_ms"], "{:.1f}"), _num(row["mean_ms"], "{:.1f}"),
                 _num(row["p10_ms"], "{:.1f}"), _num(row["p90_ms"], "{:.1f}"), _num(row["iqr_ms"], "{:.2f}"),
                 row["noise"] or "n/a", _num(row["per_image_ms"], "{:.2f}"), _speedup(row),
-                _num(row["reuse_ratio"], "{:.1%}"), _num(row["cache_mib"], "{:.3f}"),
+                _num(row["tflop_per_call"], "{:.4g}"), _num(row["flop_speedup"], "{:.2f}x"), _num(row["reuse_ratio"], "{:.1%}"), _num(row["cache_mib"], "{:.3f}"),
                 "(reference)" if row["is_baseline"] else _psnr(row["psnr_db"]),
             ]
         lines.append(_line(cells))
@@ -224,7 +242,13 @@ def _quality_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _notes(rows: list[dict[str, Any]]) -> list[str]:
-    notes = [f"speedup: {SPEEDUP_METHOD}; against the baseline of this run, measured with the same batch, steps and mode."]
+    methods = _texts(rows, "speedup_method") or [SPEEDUP_METHOD]
+    notes = [f"speedup: {m}; against the baseline of this run, measured with the same batch, steps and mode." for m in methods]
+    if any(r.get("timing_order") == "blocked" for r in rows):
+        notes.append("(blocked): the case's repeats ran back to back (a strong execution mode keeps its compiled programs "
+                     "alive, or timing.order is blocked); its rounds pair with the baseline's by position, not in time.")
+    notes.append("TFLOP / call: exact FLOPs of one sampling call (torch FlopCounterMode: matrix products, convolutions, "
+                 "attention; probes included), mean over seeds; FLOP speedup: the baseline's over the case's.")
     notes.append(f"noise: IQR / median over {NOISY:.0%} is flagged noisy, over {UNRELIABLE:.0%} unreliable.")
     timers = _texts(rows, "timer")
     if timers:
@@ -264,9 +288,10 @@ def _line(cells: list[Any]) -> str:
 def _speedup(row: dict[str, Any]) -> str:
     if not _present(row["speedup"]):
         return "n/a"
+    blocked = " (blocked)" if row.get("timing_order") == "blocked" else ""
     if _present(row["speedup_low"]) and _present(row["speedup_high"]):
-        return f"{row['speedup']:.2f}x [{row['speedup_low']:.2f}, {row['speedup_high']:.2f}]"
-    return f"{row['speedup']:.2f}x"
+        return f"{row['speedup']:.2f}x [{row['speedup_low']:.2f}, {row['speedup_high']:.2f}]{blocked}"
+    return f"{row['speedup']:.2f}x{blocked}"
 
 
 def _mib(value: Any) -> float | None:

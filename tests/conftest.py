@@ -111,14 +111,14 @@ def report_run(tmp_path_factory):
     """
     import io
 
-    from dqar_bench import runner
+    from dqar_bench import case_run
     from dqar_bench.cli import main
     from dqar_bench.records import RunDir
 
     root = tmp_path_factory.mktemp("report")
     suite = root / "suite.yaml"
     suite.write_text(REPORT_SUITE)
-    real = runner.build_strategy
+    real = case_run.build_strategy
 
     def build(case, registry, probe_queries=16):
         if case.name.startswith("boom"):
@@ -127,7 +127,7 @@ def report_run(tmp_path_factory):
 
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner, "build_strategy", build)
+        mp.setattr(case_run, "build_strategy", build)
         mp.setattr("sys.stdout", printed)
         assert main(["run", str(suite), "-o", str(root / "run")]) == 1  # 'boom' failed
     run = RunDir(root / "run")

@@ -251,10 +251,9 @@ def test_records_of_a_mode_expanded_run_resume(write_suite, tmp_path, monkeypatc
     out = tmp_path / "run"
     assert main(["run", str(path), "-o", str(out)]) == 0
     lines = (out / "records.jsonl").read_text().splitlines()
-    assert [json.loads(line)["case"] for line in lines] == ["baseline@eager", "baseline@cudagraph", "never@eager", "never@cudagraph"]
+    assert sorted(json.loads(line)["case"] for line in lines) == ["baseline@cudagraph", "baseline@eager", "never@cudagraph", "never@eager"]
     assert main(["run", str(path), "--resume", str(out)]) == 0
-    again = [r["case"] for r in RunDir(out).records()][4:]
-    assert again == ["baseline@cudagraph", "never@cudagraph"]  # only what did not run is tried again
+    assert len(RunDir(out).records()) == 4  # unsupported is an answer: not tried again
     never = {r["case"]: r for r in RunDir(out).records()}["never@eager"]
     assert never["quality"]["identical"] is True  # compared with the eager baseline's outputs
 

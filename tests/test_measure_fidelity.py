@@ -173,7 +173,7 @@ def test_runner_scores_each_case_against_the_baseline_images(write_suite, tmp_pa
     assert abs(records["overhead"]["fidelity"]["fid"]) < 1e-6  # the same images as the baseline's
     assert records["every2"]["fidelity"]["fid"] > 1e-6 and records["every2"]["fidelity"]["n"] == 6
     assert records["every2"]["evaluations"] == 4 * 2  # the timed call's steps x blocks: FID images are not counted
-    assert (out / "outputs" / "baseline-fid-images.safetensors").exists()
+    assert (out / "fid-reference-images.safetensors").exists()  # apart from the case files in outputs/
     table = (out / "table.md").read_text()
     assert "| FID | IS | KID | images |" in table
     # a resumed run takes the saved baseline images as its reference
@@ -192,7 +192,7 @@ def test_run_without_inception_weights_stops_before_any_case(write_suite, tmp_pa
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "quality.inception_weights" in err
-    assert not (tmp_path / "run" / "records.jsonl").exists()
+    assert not (tmp_path / "run").exists()  # checked before the run directory is made
     assert main(["run", str(path), "-o", str(tmp_path / "run2"), "--inception-weights", str(tmp_path / "nope.pth")]) == 2
     assert "no file at" in capsys.readouterr().err
 
@@ -201,6 +201,7 @@ def test_latent_model_without_vae_cannot_have_fid(write_suite, tmp_path, capsys)
     path = write_suite(SUITE.format(extractor=TINY).replace("pixel-tiny", "dit-tiny"))
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 2
     assert "no VAE" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from dqar_bench.cli import main
 from dqar_bench.records import RunDir
 from tests.conftest import REPORT_SUITE as SUITE
 
-STEPS, BLOCKS, CALLS = 6, 4, 4  # dit-tiny has 4 blocks; 2 seeds x 2 repeats are timed
+STEPS, BLOCKS, CALLS = 6, 4, 2  # dit-tiny has 4 blocks; the map counts the scored calls, one per seed (2)
 
 
 def _figures(page: str, cls: str) -> list[dict[str, str]]:
@@ -194,7 +194,7 @@ def test_video_outputs_are_strips_of_frames(tmp_path):
     from dqar_bench.report import write_report
     from dqar_bench.report.previews import MAX_FRAMES
 
-    run = RunDir(tmp_path / "run")
+    run = RunDir.open(tmp_path / "run", resume=False)
     base = {"suite": "video", "steps": 2, "batch": 2, "seeds": [0], "baseline_case": "baseline", "parts": {},
             "latency_s": [1.0, 1.1, 0.9], "median_s": 1.0, "per_image_s": 0.5, "status": "ok"}
     frames = torch.linspace(-1, 1, 12).view(1, 1, 12, 1, 1).expand(2, 3, 12, 16, 16).contiguous()

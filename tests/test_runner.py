@@ -43,16 +43,16 @@ def test_run_writes_records_csv_and_table(write_suite, tmp_path, capsys):
 
 
 def test_failing_case_is_recorded_and_suite_goes_on(write_suite, tmp_path, monkeypatch):
-    from dqar_bench import runner
+    from dqar_bench import case_run
 
-    real = runner.build_strategy
+    real = case_run.build_strategy
 
     def build(case, registry, probe_queries=16):
         if case.name == "overhead":
             raise RuntimeError("part exploded")
         return real(case, registry, probe_queries)
 
-    monkeypatch.setattr(runner, "build_strategy", build)
+    monkeypatch.setattr(case_run, "build_strategy", build)
     path = write_suite(SMALL_SUITE_HEAD + CASES)
     out = tmp_path / "run"
     assert main(["run", str(path), "-o", str(out)]) == 1  # a failed case makes the exit non-zero
@@ -71,16 +71,27 @@ def test_resume_skips_recorded_cases_and_still_compares(write_suite, tmp_path, m
     assert main(["run", str(write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n", "first.yaml")), "-o", str(out)]) == 0
     with open(first.records_path, "a") as fh:
         fh.write('{"case": "overhead", "status": "o')  # torn line
-    from dqar_bench import runner
-
-    ran = []
-    real = runner.run_case
-    monkeypatch.setattr(runner, "run_case", lambda suite, case, *a: ran.append(case.name) or real(suite, case, *a))
+    ran = prepared(monkeypatch)
     assert main(["run", str(path), "--resume", str(out)]) == 0
-    assert ran == ["overhead", "iv"]
+    assert ran == ["baseline (partner)", "overhead", "iv"]  # the baseline is timed again beside them, not recorded again
     finished = RunDir(out).finished()
     assert set(finished) == {"baseline", "overhead", "iv"}
     assert finished["overhead"]["quality"]["identical"] is True  # baseline outputs came from disk
+
+
+def prepared(monkeypatch):
+    """The cases a run prepares, in order (a partner is a finished baseline timed again)."""
+    from dqar_bench import case_run
+
+    ran = []
+    real = case_run.CaseRun.prepare
+
+    def prepare(self, *a, **k):
+        ran.append(self.case.name + (" (partner)" if self.partner else ""))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(case_run.CaseRun, "prepare", prepare)
+    return ran
 
 
 def test_existing_run_dir_is_not_overwritten(write_suite, tmp_path, capsys):

@@ -1,8 +1,9 @@
 """Energy per image from NVML's cumulative energy counter.
 
 `nvmlDeviceGetTotalEnergyConsumption` counts millijoules since the driver loaded (Volta
-and newer). The harness reads it just before the first timed call and just after the last,
-and divides the delta by the images those calls made. It is the whole board's energy,
+and newer). The harness reads it just before and just after each stretch of a case's
+timed calls (one per round when rounds are interleaved), adds the deltas, and divides
+the sum by the images those calls made. It is the whole board's energy,
 idle draw included, which is what a user pays for. A MIG instance shares the board, so
 its energy is not attributable and is reported as not available.
 """
@@ -19,18 +20,26 @@ class EnergyMeter:
         self.device = device
         self.note = note
         self._start: int | None = None
-        self._end: int | None = None
+        self._total_mj = 0
+        self._stretches = 0
+        self._missed = False
 
     def start(self) -> None:
         self._start = self._read()
 
     def stop(self) -> None:
-        self._end = self._read() if self._start is not None else None
+        end = self._read() if self._start is not None else None
+        if self._start is None or end is None:
+            self._missed = True  # one unread stretch makes the sum wrong: report none
+        else:
+            self._total_mj += end - self._start
+            self._stretches += 1
+        self._start = None
 
     def report(self, images: int) -> dict[str, Any]:
-        if self._start is None or self._end is None:
+        if self._missed or not self._stretches:
             return {"joules": None, "joules_per_image": None, "energy_note": self.note or "not available"}
-        joules = (self._end - self._start) / 1000.0
+        joules = self._total_mj / 1000.0
         return {"joules": joules, "joules_per_image": joules / images if images else None, "energy_note": None}
 
     def _read(self) -> int | None:

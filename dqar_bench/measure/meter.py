@@ -1,8 +1,9 @@
 """Everything measured around one case besides time: memory peaks and energy.
 
 Entering a `CaseMeter` (before the case's warmup) resets the allocator and RSS peaks and
-starts the NVML sampler; `timed_section` brackets the timed repeats for the energy
-counter; leaving stops the sampler. Nothing here runs inside a timed call except the
+starts the NVML sampler; leaving stops the sampler. `timed_section` brackets a stretch of
+timed calls for the energy counter, inside the `with` or (interleaved rounds) after it,
+when it opens NVML for the stretch itself; the stretches add up. Nothing here runs inside a timed call except the
 sampler thread, which takes the GIL for a few microseconds every interval.
 """
 
@@ -30,8 +31,10 @@ class CaseMeter:
         self._energy = EnergyMeter(None, "n/a: no GPU")
         self._rss_scope = "process"
         self._nvml_report: dict[str, Any] | None = None
+        self._inside = False
 
     def __enter__(self) -> "CaseMeter":
+        self._inside = True
         torch_memory.reset(self.device, self._cuda)
         self._rss_scope = rss.reset_peak()
         if self.device.type == "cuda":
@@ -44,13 +47,20 @@ class CaseMeter:
 
     @contextlib.contextmanager
     def timed_section(self) -> Iterator[None]:
+        opened = None
+        if not self._inside and self._nvml_device is not None:
+            opened, note = nvml_mod.open_device(self.device, self._nvml_module, self._cuda)
+            self._energy.device, self._energy.note = opened, note or self._energy.note
         self._energy.start()
         try:
             yield
         finally:
             self._energy.stop()
+            if opened is not None:
+                nvml_mod.shutdown(opened.nvml)
 
     def __exit__(self, *exc: object) -> None:
+        self._inside = False
         if self._sampler is not None:
             self._nvml_report = self._sampler.stop()
             self._sampler = None

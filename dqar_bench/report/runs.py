@@ -71,8 +71,14 @@ class Entry:
         return self.record.get("baseline_case") or "baseline"
 
     def outputs(self) -> dict[int, torch.Tensor] | None:
+        """The case's saved outputs; None where the run has none (or they cannot be read)."""
+        from dqar_bench.records import OutputsError
+
         assert self.run.dir is not None
-        return self.run.dir.load_outputs(self.case)
+        try:
+            return self.run.dir.load_outputs(self.case)
+        except OutputsError:
+            return None
 
     def previews(self) -> tuple[dict[int, torch.Tensor], dict[str, str]] | None:
         assert self.run.dir is not None
