@@ -29,6 +29,7 @@ from torch import nn
 
 from dqar_bench.reference.classifier import FEATURE_EXTRACTOR_NAME, DigitClassifier, frechet_distance
 from dqar_bench.reference.data import NUM_CLASSES, DigitsSplit, load_digits_split
+from dqar_bench.reference.objectives import EpsilonObjective, Objective
 from dqar_bench.reference.load import (
     CLASSIFIER_WEIGHTS_FILE,
     DIT_CONFIG_FILE,
@@ -172,12 +173,12 @@ def classifier_accuracy(model: DigitClassifier, split: DigitsSplit) -> float:
 # --------------------------------------------------------------------------- DiT
 
 
-def build_dit(seed: int = DEFAULT_SEED) -> DiTTransformer2DModel:
+def build_dit(seed: int = DEFAULT_SEED, config: dict[str, Any] | None = None) -> DiTTransformer2DModel:
     """DiT's own initialisation (diffusers keeps PyTorch defaults): xavier linears, and zeroed
     adaLN modulation and output layer so every block starts as the identity, which makes a
     small DiT converge markedly faster."""
     torch.manual_seed(seed)
-    model = DiTTransformer2DModel(**DIT_CONFIG)
+    model = DiTTransformer2DModel(**(DIT_CONFIG if config is None else config))
     for module in model.modules():
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)
@@ -199,6 +200,11 @@ def build_dit(seed: int = DEFAULT_SEED) -> DiTTransformer2DModel:
     return model
 
 
+def epsilon_objective() -> EpsilonObjective:
+    """digits-dit's objective, on the DDIM schedule it is sampled with."""
+    return EpsilonObjective(DDIMScheduler.from_config(SCHEDULER_CONFIG).alphas_cumprod.to(torch.float32))
+
+
 def train_dit(
     split: DigitsSplit,
     seed: int = DEFAULT_SEED,
@@ -210,19 +216,21 @@ def train_dit(
     cfg_drop_prob: float = 0.1,
     log: Any = print,
     log_every: int = 500,
+    objective: Objective | None = None,
+    config: dict[str, Any] | None = None,
 ) -> tuple[DiTTransformer2DModel, dict[str, float]]:
-    """Epsilon-prediction training on the training split; returns the EMA weights.
+    """Training on the training split under `objective` (default: digits-dit's epsilon
+    prediction); returns the EMA weights.
 
     diffusers' DiT drops the label independently in every block's embedding (class_dropout_prob
     0.1, active in train mode), so a whole forward pass with no label is almost never seen.
     Classifier-free guidance feeds the null class to every block at once, so whole samples are
     additionally given the null label with probability `cfg_drop_prob`, as in the DiT paper.
     """
-    model = build_dit(seed)
+    objective = epsilon_objective() if objective is None else objective
+    model = build_dit(seed, config)
     ema = deepcopy(model).eval().requires_grad_(False)
     model.train()
-    noise_schedule = DDIMScheduler.from_config(SCHEDULER_CONFIG)
-    alphas_cumprod = noise_schedule.alphas_cumprod.to(torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
 
     def lr_at(step: int) -> float:
@@ -245,13 +253,10 @@ def train_dit(
         x0 = split.train_images[idx]
         labels = split.train_labels[idx].clone()
         labels[torch.rand(labels.shape[0], generator=gen) < cfg_drop_prob] = NULL_CLASS
-        t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+        xt, t, target = objective.corrupt(x0, gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = F.mse_loss(model(xt, timestep=t, class_labels=labels).sample, noise)
+        loss = F.mse_loss(model(xt, timestep=t, class_labels=labels).sample, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -270,7 +275,7 @@ def train_dit(
     ema.eval()
     stats = {
         "train_loss_final": sum(window) / len(window),
-        "held_out_loss": held_out_loss(ema, split, alphas_cumprod, seed),
+        "held_out_loss": held_out_loss(ema, split, objective, seed),
         "train_wall_seconds": wall,
         "train_cpu_seconds": cpu,
     }
@@ -278,19 +283,14 @@ def train_dit(
 
 
 @torch.no_grad()
-def held_out_loss(
-    model: DiTTransformer2DModel, split: DigitsSplit, alphas_cumprod: torch.Tensor, seed: int
-) -> float:
-    """Epsilon MSE on held-out digits with fixed noise and timesteps (4 draws per image, true
-    labels), a loss figure that does not wander with the training batch."""
+def held_out_loss(model: DiTTransformer2DModel, split: DigitsSplit, objective: Objective, seed: int) -> float:
+    """The objective's MSE on held-out digits with fixed noise and timesteps (4 draws per image,
+    true labels), a loss figure that does not wander with the training batch."""
     gen = torch.Generator().manual_seed(seed + 2)
     x0 = split.test_images.repeat(4, 1, 1, 1)
     labels = split.test_labels.repeat(4)
-    t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    a = alphas_cumprod[t].view(-1, 1, 1, 1)
-    xt = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
-    return float(F.mse_loss(model(xt, timestep=t, class_labels=labels).sample, noise).item())
+    xt, t, target = objective.corrupt(x0, gen)
+    return float(F.mse_loss(model(xt, timestep=t, class_labels=labels).sample, target).item())
 
 
 # --------------------------------------------------------------------------- evaluation
