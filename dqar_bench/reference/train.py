@@ -10,13 +10,11 @@ rebuilds the shipped files (bit-identical on the same CPU, thread count and libr
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -24,22 +22,26 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiTTransformer2DModel
-from safetensors.torch import save_file
 from torch import nn
 
 from dqar_bench.reference.classifier import FEATURE_EXTRACTOR_NAME, DigitClassifier, frechet_distance
 from dqar_bench.reference.data import NUM_CLASSES, DigitsSplit, load_digits_split
-from dqar_bench.reference.objectives import EpsilonObjective, Objective
+from dqar_bench.reference.files import (
+    MODEL_CARD_FILE,
+    atomic_write_bytes,
+    save_dit,
+    save_scheduler_config,
+    save_tensors,
+    write_json,
+)
 from dqar_bench.reference.load import (
     CLASSIFIER_WEIGHTS_FILE,
-    DIT_CONFIG_FILE,
-    DIT_WEIGHTS_FILE,
     METRICS_FILE,
     NULL_CLASS,
     RETRAIN_COMMAND,
-    SCHEDULER_CONFIG_FILE,
     WEIGHTS_DIR,
 )
+from dqar_bench.reference.objectives import EpsilonObjective, Objective
 from dqar_bench.sampling import sample
 
 RESOLUTION = 8
@@ -97,6 +99,10 @@ TEST_SAMPLE_PER_CLASS = 2
 
 
 # --------------------------------------------------------------------------- sampling
+
+
+Draw = Callable[[DiTTransformer2DModel, torch.Tensor, int, int, float], torch.Tensor]
+"""`draw(model, labels, seed, num_inference_steps, guidance_scale) -> images in [-1, 1]`."""
 
 
 def eval_labels(per_class: int) -> torch.Tensor:
@@ -306,13 +312,16 @@ def evaluate(
     per_class: int = EVAL_PER_CLASS,
     seed: int = EVAL_SEED,
     num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
+    draw: Draw | None = None,
 ) -> dict[str, dict[str, float]]:
     """Class accuracy and classifier-feature Frechet distance (vs all held-out digits) per
-    guidance scale, on one seeded batch of `per_class` x 10 samples."""
+    guidance scale, on one seeded batch of `per_class` x 10 samples made by `draw`
+    (default: digits-dit's DDIM sampling)."""
+    draw = draw or (lambda model, labels, seed, n, g: sample_digits(model, SCHEDULER_CONFIG, labels, seed, n, g))
     labels = eval_labels(per_class)
     out: dict[str, dict[str, float]] = {}
     for g in guidance_scales:
-        images = sample_digits(dit, SCHEDULER_CONFIG, labels, seed, num_inference_steps, g)
+        images = draw(dit, labels, seed, num_inference_steps, g)
         acc = float((classifier(images).argmax(1) == labels).double().mean().item())
         fd = frechet_distance(images, split.test_images, weights_path=classifier_path)
         out[f"{g:g}"] = {"class_accuracy": acc, "frechet_distance": fd}
@@ -322,42 +331,9 @@ def evaluate(
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _save_tensors(path: Path, module: nn.Module, metadata: dict[str, str]) -> None:
-    tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def save_dit(model: DiTTransformer2DModel, out_dir: Path) -> None:
-    config = dict(model.config)
-    config["_class_name"] = type(model).__name__
-    _write_json(out_dir / DIT_CONFIG_FILE, config)
-    _save_tensors(out_dir / DIT_WEIGHTS_FILE, model, {"format": "pt"})
-
-
-def save_scheduler_config(out_dir: Path) -> None:
-    config = dict(DDIMScheduler.from_config(SCHEDULER_CONFIG).config)
-    config["_class_name"] = DDIMScheduler.__name__
-    config.pop("_use_default_values", None)
-    _write_json(out_dir / SCHEDULER_CONFIG_FILE, config)
-
-
 def save_classifier(model: DigitClassifier, out_dir: Path) -> Path:
     path = out_dir / CLASSIFIER_WEIGHTS_FILE
-    _save_tensors(path, model, {"format": "pt", **{k: str(v) for k, v in model.architecture().items()}})
+    save_tensors(path, model, {"format": "pt", **{k: str(v) for k, v in model.architecture().items()}})
     return path
 
 
@@ -451,7 +427,7 @@ recompute only the figures (metrics.json, this card) for the weights already her
 Deterministic for a given seed on the same CPU type, thread count and library versions
 (torch {m['torch_version']}, diffusers {m['diffusers_version']}); elsewhere the figures may move slightly.
 """
-    _atomic_write_bytes(out_dir / "MODEL_CARD.md", card.encode())
+    atomic_write_bytes(out_dir / MODEL_CARD_FILE, card.encode())
 
 
 # --------------------------------------------------------------------------- entry point
@@ -530,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         dit, stats = train_dit(split, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, log=log)
         save_dit(dit, out_dir)
-        save_scheduler_config(out_dir)
+        save_scheduler_config(DDIMScheduler.from_config(SCHEDULER_CONFIG), out_dir)
         log(f"dit trained in {stats['train_wall_seconds']:.0f}s, held-out loss {stats['held_out_loss']:.4f}")
 
         import diffusers
@@ -596,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "class_accuracy": test_acc,
         },
     }
-    _write_json(out_dir / METRICS_FILE, metrics)
+    write_json(out_dir / METRICS_FILE, metrics)
     write_model_card(out_dir, metrics)
     base = evaluation[f"{args.guidance:g}"]
     log(f"done: baseline (g={args.guidance:g}) class accuracy {base['class_accuracy']:.3f}, "
