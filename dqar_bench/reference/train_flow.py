@@ -53,7 +53,7 @@ FLOW_DIT_CONFIG: dict[str, Any] = dict(DIT_CONFIG)
 """digits-dit's architecture unchanged (6 blocks, hidden 128, patch 2): only the objective differs."""
 
 NUM_TRAIN_TIMESTEPS = 1000
-DEFAULT_SIGMA_SAMPLING = "uniform"
+DEFAULT_SIGMA_SAMPLING = "logit-normal"
 """How training draws the noise level s; see the model card for why uniform over logit-normal."""
 DEFAULT_SHIFT = 1.0
 """FlowMatchEulerDiscreteScheduler's shift; see the model card for why."""
@@ -278,7 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sigma-sampling", choices=SIGMA_SAMPLINGS, default=DEFAULT_SIGMA_SAMPLING,
                         help="how training draws the noise level s")
-    parser.add_argument("--shift", type=float, default=DEFAULT_SHIFT, help="FlowMatchEulerDiscreteScheduler shift for sampling")
+    parser.add_argument("--shift", type=float, default=None,
+                        help=f"FlowMatchEulerDiscreteScheduler shift for sampling (default {DEFAULT_SHIFT:g}; with "
+                             "--evaluate-only, default: keep the folder's scheduler_config.json)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; 1 keeps the float reduction order (so the weights) machine-independent")
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="baseline guidance scale")
@@ -310,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         training = {k: previous[k] for k in TRAINING_KEYS}
         dit = load_flow_reference_dit(out_dir)
         log(f"re-evaluating the weights in {out_dir} (trained by: {training['command']})")
+        if args.shift is not None:  # a sampling setting: changing it needs no retraining
+            save_scheduler_config(FlowMatchEulerDiscreteScheduler.from_config(scheduler_config(args.shift)), out_dir)
     else:
         objective = RectifiedFlowObjective(sigma_sampling=args.sigma_sampling, num_train_timesteps=NUM_TRAIN_TIMESTEPS)
         hyper = {"warmup": 200, "ema_decay": 0.999, "cfg_drop_prob": 0.1}
@@ -318,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             objective=objective, config=FLOW_DIT_CONFIG, log=log, **hyper,
         )
         save_dit(dit, out_dir)
-        save_scheduler_config(FlowMatchEulerDiscreteScheduler.from_config(scheduler_config(args.shift)), out_dir)
+        shift = DEFAULT_SHIFT if args.shift is None else args.shift
+        save_scheduler_config(FlowMatchEulerDiscreteScheduler.from_config(scheduler_config(shift)), out_dir)
         log(f"dit trained in {stats['train_wall_seconds']:.0f}s wall / {stats['train_cpu_seconds']:.0f}s CPU, "
             f"held-out loss {stats['held_out_loss']:.4f}")
 
