@@ -5,6 +5,7 @@ on what a timestep and a velocity are, and broken files fail in one line naming 
 from __future__ import annotations
 
 import glob
+import json
 import shutil
 import tomllib
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_scheduler_config_builds_the_flow_match_euler_scheduler(metrics: dict) -
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     config = load.load_flow_reference_scheduler_config()
-    raw = load._read_json(None, load.SCHEDULER_CONFIG_FILE, load._DIGITS_FLOW)
+    raw = json.loads((load.FLOW_WEIGHTS_DIR / load.SCHEDULER_CONFIG_FILE).read_text())
     assert raw["_class_name"] == "FlowMatchEulerDiscreteScheduler"
     assert config["num_train_timesteps"] == 1000 and not config["use_dynamic_shifting"]
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
