@@ -258,9 +258,19 @@ def build_digits_dit() -> LoadedModel:
     return LoadedModel("digits-dit", load_reference_dit(), load_reference_scheduler_config())
 
 
+def build_digits_flow() -> LoadedModel:
+    """digits-dit's architecture trained with the rectified-flow objective: the trained
+    flow-matching reference (velocity prediction, `FlowMatchEulerDiscreteScheduler`, shift 2),
+    so flow-matching quality means something on a CPU (MODEL_CARD.md in its weights folder)."""
+    from dqar_bench.reference.load import load_flow_reference_dit, load_flow_reference_scheduler_config
+
+    return LoadedModel("digits-flow", load_flow_reference_dit(), load_flow_reference_scheduler_config())
+
+
 BUILTIN_MODELS: dict[str, Callable[[], LoadedModel]] = {
     "dit-tiny": build_dit_tiny,
     "digits-dit": build_digits_dit,
+    "digits-flow": build_digits_flow,
     "pixart-tiny": build_pixart_tiny,
     "pixart-sigma-tiny": build_pixart_sigma_tiny,
     "sd3-tiny": build_sd3_tiny,
@@ -273,6 +283,7 @@ BUILTIN_MODELS: dict[str, Callable[[], LoadedModel]] = {
 BUILTIN_FAMILIES: dict[str, str] = {
     "dit-tiny": "dit",
     "digits-dit": "dit",
+    "digits-flow": "dit",
     "pixart-tiny": "pixart",
     "pixart-sigma-tiny": "pixart-sigma",
     "sd3-tiny": "sd3",
@@ -295,6 +306,12 @@ TINY_MODELS: dict[str, str] = {
 """The tiny built-in model of every family: what tests run every part on."""
 
 
+def _digits_flow_config() -> dict[str, Any]:
+    from dqar_bench.reference.load import load_flow_reference_dit_config
+
+    return load_flow_reference_dit_config()
+
+
 def _digits_config() -> dict[str, Any]:
     from dqar_bench.reference.load import load_reference_dit_config, reference_weights_present
 
@@ -306,6 +323,7 @@ BUILTIN_CONFIGS: dict[str, Callable[[], dict[str, Any]]] = {
     "dit-tiny": lambda: DIT_TINY_CONFIG,
     "dit-xl-2-256-random": lambda: DIT_XL_CONFIG,
     "digits-dit": _digits_config,
+    "digits-flow": _digits_flow_config,
 }
 """A built-in model's transformer config, read without building it (for `validate`)."""
 
@@ -355,7 +373,7 @@ def num_classes(config: dict[str, Any] | None) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-BUILTIN_PREDICTIONS: dict[str, str] = {}
+BUILTIN_PREDICTIONS: dict[str, str] = {"digits-flow": "flow"}
 """Built-in models that predict otherwise than their family's schedule says (a flow-matching DiT)."""
 
 

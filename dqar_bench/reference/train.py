@@ -10,13 +10,11 @@ rebuilds the shipped files (bit-identical on the same CPU, thread count and libr
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -24,21 +22,26 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiTTransformer2DModel
-from safetensors.torch import save_file
 from torch import nn
 
 from dqar_bench.reference.classifier import FEATURE_EXTRACTOR_NAME, DigitClassifier, frechet_distance
 from dqar_bench.reference.data import NUM_CLASSES, DigitsSplit, load_digits_split
+from dqar_bench.reference.files import (
+    MODEL_CARD_FILE,
+    atomic_write_bytes,
+    save_dit,
+    save_scheduler_config,
+    save_tensors,
+    write_json,
+)
 from dqar_bench.reference.load import (
     CLASSIFIER_WEIGHTS_FILE,
-    DIT_CONFIG_FILE,
-    DIT_WEIGHTS_FILE,
     METRICS_FILE,
     NULL_CLASS,
     RETRAIN_COMMAND,
-    SCHEDULER_CONFIG_FILE,
     WEIGHTS_DIR,
 )
+from dqar_bench.reference.objectives import EpsilonObjective, Objective
 from dqar_bench.sampling import sample
 
 RESOLUTION = 8
@@ -96,6 +99,10 @@ TEST_SAMPLE_PER_CLASS = 2
 
 
 # --------------------------------------------------------------------------- sampling
+
+
+Draw = Callable[[DiTTransformer2DModel, torch.Tensor, int, int, float], torch.Tensor]
+"""`draw(model, labels, seed, num_inference_steps, guidance_scale) -> images in [-1, 1]`."""
 
 
 def eval_labels(per_class: int) -> torch.Tensor:
@@ -172,12 +179,12 @@ def classifier_accuracy(model: DigitClassifier, split: DigitsSplit) -> float:
 # --------------------------------------------------------------------------- DiT
 
 
-def build_dit(seed: int = DEFAULT_SEED) -> DiTTransformer2DModel:
+def build_dit(seed: int = DEFAULT_SEED, config: dict[str, Any] | None = None) -> DiTTransformer2DModel:
     """DiT's own initialisation (diffusers keeps PyTorch defaults): xavier linears, and zeroed
     adaLN modulation and output layer so every block starts as the identity, which makes a
     small DiT converge markedly faster."""
     torch.manual_seed(seed)
-    model = DiTTransformer2DModel(**DIT_CONFIG)
+    model = DiTTransformer2DModel(**(DIT_CONFIG if config is None else config))
     for module in model.modules():
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)
@@ -199,6 +206,11 @@ def build_dit(seed: int = DEFAULT_SEED) -> DiTTransformer2DModel:
     return model
 
 
+def epsilon_objective() -> EpsilonObjective:
+    """digits-dit's objective, on the DDIM schedule it is sampled with."""
+    return EpsilonObjective(DDIMScheduler.from_config(SCHEDULER_CONFIG).alphas_cumprod.to(torch.float32))
+
+
 def train_dit(
     split: DigitsSplit,
     seed: int = DEFAULT_SEED,
@@ -210,19 +222,21 @@ def train_dit(
     cfg_drop_prob: float = 0.1,
     log: Any = print,
     log_every: int = 500,
+    objective: Objective | None = None,
+    config: dict[str, Any] | None = None,
 ) -> tuple[DiTTransformer2DModel, dict[str, float]]:
-    """Epsilon-prediction training on the training split; returns the EMA weights.
+    """Training on the training split under `objective` (default: digits-dit's epsilon
+    prediction); returns the EMA weights.
 
     diffusers' DiT drops the label independently in every block's embedding (class_dropout_prob
     0.1, active in train mode), so a whole forward pass with no label is almost never seen.
     Classifier-free guidance feeds the null class to every block at once, so whole samples are
     additionally given the null label with probability `cfg_drop_prob`, as in the DiT paper.
     """
-    model = build_dit(seed)
+    objective = epsilon_objective() if objective is None else objective
+    model = build_dit(seed, config)
     ema = deepcopy(model).eval().requires_grad_(False)
     model.train()
-    noise_schedule = DDIMScheduler.from_config(SCHEDULER_CONFIG)
-    alphas_cumprod = noise_schedule.alphas_cumprod.to(torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
 
     def lr_at(step: int) -> float:
@@ -245,13 +259,10 @@ def train_dit(
         x0 = split.train_images[idx]
         labels = split.train_labels[idx].clone()
         labels[torch.rand(labels.shape[0], generator=gen) < cfg_drop_prob] = NULL_CLASS
-        t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+        xt, t, target = objective.corrupt(x0, gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = F.mse_loss(model(xt, timestep=t, class_labels=labels).sample, noise)
+        loss = F.mse_loss(model(xt, timestep=t, class_labels=labels).sample, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -270,7 +281,7 @@ def train_dit(
     ema.eval()
     stats = {
         "train_loss_final": sum(window) / len(window),
-        "held_out_loss": held_out_loss(ema, split, alphas_cumprod, seed),
+        "held_out_loss": held_out_loss(ema, split, objective, seed),
         "train_wall_seconds": wall,
         "train_cpu_seconds": cpu,
     }
@@ -278,19 +289,14 @@ def train_dit(
 
 
 @torch.no_grad()
-def held_out_loss(
-    model: DiTTransformer2DModel, split: DigitsSplit, alphas_cumprod: torch.Tensor, seed: int
-) -> float:
-    """Epsilon MSE on held-out digits with fixed noise and timesteps (4 draws per image, true
-    labels), a loss figure that does not wander with the training batch."""
+def held_out_loss(model: DiTTransformer2DModel, split: DigitsSplit, objective: Objective, seed: int) -> float:
+    """The objective's MSE on held-out digits with fixed noise and timesteps (4 draws per image,
+    true labels), a loss figure that does not wander with the training batch."""
     gen = torch.Generator().manual_seed(seed + 2)
     x0 = split.test_images.repeat(4, 1, 1, 1)
     labels = split.test_labels.repeat(4)
-    t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    a = alphas_cumprod[t].view(-1, 1, 1, 1)
-    xt = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
-    return float(F.mse_loss(model(xt, timestep=t, class_labels=labels).sample, noise).item())
+    xt, t, target = objective.corrupt(x0, gen)
+    return float(F.mse_loss(model(xt, timestep=t, class_labels=labels).sample, target).item())
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -306,13 +312,16 @@ def evaluate(
     per_class: int = EVAL_PER_CLASS,
     seed: int = EVAL_SEED,
     num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
+    draw: Draw | None = None,
 ) -> dict[str, dict[str, float]]:
     """Class accuracy and classifier-feature Frechet distance (vs all held-out digits) per
-    guidance scale, on one seeded batch of `per_class` x 10 samples."""
+    guidance scale, on one seeded batch of `per_class` x 10 samples made by `draw`
+    (default: digits-dit's DDIM sampling)."""
+    draw = draw or (lambda model, labels, seed, n, g: sample_digits(model, SCHEDULER_CONFIG, labels, seed, n, g))
     labels = eval_labels(per_class)
     out: dict[str, dict[str, float]] = {}
     for g in guidance_scales:
-        images = sample_digits(dit, SCHEDULER_CONFIG, labels, seed, num_inference_steps, g)
+        images = draw(dit, labels, seed, num_inference_steps, g)
         acc = float((classifier(images).argmax(1) == labels).double().mean().item())
         fd = frechet_distance(images, split.test_images, weights_path=classifier_path)
         out[f"{g:g}"] = {"class_accuracy": acc, "frechet_distance": fd}
@@ -322,42 +331,9 @@ def evaluate(
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _save_tensors(path: Path, module: nn.Module, metadata: dict[str, str]) -> None:
-    tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def save_dit(model: DiTTransformer2DModel, out_dir: Path) -> None:
-    config = dict(model.config)
-    config["_class_name"] = type(model).__name__
-    _write_json(out_dir / DIT_CONFIG_FILE, config)
-    _save_tensors(out_dir / DIT_WEIGHTS_FILE, model, {"format": "pt"})
-
-
-def save_scheduler_config(out_dir: Path) -> None:
-    config = dict(DDIMScheduler.from_config(SCHEDULER_CONFIG).config)
-    config["_class_name"] = DDIMScheduler.__name__
-    config.pop("_use_default_values", None)
-    _write_json(out_dir / SCHEDULER_CONFIG_FILE, config)
-
-
 def save_classifier(model: DigitClassifier, out_dir: Path) -> Path:
     path = out_dir / CLASSIFIER_WEIGHTS_FILE
-    _save_tensors(path, model, {"format": "pt", **{k: str(v) for k, v in model.architecture().items()}})
+    save_tensors(path, model, {"format": "pt", **{k: str(v) for k, v in model.architecture().items()}})
     return path
 
 
@@ -451,7 +427,7 @@ recompute only the figures (metrics.json, this card) for the weights already her
 Deterministic for a given seed on the same CPU type, thread count and library versions
 (torch {m['torch_version']}, diffusers {m['diffusers_version']}); elsewhere the figures may move slightly.
 """
-    _atomic_write_bytes(out_dir / "MODEL_CARD.md", card.encode())
+    atomic_write_bytes(out_dir / MODEL_CARD_FILE, card.encode())
 
 
 # --------------------------------------------------------------------------- entry point
@@ -530,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         dit, stats = train_dit(split, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, log=log)
         save_dit(dit, out_dir)
-        save_scheduler_config(out_dir)
+        save_scheduler_config(DDIMScheduler.from_config(SCHEDULER_CONFIG), out_dir)
         log(f"dit trained in {stats['train_wall_seconds']:.0f}s, held-out loss {stats['held_out_loss']:.4f}")
 
         import diffusers
@@ -596,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "class_accuracy": test_acc,
         },
     }
-    _write_json(out_dir / METRICS_FILE, metrics)
+    write_json(out_dir / METRICS_FILE, metrics)
     write_model_card(out_dir, metrics)
     base = evaluation[f"{args.guidance:g}"]
     log(f"done: baseline (g={args.guidance:g}) class accuracy {base['class_accuracy']:.3f}, "
