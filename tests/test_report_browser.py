@@ -74,7 +74,7 @@ def test_the_report_of_a_run_renders_with_a_clean_console(browser, report_run, t
 def test_the_report_of_the_committed_ci_run_renders(browser, tmp_path):
     from dqar_bench.report import write_report
 
-    page = write_report([REPOSITORY / "results" / "ci" / "reference"], tmp_path / "ci.html")
+    page = write_report([REPOSITORY / "results" / "ci" / "reference" / "digits-dit"], tmp_path / "ci.html")
     visit = browser.visit(page.as_uri())
     assert visit.errors == []
     assert_offline(visit)
