@@ -132,15 +132,7 @@ class RunDir:
         return self.path / FID_REFERENCE
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=_plain) + "\n"
-        with open(self.records_path, "a+b") as fh:
-            if fh.tell() > 0:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":  # a torn line from a crash: start a fresh one
-                    line = "\n" + line
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_line(self.records_path, record)
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record; a torn last line (a crash mid-write) is ignored."""
@@ -207,6 +199,20 @@ class RunDir:
 
 class OutputsError(Exception):
     """A case's outputs file cannot be used; the message names the file."""
+
+def append_line(path: Path, entry: dict[str, Any]) -> None:
+    """One JSON line appended and fsynced, so a crash loses at most the line in flight; a
+    torn last line (a crash mid-write) is left as it is and the new line starts fresh."""
+    line = json.dumps(entry, default=_plain) + "\n"
+    with open(path, "a+b") as fh:
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                line = "\n" + line
+        fh.write(line.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The records of a `records.jsonl`, in order; a torn or blank line is skipped.

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dqar_bench.records import append_line
+
 
 def round_order(names: list[str], round_seed: int, round_index: int) -> list[str]:
     """The order of a round: `names` shuffled by `random.Random`, seeded per round."""
@@ -70,15 +72,7 @@ class RoundLog:
         if self.path is None:
             self._memory.append(entry)
             return
-        line = json.dumps(entry) + "\n"
-        with open(self.path, "a+b") as fh:
-            if fh.tell() > 0:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":  # a torn line from a crash: start a fresh one
-                    line = "\n" + line
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_line(self.path, entry)
 
 
 @dataclass

@@ -249,7 +249,11 @@ cases:
     rounds = after["baseline"]["round_s"]
     shift = np.median(rounds[4:]) / np.median(rounds[:4])
     print(f"raw baseline round time under load: x{shift:.2f}; paired speedup {a:.3f} quiet, {b:.3f} loaded")
-    assert abs(math.log(b / a)) < math.log(1.25)
+    assert abs(math.log(b / a)) < math.log(1.5)  # loose: this machine may be busy besides the thread
+    from dqar_bench.measure.compare import compare_runs
+
+    verdict = compare_runs(quiet.path, loaded.path)
+    assert verdict.exit_status in (0, 3), [c.regressions for c in verdict.changes]  # clean or inconclusive, never a regression
 
 
 def test_strong_modes_are_timed_blocked_and_say_so(write_suite, tmp_path, monkeypatch):
