@@ -58,7 +58,7 @@ def render(runs: list[Run], max_seeds: int = 4) -> str:
         subtitle=esc(_subtitle(runs)),
         facts=_facts(runs),
         summary=summary.section(runs),
-        table_notes=_table_notes(),
+        table_notes=_table_notes(runs),
         images=samples.section(runs, max_seeds),
         reuse=reuse.section(runs),
         steps=figures.timeline_section(runs),
@@ -107,9 +107,11 @@ def _facts(runs: list[Run]) -> str:
     return "".join(f"<li><b>{esc(k)}</b>{esc(v)}</li>" for k, v in items if v not in (None, ""))
 
 
-def _table_notes() -> str:
+def _table_notes(runs: list[Run]) -> str:
+    """The speedup method as the rows were computed (per-round ratios where the records have rounds)."""
+    methods = sorted({m for run in runs for m in run.frame.get("speedup_method", []) if isinstance(m, str) and m}) or [SPEEDUP_METHOD]
     return (
-        f'<p class="note">Speedup: {esc(SPEEDUP_METHOD)}. Noise: IQR / median of the timed calls over {NOISY:.0%} '
+        f'<p class="note">Speedup: {esc("; ".join(methods))}. Noise: IQR / median of the timed calls over {NOISY:.0%} '
         f"is noisy, over {UNRELIABLE:.0%} unreliable. The full tables are in <code>table.md</code> and "
         "<code>results.csv</code> of the run directory.</p>"
     )

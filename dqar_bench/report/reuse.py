@@ -1,7 +1,7 @@
-"""Reuse maps: where a strategy reused, as a blocks x steps grid of frequencies over the timed calls.
+"""Reuse maps: where a strategy reused, as a blocks x steps grid of frequencies over the scored calls (one per seed).
 
 A gate that reads data (entropy, SNR, residual change) may decide differently per seed, so a
-cell is the share of timed calls in which that block reused at that step (`reuse_map` /
+cell is the share of scored calls in which that block reused at that step (`reuse_map` /
 `reuse_map_calls` in the record). The grid is HTML (one coloured cell each, its count in the
 tooltip), so it stays sharp at any size and the drawn counts can be checked against the
 record: each map carries the total it drew in `data-reused`.
@@ -49,7 +49,7 @@ def reuse_map(entry: Entry) -> str:
     axis = f'<div class="raxis" style="margin-left:{label_width}px;width:{steps * cell}px"><span>step 0</span><span>{steps - 1}</span></div>'
     return (
         f'<figure class="rmap" data-case="{esc(entry.label)}" data-reused="{total}" data-calls="{calls}">'
-        f"<figcaption><b>{esc(entry.label)}</b><span>{share} · {calls} timed calls</span></figcaption>{grid}{axis}</figure>"
+        f"<figcaption><b>{esc(entry.label)}</b><span>{share} · {calls} scored calls</span></figcaption>{grid}{axis}</figure>"
     )
 
 
@@ -68,7 +68,7 @@ def section(runs: list[Run]) -> str:
     legend = "".join(f'<i style="background:{colour(x / 10)}"></i>' for x in range(11))
     parts = [
         '<p class="lede">Rows are blocks (block 0, the first, on top), columns are denoising steps. '
-        "A cell's colour is the share of timed calls (every seed and repeat) in which that block reused "
+        "A cell's colour is the share of scored calls (one per seed; the timed rounds repeat them) in which that block reused "
         "its cache at that step; hover for the count. Data-dependent gates can differ from seed to seed.</p>",
         f'<div class="legend"><span>never</span><span class="ramp">{legend}</span><span>every call</span></div>',
         f'<div class="maps">{"".join(maps)}</div>',

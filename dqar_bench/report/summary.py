@@ -50,7 +50,7 @@ COLUMNS: list[tuple[str, str, Format, str]] = [
     ("tflop_per_call", "TFLOP / call", _fmt("{:.4g}"), "floating-point operations of one sampling call"),
     ("per_image_ms", "ms / image", _fmt("{:.2f}"), "median time of one sampling call divided by the batch"),
     ("noise", "noise", _noise, "IQR / median of the timed calls: over 10 % noisy, over 25 % unreliable"),
-    ("reuse_ratio", "reuse", _fmt("{:.1%}"), "reused block evaluations / all block evaluations of the timed calls"),
+    ("reuse_ratio", "reuse", _fmt("{:.1%}"), "reused block evaluations / all block evaluations of the scored calls (one per seed)"),
     ("cache_mib", "cache MiB", _fmt("{:.3f}"), "the most bytes the cache held during a call"),
     ("psnr_db", "PSNR", _psnr, "to the baseline's outputs on the same seeds"),
     ("ssim", "SSIM", _fmt("{:.4f}"), "to the baseline's outputs on the same seeds"),
