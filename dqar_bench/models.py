@@ -374,19 +374,8 @@ def num_classes(config: dict[str, Any] | None) -> int | None:
 
 
 BUILTIN_PREDICTIONS: dict[str, str] = {"digits-flow": "flow"}
-"""Built-in models that predict otherwise than their family's schedule says (a flow-matching DiT)."""
-
-
-def register_builtin_model(name: str, factory: Callable[[], LoadedModel], family: str = "dit", prediction: str | None = None) -> None:
-    """Add a built-in model (used by the shipped reference model and by tests).
-
-    `prediction` (epsilon, v_prediction, flow) where the model's scheduler config differs in
-    kind from its family's, so `validate` knows its sampler without building it.
-    """
-    BUILTIN_MODELS[name] = factory
-    BUILTIN_FAMILIES[name] = family
-    if prediction is not None:
-        BUILTIN_PREDICTIONS[name] = prediction
+"""Built-in models that predict otherwise than their family's schedule says (a flow-matching
+DiT), so `validate` knows their sampler without building them."""
 
 
 def model_prediction(name: str) -> str | None:

@@ -347,13 +347,14 @@ def test_joint_blocks_and_two_pass_guidance_run_in_the_strong_modes(tinies, regi
 
 def test_a_flow_matching_model_of_a_diffusion_family_gets_the_flow_sampler(write_suite, registry, monkeypatch):
     """A built-in that predicts flow in a family whose pipeline ships a diffusion schedule (a
-    flow-trained DiT) says so when registered; validate then gives it flow-euler."""
+    flow-trained DiT, like digits-flow) says so in BUILTIN_PREDICTIONS; validate then gives it flow-euler."""
     from dqar_bench import models
 
     monkeypatch.setattr(models, "BUILTIN_MODELS", dict(models.BUILTIN_MODELS))
     monkeypatch.setattr(models, "BUILTIN_FAMILIES", dict(models.BUILTIN_FAMILIES))
     monkeypatch.setattr(models, "BUILTIN_PREDICTIONS", dict(models.BUILTIN_PREDICTIONS))
-    models.register_builtin_model("flow-dit", models.build_dit_tiny, "dit", prediction="flow")
+    models.BUILTIN_MODELS["flow-dit"], models.BUILTIN_FAMILIES["flow-dit"] = models.build_dit_tiny, "dit"
+    models.BUILTIN_PREDICTIONS["flow-dit"] = "flow"  # as digits-flow is declared
     body = HEAD.format(model="flow-dit", sampler="").replace("prompt_lengths: [4]\n", "")
     assert load_suite(write_suite(body), registry).sampler == "flow-euler"
     with pytest.raises(SuiteError, match="cannot sample a flow-matching model"):
