@@ -118,7 +118,10 @@ class Strategy:
         if reason:
             raise ValueError(reason)
         sites = SITES[cache.TARGET]
-        self.caches: dict[str, Cache] = {site: cache if i == 0 else copy.deepcopy(cache) for i, site in enumerate(sites)}
+        # Every further slot starts from a copy of the cache as built, never of one that has
+        # held a call's tensors (an adapter binds again each time the strategy is installed).
+        self._pristine = copy.deepcopy(cache)
+        self.caches: dict[str, Cache] = {site: cache if i == 0 else copy.deepcopy(self._pristine) for i, site in enumerate(sites)}
         for each in self.caches.values():
             each.quantizer = quantizer
         self.probe_queries = probe_queries
@@ -144,7 +147,7 @@ class Strategy:
         their own copy of the cache."""
         for key in uses:
             if key not in self.caches:
-                extra = copy.deepcopy(self.cache)
+                extra = copy.deepcopy(self._pristine)
                 extra.quantizer = self.quantizer
                 self.caches[key] = extra
         self._uses = {key: set(blocks) for key, blocks in uses.items()}

@@ -388,3 +388,28 @@ def test_fid_on_a_video_model_is_refused_at_validate(write_suite, registry):
     body = HEAD.format(model="wan-tiny", sampler="") + "quality: {fid: 10}\n"
     with pytest.raises(SuiteError, match="FID, IS and KID score images; model 'wan-tiny' \\(family wan\\) makes videos"):
         load_suite(write_suite(body), registry)
+
+
+def test_a_strategy_installed_again_gives_the_same_outputs_on_a_two_stream_model():
+    """Interleaved rounds install a case's strategy once per round: the slots the adapter adds
+    on each install (FLUX's ff_context, proj_mlp) must start empty, not as copies of a cache
+    that already held the joint attention's (image, text) outputs."""
+    from dqar_bench.adapters import adapter_for
+    from dqar_bench.runner import build_strategy
+    from dqar_bench.suite import Case, PartSpec
+    from dqar_bench.plugins import load_registry
+    from dqar_bench.sampling import denoise, make_scheduler
+    from dqar_bench.conditioning import condition_for
+    from types import SimpleNamespace
+
+    model = load_model("flux-tiny", CPU, torch.float32)
+    suite = SimpleNamespace(class_labels=[0], prompt_lengths=[4, 6], prompts=None, prompt_embeddings=None, allow_download=False)
+    condition = condition_for(suite, model, CPU, torch.float32)
+    parts = {"scheduler": PartSpec("scheduler", "all"), "gate": PartSpec("gate", "warmup-interval", {"every": 2, "warmup": 1}),
+             "cache": PartSpec("cache", "forecast", {"order": 2}), "quantizer": PartSpec("quantizer", "none")}
+    strategy = build_strategy(Case("ts", parts), load_registry(autoload=False))
+    outputs = []
+    for _ in range(2):  # two installs, as two rounds do
+        with adapter_for(model.transformer).install(model.transformer, strategy):
+            outputs.append(denoise(model.transformer, make_scheduler("flow-euler", model.scheduler_config), condition, 0, 6, 3.5, strategy))
+    assert torch.equal(outputs[0], outputs[1])
