@@ -129,8 +129,8 @@ class Family:
         if target == "cross-attention" and not self.cross_attention:
             hosts = ", ".join(f.name for f in FAMILIES if f.cross_attention)
             return (
-                f"family '{self.name}' has no cross-attention module, so cache '{name}' (target cross-attention) has "
-                f"nothing to hook; families with cross-attention: {hosts}"
+                f"family '{self.name}' has no cross-attention module (families with one: {hosts}), "
+                f"so cache '{name}' (target cross-attention) has nothing to hook"
             )
         if getattr(part, "NEEDS_QKV", False) and not self.own_attention:
             return (

@@ -282,7 +282,8 @@ def test_models_command_lists_every_family_and_built_in_model(capsys):
     for name in BUILTIN_MODELS:
         assert name in out
     assert "transformer_blocks + single_transformer_blocks" in out and "cfg-separate" in out and "flow-euler" in out
-    assert "kv: refused" in out
+    assert "kv: refused" in out and "cross-attention-output: refused (family 'dit' has no cross-attention module" in out
+    assert "cache targets: attention, attention+mlp, cross-attention, block" in out  # pixart, pixart-sigma, wan
 
 
 def test_a_suite_of_several_models_is_one_suite_per_model(registry, capsys):
