@@ -40,8 +40,14 @@ def sample(tiny, s, steps):
     blocks = getattr(tiny.model.transformer, HOSTS[tiny.spec.name])
     calls: dict[int, list[int]] = {}
     step = [-1]
-    handles = [b.attn2.to_q.register_forward_hook(lambda *a, i=i: calls.setdefault(step[0], [0] * len(blocks)).__setitem__(i, calls[step[0]][i] + 1))
-               for i, b in enumerate(blocks)]
+
+    def counter(index):
+        def hook(*_):
+            calls.setdefault(step[0], [0] * len(blocks))[index] += 1
+
+        return hook
+
+    handles = [b.attn2.to_q.register_forward_hook(counter(i)) for i, b in enumerate(blocks)]
     before = s.before_step
 
     def tick(ctx):
