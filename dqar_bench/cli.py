@@ -126,7 +126,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"      classes: {', '.join(f.classes)}; pipeline: {f.pipeline}")
         print(f"      blocks: {' + '.join(b.attr for b in f.blocks)}, returning {' and '.join('(' + ', '.join(b.returns) + ')' for b in f.blocks)}")
         print(f"      self-attention: {', '.join(f.attention)}; cross-attention: {', '.join(f.cross_attention) or 'none'}; feed-forward: {', '.join(f.mlp)}")
-        print(f"      cache targets: attention, attention+mlp, block{'; ' + '; '.join(refused) if refused else ''}")
+        print(f"      cache targets: attention, attention+mlp, {'cross-attention, ' if f.cross_attention else ''}block{'; ' + '; '.join(refused) if refused else ''}")
         print(f"      conditioning: {f.conditioning}; guidance: {f.guidance} ({GUIDANCE_MODES[f.guidance]})")
         print(f"      prediction: {prediction_type(dict(f.scheduler))}; default sampler: {f.sampler}; tiny model: {TINY_MODELS.get(f.name, '-')}")
     print("built-in models:")

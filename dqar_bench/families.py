@@ -126,11 +126,11 @@ class Family:
             return None
         target = getattr(part, "TARGET", None)
         name = getattr(part, "PLUGIN_NAME", part.__name__)
-        if target == "cross-attention":
-            where = f"its cross-attention ({', '.join(self.cross_attention)})" if self.cross_attention else "no cross-attention module"
+        if target == "cross-attention" and not self.cross_attention:
+            hosts = ", ".join(f.name for f in FAMILIES if f.cross_attention)
             return (
-                f"family '{self.name}' hosts no cache on the cross-attention (cache '{name}'): {where} always computes "
-                f"or does not exist; parts apply to self-attention ({', '.join(self.attention)}), feed-forward or whole blocks"
+                f"family '{self.name}' has no cross-attention module (families with one: {hosts}), "
+                f"so cache '{name}' (target cross-attention) has nothing to hook"
             )
         if getattr(part, "NEEDS_QKV", False) and not self.own_attention:
             return (

@@ -187,7 +187,8 @@ class Cache(Part):
     One instance serves every block of a model, keyed by block index. `TARGET` says where
     the adapter hooks it: `"attention"` wraps each block's self-attention
     module; `"attention+mlp"` its self-attention and its feed-forward (the strategy keeps one
-    instance of the cache per site, so `store`/`reuse` stay keyed by block); `"block"` the
+    instance of the cache per site, so `store`/`reuse` stay keyed by block);
+    `"cross-attention"` its cross-attention (only families that have one host it); `"block"` the
     whole block, and what is stored is the block's residual (output minus input), which a
     reuse adds to the block's current input. `NEEDS_QKV` asks the adapter to compute
     attention itself (instead of the model's own processor) so that Q, K and V are handed
@@ -209,7 +210,7 @@ class Cache(Part):
     """
 
     KIND = "cache"
-    TARGET: ClassVar[Literal["attention", "attention+mlp", "block"]] = "attention"
+    TARGET: ClassVar[Literal["attention", "attention+mlp", "cross-attention", "block"]] = "attention"
     NEEDS_QKV: ClassVar[bool] = False
     UNSUPPORTED: ClassVar[dict[str, str]] = {
         "cudagraph": "the cache keeps new tensors at every store (not graph-safe; see dqar_bench.storage.SlotCache)",

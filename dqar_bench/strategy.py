@@ -4,11 +4,13 @@ The sampler calls `before_step` once per denoising step; that is where the gate 
 for every block at once, from signals gathered in one host transfer. The adapter routes
 each block's self-attention through `attention`, which either gives back the cache or
 computes (and stores, and probes if the gate needs entropy); a cache whose target is
-`"attention+mlp"` also gets each feed-forward through `mlp`, and one whose target is
-`"block"` gets whole blocks through `block`.
+`"attention+mlp"` also gets each feed-forward through `output`, one whose target is
+`"cross-attention"` gets each block's cross-attention there instead of its self-attention
+(PAB's cross-attention broadcast, over its own range), and one whose target is `"block"`
+gets whole blocks through `block`.
 
 Every hooked module has a cache instance of its own, keyed by its slot: `attention`,
-`mlp`, `block` for the first module a family names at a site, `mlp/1` for the second
+`mlp`, `cross-attention`, `block` for the first module a family names at a site, `mlp/1` for the second
 (FLUX's `ff_context`) and so on (`bind`, from the adapter); each instance is keyed by
 block. What a module gives may be a tuple: a joint attention returns its image and text
 outputs, a two-stream block its image and text residuals; caches store and give back the
@@ -43,6 +45,7 @@ from dqar_bench.storage import first_tensor, streams_map
 SITES: dict[str, tuple[str, ...]] = {
     "attention": ("attention",),
     "attention+mlp": ("attention", "mlp"),
+    "cross-attention": ("cross-attention",),
     "block": ("block",),
 }
 
@@ -319,21 +322,23 @@ class Strategy:
         cache.store(slot, out, None)
         return out
 
-    def mlp(
+    def output(
         self,
         key: str,
         block: int,
-        ff: torch.nn.Module,
+        module: torch.nn.Module,
         original: Callable[..., torch.Tensor],
         hidden_states: torch.Tensor,
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """A block's feed-forward (target "attention+mlp"): from its cache, or computed and stored."""
+        """A module whose output is cached as it is, with no probe: a feed-forward (target
+        "attention+mlp") or a cross-attention (target "cross-attention"); from its cache, or
+        computed and stored."""
         cache = self.caches[key]
         slot = block + self._offset
         if self._reuse[block]:
-            return cache.reuse(slot, ff, hidden_states)
+            return cache.reuse(slot, module, hidden_states)
         out = original(hidden_states, *args, **kwargs)
         cache.store(slot, out, None)
         return out

@@ -27,6 +27,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "strategies.caches.kv",
     "strategies.caches.block_residual",
     "strategies.caches.attention_mlp_output",
+    "strategies.caches.cross_attention_output",
     "strategies.caches.forecast",
     "strategies.quantizers.none",
     "strategies.quantizers.int8",

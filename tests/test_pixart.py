@@ -8,13 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dqar_bench import Cache, hookimpl
 from dqar_bench.adapters import adapter_for
 from dqar_bench.conditioning import embeddings_condition, synthetic_captions
 from dqar_bench.errors import SuiteError
 from dqar_bench.models import load_model, model_family
 from dqar_bench.parts import build_part
-from dqar_bench.plugins import load_registry
 from dqar_bench.records import RunDir
 from dqar_bench.sampling import denoise, make_scheduler
 from dqar_bench.strategy import Strategy
@@ -135,30 +133,6 @@ def test_text_settings_are_checked_at_validate(write_suite, registry, body, frag
     with pytest.raises(SuiteError) as err:
         load_suite(write_suite(body), registry)
     assert fragment in str(err.value) and "\n" not in str(err.value)
-
-
-class CrossAttentionOutput(Cache):
-    """A third-party cache on the cross-attention (PAB's third broadcast): a target no adapter hosts."""
-
-    PLUGIN_NAME = "cross-attention-output"
-    TARGET = "cross-attention"
-
-
-class CrossPlugin:
-    @hookimpl
-    def register_caches(self):
-        return [CrossAttentionOutput]
-
-
-def test_a_part_the_adapter_cannot_host_is_refused_at_validate(write_suite):
-    registry = load_registry(autoload=False, extra_plugins=(CrossPlugin(),))
-    body = PIXART_HEAD + "cases:\n  - name: baseline\n  - name: pab_cross\n    gate: interval\n    cache: cross-attention-output\n"
-    with pytest.raises(SuiteError) as err:
-        load_suite(write_suite(body), registry)
-    message = str(err.value)
-    assert "\n" not in message and "case 'pab_cross'" in message
-    assert "family 'pixart' hosts no cache on the cross-attention (cache 'cross-attention-output')" in message
-    assert "parts apply to self-attention (attn1)" in message
 
 
 def test_precomputed_embeddings_are_a_caption_source(write_suite, registry, tmp_path):

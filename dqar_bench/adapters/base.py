@@ -1,7 +1,8 @@
 """The generic adapter: a family entry's blocks and submodules, routed through a strategy.
 
 A cache's `TARGET` says which modules of each block are patched (`SITES` in the
-strategy): self-attention, self-attention and feed-forward, or the whole block. Every
+strategy): self-attention, self-attention and feed-forward, cross-attention (the modules
+the family names in `cross_attention`), or the whole block. Every
 module a family names at a site and a block has gets its own cache slot (`Strategy.bind`).
 A whole block is wrapped by `BlockForward`, which reads the streams the block updates from
 its arguments and puts its outputs into the strategy's order (image stream first) and
@@ -84,8 +85,8 @@ class Adapter:
                     uses.setdefault("block", set()).add(index)
                     plan.append((block, BlockForward(strategy, "block", index, block, spec.returns)))
                     continue
-                route = strategy.attention if site == "attention" else strategy.mlp
-                for j, name in enumerate(self.family.attention if site == "attention" else self.family.mlp):
+                route = strategy.attention if site == "attention" else strategy.output
+                for j, name in enumerate(self._modules(site)):
                     module = getattr(block, name, None)
                     if module is None:
                         continue
@@ -100,6 +101,11 @@ class Adapter:
             installation.remove()
             raise
         return installation
+
+
+    def _modules(self, site: str) -> tuple[str, ...]:
+        """The submodule names the family gives for a site."""
+        return {"attention": self.family.attention, "mlp": self.family.mlp, "cross-attention": self.family.cross_attention}[site]
 
 
 class BlockForward:
