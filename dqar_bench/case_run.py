@@ -74,6 +74,13 @@ class RunContext:
         self.next_round += 1
         return self.next_round - 1
 
+    def log_round(self, round_id: int, timing_order: str, order: list[str], cases: dict[str, Any]) -> None:
+        """One finished round to `rounds.jsonl`: the one shape of a round line, interleaved or blocked."""
+        self.log.append({
+            "round": round_id, "session": self.session, "timing_order": timing_order,
+            "round_seed": self.suite.round_seed, "order": order, "cases": cases,
+        })
+
 
 class CaseRun:
     """The state of one case through a run: built, prepared, timed round by round, recorded."""
@@ -172,7 +179,9 @@ class CaseRun:
                     for _ in range(blocked_rounds):
                         with self._meter.timed_section():
                             timed = self._time_seeds(timer, forward)
-                        self._log_round(ctx.take_round(), timed, "blocked", [self.case.name])
+                        round_id = ctx.take_round()
+                        ctx.log_round(round_id, "blocked", [self.case.name], {self.case.name: timed})
+                        self.round_ids.append(round_id)
                 if not self.partner:
                     self._scored_calls(forward, mode)
         finally:
@@ -258,14 +267,6 @@ class CaseRun:
             self.ctx.kit.progress.tick()
         per_step = self.ctx.suite.per_step and self.case.execution == "eager"
         return {"case_key": self.key, "calls_s": calls, "steps_s": steps if per_step else None}
-
-    def _log_round(self, round_id: int, timed: dict[str, Any], order_kind: str, order: list[str]) -> None:
-        suite = self.ctx.suite
-        self.ctx.log.append({
-            "round": round_id, "session": self.ctx.session, "timing_order": order_kind, "round_seed": suite.round_seed,
-            "order": order, "cases": {self.case.name: timed},
-        })
-        self.round_ids.append(round_id)
 
     # -- the record ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -218,16 +218,22 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """The records of a `records.jsonl`, in order; a torn or blank line is skipped.
 
     Reading never creates anything, so views (`compare`) can read any run directory."""
+    return read_lines(path, lambda record: "case" in record)
+
+
+def read_lines(path: Path, accept: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file that `accept` takes, in order; a torn or blank
+    line (a crash mid-write) is skipped, and a missing file has none."""
     if not path.exists():
         return []
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            record = json.loads(line)
+            entry = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and "case" in record:
-            out.append(record)
+        if isinstance(entry, dict) and accept(entry):
+            out.append(entry)
     return out
 
 

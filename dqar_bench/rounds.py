@@ -25,14 +25,25 @@ and table say they did not run together.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dqar_bench.records import append_line
+from dqar_bench.records import append_line, read_lines
+
+
+def paired_ratios(record: dict[str, Any]) -> list[float] | None:
+    """`baseline_round_s[r] / round_s[r]` for every round of a record, or None without usable
+    rounds (none recorded, no complete pairing, a non-finite or zero time): the one rule the
+    table and `compare` use for a paired speedup."""
+    case, baseline = record.get("round_s"), record.get("baseline_round_s")
+    if not (isinstance(case, list) and isinstance(baseline, list)) or not case or len(case) != len(baseline):
+        return None
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in case + baseline):
+        return None
+    return [b / c for b, c in zip(baseline, case)]
 
 
 def round_order(names: list[str], round_seed: int, round_index: int) -> list[str]:
@@ -53,17 +64,7 @@ class RoundLog:
         """Every complete round, in order; a torn last line (a crash mid-write) is skipped."""
         if self.path is None:
             return list(self._memory)
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(entry, dict) and isinstance(entry.get("cases"), dict) and isinstance(entry.get("round"), int):
-                out.append(entry)
-        return out
+        return read_lines(self.path, lambda e: isinstance(e.get("cases"), dict) and isinstance(e.get("round"), int))
 
     def next_round(self) -> int:
         return max((e["round"] for e in self.entries()), default=-1) + 1

@@ -40,6 +40,7 @@ from dqar_bench.conditioning import condition_for
 from dqar_bench.errors import DqarError, ModelError
 from dqar_bench.identity import case_identity, case_key, measurement_settings
 from dqar_bench.measure import environment
+from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.instruments import Instruments, build_instruments
 from dqar_bench.measure.plot import plot_run
 from dqar_bench.measure.progress import Progress as ProgressBar
@@ -265,10 +266,7 @@ class _Session:
                     say(_summary(one.record))
                     continue
                 timed[name] = result
-            self.log.append({
-                "round": round_id, "session": self.ctx.session, "timing_order": "interleaved",
-                "round_seed": self.suite.round_seed, "order": order, "cases": timed,
-            })
+            self.ctx.log_round(round_id, "interleaved", order, timed)
             for one in group.values():
                 if one.ready:
                     one.round_ids.append(round_id)
@@ -295,7 +293,7 @@ def _write_views(suite: Suite, run: RunDir, progress: Progress) -> None:
     progress("")
     progress(table)
     progress(f"\nplot: {plot}")
-    progress(f"report: {report_run(run)}")
+    progress(f"report: {report_run(run, names)}")
     progress(f"results: {run.path}")
 
 
@@ -314,6 +312,6 @@ def _summary(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"    {record['case']}: failed: {record['error']}"
     noise = record["latency"]["noise"]
-    flops = (record.get("flops") or {}).get("per_call")
+    flops = flops_per_call(record)
     extra = f", {flops / 1e12:.4g} TFLOP/call" if flops is not None else ""
     return f"    {record['case']}: median {record['median_s'] * 1000:.1f} ms/call ({noise}), reuse {record['reuse_ratio']:.1%}{extra}"

@@ -114,7 +114,7 @@ class EntropyProbe:
         return merged  # type: ignore[return-value]
 
 
-def probe_qk(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_qk(attn: torch.nn.Module, x: torch.Tensor, num_queries: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries and keys of `attn` on its own input `x`, [batch, heads, tokens, head_dim], for the probe.
 
     For attention the harness does not compute itself (joint text-image attention, rotary
@@ -122,9 +122,13 @@ def probe_qk(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
     `to_q`/`to_k` and query/key norms, without rotary embeddings and without the text
     tokens a joint processor appends: the image tokens' attention among themselves (on
     FLUX's single-stream blocks, whose input is the joint sequence, over text and image
-    tokens). The model's output is untouched; the probe costs two projections where it runs.
+    tokens). The model's output is untouched. Only the `num_queries` sampled rows are
+    projected to queries (the query norms act per token, so this is exact): the probe
+    costs the key projection and a few query rows where it runs.
     """
-    q, k = attn.to_q(x), attn.to_k(x)
+    tokens = x.shape[-2]
+    rows = x.index_select(-2, query_rows(tokens, num_queries, x.device)) if 0 < num_queries < tokens else x
+    q, k = attn.to_q(rows), attn.to_k(x)
     heads = attn.heads
     norm_q, norm_k = getattr(attn, "norm_q", None), getattr(attn, "norm_k", None)
     if norm_q is not None and heads > 1 and _norm_width(norm_q) == q.shape[-1]:

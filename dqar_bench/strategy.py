@@ -317,7 +317,7 @@ class Strategy:
             cache.store(slot, out, (q, k, v))
             return out
         if probe:
-            self._entropy.record(block, *signals.probe_qk(attn, hidden_states))  # type: ignore[union-attr]
+            self._entropy.record(block, *signals.probe_qk(attn, hidden_states, self.probe_queries))  # type: ignore[union-attr]
         out = original(hidden_states, *args, **kwargs)
         cache.store(slot, out, None)
         return out

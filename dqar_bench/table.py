@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 
 from dqar_bench import markdown
+from dqar_bench.measure.flops import per_call as flops_per_call
+from dqar_bench.rounds import paired_ratios
 from dqar_bench.measure.stats import NOISY, SPEEDUP_METHOD, UNRELIABLE, Measurement, paired_speedup, speedup
 
 COLUMNS = [
@@ -91,7 +93,7 @@ def _timing(row: dict[str, Any], record: dict[str, Any]) -> None:
         timing_order=record.get("timing_order"),
         rounds=record.get("rounds"),
     )
-    flops = (record.get("flops") or {}).get("per_call")
+    flops = flops_per_call(record)
     if flops is not None:
         row["tflop_per_call"] = flops / 1e12
     if samples:
@@ -114,13 +116,13 @@ def _speed(row: dict[str, Any], record: dict[str, Any], base: dict[str, Any] | N
     if differ:
         row["speedup_note"] = f"not comparable with '{baseline}': {', '.join(differ)} differ"
         return
-    base_flops = (base.get("flops") or {}).get("per_call")
-    if row["tflop_per_call"] and base_flops:
-        row["flop_speedup"] = base_flops / (row["tflop_per_call"] * 1e12)
-    rounds, base_rounds = record.get("round_s"), record.get("baseline_round_s")
-    if rounds and base_rounds and len(rounds) == len(base_rounds):
-        s = paired_speedup(base_rounds, rounds)
-    elif rounds and not base_rounds:
+    flops, base_flops = flops_per_call(record), flops_per_call(base)
+    if flops and base_flops:
+        row["flop_speedup"] = base_flops / flops
+    rounds = record.get("round_s")
+    if paired_ratios(record) is not None:
+        s = paired_speedup(record["baseline_round_s"], rounds)
+    elif rounds:
         row["speedup_note"] = f"no rounds of '{baseline}' to pair with"
         return
     else:  # a record from before rounds: both cases' raw samples

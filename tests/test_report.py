@@ -228,3 +228,18 @@ def test_reuse_counts_per_step_and_block():
     stats.begin_call(4, 3)  # a longer call widens the map; nothing counted is lost
     assert len(stats.reuse_map) == 4 and all(len(r) == 3 for r in stats.reuse_map)
     assert sum(map(sum, stats.reuse_map)) == 5
+
+
+def test_the_runner_s_report_shows_the_cases_of_the_suite_as_run(tmp_path):
+    """A run resumed with a case taken out of its suite keeps that case's record; the report the
+    runner writes, like its table, shows only the suite's cases."""
+    from pathlib import Path
+
+    from dqar_bench.report import write_report
+
+    reference = Path(__file__).resolve().parent.parent / "results" / "ci" / "reference" / "digits-dit"
+    everything = write_report([reference], tmp_path / "all.html").read_text()
+    some = write_report([reference], tmp_path / "some.html", cases={"baseline", "fora"}).read_text()
+    shown = lambda page: set(re.findall(r'data-case="([^"]+)"', page))  # noqa: E731
+    assert {"dqar", "fora", "baseline"} <= shown(everything)
+    assert shown(some) == {"baseline", "fora"}

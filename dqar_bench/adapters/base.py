@@ -26,9 +26,8 @@ from dqar_bench.strategy import SITES, Strategy
 class Installation:
     """Patched modules, restorable; a context manager so a failing case still cleans up."""
 
-    def __init__(self, strategy: Strategy | None, num_blocks: int) -> None:
+    def __init__(self, strategy: Strategy | None) -> None:
         self.strategy = strategy
-        self.num_blocks = num_blocks
         self._patched: list[torch.nn.Module] = []
 
     def patch(self, module: torch.nn.Module, forward: Callable[..., Any]) -> None:
@@ -61,15 +60,11 @@ class Adapter:
         """Why this family cannot host `part` (one line), or None."""
         return self.family.refusal(part)
 
-    def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        """Every block, in the order a forward runs them (all block lists, one after the other)."""
-        return [block for _, blocks in self.family.block_lists(model) for block in blocks]
-
     def install(self, model: torch.nn.Module, strategy: Strategy | None) -> Installation:
         """Route the modules the strategy's cache targets through it (nothing when None)."""
         lists = self.family.block_lists(model)
         flat: list[tuple[Blocks, torch.nn.Module]] = [(spec, block) for spec, blocks in lists for block in blocks]
-        installation = Installation(strategy, len(flat))
+        installation = Installation(strategy)
         if strategy is None:
             return installation
         reason = self.refusal(type(strategy.cache))

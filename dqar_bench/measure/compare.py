@@ -39,7 +39,9 @@ from typing import Any
 from dqar_bench import markdown, records
 from dqar_bench.errors import DqarError
 from dqar_bench.measure.case_diff import identity_diff
+from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.stats import UNRELIABLE, Measurement, mann_whitney_u, min_detectable_p
+from dqar_bench.rounds import paired_ratios
 
 ENVIRONMENT_KEYS = ("gpu", "driver", "cuda", "torch", "diffusers", "cpu", "dtype", "attention_backend", "git_commit")
 
@@ -301,7 +303,7 @@ class _Judge:
 
     def _work(self, change: CaseChange, base: dict[str, Any], new: dict[str, Any]) -> None:
         """FLOPs and reuse are exact figures: any change counts."""
-        change.flops_base, change.flops_new = _flops(base), _flops(new)
+        change.flops_base, change.flops_new = flops_per_call(base), flops_per_call(new)
         if change.flops_base is not None and change.flops_new is not None and change.flops_new != change.flops_base:
             moved = f"FLOPs per call {_rel(change.flops_new, change.flops_base)} ({change.flops_base:,} -> {change.flops_new:,})"
             (change.regressions if change.flops_new > change.flops_base else change.changes).append(moved)
@@ -331,7 +333,7 @@ class _Judge:
 def compare_timing(base: dict[str, Any], new: dict[str, Any]) -> Timing | None:
     """Per-round speedups where both records have rounds, else times per image; None when
     a side has no usable samples."""
-    ratios_base, ratios_new = round_ratios(base), round_ratios(new)
+    ratios_base, ratios_new = paired_ratios(base), paired_ratios(new)
     if ratios_base is not None and ratios_new is not None:
         kind, a, b = "speedup", ratios_base, ratios_new
     else:
@@ -341,16 +343,6 @@ def compare_timing(base: dict[str, Any], new: dict[str, Any]) -> Timing | None:
         kind = "time per image"
     test = mann_whitney_u(b, a)
     return Timing(kind, Measurement.of(a), Measurement.of(b), test.p_value, test.method)
-
-
-def round_ratios(record: dict[str, Any]) -> list[float] | None:
-    """`baseline_round_s[r] / round_s[r]` for every round, or None without usable rounds."""
-    case, baseline = record.get("round_s"), record.get("baseline_round_s")
-    if not (isinstance(case, list) and isinstance(baseline, list)) or not case or len(case) != len(baseline):
-        return None
-    if not all(_finite(v) and v > 0 for v in case + baseline):
-        return None
-    return [b / c for b, c in zip(baseline, case)]
 
 
 def nonfinite_fields(record: dict[str, Any]) -> list[str]:
@@ -453,7 +445,7 @@ def benchmark_entries(records: dict[str, dict[str, Any]], suite: str | None = No
                 "range": f"± {ms.iqr / 2:.4f}",
                 "extra": f"median of {ms.n} calls; mean {ms.mean:.4f}, p10 {ms.p10:.4f}, p90 {ms.p90:.4f}; noise: {ms.noise}",
             })
-        flops = _flops(record)
+        flops = flops_per_call(record)
         if flops is not None:
             entries.append({"name": f"{prefix} TFLOP per call", "unit": "TFLOP", "value": flops / 1e12, "extra": f"{flops} FLOPs, exact"})
         energy = (record.get("energy") or {}).get("joules_per_image")
@@ -520,11 +512,6 @@ def _per_image_measurement(record: dict[str, Any]) -> Measurement | None:
     if not samples or not all(_finite(s) for s in samples):
         return None
     return Measurement.of(samples).scaled(1.0 / (record.get("batch") or 1))
-
-
-def _flops(record: dict[str, Any]) -> int | None:
-    value = (record.get("flops") or {}).get("per_call")
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def _psnr(record: dict[str, Any]) -> float | None:

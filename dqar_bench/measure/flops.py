@@ -13,6 +13,7 @@ count 0 FLOPs): it is registered here with torch's own SDPA formula.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -72,6 +73,13 @@ def summarize(per_seed: dict[int, FlopCount]) -> dict[str, Any]:
         "per_seed": {str(seed): c.total for seed, c in per_seed.items()},
         "by_op": {op: _mean([c.by_op.get(op, 0) for c in counts]) for op in ops},
     }
+
+
+def per_call(record: dict[str, Any]) -> int | None:
+    """A record's FLOPs of one sampling call, or None where it has none (an older record, a
+    failed case): the one reader of `flops.per_call` for tables, summaries and `compare`."""
+    value = (record.get("flops") or {}).get("per_call")
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def _mean(values: list[int]) -> int | float:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dqar_bench.errors import DqarError
-from dqar_bench.measure.fidelity import Fidelity, check_weights, ensure_registered, to_uint8
+from dqar_bench.measure.fidelity import Fidelity, ensure_registered, to_uint8
 from dqar_bench.measure.progress import Progress
 from dqar_bench.quality import LpipsScorer, QualityConfig, decoder, lpips_scorer
 
@@ -82,8 +82,7 @@ def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, laten
                 f"field 'quality.fid': the model has no VAE and its outputs have {latent_channels} channels, so there are "
                 "no images for FID / IS / KID; set 'quality.fid: 0' or use a model with a VAE"
             )
-        ensure_registered(quality.feature_extractor)
-        check_weights(quality.feature_extractor, quality.inception_weights)
+        ensure_registered(quality.feature_extractor)  # the weights: checked by the suite and by Fidelity's extractor
         if quality.reference != "baseline":
             kit.fidelity = kit.fidelity_against(quality.reference)
     return kit

@@ -13,10 +13,11 @@ from dqar_bench.report.page import write_report
 from dqar_bench.report.previews import keep_previews
 
 
-def report_run(run: RunDir) -> str:
-    """Write `report.html` into the run directory; a report that fails never costs the run (one line says why)."""
+def report_run(run: RunDir, cases: set[str] | None = None) -> str:
+    """Write `report.html` into the run directory, of `cases` (the suite's, as its table shows);
+    a report that fails never costs the run (one line says why)."""
     try:
-        return str(write_report([run.path], run.path / "report.html"))
+        return str(write_report([run.path], run.path / "report.html", cases=cases))
     except Exception as exc:  # noqa: BLE001 - the records are already on disk
         return f"not written: {type(exc).__name__}: {exc}".splitlines()[0]
 

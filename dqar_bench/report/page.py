@@ -29,13 +29,13 @@ ENVIRONMENT = [
 ]
 
 
-def write_report(run_dirs: list[str | Path], output: str | Path | None = None, max_seeds: int = 4) -> Path:
+def write_report(run_dirs: list[str | Path], output: str | Path | None = None, max_seeds: int = 4, cases: set[str] | None = None) -> Path:
     """Write one HTML report of the runs (one run, or several compared); return its path.
 
     `output` defaults to `report.html` in the run directory (one run) or in the current
     directory (several runs).
     """
-    runs = load_runs(list(run_dirs))
+    runs = load_runs(list(run_dirs), cases)
     path = Path(output) if output else (runs[0].path if len(runs) == 1 else Path(".")) / "report.html"
     page = render(runs, max_seeds)
     path.parent.mkdir(parents=True, exist_ok=True)

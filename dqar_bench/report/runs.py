@@ -85,8 +85,9 @@ class Entry:
         return self.run.dir.load_previews(self.case)
 
 
-def load_runs(paths: list[str | Path]) -> list[Run]:
-    """Every run directory's records and frame; a directory without records is a one-line error."""
+def load_runs(paths: list[str | Path], cases: set[str] | None = None) -> list[Run]:
+    """Every run directory's records and frame (only `cases`, where given: the runner's report
+    shows the cases of the suite as run, like its table); no records is a one-line error."""
     if not paths:
         raise DqarError("report: name at least one run directory")
     runs = []
@@ -95,6 +96,8 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
         if not path.is_dir():
             raise DqarError(f"{path}: not a directory; give a run directory (one that holds records.jsonl)")
         records = read_records(path / RECORDS)  # read before RunDir(), which would create folders
+        if cases is not None:
+            records = [r for r in records if r["case"] in cases]
         if not records:
             raise DqarError(f"{path}: no records.jsonl with finished cases; is it a run directory of `dqar-bench run`?")
         baseline = records[0].get("baseline_case") or "baseline"

@@ -15,9 +15,10 @@ step-dependent scalars (1/d where a derivative exists, x^j/j! where a factor exi
 elsewhere) are written into one device tensor in `begin_step`, before the forward. So a
 forecast step and a compute step are one compiled graph / one CUDA graph each, whatever
 the step, instead of one per distance and order (18 instead of 2 on 20 steps at order 4);
-the price is a few multiplications by zero while the expansion builds up. Factors of a
-previous sampling call stay in memory (multiplied by zero until recomputed), so their
-tensors never move under a captured graph.
+the price is a few multiplications by zero while the expansion builds up. Under CUDA
+graphs (`pinned`) the factors of a previous sampling call stay in memory (multiplied by
+zero until recomputed), so their tensors never move under a captured graph; otherwise
+`clear` drops them, as every cache does.
 
 Why our own and not diffusers' `apply_taylorseer_cache`: its default module patterns
 (`^transformer_blocks.*attn`) fully match no module of a DiT (`attn1`), it counts steps by
@@ -63,6 +64,7 @@ class Forecast(Cache):
         return self.order + 1
 
     def clear(self) -> None:
+        self._held.clear(self.pinned)  # as SlotCache: only under CUDA graphs do the tensors stay
         self._last.clear()
         self._factors.clear()
 
