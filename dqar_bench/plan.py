@@ -25,6 +25,7 @@ import torch
 from dqar_bench.errors import DqarError
 from dqar_bench.parts import Gate, Scheduler, build_part
 from dqar_bench.plugins import Registry
+from dqar_bench.strategy import schedule_mask
 from dqar_bench.suite import Case, Suite
 from dqar_bench.table import parts_label
 
@@ -114,8 +115,7 @@ def reuse_pattern(scheduler: Scheduler, gate: Gate, num_blocks: int, timesteps: 
     static pattern).
     """
     num_steps = len(timesteps)
-    scheduler.timesteps = list(timesteps)
-    mask = scheduler.mask(num_steps, num_blocks).bool()
+    mask = schedule_mask(scheduler, num_steps, num_blocks, timesteps)
     answers = gate.static_pattern(num_steps, num_blocks)
     exact = answers is not None
     if answers is None:

@@ -60,6 +60,18 @@ def refusal(gate: type[Gate], cache: type[Cache]) -> str | None:
     return None
 
 
+def schedule_mask(scheduler: Scheduler, num_steps: int, num_blocks: int, timesteps: Sequence[int] | None = None) -> torch.Tensor:
+    """The scheduler's [steps, blocks] bool mask for a call (on the host), its shape checked:
+    one place for a sampling call and for `dqar-bench plan`."""
+    scheduler.timesteps = [int(t) for t in timesteps] if timesteps is not None else None
+    mask = scheduler.mask(num_steps, num_blocks)
+    if tuple(mask.shape) != (num_steps, num_blocks):
+        raise ValueError(
+            f"scheduler '{scheduler.PLUGIN_NAME}' gave a mask of shape {tuple(mask.shape)}, expected ({num_steps}, {num_blocks})"
+        )
+    return mask.bool().cpu()
+
+
 @dataclass
 class ReuseStats:
     """Counts over the sampling calls since the last `reset`."""
@@ -186,14 +198,7 @@ class Strategy:
         self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Sequence[int] | None = None, branches: int = 1
     ) -> None:
         """Start a sampling call: fresh mask, gate state and an empty cache (one set of entries per branch)."""
-        self.scheduler.timesteps = [int(t) for t in timesteps] if timesteps is not None else None
-        mask = self.scheduler.mask(num_steps, num_blocks)
-        if tuple(mask.shape) != (num_steps, num_blocks):
-            raise ValueError(
-                f"scheduler '{self.scheduler.PLUGIN_NAME}' gave a mask of shape {tuple(mask.shape)}, "
-                f"expected ({num_steps}, {num_blocks})"
-            )
-        self._mask = mask.bool().cpu()
+        self._mask = schedule_mask(self.scheduler, num_steps, num_blocks, timesteps)
         self._num_blocks = num_blocks
         self.stats.begin_call(num_steps, num_blocks)
         self._branches, self._branch, self._offset = branches, 0, 0
