@@ -106,8 +106,12 @@ class Measurement:
         }
 
 
-SPEEDUP_METHOD = "ratio of medians; 95% interval: percentile bootstrap (scipy.stats.bootstrap), 2000 resamples of each case's raw samples"
-PAIRED_SPEEDUP_METHOD = "median of per-round ratios; 95% interval: percentile bootstrap (scipy.stats.bootstrap), 2000 resamples of the ratios"
+RESAMPLES, CONFIDENCE, BOOTSTRAP_SEED = 2000, 0.95, 0
+"""The speedup intervals' bootstrap: the method notes below are written from these, so a
+table never states other settings than it was computed with."""
+_BOOTSTRAP = f"{CONFIDENCE:.0%} interval: percentile bootstrap (scipy.stats.bootstrap), {RESAMPLES} resamples"
+SPEEDUP_METHOD = f"ratio of medians; {_BOOTSTRAP} of each case's raw samples"
+PAIRED_SPEEDUP_METHOD = f"median of per-round ratios; {_BOOTSTRAP} of the ratios"
 EXACT_MAX_SAMPLES = 30
 """Mann-Whitney U is computed exactly (the null distribution counted out) up to this many
 samples a side when there are no ties; otherwise with the normal approximation."""
@@ -131,9 +135,6 @@ class Speedup:
 def speedup(
     baseline: Sequence[float],
     case: Sequence[float],
-    resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
 ) -> Speedup:
     """Speedup of `case` over `baseline` from raw per-call times.
 
@@ -153,16 +154,13 @@ def speedup(
     def ratio_of_medians(b: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.median(b, axis=axis) / np.median(n, axis=axis)
 
-    low, high = _percentile_bootstrap((base, new), ratio_of_medians, resamples, confidence, seed)
+    low, high = _percentile_bootstrap((base, new), ratio_of_medians)
     return Speedup(value, low, high)
 
 
 def paired_speedup(
     baseline_rounds: Sequence[float],
     case_rounds: Sequence[float],
-    resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
 ) -> Speedup:
     """Speedup from rounds in which the baseline and the case both ran: the median of the
     per-round ratios baseline / case, so drift that hits a whole round cancels out."""
@@ -174,7 +172,7 @@ def paired_speedup(
     def median(r: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.median(r, axis=axis)
 
-    low, high = _percentile_bootstrap((ratios,), median, resamples, confidence, seed)
+    low, high = _percentile_bootstrap((ratios,), median)
     return Speedup(value, low, high, PAIRED_SPEEDUP_METHOD)
 
 
@@ -187,12 +185,12 @@ def round_ratios(baseline_rounds: Sequence[float], case_rounds: Sequence[float])
     return base / new
 
 
-def _percentile_bootstrap(data: tuple[np.ndarray, ...], statistic: Any, resamples: int, confidence: float, seed: int) -> tuple[float | None, float | None]:
+def _percentile_bootstrap(data: tuple[np.ndarray, ...], statistic: Any) -> tuple[float | None, float | None]:
     """scipy's percentile bootstrap (each sample resampled on its own); no interval when
     every resample gives the same value (scipy then has nothing to spread)."""
     result = stats.bootstrap(
-        data, statistic, n_resamples=resamples, confidence_level=confidence, method="percentile",
-        vectorized=True, paired=False, rng=np.random.default_rng(seed),
+        data, statistic, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
+        vectorized=True, paired=False, rng=np.random.default_rng(BOOTSTRAP_SEED),
     )
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):
