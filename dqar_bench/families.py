@@ -302,6 +302,19 @@ FAMILIES: tuple[Family, ...] = (
         latent_size=(33, 90, 160),
         names=("hunyuanvideo", "hunyuan-video"),
     ),
+    Family(
+        name="sana",
+        description="Sana: linear-attention DiT (ReLU kernel), cross-attention over Gemma captions, Mix-FFN, flow matching",
+        classes=("SanaTransformer2DModel",),
+        pipeline="SanaPipeline",
+        blocks=(Blocks("transformer_blocks"),),
+        cross_attention=("attn2",),
+        text=Text(width="caption_channels", mask="encoder_attention_mask", max_tokens=300),
+        sampler="flow-euler",
+        scheduler=flow_schedule(3.0),
+        latent_size=(32, 32),
+        names=("sana",),
+    ),
 )
 
 

@@ -236,6 +236,17 @@ def build_hunyuan_video_tiny() -> LoadedModel:
     return LoadedModel("hunyuan-video-tiny", transformer, dict(families.get("hunyuan-video").scheduler), vae, "hunyuan-video")
 
 
+def build_sana_tiny() -> LoadedModel:
+    """A 2-block Sana (linear self-attention, 2 heads x 8, 8x8x4 latents, 32-wide captions), flow matching, tiny VAE."""
+    from diffusers import SanaTransformer2DModel
+
+    transformer = _seeded(lambda: SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2, num_cross_attention_heads=2,
+        cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32, sample_size=8, patch_size=1,
+    ))
+    return LoadedModel("sana-tiny", transformer, dict(families.get("sana").scheduler), _tiny_vae(0.41407), "sana")
+
+
 def _tiny_vae(scaling_factor: float, shift_factor: float | None = None) -> torch.nn.Module:
     """A one-level AutoencoderKL (4 latent channels, 8 wide): 8x8 latents decode to 16x16 RGB."""
     from diffusers import AutoencoderKL
@@ -278,6 +289,7 @@ BUILTIN_MODELS: dict[str, Callable[[], LoadedModel]] = {
     "wan-tiny": build_wan_tiny,
     "cogvideox-tiny": build_cogvideox_tiny,
     "hunyuan-video-tiny": build_hunyuan_video_tiny,
+    "sana-tiny": build_sana_tiny,
     "dit-xl-2-256-random": build_dit_xl_random,
 }
 BUILTIN_FAMILIES: dict[str, str] = {
@@ -291,6 +303,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "wan-tiny": "wan",
     "cogvideox-tiny": "cogvideox",
     "hunyuan-video-tiny": "hunyuan-video",
+    "sana-tiny": "sana",
     "dit-xl-2-256-random": "dit",
 }
 TINY_MODELS: dict[str, str] = {
@@ -302,6 +315,7 @@ TINY_MODELS: dict[str, str] = {
     "wan": "wan-tiny",
     "cogvideox": "cogvideox-tiny",
     "hunyuan-video": "hunyuan-video-tiny",
+    "sana": "sana-tiny",
 }
 """The tiny built-in model of every family: what tests run every part on."""
 

@@ -50,6 +50,26 @@ def sampled_scores(q: torch.Tensor, k: torch.Tensor, num_queries: int, out: torc
     return torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2), out=out)
 
 
+def sampled_log_kernel(q: torch.Tensor, k: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """`log(relu(q) relu(k)^T)` of the sampled query rows: linear attention's scores.
+
+    A ReLU linear attention (Sana's `SanaLinearAttnProcessor2_0`) weights key j of query i
+    by `relu(q_i).relu(k_j) / sum_j relu(q_i).relu(k_j)`, which is the softmax of these
+    scores, so `scores_entropy` of them is the entropy of the map the model really applies
+    (not of a softmax map it never forms). A zero weight is kept as a very low score.
+    """
+    tokens = q.shape[-2]
+    if 0 < num_queries < tokens:
+        q = q.index_select(-2, query_rows(tokens, num_queries, q.device))
+    weights = torch.matmul(torch.relu(q.float()), torch.relu(k.float()).transpose(-1, -2))
+    return weights.clamp_min(torch.finfo(torch.float32).tiny).log().to(q.dtype)
+
+
+def linear_attention(attn: torch.nn.Module) -> bool:
+    """`attn` attends with a ReLU kernel instead of a softmax (Sana's self-attention)."""
+    return "LinearAttnProcessor" in type(getattr(attn, "processor", None)).__name__
+
+
 def scores_entropy(scores: torch.Tensor) -> torch.Tensor:
     """Per leading index, the mean row entropy of `softmax(scores)`, in float32.
 
@@ -93,15 +113,22 @@ class EntropyProbe:
             else:
                 self._buffers[key].fill_(float("nan"))
 
-    def record(self, block: int, q: torch.Tensor, k: torch.Tensor) -> None:
-        """Keep the sampled scores of `block`'s self-attention (q, k: [batch, heads, tokens, head_dim])."""
+    def record(self, block: int, q: torch.Tensor, k: torch.Tensor, linear: bool = False) -> None:
+        """Keep the sampled scores of `block`'s self-attention (q, k: [batch, heads, tokens, head_dim]).
+
+        `linear`: the block attends with a ReLU kernel (`linear_attention`); its scores are
+        then `log(relu(q) relu(k)^T)`, whose softmax is the kernel's normalised weights.
+        """
         rows = min(self.num_queries, q.shape[-2]) if self.num_queries > 0 else q.shape[-2]
         shape = (self._num_blocks, *q.shape[:-2], rows, k.shape[-2])
         key = (shape, q.dtype, q.device)
         scores = self._buffers.get(key)
         if scores is None:
             scores = self._buffers[key] = torch.full(shape, float("nan"), dtype=q.dtype, device=q.device)
-        sampled_scores(q, k, self.num_queries, out=scores[block])
+        if linear:
+            scores[block] = sampled_log_kernel(q, k, self.num_queries)
+        else:
+            sampled_scores(q, k, self.num_queries, out=scores[block])
 
     def entropies(self) -> torch.Tensor:
         """One float32 entropy per block, NaN for a block not recorded in this call."""

@@ -322,7 +322,8 @@ class Strategy:
             cache.store(slot, out, (q, k, v))
             return out
         if probe:
-            self._entropy.record(block, *signals.probe_qk(attn, hidden_states, self.probe_queries))  # type: ignore[union-attr]
+            q, k = signals.probe_qk(attn, hidden_states, self.probe_queries)
+            self._entropy.record(block, q, k, linear=signals.linear_attention(attn))  # type: ignore[union-attr]
         out = original(hidden_states, *args, **kwargs)
         cache.store(slot, out, None)
         return out

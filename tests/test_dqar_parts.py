@@ -78,6 +78,29 @@ def test_entropy_probe_keeps_each_blocks_last_compute_and_nan_for_the_others():
     assert all(math.isnan(x) for x in probe.entropies().tolist())
 
 
+def test_linear_attention_entropy_is_that_of_the_relu_kernel_weights():
+    # Sana attends with relu(q).relu(k) / sum_j relu(q).relu(k_j): the probe must read the entropy
+    # of those weights (worked out here from the processor's own formula), not of a softmax map.
+    from dqar_bench.models import load_model
+
+    model = load_model("sana-tiny", torch.device("cpu"), torch.float32).transformer
+    attn = model.transformer_blocks[0].attn1
+    assert signals.linear_attention(attn) and not signals.linear_attention(model.transformer_blocks[0].attn2)
+    x = torch.randn(2, 16, attn.to_q.in_features, generator=torch.Generator().manual_seed(0))
+    q, k = signals.probe_qk(attn, x)
+    rq = torch.relu(attn.norm_q(attn.to_q(x)) if attn.norm_q is not None else attn.to_q(x)).unflatten(-1, (attn.heads, -1))
+    rk = torch.relu(attn.norm_k(attn.to_k(x)) if attn.norm_k is not None else attn.to_k(x)).unflatten(-1, (attn.heads, -1))
+    weights = torch.einsum("bihd,bjhd->bhij", rq, rk)
+    p = weights / weights.sum(-1, keepdim=True)
+    by_hand = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1).mean()
+    probe = signals.EntropyProbe(num_queries=0)
+    probe.reset(1, torch.device("cpu"))
+    probe.record(0, q, k, linear=True)
+    assert probe.entropies()[0].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    probe.record(0, q, k)  # the softmax reading of the same projections is another number
+    assert abs(probe.entropies()[0].item() - by_hand.item()) > 1e-3
+
+
 def test_latent_snr_by_hand():
     x0 = torch.ones(2, 4, 3, 3)
     # ||x0||^2 = 72; x_t - x0 = 2 everywhere: ||.||^2 = 4 * 72 -> SNR 1/4
