@@ -235,6 +235,13 @@ def test_the_shipped_prompt_file_reads():
     assert lengths[0] <= 4 and lengths[-1] >= 40  # short and long prompts: tau(p) adapts to the length
 
 
+def test_the_shipped_text_quality_suite_validates(registry):
+    from pathlib import Path
+
+    suite = load_suite(Path(__file__).resolve().parent.parent / "suites" / "text-quality-pixart-512.yaml", registry)
+    assert suite.batch == 32 and suite.prompt_texts == suite.prompts and suite.quality.clip and suite.quality.lpips.net == "alex"
+
+
 @pytest.mark.parametrize("prompts_key, fragment", [
     ("prompts: {file: missing.txt}", "does not exist"),
     ("prompts: {file: empty.txt}", "holds no prompts"),
