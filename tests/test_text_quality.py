@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from dqar_bench.cli import main
 from dqar_bench.errors import DqarError, SuiteError
@@ -212,14 +212,12 @@ def test_clip_and_lpips_reach_the_records_and_results_csv(tmp_path, clip_dir, ca
 
 
 def test_a_prompt_file_gives_the_prompts(tmp_path, registry):
-    from dqar_bench.suite import parse_suite  # noqa: F401  (load_suite is the entry point)
-
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "p.txt").write_text("# a comment\n\n  a red cat  \nthe dog\n# another\nblue\n")
     sub = tmp_path / "suites"
     sub.mkdir()
     path = sub / "s.yaml"
-    path.write_text(SIGMA_HEAD.replace("model: pixart-sigma-tiny", "model: pixart-sigma-tiny") + "prompts: {file: ../prompts/p.txt, count: 2}\ncases:\n  - name: baseline\n")
+    path.write_text(SIGMA_HEAD + "prompts: {file: ../prompts/p.txt, count: 2}\ncases:\n  - name: baseline\n")
     suite = load_suite(path, registry)
     assert suite.prompts == ["a red cat", "the dog"] and suite.batch == 2 and suite.prompt_texts == ["a red cat", "the dog"]
 
@@ -330,8 +328,7 @@ def test_clip_on_a_class_conditioned_model_is_refused(tmp_path, clip_dir, regist
 
 def test_embeddings_prompts_must_match_the_captions(tmp_path, registry):
     file = embeddings_file(tmp_path / "c.safetensors", PROMPTS[:2])
-    tensors = {k: v for k, v in __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(file)).items()}
-    save_file(tensors, str(file), metadata={"prompts": json.dumps(PROMPTS[:3])})
+    save_file(load_file(str(file)), str(file), metadata={"prompts": json.dumps(PROMPTS[:3])})
     path = tmp_path / "s.yaml"
     path.write_text(SIGMA_HEAD + f"prompt_embeddings: {file}\ncases:\n  - name: baseline\n")
     with pytest.raises(SuiteError, match="holds 2 captions but its metadata names 3 prompts"):
