@@ -28,6 +28,7 @@ from dqar_bench import __version__
 from dqar_bench.adapters import adapter_for
 from dqar_bench.execution import Execution, unsupported
 from dqar_bench.measure.classify import class_accuracy
+from dqar_bench.measure.clip_score import clip_score
 from dqar_bench.measure.fidelity import to_uint8
 from dqar_bench.measure.flops import FlopCount, count_flops, summarize
 from dqar_bench.measure.instruments import Instruments, generate_images
@@ -196,6 +197,7 @@ class CaseRun:
             self.record.update(
                 quality=_quality(self.outputs, reference, ctx.kit),
                 class_accuracy=_class_accuracy(self.outputs, ctx.condition, ctx.kit),
+                clip=_clip(self.outputs, suite.prompt_texts, ctx.kit),
                 fidelity=_fidelity(self._fid_images, ctx.suite.is_baseline(self.case), ctx.kit),
             )
         self._fid_images = None
@@ -358,6 +360,15 @@ def _class_accuracy(outputs: dict[int, torch.Tensor], condition: Condition, kit:
     images = to_uint8(kit.to_images(torch.cat([outputs[s] for s in seeds])))
     labels = labels.detach().cpu().repeat(len(seeds))
     return class_accuracy(kit.quality.classifier, images, labels)
+
+
+def _clip(outputs: dict[int, torch.Tensor], prompts: list[str] | None, kit: Instruments) -> dict[str, Any] | None:
+    """CLIP score of the case's own decoded outputs (every seed), each against the prompt it was made for."""
+    if kit.clip is None or not prompts:
+        return None
+    seeds = sorted(outputs)
+    images = kit.to_images(torch.cat([outputs[s] for s in seeds]))
+    return {**clip_score(images, list(prompts) * len(seeds), kit.clip), "weights": kit.quality.clip}
 
 
 def _fidelity(images: torch.Tensor | None, is_baseline: bool, kit: Instruments) -> dict[str, Any] | None:

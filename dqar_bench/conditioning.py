@@ -19,6 +19,9 @@ one per suite key:
   `prompt_attention_mask` [n, L] and, for guidance, `negative_prompt_embeds` and
   `negative_prompt_attention_mask` (what a pipeline's `encode_prompt` returns); families
   with a pooled embedding also need `pooled_prompt_embeds` and `negative_pooled_prompt_embeds`.
+  The file may say which prompts it was encoded from: metadata key `prompts`, a JSON list
+  of strings, one per caption (`save_file(tensors, path, metadata={"prompts": json.dumps(prompts)})`);
+  CLIP score needs them.
 - `prompts` (strings): encoded once by the checkpoint's own `text_encoder`/`tokenizer`
   (T5-XXL, for the PixArt families; needs `transformers` and the checkpoint's text encoder
   on disk), then freed.
@@ -26,6 +29,7 @@ one per suite key:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ from dqar_bench.weights import weights_only_loads
 MAX_CAPTION_TOKENS = 120  # PixArt-alpha's max_sequence_length: what `prompts` are tokenized to
 EMBEDDING_KEYS = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask")
 POOLED_KEYS = ("pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+PROMPTS_METADATA = "prompts"
 PIXART_TEXT = get_family("pixart").text
 
 
@@ -141,6 +146,23 @@ def embeddings_batch(path: str | Path) -> int:
         if "prompt_embeds" not in handle.keys():
             raise ValueError(f"it has no 'prompt_embeds' (keys: {', '.join(EMBEDDING_KEYS)})")
         return int(handle.get_slice("prompt_embeds").get_shape()[0])
+
+
+def embeddings_prompts(path: str | Path) -> list[str] | None:
+    """The prompts a prompt embeddings file says it holds (metadata `prompts`), read from its header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        raw = (handle.metadata() or {}).get(PROMPTS_METADATA)
+    if raw is None:
+        return None
+    try:
+        prompts = json.loads(raw)
+    except ValueError:
+        prompts = None
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"its metadata '{PROMPTS_METADATA}' must be a JSON list of strings, one per caption")
+    return prompts
 
 
 def t5_condition(

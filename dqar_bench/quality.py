@@ -3,9 +3,11 @@
 MSE and max-abs are always taken on the latents (the sampler's own output). PSNR and
 SSIM are taken on decoded images where the model has a VAE (images in [0, 1], peak 1) and
 on the latents otherwise (peak = the reference's value range, since latents have no fixed
-range); the record's `space` says which. LPIPS is computed only when its weights are on
-disk (torch-fidelity's VGG16-LPIPS; nothing is downloaded); otherwise `lpips` is None and
-`lpips_note` says why, and the table leaves the column out with that note.
+range); the record's `space` says which. LPIPS (`measure.lpips`) is computed on decoded
+images when the suite names its weights (`quality.lpips`; nothing is downloaded);
+otherwise `lpips` is None and `lpips_note` says why, and the table leaves the column out
+with that note. CLIP score (`measure.clip_score`) is not paired: each case's images against
+their prompts.
 
 Distributional quality (FID, IS, KID against a reference set) is in `measure.fidelity`;
 its settings travel with the paired ones in `QualityConfig` (the suite's `quality:` key).
@@ -15,16 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from dqar_bench.weights import check_weights_file, weights_only_loads
-
-LPIPS_FILES = ("weights-vgg16-lpips.pth", "vgg16-397923af.pth")
-"""What torch-fidelity's LPIPS loads from `<torch hub dir>/checkpoints/`."""
+from dqar_bench.measure.lpips import LpipsConfig, LpipsScorer
 
 
 @dataclass(frozen=True)
@@ -42,8 +40,11 @@ class QualityConfig:
     inception_weights: str | None = None
     """Local weights file for the feature extractor (torch-fidelity's
     `feature_extractor_weights_path`); nothing is downloaded."""
-    lpips_weights: str | None = None
-    """A torch hub directory whose `checkpoints/` holds the LPIPS files; default torch's own."""
+    lpips: LpipsConfig | None = None
+    """LPIPS on decoded images against the baseline's, from these local weights; None: off."""
+    clip: str | None = None
+    """A local CLIP checkpoint folder (transformers layout): CLIP score of every case's images
+    against their prompts; None: off."""
     classifier: str | None = None
     """A label classifier (`dqar_bench.measure.classify.CLASSIFIERS`) that scores the case's
     outputs (every seed) by class accuracy: the share read as the label they were made for."""
@@ -82,19 +83,22 @@ def compare_outputs(
     output: torch.Tensor,
     reference: torch.Tensor,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    lpips: "LpipsScorer | None" = None,
+    lpips: LpipsScorer | None = None,
     lpips_note: str | None = None,
 ) -> dict[str, Any]:
-    """The `quality` field of a record: latents always, decoded images where `decode` is given."""
+    """The `quality` field of a record: latents always, decoded images where `decode` is given
+    (LPIPS reads a video as its frames)."""
     result = paired(output, reference)
     if decode is not None:
         images, ref_images = decode(output), decode(reference)
         result["latent_psnr_db"], result["latent_ssim"] = result["psnr_db"], result["ssim"]
         result.update(paired_images(images, ref_images), space="image")
-        if lpips is not None:
-            result["lpips"], result["lpips_note"] = lpips(images, ref_images), None
+        frames, ref_frames = _as_images(images), _as_images(ref_images)
+        refusal = lpips.refusal(frames) if lpips is not None else lpips_note
+        if lpips is not None and refusal is None:
+            result["lpips"], result["lpips_note"] = lpips(frames, ref_frames), None
         else:
-            result["lpips"], result["lpips_note"] = None, lpips_note
+            result["lpips"], result["lpips_note"] = None, refusal
     else:
         result["lpips"] = None
         result["lpips_note"] = "not computed: LPIPS needs decoded RGB images and this model has no VAE"
@@ -154,51 +158,6 @@ def decoder(vae: torch.nn.Module, batch_size: int = 8) -> Callable[[torch.Tensor
         return torch.cat(chunks)
 
     return decode
-
-
-LpipsScorer = Callable[[torch.Tensor, torch.Tensor], float]
-
-
-def lpips_scorer(hub_dir: str | None, device: torch.device) -> tuple[LpipsScorer | None, str | None]:
-    """torch-fidelity's VGG16-LPIPS if both its weights files are on disk; else None and why."""
-    root = Path(hub_dir).expanduser() if hub_dir else Path(torch.hub.get_dir())
-    missing = [name for name in LPIPS_FILES if not (root / "checkpoints" / name).is_file()]
-    if missing:
-        return None, (
-            f"not computed: LPIPS weights not found locally ({', '.join(missing)} in {root / 'checkpoints'}); "
-            "set 'quality.lpips_weights' to a torch hub folder holding them"
-        )
-    check_lpips_files(root)
-    from torch_fidelity.sample_similarity_lpips import SampleSimilarityLPIPS
-
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(root))
-    try:
-        with weights_only_loads():
-            model = SampleSimilarityLPIPS("lpips-vgg16").to(device).eval()
-    finally:
-        torch.hub.set_dir(previous)
-
-    @torch.no_grad()
-    def score(images: torch.Tensor, reference: torch.Tensor) -> float:
-        images, reference = _as_images(images), _as_images(reference)
-        a = (images.clamp(0, 1) * 255).round().to(device)
-        b = (reference.clamp(0, 1) * 255).round().to(device)
-        return float(model(_rgb(a), _rgb(b)).mean())
-
-    return score, None
-
-
-def check_lpips_files(root: Path) -> None:
-    """Each LPIPS weights file present under `root/checkpoints` must be plain weights."""
-    for name in LPIPS_FILES:
-        path = root / "checkpoints" / name
-        if path.is_file():
-            check_weights_file(path, "LPIPS weights ('quality.lpips_weights')")
-
-
-def _rgb(x: torch.Tensor) -> torch.Tensor:
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
 def _as_images(t: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,9 @@ from dqar_bench.execution import MODES, ExecutionOptions
 from dqar_bench.models import default_sampler, model_config, model_family, model_prediction, num_classes, offline_problem
 from dqar_bench.parts import KINDS, build_part
 from dqar_bench.plugins import Registry, get_registry
-from dqar_bench.quality import LPIPS_FILES, QualityConfig, check_lpips_files
+from dqar_bench.measure.clip_score import check_clip_checkpoint
+from dqar_bench.measure.lpips import NETS as LPIPS_NETS, LpipsConfig, check_lpips_files
+from dqar_bench.quality import QualityConfig
 from dqar_bench.sampling import SAMPLERS, sampler_refusal
 from dqar_bench.weights import check_weights_file
 
@@ -47,7 +49,10 @@ TEXT_KEYS = ("prompt_lengths", "prompts", "prompt_embeddings")
 SAMPLER_KEYS = ("name", "steps", "guidance_scale")
 TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms", "order", "round_seed")
 TIMING_ORDERS = ("interleaved", "blocked")
-QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips_weights", "classifier")
+QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips", "clip", "classifier")
+LPIPS_KEYS = ("backbone", "net", "linear")
+CLIP_KEYS = ("weights",)
+PROMPT_FILE_KEYS = ("file", "count")
 FIDELITY_METRICS = ("fid", "kid", "isc")
 MODEL_KEYS = ("name", "download")
 EXPANSION_FACTOR = 10
@@ -126,6 +131,8 @@ class Suite:
     prompt_lengths: list[int] | None = None
     prompts: list[str] | None = None
     prompt_embeddings: str | None = None
+    embedded_prompts: list[str] | None = None
+    """The prompts a `prompt_embeddings` file says it was encoded from (its metadata), if it says."""
     text_batch: int | None = None
     """Captions per sampling call for a text-conditioned model (None: class labels)."""
     timing_order: str = "interleaved"
@@ -133,6 +140,11 @@ class Suite:
     `dqar_bench.rounds`); 'blocked': each case's repeats back to back."""
     round_seed: int = 0
     """Seed of the case order in each round."""
+
+    @property
+    def prompt_texts(self) -> list[str] | None:
+        """The prompt of each image of a sampling call, where the suite has them as text (CLIP score needs them)."""
+        return self.prompts or self.embedded_prompts
 
     @property
     def batch(self) -> int:
@@ -309,6 +321,8 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         if bad:
             raise r.error(f"field 'class_labels': {bad[0]} is out of range for model '{model_name}' (its {classes} classes are 0..{classes - 1})")
     text = _text(r, data, spec, model_name)
+    if quality.clip is not None and not (text.get("prompts") or text.get("embedded_prompts")):
+        raise r.error(_clip_needs_text(text, model_name))
     if spec is not None and spec.video and quality.fid:
         raise r.error(f"field 'quality.fid': FID, IS and KID score images; model '{model_name}' (family {spec.name}) makes videos; set 'quality.fid: 0'")
     if runnable_here:
@@ -427,21 +441,44 @@ def _text(r: "_Reader", data: dict, spec: families.Family | None, model: str) ->
         )
     if key == "prompts":
         prompts = data[key]
+        if isinstance(prompts, dict):
+            prompts = _prompt_file(r, prompts)
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise r.error("field 'prompts' must be a non-empty list of strings")
+            raise r.error("field 'prompts' must be a non-empty list of strings, or {file: a prompt file, count: how many of its prompts}")
         return {"prompts": prompts, "text_batch": len(prompts)}
     file = Path(r.get(data, key, str)).expanduser()
     if not file.is_absolute():
         file = r.path.parent / file
     if not file.exists():
         raise r.error(f"field 'prompt_embeddings': {file} does not exist; precompute it (see dqar_bench.conditioning) or use 'prompts'")
-    from dqar_bench.conditioning import embeddings_batch
+    from dqar_bench.conditioning import embeddings_batch, embeddings_prompts
 
     try:
         batch = embeddings_batch(file)
+        prompts = embeddings_prompts(file)
     except Exception as exc:
         raise r.error(f"field 'prompt_embeddings': {file} is not a usable embeddings file: {exc}") from None
-    return {"prompt_embeddings": str(file), "text_batch": batch}
+    if prompts is not None and len(prompts) != batch:
+        raise r.error(f"field 'prompt_embeddings': {file} holds {batch} captions but its metadata names {len(prompts)} prompts; write one prompt per caption")
+    return {"prompt_embeddings": str(file), "text_batch": batch, "embedded_prompts": prompts}
+
+
+def _prompt_file(r: "_Reader", raw: dict) -> list[str]:
+    """`prompts: {file: PATH, count: N}`: the first N prompts of a prompt file (all by default), the path taken from the suite's folder."""
+    from dqar_bench.prompt_file import read_prompts
+
+    r.check_keys(raw, PROMPT_FILE_KEYS, "prompts.")
+    file = Path(r.get(raw, "file", str, required=True, field="prompts.file")).expanduser()
+    if not file.is_absolute():
+        file = r.path.parent / file
+    try:
+        prompts = read_prompts(file)
+    except ValueError as exc:
+        raise r.error(f"field 'prompts.file': {exc}") from None
+    count = r.get(raw, "count", int, default=len(prompts), field="prompts.count")
+    if not 1 <= count <= len(prompts):
+        raise r.error(f"field 'prompts.count': {file} has {len(prompts)} prompts; give a count in 1..{len(prompts)}, got {count}")
+    return prompts[:count]
 
 
 def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None, on_this_machine: bool = True) -> QualityConfig:
@@ -450,7 +487,7 @@ def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None, on_th
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise r.error("field 'quality' must be a mapping (fid, reference, metrics, feature_extractor, inception_weights, lpips_weights)")
+        raise r.error(f"field 'quality' must be a mapping ({', '.join(QUALITY_KEYS)})")
     r.check_keys(raw, QUALITY_KEYS, "quality.")
     if isinstance(raw.get("fid"), dict):  # {num_images, reference_stats}: FID-50K against statistics
         fid_config = parse_fid_config(raw["fid"], r.path)
@@ -475,21 +512,55 @@ def _quality(r: "_Reader", raw: Any, inception_weights: str | None = None, on_th
     classifier = r.get(raw, "classifier", str, field="quality.classifier")
     if classifier is not None and classifier not in CLASSIFIERS:
         raise r.error(f"field 'quality.classifier': unknown classifier '{classifier}' (classifiers: {', '.join(CLASSIFIERS)})")
-    weights = {}
-    for key in ("inception_weights", "lpips_weights"):
-        value = r.get(raw, key, str, field=f"quality.{key}")
-        weights[key] = str(Path(value).expanduser()) if value is not None else None
+    weights = r.get(raw, "inception_weights", str, field="quality.inception_weights")
     if inception_weights is not None:
-        weights["inception_weights"] = str(Path(inception_weights).expanduser())
+        weights = inception_weights
     config = QualityConfig(
         fid=fid,
         reference=reference if named else str(Path(reference).expanduser()),
         classifier=classifier,
         metrics=tuple(metrics),
         feature_extractor=r.get(raw, "feature_extractor", str, default=QualityConfig.feature_extractor, field="quality.feature_extractor"),
-        **weights,
+        inception_weights=str(Path(weights).expanduser()) if weights is not None else None,
+        lpips=_lpips(r, raw.get("lpips")),
+        clip=_clip(r, raw.get("clip")),
     )
     return config
+
+
+def _lpips(r: "_Reader", raw: Any) -> LpipsConfig | None:
+    """`quality.lpips: {backbone: PATH, net: alex | vgg, linear: PATH}`; the files are checked by `check_quality_files`."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise r.error("field 'quality.lpips' must be a mapping: {backbone: torchvision's ImageNet checkpoint of the net, net: alex | vgg, linear: LPIPS' linear-layer file}")
+    r.check_keys(raw, LPIPS_KEYS, "quality.lpips.")
+    backbone = r.get(raw, "backbone", str, required=True, field="quality.lpips.backbone")
+    net = r.get(raw, "net", str, default="alex", field="quality.lpips.net")
+    if net not in LPIPS_NETS:
+        raise r.error(f"field 'quality.lpips.net': unknown net '{net}'{_suggest(net, LPIPS_NETS)} (nets: {', '.join(LPIPS_NETS)})")
+    linear = r.get(raw, "linear", str, field="quality.lpips.linear")
+    return LpipsConfig(str(Path(backbone).expanduser()), net, str(Path(linear).expanduser()) if linear is not None else None)
+
+
+def _clip(r: "_Reader", raw: Any) -> str | None:
+    """`quality.clip: {weights: PATH}`, a local CLIP checkpoint folder; checked by `check_quality_files`."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise r.error("field 'quality.clip' must be a mapping: {weights: a local CLIP checkpoint folder}")
+    r.check_keys(raw, CLIP_KEYS, "quality.clip.")
+    return str(Path(r.get(raw, "weights", str, required=True, field="quality.clip.weights")).expanduser())
+
+
+def _clip_needs_text(text: dict[str, Any], model: str) -> str:
+    """Why a suite's images have no prompt text for CLIP score to read."""
+    fix = "give 'prompts' (a list, or {file: ...}) or a 'prompt_embeddings' file that carries its prompts, or remove 'quality.clip'"
+    if not text:
+        return f"field 'quality.clip': model '{model}' is class-conditioned and CLIP score compares images with prompts; remove 'quality.clip'"
+    if "prompt_lengths" in text:
+        return f"field 'quality.clip': 'prompt_lengths' captions are synthetic embeddings with no text to score against; {fix}"
+    return f"field 'quality.clip': {text['prompt_embeddings']} carries no prompts in its metadata (key 'prompts'); {fix}"
 
 
 def check_quality_files(quality: QualityConfig) -> None:
@@ -503,11 +574,10 @@ def check_quality_files(quality: QualityConfig) -> None:
         check_weights_file(quality.inception_weights, WEIGHTS_OPTION)
     if quality.classifier is not None:
         check_classifier(quality.classifier)
-    if quality.lpips_weights is not None:
-        root = Path(quality.lpips_weights)
-        if not root.is_dir():
-            raise DqarError(f"field 'quality.lpips_weights': {root} is not a folder; give a torch hub folder whose checkpoints/ holds {', '.join(LPIPS_FILES)}")
-        check_lpips_files(root)
+    if quality.lpips is not None:
+        check_lpips_files(quality.lpips)
+    if quality.clip is not None:
+        check_clip_checkpoint(quality.clip)
 
 
 def _model(r: "_Reader", raw: Any) -> tuple[str, bool]:

@@ -30,7 +30,7 @@ COLUMNS = [
     "gpu_peak_mib", "process_mib", "torch_alloc_mib", "torch_reserved_mib", "rss_mib", "rss_scope", "joules_per_image",
     "memory_note", "process_note", "energy_note",
     "space", "ssim", "lpips", "lpips_note", "fid", "isc", "kid", "fidelity_n", "fidelity_note", "execution",
-    "class_accuracy", "tflop_per_call", "flop_speedup", "timing_order", "rounds", "speedup_method",
+    "class_accuracy", "clip_score", "tflop_per_call", "flop_speedup", "timing_order", "rounds", "speedup_method",
 ]
 
 # A speedup compares like with like: these must match between a case and the baseline.
@@ -162,7 +162,7 @@ def _quality(row: dict[str, Any], record: dict[str, Any]) -> None:
             lpips=quality.get("lpips"),
             lpips_note=quality.get("lpips_note"),
         )
-    row.update(class_accuracy=record.get("class_accuracy"))
+    row.update(class_accuracy=record.get("class_accuracy"), clip_score=(record.get("clip") or {}).get("clip_score"))
     fidelity = record.get("fidelity") or {}
     if fidelity:
         row.update(fid=fidelity.get("fid"), isc=fidelity.get("isc_mean"), kid=fidelity.get("kid_mean"),
@@ -222,9 +222,11 @@ def _quality_table(rows: list[dict[str, Any]]) -> str:
     has_lpips = any(_present(r["lpips"]) for r in rows)
     has_fid = any(_present(r["fid"]) or _present(r["isc"]) or _present(r["kid"]) for r in rows)
     has_accuracy = any(_present(r["class_accuracy"]) for r in rows)
+    has_clip = any(_present(r["clip_score"]) for r in rows)
     header = ["case", "PSNR / SSIM on", "PSNR dB", "SSIM", "MSE (latents)", "max abs (latents)"]
     header += ["LPIPS"] if has_lpips else []
     header += ["class accuracy"] if has_accuracy else []
+    header += ["CLIP score"] if has_clip else []
     header += ["FID", "IS", "KID", "images"] if has_fid else []
     lines = _head(header, left=2)
     for row in rows:
@@ -237,6 +239,8 @@ def _quality_table(rows: list[dict[str, Any]]) -> str:
             cells.append("(reference)" if base else _num(row["lpips"], "{:.4f}"))
         if has_accuracy:
             cells.append(_num(row["class_accuracy"], "{:.1%}"))
+        if has_clip:
+            cells.append(_num(row["clip_score"], "{:.2f}"))
         if has_fid:
             cells += [_num(row["fid"], "{:.3f}"), _num(row["isc"], "{:.3f}"), _num(row["kid"], "{:.4f}"), _num(row["fidelity_n"], "{:d}")]
         lines.append(_line(cells))
@@ -268,6 +272,9 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
         reasons = _texts(rows, "lpips_note")
         if reasons:
             notes.append(f"LPIPS column left out: {'; '.join(reasons)}.")
+    if any(_present(r["clip_score"]) for r in rows):
+        notes.append("CLIP score: 100 x max(cos, 0) of each image's CLIP embedding with its prompt's (Hessel et al. 2021), "
+                     "mean over the case's images (a video: over its frames); not paired: the baseline has its own.")
     fid_notes = _texts(rows, "fidelity_note")
     if fid_notes:
         notes.append(f"FID / IS / KID: {'; '.join(fid_notes)}.")

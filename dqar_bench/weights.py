@@ -8,7 +8,7 @@ builds tensors and plain containers only and refuses every other global. A file 
 needs more is refused in one line.
 
 Libraries that load weights themselves (torch-fidelity calls `torch.load(path,
-weights_only=False)` for Inception and VGG, `torch.hub` for LPIPS) are called inside
+weights_only=False)` for Inception, transformers a CLIP checkpoint's `.bin`) are called inside
 `weights_only_loads()`, which sets torch's own `TORCH_FORCE_WEIGHTS_ONLY_LOAD` switch, so
 even their loads cannot run code if a file changed after the check.
 """

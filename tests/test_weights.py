@@ -95,21 +95,6 @@ def test_fidelity_checks_the_file_it_is_handed(evil):
     assert not marker.exists()
 
 
-def test_evil_lpips_weights_are_refused_at_validate(evil, write_suite, tmp_path, capsys):
-    path, marker = evil
-    hub = tmp_path / "hub"
-    (hub / "checkpoints").mkdir(parents=True)
-    path.rename(hub / "checkpoints" / "weights-vgg16-lpips.pth")
-    suite = write_suite(SMALL_SUITE_HEAD + f"quality: {{lpips_weights: {hub}}}\ncases:\n  - name: baseline\n")
-    assert main(["validate", str(suite)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "LPIPS weights" in err and "is refused" in err
-    assert not marker.exists()
-    missing = write_suite(SMALL_SUITE_HEAD + f"quality: {{lpips_weights: {tmp_path / 'nope'}}}\ncases:\n  - name: baseline\n", "m.yaml")
-    assert main(["validate", str(missing)]) == 2
-    assert "is not a folder" in capsys.readouterr().err
-
-
 def test_a_pickle_as_policy_weights_is_refused_without_running(evil, write_suite, capsys):
     path, marker = evil
     suite = write_suite(SMALL_SUITE_HEAD + f"cases:\n  - name: baseline\n  - name: p\n    gate: {{name: policy, weights: {path}}}\n")

@@ -1,4 +1,4 @@
-"""The measuring kit of one run, built once: decoder, LPIPS, FID machinery, progress, environment.
+"""The measuring kit of one run, built once: decoder, LPIPS, CLIP, FID machinery, progress, environment.
 
 The runner hands it to every case. Anything that cannot be had offline (Inception weights,
 a reference folder) fails here, before the first case runs, with one line naming the option.
@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 from dqar_bench.errors import DqarError
 from dqar_bench.measure.fidelity import Fidelity, ensure_registered, to_uint8
 from dqar_bench.measure.progress import Progress
-from dqar_bench.quality import LpipsScorer, QualityConfig, decoder, lpips_scorer
+from dqar_bench.measure.clip_score import ClipScorer, load_clip
+from dqar_bench.measure.lpips import LpipsScorer, load_lpips
+from dqar_bench.quality import QualityConfig, decoder
 
 FID_SEED_BASE = 1_000_000
 """Seeds of the images made for FID / IS / KID: apart from the timing seeds, the same for every case."""
@@ -31,6 +33,7 @@ class Instruments:
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     lpips: LpipsScorer | None = None
     lpips_note: str | None = None
+    clip: ClipScorer | None = None
     fidelity: Fidelity | None = None
     """Ready to score; None while the reference is the baseline and the baseline has not run."""
     device: torch.device = torch.device("cpu")
@@ -75,7 +78,17 @@ def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, laten
     kit = Instruments(quality=quality, device=device)
     if vae is not None:
         kit.decode = decoder(vae)
-        kit.lpips, kit.lpips_note = lpips_scorer(quality.lpips_weights, device)
+        if quality.lpips is not None:
+            kit.lpips = load_lpips(quality.lpips, device)
+        else:
+            kit.lpips_note = "not computed: the suite sets no 'quality.lpips' (local LPIPS weights)"
+    if quality.clip is not None:
+        if vae is None and latent_channels not in (1, 3):
+            raise DqarError(
+                f"field 'quality.clip': the model has no VAE and its outputs have {latent_channels} channels, so there are "
+                "no images for CLIP score; remove 'quality.clip' or use a model with a VAE"
+            )
+        kit.clip = load_clip(quality.clip, device)
     if quality.fid:
         if vae is None and latent_channels not in (1, 3):
             raise DqarError(
