@@ -181,6 +181,10 @@ def t5_condition(
 def condition_for(suite: Any, model: Any, device: torch.device, dtype: torch.dtype) -> Condition:
     """The suite's conditioning for `model` (`dqar_bench.suite.Suite`, `models.LoadedModel`)."""
     text = model.spec.text
+    if suite.prompts and getattr(model, "pipeline", None) is not None:
+        from dqar_bench.pipelines import encode_prompts
+
+        return encode_prompts(model, suite.prompts, device, dtype)
     if text is None:
         return labels_condition(suite.class_labels, model.null_class, device)
     if suite.prompt_embeddings:
