@@ -1,0 +1,182 @@
+"""The model's own pipeline (`model: {pipeline: folder}`) against the lean loop, per family.
+
+For DiT, PixArt-Sigma, SD3, FLUX and Wan a tiny pipeline is built in code from the tiny
+model's transformer and VAE (`tests/pipeline_builders.py`: no text encoders; captions are the
+suite's synthetic `prompt_lengths`, which reach the pipeline as `prompt_embeds`), saved,
+and run by `dqar-bench run` through the pipeline and through the lean loop on the same
+seeds. The pipeline's decoded images must equal the lean latents decoded by the harness
+(`quality.decoder`, the same VAE): bit for bit for PixArt-Sigma, SD3 and FLUX; within
+1e-6 for DiT and Wan, whose pipelines scale latents for the VAE by a reciprocal
+(DiTPipeline `1 / scaling_factor * x`, WanPipeline `x / (1 / std)`) where the harness divides
+or multiplies, one float32 rounding apart (measured: 2.4e-7 and 3.9e-7 on [0, 1] images).
+A strategy installed through the pipeline reuses exactly as on the lean path (the step
+hooks hand it the same step context), and once removed the pipeline's outputs are
+bit-identical to the untouched pipeline's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dqar_bench import models
+from dqar_bench.quality import decoder
+from dqar_bench.records import read_records
+from dqar_bench.runner import run_suite
+from dqar_bench.suite import load_suite
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pipeline_builders import save_pipeline  # noqa: E402
+
+FAMILIES = ("dit", "pixart-sigma", "sd3", "flux", "wan")
+TOLERANCE = {"dit": 1e-6, "wan": 1e-6}  # else 0: bit for bit
+CASES = [
+    {"name": "baseline"},
+    {"name": "interval", "gate": {"name": "interval", "every": 2}, "cache": "attention-output"},
+    {"name": "snr", "gate": {"name": "snr", "snr_low": 0.0, "snr_high": 1.0e9}, "cache": "block-residual"},
+]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipelines")
+    return {family: save_pipeline(family, root / family) for family in FAMILIES}
+
+
+def _suite(path: Path, model: object, family: str) -> Path:
+    data: dict = {
+        "name": path.stem, "model": model, "sampler": {"steps": 4, "guidance_scale": 3.0}, "seeds": [0, 1],
+        "device": "cpu", "dtype": "float32", "timing": {"warmup": 0, "repeats": 1}, "cases": CASES,
+    }
+    if family == "dit":
+        data["class_labels"] = [1, 7]
+    else:
+        data["prompt_lengths"] = [8, 20]
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run(suite: Path, out: Path) -> tuple[dict[str, dict], Path]:
+    run = run_suite(load_suite(suite), out, progress=lambda _: None)
+    return {r["case"]: r for r in read_records(run.path / "records.jsonl")}, run.path
+
+
+def _outputs(run: Path, record: dict) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run / record["outputs_file"]))
+    return torch.cat([tensors[k] for k in sorted(tensors)])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pipeline_gives_the_lean_outputs(family: str, folders: dict[str, Path], tmp_path: Path) -> None:
+    folder = folders[family]
+    lean_model = str(folder) if family == "dit" else models.TINY_MODELS[family]  # the DiT pipeline needs 1000 classes
+    lean, lean_dir = _run(_suite(tmp_path / "lean.yaml", lean_model, family), tmp_path / "lean")
+    piped, piped_dir = _run(_suite(tmp_path / "piped.yaml", {"pipeline": str(folder)}, family), tmp_path / "piped")
+    vae = models.load_model(str(folder), torch.device("cpu"), torch.float32).vae if family == "dit" else models.load_model(lean_model, torch.device("cpu"), torch.float32).vae
+    decode = decoder(vae)
+    for case in ("baseline", "interval", "snr"):
+        assert lean[case]["status"] == piped[case]["status"] == "ok", (lean[case].get("error"), piped[case].get("error"))
+        images = _outputs(piped_dir, piped[case])
+        expected = decode(_outputs(lean_dir, lean[case]))
+        assert images.shape == expected.shape
+        diff = float((images - expected).abs().max())
+        assert diff <= TOLERANCE.get(family, 0.0), f"{family} {case}: max abs diff {diff}"
+        assert piped[case]["reused"] == lean[case]["reused"]
+    assert piped["interval"]["reused"] > 0 and piped["snr"]["reused"] > 0
+    assert piped["baseline"]["pipeline"] == json.loads((folder / "model_index.json").read_text())["_class_name"]
+    assert "pipeline" not in lean["baseline"]
+    assert piped["baseline"]["identity"]["pipeline"] == str(folder) and "pipeline" not in lean["baseline"]["identity"]
+    assert piped["baseline"]["quality"] is None and piped["interval"]["quality"]["space"] == "image"
+
+
+def test_removing_a_strategy_leaves_the_pipeline_bit_identical(folders: dict[str, Path]) -> None:
+    from dqar_bench.adapters import adapter_for
+    from dqar_bench.case_run import build_strategy
+    from dqar_bench.conditioning import synthetic_captions
+    from dqar_bench.pipelines import call_pipeline
+    from dqar_bench.plugins import get_registry
+    from dqar_bench.sampling import make_scheduler
+    from dqar_bench.suite import Case, PartSpec
+
+    model = models.load_model(str(folders["flux"]), torch.device("cpu"), torch.float32, pipeline=True)
+    condition = synthetic_captions([8, 20], model.text_width, torch.device("cpu"), torch.float32, model.spec.text, model.pooled_width)
+    call = lambda strategy: call_pipeline(model, make_scheduler("flow-euler", model.scheduler_config), condition, 0, 4, 3.5, strategy)  # noqa: E731
+    before = call(None)
+    parts = {"gate": PartSpec("gate", "interval", {"every": 2}), "cache": PartSpec("cache", "attention-mlp-output"),
+             "scheduler": PartSpec("scheduler", "all"), "quantizer": PartSpec("quantizer", "none")}
+    strategy = build_strategy(Case("fora", parts), get_registry())
+    with adapter_for(model.transformer).install(model.transformer, strategy):
+        reused = call(strategy)
+    assert strategy.stats.reused > 0 and not torch.equal(reused, before)
+    assert "step" not in model.pipeline.scheduler.__dict__ and not model.transformer._forward_pre_hooks
+    assert torch.equal(call(None), before)
+
+
+def test_prompts_go_through_the_pipelines_encode_prompt(tmp_path: Path) -> None:
+    """`prompts:` are encoded once by the pipeline's own (tiny UMT5) text encoder; the same
+    embeddings written to a file give the lean path the pipeline's outputs."""
+    from safetensors.torch import save_file
+
+    from dqar_bench.conditioning import condition_for
+    from dqar_bench.pipelines import encode_prompts
+
+    folder = save_pipeline("wan", tmp_path / "wan-text", with_text_encoder=True)
+    prompts = ["a red cat sits on the mat", "the blue dog runs"]
+    model = models.load_model(str(folder), torch.device("cpu"), torch.float32, pipeline=True, text_encoders=True)
+    condition = encode_prompts(model, prompts, torch.device("cpu"), torch.float32)
+    assert condition.cond_len == 7 and model.pipeline.text_encoder is None  # 6 words + </s>; the encoder is freed
+    embeds = condition.inputs["encoder_hidden_states"]
+    assert embeds.shape == (2, 512, 32) and embeds[0, 7:].abs().sum() == 0 and embeds[0, :7].abs().sum() > 0  # WanPipeline zero-pads
+    save_file({
+        "prompt_embeds": embeds, "prompt_attention_mask": torch.ones(2, 512),
+        "negative_prompt_embeds": condition.null_inputs["encoder_hidden_states"], "negative_prompt_attention_mask": torch.ones(2, 512),
+    }, str(tmp_path / "embeds.safetensors"))
+    piped = _suite(tmp_path / "piped.yaml", {"pipeline": str(folder)}, "wan")
+    data = yaml.safe_load(piped.read_text())
+    data.pop("prompt_lengths")
+    piped.write_text(yaml.safe_dump({**data, "prompts": prompts, "cases": CASES[:2]}))
+    lean = tmp_path / "lean.yaml"
+    lean.write_text(yaml.safe_dump({**data, "model": "wan-tiny", "prompt_embeddings": "embeds.safetensors", "cases": CASES[:2]}))
+    p_records, p_dir = _run(piped, tmp_path / "p")
+    l_records, l_dir = _run(lean, tmp_path / "l")
+    decode = decoder(models.load_model("wan-tiny", torch.device("cpu"), torch.float32).vae)
+    for case in ("baseline", "interval"):
+        assert p_records[case]["status"] == "ok" and p_records[case]["cond_len"] == 7
+        diff = (_outputs(p_dir, p_records[case]) - decode(_outputs(l_dir, l_records[case]))).abs().max()
+        assert float(diff) <= TOLERANCE["wan"]
+    assert condition_for  # the runner's entry point for conditioning routes `prompts` here
+
+
+def test_a_missing_pipeline_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    suite = _suite(tmp_path / "gone.yaml", {"pipeline": "someone/not-downloaded-FLUX"}, "flux")
+    for command in ("run", "validate"):
+        done = subprocess.run([sys.executable, "-m", "dqar_bench", command, str(suite), *(["-o", str(tmp_path / "out")] if command == "run" else [])],
+                              capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+        if command == "validate":  # structure only: running needs the checkpoint
+            assert done.returncode == 0 and "not in the local Hugging Face cache" in done.stdout
+            continue
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "gone.yaml: field 'model.pipeline'" in lines[0] and "never downloads" in lines[0]
+        assert not (tmp_path / "out").exists()
+    folder = _suite(tmp_path / "folder.yaml", {"pipeline": str(tmp_path / "no-such-folder")}, "flux")
+    done = subprocess.run([sys.executable, "-m", "dqar_bench", "validate", str(folder)], capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "folder.yaml: field 'model.pipeline'" in done.stderr and "does not exist" in done.stderr
+
+
+def test_compiled_cases_on_the_pipeline_path_are_unsupported(folders: dict[str, Path], tmp_path: Path) -> None:
+    suite = _suite(tmp_path / "modes.yaml", {"pipeline": str(folders["sd3"])}, "sd3")
+    data = yaml.safe_load(suite.read_text())
+    suite.write_text(yaml.safe_dump({**data, "execution": ["eager", "compile"], "cases": CASES[:2]}))
+    records, _ = _run(suite, tmp_path / "out")
+    assert records["interval@eager"]["status"] == "ok"
+    assert records["interval@compile"]["status"] == "unsupported" and "runs eagerly" in records["interval@compile"]["error"]
