@@ -17,7 +17,6 @@ bit-identical to the untouched pipeline's.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _suite(path: Path, model: object, family: str) -> Path:
     data: dict = {
-        "name": path.stem, "model": model, "sampler": {"steps": 4, "guidance_scale": 3.0}, "seeds": [0, 1],
+        "name": path.stem, "model": model, "sampler": {"steps": 4, "guidance_scale": 3.0}, "seeds": [0],
         "device": "cpu", "dtype": "float32", "timing": {"warmup": 0, "repeats": 1}, "cases": CASES,
     }
     if family == "dit":
@@ -155,22 +154,21 @@ def test_prompts_go_through_the_pipelines_encode_prompt(tmp_path: Path) -> None:
     assert condition_for  # the runner's entry point for conditioning routes `prompts` here
 
 
-def test_a_missing_pipeline_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_a_missing_pipeline_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dqar_bench.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     suite = _suite(tmp_path / "gone.yaml", {"pipeline": "someone/not-downloaded-FLUX"}, "flux")
-    for command in ("run", "validate"):
-        done = subprocess.run([sys.executable, "-m", "dqar_bench", command, str(suite), *(["-o", str(tmp_path / "out")] if command == "run" else [])],
-                              capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-        if command == "validate":  # structure only: running needs the checkpoint
-            assert done.returncode == 0 and "not in the local Hugging Face cache" in done.stdout
-            continue
-        assert done.returncode == 2, done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and "gone.yaml: field 'model.pipeline'" in lines[0] and "never downloads" in lines[0]
-        assert not (tmp_path / "out").exists()
+    assert main(["validate", str(suite)]) == 0  # structure only: running needs the checkpoint
+    assert "not in the local Hugging Face cache" in capsys.readouterr().out
+    assert main(["run", str(suite), "-o", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "gone.yaml: field 'model.pipeline'" in lines[0] and "never downloads" in lines[0]
+    assert not (tmp_path / "out").exists()
     folder = _suite(tmp_path / "folder.yaml", {"pipeline": str(tmp_path / "no-such-folder")}, "flux")
-    done = subprocess.run([sys.executable, "-m", "dqar_bench", "validate", str(folder)], capture_output=True, text=True)
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert "folder.yaml: field 'model.pipeline'" in done.stderr and "does not exist" in done.stderr
+    assert main(["validate", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "folder.yaml: field 'model.pipeline'" in err[0] and "does not exist" in err[0]
 
 
 def test_compiled_cases_on_the_pipeline_path_are_unsupported(folders: dict[str, Path], tmp_path: Path) -> None:
@@ -180,3 +178,15 @@ def test_compiled_cases_on_the_pipeline_path_are_unsupported(folders: dict[str, 
     records, _ = _run(suite, tmp_path / "out")
     assert records["interval@eager"]["status"] == "ok"
     assert records["interval@compile"]["status"] == "unsupported" and "runs eagerly" in records["interval@compile"]["error"]
+
+
+@pytest.mark.parametrize("name, family, steps", [("peers-flux-dev", "flux", 28), ("peers-sd3", "sd3", 28), ("peers-wan", "wan", 50)])
+def test_gpu_suites_validate_without_their_checkpoints(name: str, family: str, steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = Path(__file__).parent.parent / "suites" / f"{name}.yaml"
+    suite = load_suite(path)
+    assert suite.pipeline and models.model_family(suite.model) == family and suite.steps == steps
+    assert suite.device == "cuda" and suite.dtype == "bfloat16" and suite.prompts
+    flow = yaml.safe_load((path.parent / "peers-flow.yaml").read_text())["cases"]
+    assert yaml.safe_load(path.read_text())["cases"] == flow  # the same peer cases as the tiny models'
+    assert models.offline_problem(suite.model, False, pipeline=True)  # running needs the checkpoint
