@@ -133,6 +133,23 @@ def embeddings_condition(path: str | Path, device: torch.device, dtype: torch.dt
     )
 
 
+def save_embeddings(condition: Condition, text: Text, path: str | Path) -> None:
+    """A text `Condition` (say, prompts encoded once by a pipeline's `encode_prompt`, see
+    `dqar_bench.pipelines.encode_prompts`) as a `prompt_embeddings` file, for offline runs."""
+    from safetensors.torch import save_file
+
+    embeds, null = condition.inputs[text.embeds], condition.null_inputs[text.embeds]
+    ones = lambda t: torch.ones(t.shape[:2])  # noqa: E731  (no mask input: the padding is in the embeddings)
+    tensors = {
+        "prompt_embeds": embeds, "negative_prompt_embeds": null,
+        "prompt_attention_mask": condition.inputs[text.mask] if text.mask else ones(embeds),
+        "negative_prompt_attention_mask": condition.null_inputs[text.mask] if text.mask else ones(null),
+    }
+    if text.pooled:
+        tensors.update(pooled_prompt_embeds=condition.inputs[text.pooled], negative_pooled_prompt_embeds=condition.null_inputs[text.pooled])
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
 def embeddings_batch(path: str | Path) -> int:
     """How many captions a prompt embeddings file holds, read from its header only."""
     from safetensors import safe_open
@@ -152,7 +169,7 @@ def t5_condition(
     except ImportError:
         raise ModelError(
             "captions as 'prompts' need the `transformers` package and the checkpoint's text_encoder; "
-            "install transformers, or give 'prompt_embeddings' (a .safetensors file) instead"
+            "pip install 'dqar-bench[text]', or give 'prompt_embeddings' (a .safetensors file) instead"
         ) from None
     try:
         tokenizer = T5Tokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=offline)

@@ -75,7 +75,7 @@ def require_transformers() -> None:
     try:
         import transformers  # noqa: F401
     except ImportError:
-        raise ModelError("running a text-conditioned pipeline needs `transformers`: pip install 'dqar-bench[text]'") from None
+        raise ModelError("field 'model.pipeline': a text-conditioned pipeline needs `transformers` (its text encoders): pip install 'dqar-bench[text]'") from None
 
 
 def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, text_encoders: bool = False) -> Any:
@@ -99,7 +99,7 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, text_en
     if reason:
         raise ModelError(f"field 'model.pipeline': {reason}")
     text_parts = [k for k in index if k.startswith(("text_encoder", "tokenizer"))]
-    if text_parts and text_encoders:
+    if text_parts:  # the text pipelines' modules import transformers, even with their encoders left out
         require_transformers()
     skip = {} if text_encoders else {k: None for k in text_parts}
     try:

@@ -119,39 +119,56 @@ def test_removing_a_strategy_leaves_the_pipeline_bit_identical(folders: dict[str
     assert torch.equal(call(None), before)
 
 
-def test_prompts_go_through_the_pipelines_encode_prompt(tmp_path: Path) -> None:
-    """`prompts:` are encoded once by the pipeline's own (tiny UMT5) text encoder; the same
-    embeddings written to a file give the lean path the pipeline's outputs."""
-    from safetensors.torch import save_file
+PROMPTS = ["a red cat sits on the mat", "the blue dog runs"]
 
-    from dqar_bench.conditioning import condition_for
+
+@pytest.mark.parametrize("family", ["pixart-sigma", "sd3", "flux", "wan"])
+def test_prompts_go_through_the_pipelines_encode_prompt(family: str, tmp_path: Path) -> None:
+    """`prompts` are encoded once by the pipeline's own (tiny) text encoders, which are then
+    freed; the embeddings give the lean loop the pipeline's outputs, and written to a
+    `prompt_embeddings` file they read back the same."""
+    pytest.importorskip("transformers")
+    from dqar_bench.conditioning import embeddings_condition, save_embeddings
+    from dqar_bench.pipelines import call_pipeline, encode_prompts
+    from dqar_bench.sampling import denoise, make_scheduler
+
+    cpu = torch.device("cpu")
+    folder = save_pipeline(family, tmp_path / family, text_encoders=True)
+    model = models.load_model(str(folder), cpu, torch.float32, pipeline=True, text_encoders=True)
+    condition = encode_prompts(model, PROMPTS, cpu, torch.float32)
+    assert condition.cond_len == 8  # 7 words and </s>
+    assert all(v is None for k, v in model.pipeline.components.items() if k.startswith(("text_encoder", "tokenizer")))
+    save_embeddings(condition, model.spec.text, tmp_path / "embeds.safetensors")
+    lean = models.load_model(models.TINY_MODELS[family], cpu, torch.float32)
+    read = embeddings_condition(tmp_path / "embeds.safetensors", cpu, torch.float32, lean.spec.text, lean.text_length)
+    sampler = lean.spec.sampler
+    latents = denoise(lean.transformer, make_scheduler(sampler, lean.scheduler_config), read, 0, 3, 3.0)
+    images = call_pipeline(model, make_scheduler(sampler, model.scheduler_config), condition, 0, 3, 3.0)
+    assert float((images - decoder(lean.vae)(latents)).abs().max()) <= TOLERANCE.get(family, 0.0)
+
+
+def test_a_suites_prompts_run_through_the_pipeline(tmp_path: Path) -> None:
+    """The runner's route: `prompts:` on the pipeline path, the same embeddings as a file on the lean path."""
+    pytest.importorskip("transformers")
+    from dqar_bench.conditioning import save_embeddings
     from dqar_bench.pipelines import encode_prompts
 
-    folder = save_pipeline("wan", tmp_path / "wan-text", with_text_encoder=True)
-    prompts = ["a red cat sits on the mat", "the blue dog runs"]
+    folder = save_pipeline("wan", tmp_path / "wan-text", text_encoders=True)
     model = models.load_model(str(folder), torch.device("cpu"), torch.float32, pipeline=True, text_encoders=True)
-    condition = encode_prompts(model, prompts, torch.device("cpu"), torch.float32)
-    assert condition.cond_len == 7 and model.pipeline.text_encoder is None  # 6 words + </s>; the encoder is freed
-    embeds = condition.inputs["encoder_hidden_states"]
-    assert embeds.shape == (2, 512, 32) and embeds[0, 7:].abs().sum() == 0 and embeds[0, :7].abs().sum() > 0  # WanPipeline zero-pads
-    save_file({
-        "prompt_embeds": embeds, "prompt_attention_mask": torch.ones(2, 512),
-        "negative_prompt_embeds": condition.null_inputs["encoder_hidden_states"], "negative_prompt_attention_mask": torch.ones(2, 512),
-    }, str(tmp_path / "embeds.safetensors"))
-    piped = _suite(tmp_path / "piped.yaml", {"pipeline": str(folder)}, "wan")
-    data = yaml.safe_load(piped.read_text())
-    data.pop("prompt_lengths")
-    piped.write_text(yaml.safe_dump({**data, "prompts": prompts, "cases": CASES[:2]}))
-    lean = tmp_path / "lean.yaml"
+    save_embeddings(encode_prompts(model, PROMPTS, torch.device("cpu"), torch.float32), model.spec.text, tmp_path / "embeds.safetensors")
+    data = yaml.safe_load(_suite(tmp_path / "piped.yaml", {"pipeline": str(folder)}, "wan").read_text())
+    del data["prompt_lengths"]
+    piped, lean = tmp_path / "piped.yaml", tmp_path / "lean.yaml"
+    piped.write_text(yaml.safe_dump({**data, "prompts": PROMPTS, "cases": CASES[:2]}))
     lean.write_text(yaml.safe_dump({**data, "model": "wan-tiny", "prompt_embeddings": "embeds.safetensors", "cases": CASES[:2]}))
     p_records, p_dir = _run(piped, tmp_path / "p")
     l_records, l_dir = _run(lean, tmp_path / "l")
     decode = decoder(models.load_model("wan-tiny", torch.device("cpu"), torch.float32).vae)
     for case in ("baseline", "interval"):
-        assert p_records[case]["status"] == "ok" and p_records[case]["cond_len"] == 7
+        assert p_records[case]["status"] == "ok" and p_records[case]["cond_len"] == 8
         diff = (_outputs(p_dir, p_records[case]) - decode(_outputs(l_dir, l_records[case]))).abs().max()
         assert float(diff) <= TOLERANCE["wan"]
-    assert condition_for  # the runner's entry point for conditioning routes `prompts` here
+    assert p_records["baseline"]["identity"]["conditioning"] == {"prompts": PROMPTS}
 
 
 def test_a_missing_pipeline_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
