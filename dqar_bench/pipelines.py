@@ -101,11 +101,11 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, text_en
     text_parts = [k for k in index if k.startswith(("text_encoder", "tokenizer"))]
     if text_parts:  # the text pipelines' modules import transformers, even with their encoders left out
         require_transformers()
-    skip = {} if text_encoders else {k: None for k in text_parts}
+    # parts saved as None are passed as None; text encoders are left out unless prompts need them
+    skip = {k: None for k, v in index.items() if v == [None, None] or (k in text_parts and not text_encoders)}
     try:
-        with weights_only_loads():  # .bin pickles are read as data, never run
-            with _fp32_kept_moot(index, dtype):
-                pipe = diffusers.DiffusionPipeline.from_pretrained(source, local_files_only=True, torch_dtype=dtype, **skip)
+        with weights_only_loads(), _fp32_kept_moot(index, dtype), _no_progress_bars():  # .bin pickles are read as data, never run
+            pipe = diffusers.DiffusionPipeline.from_pretrained(source, local_files_only=True, torch_dtype=dtype, **skip)
     except ImportError as exc:
         raise ModelError(f"field 'model.pipeline': '{source}' needs a package that is missing: {_first_line(exc)}") from None
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -120,6 +120,20 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, text_en
     transformer.dqar_family = family.name
     config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
     return LoadedModel(source, transformer, config, None, family.name, source, pipeline=pipe)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """diffusers' loading bar would bury a one-line error (and fills logs)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            diffusers_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -160,6 +174,12 @@ def encode_prompts(model: Any, prompts: list[str], device: torch.device, dtype: 
     text = family.text
     if text is None:
         raise ModelError(f"field 'prompts': model '{model.name}' is class-conditioned; use 'class_labels'")
+    missing = [k for k in ("text_encoder", "tokenizer") if getattr(pipe, k, None) is None]
+    if missing:
+        raise ModelError(
+            f"field 'prompts': pipeline '{model.name}' has no {' or '.join(missing)} on disk to encode them; "
+            f"give 'prompt_embeddings' (a .safetensors file, see conditioning.save_embeddings) or 'prompt_lengths' instead"
+        )
     n = len(prompts)
     pooled = null_pooled = mask = null_mask = None
     with torch.no_grad():

@@ -207,3 +207,34 @@ def test_gpu_suites_validate_without_their_checkpoints(name: str, family: str, s
     flow = yaml.safe_load((path.parent / "peers-flow.yaml").read_text())["cases"]
     assert yaml.safe_load(path.read_text())["cases"] == flow  # the same peer cases as the tiny models'
     assert models.offline_problem(suite.model, False, pipeline=True)  # running needs the checkpoint
+
+
+def test_what_the_pipeline_path_refuses_at_validate(folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from diffusers import DDIMScheduler, DiTPipeline
+
+    from dqar_bench.cli import main
+
+    def error(model: object, family: str = "flux") -> str:
+        assert main(["validate", str(_suite(tmp_path / "s.yaml", model, family))]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "s.yaml: field 'model.pipeline'" in lines[0], lines
+        return lines[0]
+
+    assert "built-in model" in error({"pipeline": "flux-tiny"})
+    other = tmp_path / "alpha"
+    shutil.copytree(folders["sd3"], other)
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "PixArtAlphaPipeline"}))
+    assert "this checkpoint's pipeline is PixArtAlphaPipeline" in error({"pipeline": str(other)}, "sd3")
+    ten = models.build_dit_tiny()  # 10 classes: DiTPipeline's null label 1000 is not one of them
+    DiTPipeline(transformer=ten.transformer, vae=models._tiny_vae(0.18215), scheduler=DDIMScheduler()).save_pretrained(str(tmp_path / "dit10"))
+    assert "guides with class 1000" in error({"pipeline": str(tmp_path / "dit10")}, "dit")
+    data = yaml.safe_load(_suite(tmp_path / "p.yaml", {"pipeline": str(folders["wan"])}, "wan").read_text())
+    del data["prompt_lengths"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({**data, "prompts": ["a cat"]}))  # saved without text encoders
+    assert main(["run", str(tmp_path / "p.yaml"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field 'prompts'" in err[0] and "no text_encoder or tokenizer" in err[0]
+    assert not (tmp_path / "out").exists()
