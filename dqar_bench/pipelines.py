@@ -44,7 +44,6 @@ model's own). Nothing is downloaded: `from_pretrained(..., local_files_only=True
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -357,7 +356,3 @@ class StepHooks:
         self.calls = 0
         return out
 
-
-def is_pipeline_folder(name: str) -> bool:
-    """A local folder with a `model_index.json`: a saved pipeline."""
-    return (Path(name).expanduser() / "model_index.json").is_file()

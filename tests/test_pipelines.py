@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from dqar_bench import models
+from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.quality import decoder
 from dqar_bench.records import read_records
 from dqar_bench.runner import run_suite
@@ -79,8 +80,7 @@ def test_pipeline_gives_the_lean_outputs(family: str, folders: dict[str, Path], 
     lean_model = str(folder) if family == "dit" else models.TINY_MODELS[family]  # the DiT pipeline needs 1000 classes
     lean, lean_dir = _run(_suite(tmp_path / "lean.yaml", lean_model, family), tmp_path / "lean")
     piped, piped_dir = _run(_suite(tmp_path / "piped.yaml", {"pipeline": str(folder)}, family), tmp_path / "piped")
-    vae = models.load_model(str(folder), torch.device("cpu"), torch.float32).vae if family == "dit" else models.load_model(lean_model, torch.device("cpu"), torch.float32).vae
-    decode = decoder(vae)
+    decode = decoder(models.load_model(lean_model, torch.device("cpu"), torch.float32).vae)  # the same VAE as the pipeline's
     for case in ("baseline", "interval", "snr"):
         assert lean[case]["status"] == piped[case]["status"] == "ok", (lean[case].get("error"), piped[case].get("error"))
         images = _outputs(piped_dir, piped[case])
@@ -94,6 +94,7 @@ def test_pipeline_gives_the_lean_outputs(family: str, folders: dict[str, Path], 
     assert "pipeline" not in lean["baseline"]
     assert piped["baseline"]["identity"]["pipeline"] == str(folder) and "pipeline" not in lean["baseline"]["identity"]
     assert piped["baseline"]["quality"] is None and piped["interval"]["quality"]["space"] == "image"
+    assert flops_per_call(piped["baseline"]) > flops_per_call(lean["baseline"])  # the same denoising, then the VAE decode
 
 
 def test_removing_a_strategy_leaves_the_pipeline_bit_identical(folders: dict[str, Path]) -> None:
@@ -188,13 +189,15 @@ def test_a_missing_pipeline_is_one_line_and_exit_2(tmp_path: Path, capsys: pytes
     assert len(err) == 1 and "folder.yaml: field 'model.pipeline'" in err[0] and "does not exist" in err[0]
 
 
-def test_compiled_cases_on_the_pipeline_path_are_unsupported(folders: dict[str, Path], tmp_path: Path) -> None:
+def test_compiled_cases_on_the_pipeline_path_are_unsupported_and_resume_finds_the_rest(folders: dict[str, Path], tmp_path: Path) -> None:
     suite = _suite(tmp_path / "modes.yaml", {"pipeline": str(folders["sd3"])}, "sd3")
     data = yaml.safe_load(suite.read_text())
     suite.write_text(yaml.safe_dump({**data, "execution": ["eager", "compile"], "cases": CASES[:2]}))
     records, _ = _run(suite, tmp_path / "out")
     assert records["interval@eager"]["status"] == "ok"
     assert records["interval@compile"]["status"] == "unsupported" and "runs eagerly" in records["interval@compile"]["error"]
+    again = run_suite(load_suite(suite), tmp_path / "out", resume=True, progress=lambda _: None)  # found by content: nothing reruns
+    assert len(read_records(again.path / "records.jsonl")) == len(records)
 
 
 @pytest.mark.parametrize("name, family, steps", [("peers-flux-dev", "flux", 28), ("peers-sd3", "sd3", 28), ("peers-wan", "wan", 50)])
