@@ -38,7 +38,12 @@ and FLOPs include decoding, and its outputs are the decoded images (`[batch, 3, 
 videos (`[batch, 3, frames, H, W]`) in [0, 1], which quality reads as images. It runs
 eagerly only (the pipeline calls its transformer itself): a `compile` or `cudagraph` case
 is recorded as unsupported. PixArt-Sigma runs without resolution binning (the size is the
-model's own). Nothing is downloaded: `from_pretrained(..., local_files_only=True)`.
+model's own). Each pipeline keeps its own arithmetic where the lean loop differs only in
+rounding: with CFG in one batch the pipelines put the unconditional half first (the lean
+loop the conditional; the same images on the tiny models), DiTPipeline and WanPipeline scale
+latents for the VAE by a reciprocal, and WanPipeline keeps its latents in float32 in a
+half-precision run (the lean loop in the model's dtype). Nothing is downloaded:
+`from_pretrained(..., local_files_only=True)`.
 """
 
 from __future__ import annotations
