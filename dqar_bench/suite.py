@@ -539,6 +539,8 @@ def _check_pipeline(r: "_Reader", name: str, spec: families.Family | None) -> No
     if name in BUILTIN_MODELS:
         raise r.error(f"field 'model.pipeline': '{name}' is a built-in model with no pipeline on disk; give a diffusers pipeline folder or checkpoint id")
     index = _local_json(name, "model_index.json")
+    if index is None and Path(name).expanduser().exists():
+        raise r.error(f"field 'model.pipeline': folder '{name}' has no model_index.json; give a folder a pipeline was saved to (`pipe.save_pretrained(folder)`)")
     reason = pipeline_refusal(spec, str(index["_class_name"]) if index and "_class_name" in index else None)
     if reason:
         raise r.error(f"field 'model.pipeline': {reason}")

@@ -231,6 +231,7 @@ def test_what_the_pipeline_path_refuses_at_validate(folders: dict[str, Path], tm
     index = json.loads((other / "model_index.json").read_text())
     (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "PixArtAlphaPipeline"}))
     assert "this checkpoint's pipeline is PixArtAlphaPipeline" in error({"pipeline": str(other)}, "sd3")
+    assert "has no model_index.json" in error({"pipeline": str(folders["sd3"] / "transformer")}, "sd3")
     ten = models.build_dit_tiny()  # 10 classes: DiTPipeline's null label 1000 is not one of them
     DiTPipeline(transformer=ten.transformer, vae=models._tiny_vae(0.18215), scheduler=DDIMScheduler()).save_pretrained(str(tmp_path / "dit10"))
     assert "guides with class 1000" in error({"pipeline": str(tmp_path / "dit10")}, "dit")
@@ -241,3 +242,12 @@ def test_what_the_pipeline_path_refuses_at_validate(folders: dict[str, Path], tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "field 'prompts'" in err[0] and "no text_encoder or tokenizer" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_transformers_is_an_optional_extra_named_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dqar_bench.errors import ModelError
+    from dqar_bench.pipelines import require_transformers
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    with pytest.raises(ModelError, match=r"pip install 'dqar-bench\[text\]'"):
+        require_transformers()
