@@ -36,6 +36,7 @@ from dqar_bench.measure.meter import CaseMeter
 from dqar_bench.measure.stats import Measurement
 from dqar_bench.models import LoadedModel
 from dqar_bench.parts import build_part
+from dqar_bench.pipelines import EAGER_ONLY, call_pipeline
 from dqar_bench.plugins import Registry
 from dqar_bench.quality import compare_outputs
 from dqar_bench.rounds import RoundLog, pair
@@ -131,6 +132,7 @@ class CaseRun:
             "suite_hash": suite.content_hash,
             "dqar_bench": __version__,
             "identity": identity,
+            **({"pipeline": type(ctx.model.pipeline).__name__} if ctx.model.pipeline is not None else {}),
             "settings": settings,
             "environment": ctx.kit.environment,
             "started": _now(),
@@ -150,6 +152,8 @@ class CaseRun:
         try:
             self.strategy = build_strategy(self.case, ctx.registry, suite.probe_queries)
             reason = unsupported(self.case.execution, ctx.device, self.strategy)
+            if ctx.model.pipeline is not None and self.case.execution != "eager":
+                reason = EAGER_ONLY
             if reason:
                 self.status = "unsupported"
                 self.record.update(status="unsupported", error=f"unsupported in {self.case.execution}: {reason}", finished=_now())
@@ -321,6 +325,8 @@ class CaseRun:
         if labels is not None and ctx.model.family == "dit":  # FID draws its own labels; captions stay the suite's
             given = labels_condition(labels, ctx.model.null_class, ctx.device)
         suite = ctx.suite
+        if ctx.model.pipeline is not None:  # the model's own pipeline: decoded images (`dqar_bench.pipelines`)
+            return call_pipeline(ctx.model, self._scheduler, given, seed, suite.steps, suite.guidance_scale, self.strategy)
         return denoise(ctx.model.transformer, self._scheduler, given, seed, suite.steps, suite.guidance_scale, self.strategy, forward)
 
 

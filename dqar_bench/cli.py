@@ -26,9 +26,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suites = load_suites(args.suite, inception_weights=args.inception_weights)  # a bad suite is one line here, not one per rank
     for suite in suites:
-        problem = offline_problem(suite.model, suite.allow_download)
+        problem = offline_problem(suite.model, suite.allow_download, suite.pipeline)
         if problem:
-            raise ModelError(f"{suite.path}: field 'model': {problem}")  # before any run directory is made
+            raise ModelError(f"{suite.path}: field '{'model.pipeline' if suite.pipeline else 'model'}': {problem}")  # before any run directory is made
     if args.nproc is not None:
         return launch(args.nproc, without_nproc(args.argv))
     single_process_only("dqar-bench run")  # until the runner shares its cases and FID images out (issue 12)
@@ -57,7 +57,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     for suite in load_suites(args.suite, inception_weights=args.inception_weights):
         print(f"{args.suite}: ok: suite '{suite.name}', {len(suite.cases)} cases, model {suite.model}, baseline '{suite.baseline}'")
-        problem = offline_problem(suite.model, suite.allow_download)
+        problem = offline_problem(suite.model, suite.allow_download, suite.pipeline)
         if problem:
             print(f"note: `run` needs the model on this machine: {problem}")
             print("note: the weights files its quality metrics name are checked once the model is on this machine")

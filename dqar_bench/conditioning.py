@@ -138,6 +138,23 @@ def embeddings_condition(path: str | Path, device: torch.device, dtype: torch.dt
     )
 
 
+def save_embeddings(condition: Condition, text: Text, path: str | Path) -> None:
+    """A text `Condition` (say, prompts encoded once by a pipeline's `encode_prompt`, see
+    `dqar_bench.pipelines.encode_prompts`) as a `prompt_embeddings` file, for offline runs."""
+    from safetensors.torch import save_file
+
+    embeds, null = condition.inputs[text.embeds], condition.null_inputs[text.embeds]
+    ones = lambda t: torch.ones(t.shape[:2])  # noqa: E731  (no mask input: the padding is in the embeddings)
+    tensors = {
+        "prompt_embeds": embeds, "negative_prompt_embeds": null,
+        "prompt_attention_mask": condition.inputs[text.mask] if text.mask else ones(embeds),
+        "negative_prompt_attention_mask": condition.null_inputs[text.mask] if text.mask else ones(null),
+    }
+    if text.pooled:
+        tensors.update(pooled_prompt_embeds=condition.inputs[text.pooled], negative_pooled_prompt_embeds=condition.null_inputs[text.pooled])
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
 def embeddings_batch(path: str | Path) -> int:
     """How many captions a prompt embeddings file holds, read from its header only."""
     from safetensors import safe_open
@@ -174,7 +191,7 @@ def t5_condition(
     except ImportError:
         raise ModelError(
             "captions as 'prompts' need the `transformers` package and the checkpoint's text_encoder; "
-            "install transformers, or give 'prompt_embeddings' (a .safetensors file) instead"
+            "pip install 'dqar-bench[text]', or give 'prompt_embeddings' (a .safetensors file) instead"
         ) from None
     try:
         tokenizer = T5Tokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=offline)
@@ -203,6 +220,10 @@ def t5_condition(
 def condition_for(suite: Any, model: Any, device: torch.device, dtype: torch.dtype) -> Condition:
     """The suite's conditioning for `model` (`dqar_bench.suite.Suite`, `models.LoadedModel`)."""
     text = model.spec.text
+    if suite.prompts and getattr(model, "pipeline", None) is not None:
+        from dqar_bench.pipelines import encode_prompts
+
+        return encode_prompts(model, suite.prompts, device, dtype)
     if text is None:
         return labels_condition(suite.class_labels, model.null_class, device)
     if suite.prompt_embeddings:

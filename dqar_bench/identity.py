@@ -46,6 +46,8 @@ def case_identity(suite: Suite, case: Case, registry: Registry, device_type: str
         "probe_queries": suite.probe_queries,
         "dqar_bench": __version__,
     }
+    if suite.pipeline:  # run through the checkpoint's own pipeline: another computation than the lean loop's
+        identity["pipeline"] = suite.model
     return identity
 
 

@@ -45,6 +45,9 @@ class LoadedModel:
     family: str = "dit"
     source: str = ""
     """Where a checkpoint was loaded from (its text encoder lives there too); "" when built in code."""
+    pipeline: Any = None
+    """The model's own diffusers pipeline when it runs through it (`dqar_bench.pipelines`): its
+    calls return decoded images, not latents."""
 
     @property
     def spec(self) -> Family:
@@ -368,13 +371,15 @@ def model_config(name: str, allow_download: bool = False) -> dict[str, Any] | No
     return _local_transformer_config(name)
 
 
-def offline_problem(name: str, allow_download: bool) -> str | None:
+def offline_problem(name: str, allow_download: bool, pipeline: bool = False) -> str | None:
     """Why a checkpoint id cannot be loaded on this machine as the suite stands (it is not
     in the local Hugging Face cache and downloads are off), or None."""
     if allow_download or name in BUILTIN_MODELS or Path(name).expanduser().exists() or not HUB_ID.match(name):
         return None
-    if _local_transformer_config(name) is not None:
+    if _local_transformer_config(name) is not None and (not pipeline or _local_json(name, "model_index.json") is not None):
         return None
+    if pipeline:
+        return f"pipeline '{name}' is not in the local Hugging Face cache; download it first (`huggingface-cli download {name}`): the pipeline path never downloads"
     return (
         f"model '{name}' is not available offline; download it first (`huggingface-cli download {name}`) "
         f"or set `model: {{name: {name}, download: true}}` in the suite"
@@ -463,8 +468,14 @@ def _local_json(name: str, file: str) -> dict[str, Any] | None:
         return None
 
 
-def load_model(name: str, device: torch.device, dtype: torch.dtype, allow_download: bool = False) -> LoadedModel:
-    """Build a built-in model or load a diffusers checkpoint, on `device` in `dtype`."""
+def load_model(name: str, device: torch.device, dtype: torch.dtype, allow_download: bool = False, pipeline: bool = False,
+               text_encoders: bool = False) -> LoadedModel:
+    """Build a built-in model or load a diffusers checkpoint, on `device` in `dtype`; with
+    `pipeline`, the checkpoint's whole pipeline, offline (`dqar_bench.pipelines`)."""
+    if pipeline:
+        from dqar_bench.pipelines import load_pipeline
+
+        return load_pipeline(name, device, dtype, text_encoders)
     if name in BUILTIN_MODELS:
         loaded = BUILTIN_MODELS[name]()
         loaded.transformer.to(dtype=dtype)

@@ -107,9 +107,9 @@ def run_suite(
             progress(note)
         if device.type == "cpu":
             torch.set_num_threads(suite.threads)
-        model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download)
+        model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download, suite.pipeline, bool(suite.prompts))
         check_labels(suite, model)
-        kit = build_instruments(suite.quality, model.vae, model.latent_channels, device)
+        kit = build_instruments(suite.quality, model.vae, model.latent_channels, device, images=model.pipeline is not None)
         condition = condition_for(suite, model, device, getattr(torch, suite.dtype))
         if run is None:
             run = RunDir.open(path, resume=False)

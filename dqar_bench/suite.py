@@ -54,7 +54,7 @@ LPIPS_KEYS = ("backbone", "net", "linear")
 CLIP_KEYS = ("weights",)
 PROMPT_FILE_KEYS = ("file", "count")
 FIDELITY_METRICS = ("fid", "kid", "isc")
-MODEL_KEYS = ("name", "download")
+MODEL_KEYS = ("name", "download", "pipeline")
 EXPANSION_FACTOR = 10
 MIN_EXPANSION_LIMIT = 100_000
 """Without aliases a suite holds fewer values and characters than its file has characters;
@@ -135,6 +135,8 @@ class Suite:
     """The prompts a `prompt_embeddings` file says it was encoded from (its metadata), if it says."""
     text_batch: int | None = None
     """Captions per sampling call for a text-conditioned model (None: class labels)."""
+    pipeline: bool = False
+    """The model runs through its own diffusers pipeline (`model: {pipeline: ...}`)."""
     timing_order: str = "interleaved"
     """'interleaved': the timed repeats run in rounds, every case once per round (see
     `dqar_bench.rounds`); 'blocked': each case's repeats back to back."""
@@ -243,12 +245,15 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         raise r.error("the file must be a mapping with 'name', 'model', 'cases' and so on")
     r.check_keys(data, TOP_KEYS, "")
     name = r.get(data, "name", str, required=True)
-    model_name, allow_download = _model(r, data.get("model", "dit-tiny"))
+    model_name, allow_download, pipeline = _model(r, data.get("model", "dit-tiny"))
+    model_field = "model.pipeline" if pipeline else "model"
     try:
         family = model_family(model_name)
     except DqarError as exc:
-        raise r.error(f"field 'model': {exc}") from None
+        raise r.error(f"field '{model_field}': {exc}") from None
     spec = families.get(family) if family is not None else None
+    if pipeline:
+        _check_pipeline(r, model_name, spec)
     sampler_raw = data.get("sampler", {}) or {}
     if not isinstance(sampler_raw, dict):
         raise r.error("field 'sampler' must be a mapping with name, steps and guidance_scale")
@@ -297,7 +302,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         raise r.error("field 'timing.nvml_interval_ms' must be > 0 (milliseconds between NVML samples)")
     # Files a run needs on this machine are checked only where the model itself can run here;
     # a GPU suite whose checkpoint is not downloaded still validates (`validate` notes both).
-    runnable_here = offline_problem(model_name, allow_download) is None
+    runnable_here = offline_problem(model_name, allow_download, pipeline) is None
     quality = _quality(r, data.get("quality"), inception_weights, on_this_machine=runnable_here)
     probe_queries = r.get(data, "probe_queries", int, default=16)
     if probe_queries < 1:
@@ -314,13 +319,15 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     try:
         config = model_config(model_name, allow_download)
     except ModelError as exc:
-        raise r.error(f"field 'model': {exc}") from None
+        raise r.error(f"field '{model_field}': {exc}") from None
     classes = num_classes(config)
     if family == "dit" and classes is not None:
         bad = [c for c in labels if not 0 <= c < classes]
         if bad:
             raise r.error(f"field 'class_labels': {bad[0]} is out of range for model '{model_name}' (its {classes} classes are 0..{classes - 1})")
-    text = _text(r, data, spec, model_name)
+    if pipeline and family == "dit" and guidance > 1 and classes not in (None, 1000):
+        raise r.error(f"field 'model.pipeline': DiTPipeline guides with class 1000 as its null label, and this DiT has {classes} classes; set sampler.guidance_scale <= 1 or run it on the lean path (`model: {model_name}`)")
+    text = _text(r, data, spec, model_name, pipeline)
     if quality.clip is not None and not (text.get("prompts") or text.get("embedded_prompts")):
         raise r.error(_clip_needs_text(text, model_name))
     if spec is not None and spec.video and quality.fid:
@@ -360,7 +367,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         path, name, model_name, allow_download, sampler, steps, guidance, labels, seeds, device, dtype,
         warmup, repeats, baseline, probe_queries, cases, digest, r.get(data, "description", str, default=""),
         quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
-        execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, **text,
+        execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, pipeline=pipeline, **text,
     )
 
 
@@ -415,7 +422,7 @@ def _compile_options(r: "_Reader", raw: Any) -> ExecutionOptions:
     )
 
 
-def _text(r: "_Reader", data: dict, spec: families.Family | None, model: str) -> dict[str, Any]:
+def _text(r: "_Reader", data: dict, spec: families.Family | None, model: str, pipeline: bool = False) -> dict[str, Any]:
     """Captions for a text-conditioned model; none for a class-conditioned one."""
     given = [k for k in TEXT_KEYS if data.get(k) is not None]
     if spec is None or spec.text is None:
@@ -434,7 +441,7 @@ def _text(r: "_Reader", data: dict, spec: families.Family | None, model: str) ->
         if any(not 1 <= n <= most for n in lengths):
             raise r.error(f"field 'prompt_lengths': token counts must be in 1..{most} (family {spec.name}), got {lengths}")
         return {"prompt_lengths": lengths, "text_batch": len(lengths)}
-    if key == "prompts" and spec.text.encoder is None:
+    if key == "prompts" and spec.text.encoder is None and not pipeline:
         raise r.error(
             f"field 'prompts': family {spec.name} encodes prompts with its own pipeline's text encoders, which the "
             f"harness does not run; give 'prompt_lengths' (synthetic captions) or 'prompt_embeddings' (a .safetensors file)"
@@ -580,13 +587,33 @@ def check_quality_files(quality: QualityConfig) -> None:
         check_clip_checkpoint(quality.clip)
 
 
-def _model(r: "_Reader", raw: Any) -> tuple[str, bool]:
+def _model(r: "_Reader", raw: Any) -> tuple[str, bool, bool]:
+    """The model, whether it may be downloaded, and whether it runs through its own pipeline."""
     if isinstance(raw, str):
-        return raw, False
+        return raw, False, False
     if isinstance(raw, dict):
         r.check_keys(raw, MODEL_KEYS, "model.")
-        return r.get(raw, "name", str, required=True, field="model.name"), r.get(raw, "download", bool, default=False, field="model.download")
-    raise r.error("field 'model' must be a model name or a mapping with 'name' (and 'download')")
+        if "pipeline" in raw:
+            if set(raw) != {"pipeline"}:
+                raise r.error("field 'model': give either 'pipeline' alone (the pipeline path never downloads) or 'name' (and 'download')")
+            return r.get(raw, "pipeline", str, required=True, field="model.pipeline"), False, True
+        return r.get(raw, "name", str, required=True, field="model.name"), r.get(raw, "download", bool, default=False, field="model.download"), False
+    raise r.error("field 'model' must be a model name or a mapping with 'name' (and 'download') or 'pipeline'")
+
+
+def _check_pipeline(r: "_Reader", name: str, spec: families.Family | None) -> None:
+    """A pipeline the path runs; a built-in model has none (they are built in code)."""
+    from dqar_bench.models import BUILTIN_MODELS, _local_json
+    from dqar_bench.pipelines import pipeline_refusal
+
+    if name in BUILTIN_MODELS:
+        raise r.error(f"field 'model.pipeline': '{name}' is a built-in model with no pipeline on disk; give a diffusers pipeline folder or checkpoint id")
+    index = _local_json(name, "model_index.json")
+    if index is None and Path(name).expanduser().exists():
+        raise r.error(f"field 'model.pipeline': folder '{name}' has no model_index.json; give a folder a pipeline was saved to (`pipe.save_pretrained(folder)`)")
+    reason = pipeline_refusal(spec, str(index["_class_name"]) if index and "_class_name" in index else None)
+    if reason:
+        raise r.error(f"field 'model.pipeline': {reason}")
 
 
 def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: families.Family | None = None) -> list[Case]:

@@ -74,23 +74,25 @@ class Instruments:
         return Fidelity(reference, q.feature_extractor, q.inception_weights, q.metrics, self.device)
 
 
-def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, latent_channels: int, device: torch.device) -> Instruments:
+def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, latent_channels: int, device: torch.device,
+                      images: bool = False) -> Instruments:
+    """`images`: the model's outputs are decoded images in [0, 1] already (a pipeline's), read as they are."""
     kit = Instruments(quality=quality, device=device)
-    if vae is not None:
-        kit.decode = decoder(vae)
+    if vae is not None or images:
+        kit.decode = decoder(vae) if vae is not None else _as_decoded
         if quality.lpips is not None:
             kit.lpips = load_lpips(quality.lpips, device)
         else:
             kit.lpips_note = "not computed: the suite sets no 'quality.lpips' (local LPIPS weights)"
     if quality.clip is not None:
-        if vae is None and latent_channels not in (1, 3):
+        if vae is None and not images and latent_channels not in (1, 3):
             raise DqarError(
                 f"field 'quality.clip': the model has no VAE and its outputs have {latent_channels} channels, so there are "
                 "no images for CLIP score; remove 'quality.clip' or use a model with a VAE"
             )
         kit.clip = load_clip(quality.clip, device)
     if quality.fid:
-        if vae is None and latent_channels not in (1, 3):
+        if kit.decode is None and latent_channels not in (1, 3):
             raise DqarError(
                 f"field 'quality.fid': the model has no VAE and its outputs have {latent_channels} channels, so there are "
                 "no images for FID / IS / KID; set 'quality.fid: 0' or use a model with a VAE"
@@ -99,6 +101,11 @@ def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, laten
         if quality.reference != "baseline":
             kit.fidelity = kit.fidelity_against(quality.reference)
     return kit
+
+
+def _as_decoded(images: torch.Tensor) -> torch.Tensor:
+    """Outputs that are decoded images already (a pipeline's): in [0, 1], float, on the CPU."""
+    return images.float().clamp(0, 1).cpu()
 
 
 def fid_batches(count: int, batch: int, rank: int = 0, world_size: int = 1) -> list[int]:
