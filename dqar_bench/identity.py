@@ -46,6 +46,8 @@ def case_identity(suite: Suite, case: Case, registry: Registry, device_type: str
         "probe_queries": suite.probe_queries,
         "dqar_bench": __version__,
     }
+    if case.parallel is not None:  # absent for one rank, so the keys of earlier runs stay as they were
+        identity["parallel"] = case.parallel.as_dict()
     return identity
 
 
