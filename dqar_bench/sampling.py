@@ -77,13 +77,10 @@ def _cat(a: Any, b: Any) -> Any:
 
 
 def plain_forward(transformer: torch.nn.Module) -> Forward:
-    """A plain call of the transformer: eager execution.
-
-    The output is asked for as a tuple (`return_dict=False`, as diffusers' pipelines do):
-    under context parallelism diffusers' gather hook takes tensors only."""
+    """A plain call of the transformer: eager execution."""
 
     def forward(hidden_states: torch.Tensor, timestep: torch.Tensor, **inputs: Any) -> torch.Tensor:
-        return transformer(hidden_states, timestep=timestep, return_dict=False, **inputs)[0]
+        return transformer(hidden_states, timestep=timestep, **inputs).sample
 
     return forward
 

@@ -223,14 +223,20 @@ def context_parallel(
     backends = {m: m.processor._attention_backend for m in transformer.modules() if hasattr(getattr(m, "processor", None), "_attention_backend")}
     scope = ShardedSequence(world, LAYOUTS[family])
 
-    def read_tokens(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    def read_tokens(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         scope.tokens = _stream_tokens(family, transformer, args, kwargs)
         uneven = {s: t for s, t in scope.tokens.items() if t % parallel.degree}
         if uneven:
             what = ", ".join(f"{t} {s} tokens" for s, t in uneven.items())
             raise DqarError(f"context parallelism over {parallel.degree} ranks cuts each sequence into equal slices; {what} do not divide by {parallel.degree}")
+        return args, {**kwargs, "return_dict": False}  # diffusers' gather hook takes tensors, not an output object
 
-    handle = transformer.register_forward_pre_hook(read_tokens, with_kwargs=True)
+    def as_output(module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=output[0])  # what the harness's callers read, as without the hook
+
+    handles = [transformer.register_forward_pre_hook(read_tokens, with_kwargs=True), transformer.register_forward_hook(as_output)]
     try:
         if parallel.mode == "ring" and _backend(transformer) is None:
             transformer.set_attention_backend(RING_BACKEND)
@@ -241,7 +247,8 @@ def context_parallel(
             strategy.scope = scope
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         if strategy is not None:
             strategy.scope = LOCAL
         if getattr(transformer, "_parallel_config", None) is not None:
