@@ -32,6 +32,26 @@ def cases() -> dict[str, Strategy | None]:
     }
 
 
+def rank_gate_strategy(rank: int) -> Strategy:
+    """A gate whose answer depends on the rank that asks (reuse blocks b with b + rank even, from step 2):
+    the rank-local signal the seam must overrule, or the ranks would run different blocks."""
+    from dataclasses import dataclass
+
+    from dqar_bench.parts import Gate
+    from strategies.caches.attention_output import AttentionOutput
+    from strategies.quantizers.none import NoQuantization
+    from strategies.schedulers.all import AllBlocks
+
+    @dataclass
+    class ByRank(Gate):
+        PLUGIN_NAME = "by-rank"
+
+        def decide(self, ctx, eligible):
+            return [e and ctx.step >= 2 and (b + rank) % 2 == 0 for b, e in enumerate(eligible)]
+
+    return Strategy(AllBlocks(), ByRank(), AttentionOutput(), NoQuantization())
+
+
 ENTROPY_THRESHOLD = 2.34
 RESIDUAL_THRESHOLD = 0.5
 

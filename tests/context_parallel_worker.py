@@ -4,7 +4,8 @@
 
 Runs every case of `context_parallel_common.cases()` on one flux-tiny split by Ulysses over
 the two ranks (diffusers' own context parallelism, gloo), then the untouched model once more
-without it ("after"), then a decision each rank would take differently through the seam;
+without it ("after"), then decisions each rank would take differently, through the seam alone
+and through a strategy whose gate answers by rank ("by-rank");
 writes OUTDIR/cp-rank<r>.safetensors and .json (or the error).
 """
 
@@ -25,7 +26,7 @@ torch.set_num_threads(1)
 
 
 def main() -> int:
-    from context_parallel_common import cases, load, run_case
+    from context_parallel_common import cases, load, rank_gate_strategy, run_case
 
     out = Path(sys.argv[1])
     world = init_world("cpu", timeout_s=60)
@@ -39,6 +40,8 @@ def main() -> int:
             found[name] = {"reuse_map": ran["reuse_map"], "signals": ran["signals"]}
         tensors["after"] = run_case(world, None, None, model)["latents"].contiguous()
         found["agreed"] = ShardedSequence(world, ()).agree([world.rank == 0, world.rank == 1, True])
+        ran = run_case(world, Parallel("ulysses", 2), rank_gate_strategy(world.rank), model)
+        found["by-rank"], tensors["by-rank"] = ran["reuse_map"], ran["latents"].contiguous()
         save_file(tensors, str(out / f"cp-rank{world.rank}.safetensors"))
     except Exception as exc:
         found["error"] = f"{type(exc).__name__}: {exc}"

@@ -98,6 +98,13 @@ def test_leaving_context_parallelism_gives_the_model_back(two_ranks, one_process
 
 def test_decisions_that_would_differ_are_rank_zeros_on_both(two_ranks):
     assert [found["agreed"] for found, _ in two_ranks] == [[True, False, True]] * 2
+    # a gate that answers by rank: both ranks run rank 0's answer (blocks 0 and 2 from step 2) and finish the call alike
+    rank0 = [[0] * 4] * 2 + [[1, 0, 1, 0]] * (common.STEPS - 2)
+    (first, one), (second, two) = two_ranks
+    assert first["by-rank"] == second["by-rank"] == rank0
+    assert torch.equal(one["by-rank"], two["by-rank"])
+    alone = common.run_case(World(), None, common.rank_gate_strategy(0))
+    assert torch.allclose(one["by-rank"], alone["latents"], atol=1e-4, rtol=0)
 
 
 def test_sharded_scope_on_one_rank_reads_what_the_plain_scope_reads(one_process):
