@@ -27,7 +27,7 @@ import torch
 from dqar_bench import __version__
 from dqar_bench.adapters import adapter_for
 from dqar_bench.distributed import World
-from dqar_bench.distributed.context_parallel import context_parallel
+from dqar_bench.distributed.context_parallel import context_parallel, whole_call_flops
 from dqar_bench.distributed.context_parallel import refusal as parallel_refusal
 from dqar_bench.execution import Execution, unsupported
 from dqar_bench.measure.classify import class_accuracy
@@ -222,6 +222,8 @@ class CaseRun:
         for seed in suite.seeds:
             if mode == "eager":
                 latents, flops[seed] = count_flops(lambda: self._call(seed, forward))
+                if self.case.parallel is not None:  # each rank counted its share of the call
+                    flops[seed] = whole_call_flops(ctx.world, flops[seed])
             else:
                 latents = self._call(seed, forward)
             outputs[seed] = latents.detach().float().cpu()

@@ -64,9 +64,12 @@ def load(world: World) -> Any:
 
 def run_case(world: World, parallel: Parallel | None, strategy: Strategy | None, model: Any = None) -> dict[str, Any]:
     """One sampling call of flux-tiny (`model`, or a fresh one) with `strategy`, context-parallel
-    when `parallel` is given: the final latents, the reuse map, the signals the gate read at each step."""
+    when `parallel` is given: the final latents, the reuse map, the signals the gate read at each step,
+    and the FLOPs of the call (over all ranks, as the runner records them)."""
     from dqar_bench.adapters import adapter_for
     from dqar_bench.conditioning import synthetic_captions
+    from dqar_bench.distributed.context_parallel import whole_call_flops
+    from dqar_bench.measure.flops import count_flops
     from dqar_bench.sampling import denoise, make_scheduler
 
     model = model if model is not None else load(world)
@@ -83,8 +86,11 @@ def run_case(world: World, parallel: Parallel | None, strategy: Strategy | None,
 
         strategy.gate.decide = recording
     with adapter_for(transformer).install(transformer, strategy), context_parallel(transformer, parallel, world, "flux", strategy):
-        latents = denoise(transformer, scheduler, condition, SEED, STEPS, GUIDANCE, strategy)
+        latents, flops = count_flops(lambda: denoise(transformer, scheduler, condition, SEED, STEPS, GUIDANCE, strategy))
+    if parallel is not None:
+        flops = whole_call_flops(world, flops)
     return {
+        "flops": {"total": flops.total, **flops.by_op},
         "latents": latents.detach().cpu(),
         "reuse_map": strategy.stats.reuse_map if strategy is not None else None,
         "signals": seen,

@@ -37,7 +37,7 @@ def main() -> int:
         for name, strategy in cases().items():
             ran = run_case(world, Parallel("ulysses", 2), strategy, model)
             tensors[name] = ran["latents"].contiguous()
-            found[name] = {"reuse_map": ran["reuse_map"], "signals": ran["signals"]}
+            found[name] = {"reuse_map": ran["reuse_map"], "signals": ran["signals"], "flops": ran["flops"]}
         tensors["after"] = run_case(world, None, None, model)["latents"].contiguous()
         found["agreed"] = ShardedSequence(world, ()).agree([world.rank == 0, world.rank == 1, True])
         ran = run_case(world, Parallel("ulysses", 2), rank_gate_strategy(world.rank), model)

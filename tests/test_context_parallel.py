@@ -84,6 +84,18 @@ def test_two_ranks_read_the_whole_sequence_and_decide_as_one_process(two_ranks, 
 
 
 @pytest.mark.parametrize("case", ["baseline", "dqar", "first-block-cache"])
+def test_a_split_call_counts_the_flops_of_all_its_ranks(two_ranks, one_process, case):
+    """Attention is cut exactly in two, so its FLOPs add up to one process's; what every rank
+    repeats (embedders, modulation) is counted once per rank, so the whole is a little more."""
+    (first, _), (second, _) = two_ranks
+    ours, theirs = one_process[case]["flops"], first[case]["flops"]
+    assert theirs == second[case]["flops"]
+    attention = next(op for op in ours if "attention" in op)
+    assert theirs[attention] == ours[attention] > 0
+    assert ours["total"] < theirs["total"] < 1.2 * ours["total"]
+
+
+@pytest.mark.parametrize("case", ["baseline", "dqar", "first-block-cache"])
 def test_two_ranks_give_one_process_outputs(two_ranks, one_process, case):
     (_, first), (_, second) = two_ranks
     assert torch.equal(first[case], second[case])  # the gathered output is the same batch on every rank
@@ -207,4 +219,4 @@ def test_a_context_parallel_case_on_one_process_is_recorded_unsupported(write_su
     records = {r["case"]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
     assert records["baseline"]["status"] == "ok" and records["baseline"]["parallel"] is None
     assert records["fbc"]["status"] == "unsupported" and records["fbc"]["parallel"] == {"ulysses": 2}
-    assert records["fbc"]["error"].startswith("unsupported with ulysses=2: ulysses=2 needs a run of 2 ranks, this one has 1")
+    assert records["fbc"]["error"].startswith("unsupported with ulysses=2: it needs a run of 2 ranks, this one has 1")

@@ -41,6 +41,7 @@ from dqar_bench import signals
 from dqar_bench.distributed.signals import key_sharded_entropy, main_decides
 from dqar_bench.distributed.world import World
 from dqar_bench.errors import DqarError
+from dqar_bench.measure.flops import FlopCount
 from dqar_bench.signal_scope import LOCAL, SignalScope
 
 MODES = ("ulysses", "ring")
@@ -106,7 +107,7 @@ def refusal(parallel: Parallel | None, transformer: torch.nn.Module, family: str
         return f"Ulysses splits the {heads} attention heads of {name} over {parallel.degree} ranks, which does not divide them; use ring"
     if world.world_size != parallel.degree:
         how = f"torchrun --nproc-per-node {parallel.degree} (or --nproc {parallel.degree})"
-        return f"{parallel.label()} needs a run of {parallel.degree} ranks, this one has {world.world_size}; start it with {how}"
+        return f"it needs a run of {parallel.degree} ranks, this one has {world.world_size}; start it with {how}"
     if execution != "eager":
         return f"context-parallel cases run eager only ({execution} with diffusers' collectives and the strategy's reductions inside the forward is not built)"
     if parallel.mode == "ring" and world.device.type != "cuda":
@@ -168,6 +169,16 @@ class ShardedSequence(SignalScope):
 
     def agree(self, decisions: list[bool]) -> list[bool]:
         return main_decides(self.world, decisions)
+
+
+def whole_call_flops(world: World, flops: FlopCount) -> FlopCount:
+    """A context-parallel call's FLOPs over all its ranks (each rank counts its own share)."""
+    shares = world.all_gather(flops, "FLOPs of a context-parallel call")
+    by_op: dict[str, int] = {}
+    for share in shares:
+        for op, n in share.by_op.items():
+            by_op[op] = by_op.get(op, 0) + n
+    return FlopCount(sum(share.total for share in shares), by_op)
 
 
 _MESHES: dict[tuple, Any] = {}
