@@ -21,11 +21,11 @@ from typing import Any
 import yaml
 
 from dqar_bench import families
+from dqar_bench.distributed.context_parallel import Parallel, parse_parallel
 from dqar_bench.errors import DqarError, ModelError, SuiteError
 from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
 from dqar_bench.measure.fid_stats import parse_fid_config
 from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
-from dqar_bench.distributed.context_parallel import Parallel, parse_parallel
 from dqar_bench.execution import MODES, ExecutionOptions
 from dqar_bench.models import default_sampler, model_config, model_family, model_prediction, num_classes, offline_problem
 from dqar_bench.parts import KINDS, build_part
