@@ -26,6 +26,9 @@ import torch
 
 from dqar_bench import __version__
 from dqar_bench.adapters import adapter_for
+from dqar_bench.distributed import World
+from dqar_bench.distributed.context_parallel import context_parallel, whole_call_flops
+from dqar_bench.distributed.context_parallel import refusal as parallel_refusal
 from dqar_bench.execution import Execution, unsupported
 from dqar_bench.measure.classify import class_accuracy
 from dqar_bench.measure.clip_score import clip_score
@@ -71,6 +74,7 @@ class RunContext:
     log: RoundLog = field(default_factory=lambda: RoundLog(None))
     session: str = ""
     next_round: int = 0
+    world: World = field(default_factory=World)
 
     def take_round(self) -> int:
         self.next_round += 1
@@ -125,6 +129,7 @@ class CaseRun:
             "batch": suite.batch,
             "cond_len": ctx.condition.cond_len,
             "execution_mode": case.execution,
+            "parallel": case.parallel.as_dict() if case.parallel is not None else None,
             "baseline_case": suite.baseline_for(case),
             "seeds": suite.seeds,
             "device": str(ctx.device),
@@ -151,12 +156,16 @@ class CaseRun:
         ctx, suite = self.ctx, self.ctx.suite
         try:
             self.strategy = build_strategy(self.case, ctx.registry, suite.probe_queries)
-            reason = unsupported(self.case.execution, ctx.device, self.strategy)
-            if ctx.model.pipeline is not None and self.case.execution != "eager":
+            reason, where = unsupported(self.case.execution, ctx.device, self.strategy), f"in {self.case.execution}"
+            if not reason and ctx.model.pipeline is not None and self.case.execution != "eager":
                 reason = EAGER_ONLY
+            if not reason and self.case.parallel is not None:
+                model = ctx.model
+                reason = parallel_refusal(self.case.parallel, model.transformer, model.family, ctx.world, self.case.execution, getattr(torch, suite.dtype))
+                where = f"with {self.case.parallel.label()}"
             if reason:
                 self.status = "unsupported"
-                self.record.update(status="unsupported", error=f"unsupported in {self.case.execution}: {reason}", finished=_now())
+                self.record.update(status="unsupported", error=f"unsupported {where}: {reason}", finished=_now())
                 return
             self._prepare(blocked_rounds, reference)
         except Exception as exc:  # one broken case must not stop the suite
@@ -172,7 +181,7 @@ class CaseRun:
         timer = CallTimer(ctx.device, transformer if suite.per_step and mode == "eager" else None)
         warmup: list[float] = []
         try:
-            with adapter_for(transformer).install(transformer, self.strategy), execution as forward, self._meter:
+            with adapter_for(transformer).install(transformer, self.strategy), self._parallel(), execution as forward, self._meter:
                 with timer:
                     # a strong mode warms up twice: the first call meets empty caches and unallocated
                     # buffers, so the second still compiles / captures its first step once
@@ -219,6 +228,8 @@ class CaseRun:
         for seed in suite.seeds:
             if mode == "eager":
                 latents, flops[seed] = count_flops(lambda: self._call(seed, forward))
+                if self.case.parallel is not None:  # each rank counted its share of the call
+                    flops[seed] = whole_call_flops(ctx.world, flops[seed])
             else:
                 latents = self._call(seed, forward)
             outputs[seed] = latents.detach().float().cpu()
@@ -252,7 +263,7 @@ class CaseRun:
         try:
             execution = Execution(self.case.execution, transformer, self.strategy, suite.execution_options)
             timer = CallTimer(ctx.device, transformer if suite.per_step and self.case.execution == "eager" else None)
-            with adapter_for(transformer).install(transformer, self.strategy), execution as forward, timer, self._meter.timed_section():
+            with adapter_for(transformer).install(transformer, self.strategy), self._parallel(), execution as forward, timer, self._meter.timed_section():
                 timed = self._time_seeds(timer, forward)
         except Exception as exc:
             self.fail(exc)
@@ -318,6 +329,11 @@ class CaseRun:
         self.record.update(status="failed", error=error, round_ids=list(self.round_ids), finished=_now())
         if not isinstance(exc, NonFinite):
             self.record["traceback"] = traceback.format_exc()
+
+    def _parallel(self) -> Any:
+        """The case's context parallelism around its installed strategy (nothing for one rank)."""
+        ctx = self.ctx
+        return context_parallel(ctx.model.transformer, self.case.parallel, ctx.world, ctx.model.family, self.strategy)
 
     def _call(self, seed: int, forward: Callable[..., torch.Tensor] | None, labels: list[int] | None = None) -> torch.Tensor:
         ctx = self.ctx

@@ -48,6 +48,8 @@ def case_identity(suite: Suite, case: Case, registry: Registry, device_type: str
     }
     if suite.pipeline:  # run through the checkpoint's own pipeline: another computation than the lean loop's
         identity["pipeline"] = suite.model
+    if case.parallel is not None:  # absent for one rank, so the keys of earlier runs stay as they were
+        identity["parallel"] = case.parallel.as_dict()
     return identity
 
 

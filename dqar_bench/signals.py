@@ -7,6 +7,7 @@ tensor and moves it to the host once per step (at most one synchronisation per s
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 
@@ -100,6 +101,8 @@ class EntropyProbe:
 
     def __init__(self, num_queries: int = 16) -> None:
         self.num_queries = num_queries
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] = scores_entropy
+        """Scores to entropies: `scores_entropy`, or its reduction over ranks that each hold some keys."""
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._num_blocks = 0
         self._device: torch.device | None = None
@@ -136,12 +139,14 @@ class EntropyProbe:
             return torch.full((self._num_blocks,), float("nan"), device=self._device)
         merged: torch.Tensor | None = None
         for scores in self._buffers.values():
-            each = scores_entropy(scores)
+            each = self.reduce(scores)
             merged = each if merged is None else torch.fmax(merged, each)  # NaN where a block is not in this buffer
         return merged  # type: ignore[return-value]
 
 
-def probe_qk(attn: torch.nn.Module, x: torch.Tensor, num_queries: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_qk(
+    attn: torch.nn.Module, x: torch.Tensor, num_queries: int = 0, rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries and keys of `attn` on its own input `x`, [batch, heads, tokens, head_dim], for the probe.
 
     For attention the harness does not compute itself (joint text-image attention, rotary
@@ -151,11 +156,15 @@ def probe_qk(attn: torch.nn.Module, x: torch.Tensor, num_queries: int = 0) -> tu
     FLUX's single-stream blocks, whose input is the joint sequence, over text and image
     tokens). The model's output is untouched. Only the `num_queries` sampled rows are
     projected to queries (the query norms act per token, so this is exact): the probe
-    costs the key projection and a few query rows where it runs.
+    costs the key projection and a few query rows where it runs. `rows`, where given, are
+    the token indices to project to queries instead (a rank's share of the sampled rows).
     """
     tokens = x.shape[-2]
-    rows = x.index_select(-2, query_rows(tokens, num_queries, x.device)) if 0 < num_queries < tokens else x
-    q, k = attn.to_q(rows), attn.to_k(x)
+    if rows is not None:
+        picked = x.index_select(-2, rows)
+    else:
+        picked = x.index_select(-2, query_rows(tokens, num_queries, x.device)) if 0 < num_queries < tokens else x
+    q, k = attn.to_q(picked), attn.to_k(x)
     heads = attn.heads
     norm_q, norm_k = getattr(attn, "norm_q", None), getattr(attn, "norm_k", None)
     if norm_q is not None and heads > 1 and _norm_width(norm_q) == q.shape[-1]:

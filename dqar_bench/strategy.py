@@ -38,6 +38,7 @@ from dqar_bench import signals
 from dqar_bench.attention import attend, project_qkv
 from dqar_bench.context import StepContext
 from dqar_bench.parts import Cache, Gate, Part, Quantizer, Scheduler
+from dqar_bench.signal_scope import LOCAL, SignalScope
 from dqar_bench.storage import first_tensor, streams_map
 
 # The hook sites of each cache target, in the order a block runs them; the first site's
@@ -154,6 +155,9 @@ class Strategy:
         self._branches = 1
         self._branch = 0
         self._offset = 0
+        self.scope: SignalScope = LOCAL
+        """Where signals are measured and decisions agreed: this process's whole tensors, or a
+        model split across ranks (context parallelism sets it while installed)."""
 
     def bind(self, uses: dict[str, set[int]], own_attention: bool = True) -> None:
         """The adapter's layout: which blocks have a module in each cache slot (`attention`,
@@ -210,6 +214,7 @@ class Strategy:
             if self._entropy is None:
                 self._entropy = signals.EntropyProbe(self.probe_queries)
             self._entropy.reset(num_blocks, device)
+            self._entropy.reduce = self.scope.scores_entropy
         self.gate.reset(num_steps, num_blocks)
         self.quantizer.begin(torch.device(device))
         for each in self.caches.values():
@@ -242,7 +247,7 @@ class Strategy:
         if any(eligible):
             ctx.signals = self._gather_signals(ctx)
             decided = self._decide(ctx, eligible)
-            self._reuse = [bool(d) and e for d, e in zip(decided, eligible)]
+            self._reuse = self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)])
         self._begin_caches(ctx.step)
 
     def _decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
@@ -322,7 +327,7 @@ class Strategy:
             cache.store(slot, out, (q, k, v))
             return out
         if probe:
-            q, k = signals.probe_qk(attn, hidden_states, self.probe_queries)
+            q, k = self.scope.probe_qk(attn, hidden_states, self.probe_queries)
             self._entropy.record(block, q, k, linear=signals.linear_attention(attn))  # type: ignore[union-attr]
         out = original(hidden_states, *args, **kwargs)
         cache.store(slot, out, None)
@@ -385,10 +390,10 @@ class Strategy:
         if self._reference is None or not any(eligible):
             change = math.inf
         else:
-            change = float(signals.residual_change(residual, self._reference))  # the step's one host sync
+            change = float(self.scope.residual_change(residual, self._reference))  # the step's one host sync
         ctx.signals = {signals.RESIDUAL_CHANGE: change}
         decided = self._decide(ctx, eligible) if any(eligible) else [False] * len(eligible)
-        self._reuse = [bool(d) and e for d, e in zip(decided, eligible)]
+        self._reuse = self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)])
         if not any(self._reuse):
             self._reference = residual.detach()
         self._begin_caches(ctx.step)
@@ -404,10 +409,10 @@ class Strategy:
         if signals.SNR in wanted:
             names.append(signals.SNR)
             no_x0_yet = ctx.x0 is None  # before the first step: the SNR is undefined
-            values.append(torch.tensor(float("nan"), device=device) if no_x0_yet else signals.latent_snr(ctx.latents, ctx.x0))
+            values.append(torch.tensor(float("nan"), device=device) if no_x0_yet else self.scope.snr(ctx.latents, ctx.x0))
         if signals.LATENT_NORM in wanted:
             names.append(signals.LATENT_NORM)
-            values.append(signals.latent_norm(ctx.latents))
+            values.append(self.scope.latent_norm(ctx.latents))
         flat = torch.stack([v.float().reshape(()) for v in values]) if values else torch.empty(0, device=device)
         if self._entropy is not None:
             flat = torch.cat([flat, self._entropy.entropies()])

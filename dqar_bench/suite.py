@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from dqar_bench import families
+from dqar_bench.distributed.context_parallel import Parallel, parse_parallel
 from dqar_bench.errors import DqarError, ModelError, SuiteError
 from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
 from dqar_bench.measure.fid_stats import parse_fid_config
@@ -41,9 +42,9 @@ DEFAULT_PARTS: dict[str, str] = {"scheduler": "all", "gate": "never", "cache": "
 
 TOP_KEYS = (
     "name", "description", "model", "sampler", "class_labels", "prompt_lengths", "prompts", "prompt_embeddings",
-    "seeds", "device", "dtype", "threads", "timing", "baseline", "probe_queries", "quality", "execution", "compile", "cases",
+    "seeds", "device", "dtype", "threads", "timing", "baseline", "probe_queries", "quality", "execution", "compile", "parallel", "cases",
 )
-CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution")
+CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution", "parallel")
 COMPILE_KEYS = ("backend", "mode", "max_graphs")
 TEXT_KEYS = ("prompt_lengths", "prompts", "prompt_embeddings")
 SAMPLER_KEYS = ("name", "steps", "guidance_scale")
@@ -90,6 +91,8 @@ class Case:
     description: str = ""
     execution: str = "eager"
     base: str = ""
+    parallel: Parallel | None = None
+    """Context parallelism over several ranks (`dqar_bench.distributed.context_parallel`); None: one rank."""
 
     @property
     def untouched(self) -> bool:
@@ -338,6 +341,8 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         except DqarError as exc:
             raise r.error(str(exc)) from None
     default_modes = _modes(r, data.get("execution", "eager"), "field 'execution'")
+    heads = config.get("num_attention_heads") if isinstance(config, dict) else None
+    default_parallel = _parallel(r, data.get("parallel"), "field 'parallel'", heads)
     options = _compile_options(r, data.get("compile"))
 
     raw_cases = data.get("cases")
@@ -349,7 +354,10 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         modes = default_modes
         if raw.get("execution") is not None:
             modes = _modes(r, raw["execution"], f"case '{raw['name']}': field 'execution'")
-        planned.extend((case, modes) for case in built)
+        parallel = default_parallel
+        if isinstance(raw, dict) and raw.get("parallel") is not None:
+            parallel = _parallel(r, raw["parallel"], f"case '{raw['name']}': field 'parallel'", heads)
+        planned.extend((dataclasses.replace(case, parallel=parallel), modes) for case in built)
     seen: set[str] = set()
     for case, _ in planned:
         if case.name in seen:
@@ -388,6 +396,14 @@ def _modes(r: "_Reader", raw: Any, where: str) -> tuple[str, ...]:
         if value not in MODES:
             raise r.error(f"{where}: unknown execution mode '{value}'{_suggest(value, MODES)} (modes: {', '.join(MODES)})")
     return tuple(m for m in MODES if m in values)
+
+
+def _parallel(r: "_Reader", raw: Any, where: str, heads: int | None) -> Parallel | None:
+    """`{ulysses: N}` / `{ring: N}`, checked in one line (see `context_parallel.parse_parallel`)."""
+    try:
+        return parse_parallel(raw, heads)
+    except ValueError as exc:
+        raise r.error(f"{where}: {exc}") from None
 
 
 def _per_mode(planned: list[tuple[Case, tuple[str, ...]]], baseline: str) -> list[Case]:
