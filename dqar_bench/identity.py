@@ -46,6 +46,8 @@ def case_identity(suite: Suite, case: Case, registry: Registry, device_type: str
         "probe_queries": suite.probe_queries,
         "dqar_bench": __version__,
     }
+    if case.hook is not None:  # only hook cases carry it, so every other case keeps its key
+        identity["diffusers_hook"] = {**case.hook, "diffusers": _version("diffusers")}
     return identity
 
 

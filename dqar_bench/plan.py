@@ -134,8 +134,8 @@ def reuse_pattern(scheduler: Scheduler, gate: Gate, num_blocks: int, timesteps: 
 
 
 def plan_case(case: Case, registry: Registry, geo: Geometry) -> CasePlan | None:
-    """The case's pattern on `geo`; None for the untouched model."""
-    if case.untouched:
+    """The case's pattern on `geo`; None for the untouched model and for a diffusers-hook case (no parts to plan)."""
+    if not case.parts:
         return None
     scheduler = _build(registry, case, "scheduler")
     gate = _build(registry, case, "gate")
