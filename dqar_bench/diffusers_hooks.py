@@ -100,6 +100,8 @@ HOOKS: dict[str, HookKind] = {
     )
 }
 
+FASTER_CACHE_FORMATS = ("BCFHW", "BFCHW", "BCHW")
+
 CALLBACK_FIELDS = ("current_timestep_callback", "attention_weight_callback", "low_frequency_weight_callback", "high_frequency_weight_callback")
 """Config fields that take Python callables: the harness sets the timestep one; the others keep diffusers' defaults."""
 
@@ -152,6 +154,11 @@ def check(raw: Any, steps: int, family: Family | None = None) -> dict[str, Any]:
         raise HookConfigError(f"field '{KEY}' ({name}): unsupported on family '{family.name}': {reason}")
     if name == "mag-cache":
         config.setdefault("num_inference_steps", steps)
+    if name == "faster-cache" and config.get("tensor_format", "BCFHW") not in FASTER_CACHE_FORMATS:
+        raise HookConfigError(
+            f"field '{KEY}.tensor_format': {config['tensor_format']!r} is not one of {', '.join(FASTER_CACHE_FORMATS)} "
+            "(apply_faster_cache checks it only when applied)"
+        )
     try:
         build_config(name, config, lambda: 0)
     except HookConfigError:
