@@ -23,6 +23,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "strategies.gates.policy",
     "strategies.gates.residual_change",
     "strategies.gates.warmup_interval",
+    "strategies.gates.teacache",
     "strategies.caches.attention_output",
     "strategies.caches.kv",
     "strategies.caches.block_residual",

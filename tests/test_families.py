@@ -40,6 +40,7 @@ GATES = {
     "dqar": ("dqar", {"threshold": 50.0, "warmup": 1, "snr_low": 0.0, "snr_high": 1e9}),
     "policy": ("policy", {"threshold": 0.01}),
     "residual-change": ("residual-change", {"threshold": 1e9}),
+    "teacache": ("teacache", {"threshold": 1e9}),
 }
 CACHES = {name: name for name in ("attention-output", "kv", "attention-mlp-output", "cross-attention-output", "block-residual", "forecast")}
 QUANTIZERS = {  # `none` is every other case's quantizer
@@ -55,7 +56,7 @@ def _assembly(kind: str, name: str) -> dict[str, object]:
     parts: dict[str, object] = {"scheduler": "all", "gate": ("interval", {"every": 2}), "cache": "attention-output", "quantizer": "none"}
     if kind == "gate":
         parts["gate"] = GATES[name]
-        if name == "residual-change":
+        if name in ("residual-change", "teacache"):
             parts["cache"] = "block-residual"
     elif kind == "cache":
         parts["cache"] = CACHES[name]
