@@ -167,14 +167,15 @@ def test_magnitude_ratios_calibrate_on_the_untouched_model():
     assert not any("forward" in m.__dict__ for m in bench.model.transformer.modules())
 
 
-def test_faster_attention_gives_diffusers_faster_cache_bits_on_flux(registry):
-    bench = _Bench.load("flux-tiny")
+@pytest.mark.parametrize("model,family,steps", [("flux-tiny", "flux", 10), ("digits-dit", "dit", 20)])
+def test_faster_attention_gives_diffusers_faster_cache_bits(registry, model, family, steps):
+    """DDIM's last timestep is 0: both windows (-1, 681) hold it."""
+    bench = _Bench.load(model)
     transformer = bench.model.transformer
-    steps = 10
-    ours = assemble(registry, ("interval", {"every": 2}), ("faster-attention", {"weight": 0.5}), ("timestep-window", {"low": 0, "high": 681}))
+    ours = assemble(registry, ("interval", {"every": 2}), ("faster-attention", {"weight": 0.5}), ("timestep-window", {"low": -1, "high": 681}))
     with adapter_for(transformer).install(transformer, ours):
         mine = bench.call(ours, 0, steps)
-    hook = DiffusersHook(check({"name": "faster-cache", "is_guidance_distilled": True}, steps, families.get("flux")))
+    hook = DiffusersHook(check({"name": "faster-cache", "is_guidance_distilled": True}, steps, families.get(family)))
     with hook.install(transformer):
         theirs = bench.call(hook, 0, steps)
     assert ours.stats.reused > 0 and not torch.equal(mine, bench.reference(steps))
