@@ -153,11 +153,12 @@ class CaseRun:
         try:
             self.strategy = build_strategy(self.case, ctx.registry, suite.probe_queries)
             reason = unsupported(self.case.execution, ctx.device, self.strategy)
-            if self.hook is not None and self.case.execution != "eager":
-                reason = "diffusers' hooks keep per-call Python state (counters, cache contexts) that a compiled or captured forward does not update"
+            if self.hook is not None:
+                reason = reason or self.hook.refusal(ctx.model.spec, self.case.execution)
             if reason:
                 self.status = "unsupported"
-                self.record.update(status="unsupported", error=f"unsupported in {self.case.execution}: {reason}", finished=_now())
+                where = f"on family '{ctx.model.spec.name}'" if self.hook is not None and self.case.execution == "eager" else f"in {self.case.execution}"
+                self.record.update(status="unsupported", error=f"unsupported {where}: {reason}", finished=_now())
                 return
             self._prepare(blocked_rounds, reference)
         except Exception as exc:  # one broken case must not stop the suite

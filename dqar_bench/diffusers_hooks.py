@@ -122,10 +122,12 @@ def _fields(kind: HookKind) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(_config_class(kind)) if not f.name.startswith("_")}
 
 
-def check(raw: Any, steps: int, family: Family | None = None) -> dict[str, Any]:
+def check(raw: Any, steps: int) -> dict[str, Any]:
     """A suite's `diffusers-hook` value, checked by building the diffusers config: {name, config}.
 
-    Raises `HookConfigError` naming the field and the fix.
+    Raises `HookConfigError` naming the field and the fix. Whether the hook runs on the
+    model's family is not a validation error (a suite may list models of several
+    families): the runner records the case as unsupported there, with `refusal`'s reason.
     """
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise HookConfigError(f"field '{KEY}' must be a mapping with 'name' (one of {', '.join(HOOKS)}) and the hook's config")
@@ -148,10 +150,6 @@ def check(raw: Any, steps: int, family: Family | None = None) -> dict[str, Any]:
         if key not in fields:
             known = ", ".join(f for f in fields if f not in CALLBACK_FIELDS)
             raise HookConfigError(f"field '{KEY}.{key}': {kind.config} has no field '{key}' (fields: {known})")
-    reason = refusal(name, family, config) if family is not None else None
-    if reason:
-        assert family is not None
-        raise HookConfigError(f"field '{KEY}' ({name}): unsupported on family '{family.name}': {reason}")
     if name == "mag-cache":
         config.setdefault("num_inference_steps", steps)
     if name == "faster-cache" and config.get("tensor_format", "BCFHW") not in FASTER_CACHE_FORMATS:
@@ -240,6 +238,12 @@ class DiffusersHook:
         self._num_blocks = 0
         self._branch_names = ("cond",)
         self._ctx: StepContext | None = None
+
+    def refusal(self, family: Family, mode: str = "eager") -> str | None:
+        """Why this hook cannot run on `family` in execution mode `mode` (one line), or None."""
+        if mode != "eager":
+            return "diffusers' hooks keep per-call Python state (counters, cache contexts) that a compiled or captured forward does not update"
+        return refusal(self.name, family, self.given)
 
     # -- installation ------------------------------------------------------------------------
 

@@ -530,7 +530,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
     where = f"case '{name}'"
     r.check_keys(raw, CASE_KEYS, "", where)
     if "diffusers-hook" in raw:
-        return [_hook_case(r, raw, where, family, steps)]
+        return [_hook_case(r, raw, where, steps)]
     specs: dict[str, PartSpec] = {}
     for kind in KINDS:
         if kind in raw:
@@ -564,7 +564,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
     return cases
 
 
-def _hook_case(r: "_Reader", raw: dict, where: str, family: families.Family | None, steps: int) -> Case:
+def _hook_case(r: "_Reader", raw: dict, where: str, steps: int) -> Case:
     """A case that runs one of diffusers' own cache hooks instead of dqar-bench parts."""
     from dqar_bench.diffusers_hooks import HookConfigError, check
 
@@ -572,7 +572,7 @@ def _hook_case(r: "_Reader", raw: dict, where: str, family: families.Family | No
     if mixed:
         raise r.error(f"{where}: fields 'diffusers-hook' and '{mixed[0]}': a case runs either diffusers' hook or dqar-bench parts; split it into two cases")
     try:
-        hook = check(raw["diffusers-hook"], steps, family)
+        hook = check(raw["diffusers-hook"], steps)
     except HookConfigError as exc:
         raise r.error(f"{where}: {exc}") from None
     description = r.get(raw, "description", str, default="", field=f"description' of case '{raw['name']}")

@@ -175,7 +175,7 @@ def test_faster_attention_gives_diffusers_faster_cache_bits(registry, model, fam
     ours = assemble(registry, ("interval", {"every": 2}), ("faster-attention", {"weight": 0.5}), ("timestep-window", {"low": -1, "high": 681}))
     with adapter_for(transformer).install(transformer, ours):
         mine = bench.call(ours, 0, steps)
-    hook = DiffusersHook(check({"name": "faster-cache", "is_guidance_distilled": True}, steps, families.get(family)))
+    hook = DiffusersHook(check({"name": "faster-cache", "is_guidance_distilled": True}, steps))
     with hook.install(transformer):
         theirs = bench.call(hook, 0, steps)
     assert ours.stats.reused > 0 and not torch.equal(mine, bench.reference(steps))
