@@ -176,6 +176,10 @@ def render_plan(suite: Suite, geo: Geometry, plans: list[CasePlan]) -> str:
         lines.append("")
         lines.append("<= : upper bound, the gate reads signals (the pattern assumes it always says yes):")
         lines.extend(f"  {p.case}: {p.note}" for p in bounds)
+    hooked = sorted({c.base_name for c in suite.cases if c.hook is not None})
+    if hooked:
+        lines.append("")
+        lines.append(f"not planned (diffusers' own hooks decide inside diffusers; their runs record reuse): {', '.join(hooked)}")
     return "\n".join(lines)
 
 

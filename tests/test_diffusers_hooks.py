@@ -163,3 +163,13 @@ compile: {backend: eager}
     assert "diffusers:pyramid-attention-broadcast(spatial_attention_block_skip_range=2)" in table
     identity = json.dumps(theirs["identity"])
     assert "diffusers_hook" in identity and "diffusers_hook" not in json.dumps(ours["identity"])
+
+
+def test_plan_names_the_hook_cases_it_cannot_plan(registry, write_suite):
+    from dqar_bench.plan import plan_suite, render_plan
+
+    path = write_suite(HEAD + "  - name: diffusers_fbc\n    diffusers-hook: {name: first-block-cache}\n")
+    suite = load_suite(path, registry)
+    geo, plans = plan_suite(suite, registry)
+    assert plans == [] and "not planned (diffusers' own hooks decide inside diffusers" in render_plan(suite, geo, plans)
+    assert "diffusers_fbc" in render_plan(suite, geo, plans)
