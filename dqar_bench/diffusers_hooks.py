@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -47,10 +47,13 @@ class HookKind:
     name: str
     config: str
     apply: str
-    summary: str
     timestep_callback: bool = False
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Config values the harness sets when a suite does not (PAB's spatial range, MagCache's steps)."""
+    """Config values the harness sets when a suite does not: PAB's and FasterCache's spatial
+    skip range 2 (diffusers warns and picks 2 itself), TaylorSeer's factors in float32
+    (diffusers: bfloat16, which would round a float32 run's forecast), MagCache's ratios
+    FLUX.1-dev's (diffusers has no default and refuses to run). MagCache's
+    `num_inference_steps` defaults to the suite's steps (`check`)."""
     refusals: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Family name -> the one-line reason diffusers' hook cannot run there."""
 
@@ -71,7 +74,6 @@ HOOKS: dict[str, HookKind] = {
     for kind in (
         HookKind(
             "first-block-cache", "FirstBlockCacheConfig", "apply_first_block_cache",
-            "block 0's residual change gates the rest (ParaAttention FBCache)",
             refusals={"sd3": (
                 "SD3's last joint block returns no text stream (context_pre_only), and diffusers' FBCBlockHook subtracts "
                 "that None from the head block's text output at the tail"
@@ -79,22 +81,18 @@ HOOKS: dict[str, HookKind] = {
         ),
         HookKind(
             "pyramid-attention-broadcast", "PyramidAttentionBroadcastConfig", "apply_pyramid_attention_broadcast",
-            "attention outputs broadcast every N calls inside a timestep window (PAB)",
             timestep_callback=True, defaults={"spatial_attention_block_skip_range": 2},
         ),
         HookKind(
             "taylorseer", "TaylorSeerCacheConfig", "apply_taylorseer_cache",
-            "Taylor-series forecast of attention outputs between full steps",
             defaults={"taylor_factors_dtype": "float32"},
         ),
         HookKind(
             "faster-cache", "FasterCacheConfig", "apply_faster_cache",
-            "attention reuse with a weighted extrapolation, and the unconditional branch from frequency deltas (CFG cache)",
             timestep_callback=True, defaults={"spatial_attention_block_skip_range": 2},
         ),
         HookKind(
             "mag-cache", "MagCacheConfig", "apply_mag_cache",
-            "whole-stack residual reuse while the accumulated magnitude-ratio error stays small",
             defaults={"mag_ratios": "flux"},
         ),
     )
@@ -145,7 +143,7 @@ def check(raw: Any, steps: int) -> dict[str, Any]:
         if key in CALLBACK_FIELDS:
             raise HookConfigError(
                 f"field '{KEY}.{key}': a Python callable, which a suite cannot give "
-                f"({'the harness sets it from the sampler' if key == 'current_timestep_callback' else 'diffusers default is used'}); remove it"
+                f"({'the harness sets it from the sampler' if key == 'current_timestep_callback' else "diffusers' default is used"}); remove it"
             )
         if key not in fields:
             known = ", ".join(f for f in fields if f not in CALLBACK_FIELDS)
@@ -177,13 +175,13 @@ def build_config(name: str, given: Mapping[str, Any], timestep: Callable[[], int
     for key, value in {**kind.defaults, **given}.items():
         if key not in fields:
             continue
-        values[key] = _convert(key, value, hints.get(key), name)
+        values[key] = _convert(key, value, hints.get(key))
     if kind.timestep_callback:
         values["current_timestep_callback"] = timestep
     return cls(**values)
 
 
-def _convert(key: str, value: Any, hint: Any, name: str) -> Any:
+def _convert(key: str, value: Any, hint: Any) -> Any:
     """YAML values to what the config's field takes: tuples, dtypes, diffusers' named ratio tables."""
     if key == "mag_ratios" and isinstance(value, str):
         from diffusers.hooks import mag_cache
@@ -385,7 +383,3 @@ def installed(hook: DiffusersHook | None, transformer: torch.nn.Module) -> Any:
     import contextlib
 
     return hook.install(transformer) if hook is not None else contextlib.nullcontext()
-
-
-def names() -> Iterator[str]:
-    return iter(HOOKS)
