@@ -141,9 +141,9 @@ def check(raw: Any, steps: int) -> dict[str, Any]:
     fields = _fields(kind)
     for key in config:
         if key in CALLBACK_FIELDS:
+            who = "the harness sets it from the sampler" if key == "current_timestep_callback" else "diffusers' default is used"
             raise HookConfigError(
-                f"field '{KEY}.{key}': a Python callable, which a suite cannot give "
-                f"({'the harness sets it from the sampler' if key == 'current_timestep_callback' else "diffusers' default is used"}); remove it"
+                f"field '{KEY}.{key}': a Python callable, which a suite cannot give ({who}); remove it"
             )
         if key not in fields:
             known = ", ".join(f for f in fields if f not in CALLBACK_FIELDS)
