@@ -5,7 +5,9 @@ gate N = 2, attention-output cache, timestep window (100, 800)) and diffusers'
 `PyramidAttentionBroadcastHook` with `spatial_attention_block_skip_range: 2` and its
 default `spatial_attention_timestep_skip_range: (100, 800)` give the same bits on the
 trained digits model. Both compute at the first call, outside 100 < t < 800, and at every
-N-th call counted from the first; both hand back the very tensor they stored.
+N-th call counted from the first; both hand back the very tensor they stored. TaylorSeer
+(`schedule: diffusers`, the forecast cache) is bit-identical to diffusers' hook too, and
+FirstBlockCache decides the same steps.
 """
 
 from __future__ import annotations
@@ -173,3 +175,53 @@ def test_plan_names_the_hook_cases_it_cannot_plan(registry, write_suite):
     geo, plans = plan_suite(suite, registry)
     assert plans == [] and "not planned (diffusers' own hooks decide inside diffusers" in render_plan(suite, geo, plans)
     assert "diffusers_fbc" in render_plan(suite, geo, plans)
+
+
+TAYLOR_IDENTIFIERS = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_our_taylorseer_and_diffusers_taylorseer_give_the_same_bits_on_digits_dit(registry, order):
+    """`schedule: diffusers` with the forecast cache against diffusers' hook on attn1 and ff, factors in float32."""
+    bench = _Bench.load("digits-dit")
+    model = bench.model
+    scheduler = make_scheduler("ddim", model.scheduler_config)
+    condition = labels_condition(list(range(10)), model.null_class, CPU)
+
+    def part(kind, name, params=None):
+        return build_part(registry.get(kind, name).cls, params or {})
+
+    ours = Strategy(
+        part("scheduler", "all"), part("gate", "warmup-interval", {"every": 4, "warmup": 2, "schedule": "diffusers"}),
+        part("cache", "forecast", {"order": order}), part("quantizer", "none"),
+    )
+    with adapter_for(model.transformer).install(model.transformer, ours):
+        mine = denoise(model.transformer, scheduler, condition, 0, 20, 1.5, ours)
+    hook = DiffusersHook(check({
+        "name": "taylorseer", "cache_interval": 4, "disable_cache_before_step": 2, "max_order": order,
+        "taylor_factors_dtype": "float32", "cache_identifiers": TAYLOR_IDENTIFIERS,
+    }, 20))
+    with hook.install(model.transformer):
+        theirs = denoise(model.transformer, scheduler, condition, 0, 20, 1.5, hook)
+    assert ours.stats.reused > 0 and ours.stats.reuse_map == hook.stats.reuse_map
+    assert torch.equal(mine, theirs)
+
+
+def test_our_first_block_cache_decides_as_diffusers_on_digits_dit(registry):
+    """The same skipped steps; outputs equal up to float rounding (per-block residuals summed, against the tail's)."""
+    bench = _Bench.load("digits-dit")
+    model = bench.model
+    scheduler = make_scheduler("ddim", model.scheduler_config)
+    condition = labels_condition(list(range(10)), model.null_class, CPU)
+
+    def part(kind, name, params=None):
+        return build_part(registry.get(kind, name).cls, params or {})
+
+    ours = Strategy(part("scheduler", "all"), part("gate", "residual-change", {"threshold": 0.1}), part("cache", "block-residual"), part("quantizer", "none"))
+    with adapter_for(model.transformer).install(model.transformer, ours):
+        mine = denoise(model.transformer, scheduler, condition, 0, 20, 1.5, ours)
+    hook = DiffusersHook(check({"name": "first-block-cache", "threshold": 0.1}, 20))
+    with hook.install(model.transformer):
+        theirs = denoise(model.transformer, scheduler, condition, 0, 20, 1.5, hook)
+    assert ours.stats.reused > 0 and ours.stats.reuse_map == hook.stats.reuse_map
+    assert torch.allclose(mine, theirs, rtol=0, atol=1e-5)
