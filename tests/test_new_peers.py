@@ -172,7 +172,7 @@ def test_faster_attention_gives_diffusers_faster_cache_bits(registry, model, fam
     """DDIM's last timestep is 0: both windows (-1, 681) hold it."""
     bench = _Bench.load(model)
     transformer = bench.model.transformer
-    ours = assemble(registry, ("interval", {"every": 2}), ("faster-attention", {"weight": 0.5}), ("timestep-window", {"low": -1, "high": 681}))
+    ours = assemble(registry, ("interval", {"every": 2}), ("faster-attention", {"weight": 0.5, "history": "outputs"}), ("timestep-window", {"low": -1, "high": 681}))
     with adapter_for(transformer).install(transformer, ours):
         mine = bench.call(ours, 0, steps)
     hook = DiffusersHook(check({"name": "faster-cache", "is_guidance_distilled": True}, steps))
@@ -181,3 +181,22 @@ def test_faster_attention_gives_diffusers_faster_cache_bits(registry, model, fam
     assert ours.stats.reused > 0 and not torch.equal(mine, bench.reference(steps))
     assert torch.equal(mine, theirs)
     assert ours.stats.reuse_map == hook.stats.reuse_map
+
+
+def test_faster_attention_history_computed_extrapolates_from_the_last_two_computed(registry):
+    """The authors' code: extrapolations are not kept; `outputs` (diffusers) keeps them."""
+    from dqar_bench.storage import unpack
+
+    def cache(history):
+        c = build_part(registry.get("cache", "faster-attention").cls, {"history": history})
+        c.quantizer = build_part(registry.get("quantizer", "none").cls, {})
+        return c
+
+    x = torch.zeros(1, 2, 3)
+    for history, third in (("computed", 4.0 + (4.0 - 1.0) * 0.5), ("outputs", 5.5 + (5.5 - 4.0) * 0.5)):
+        c = cache(history)
+        c.store(0, x + 1.0, None)
+        c.store(0, x + 4.0, None)
+        assert torch.equal(c.reuse(0, None, x), x + 5.5)  # 4 + (4 - 1) / 2
+        assert torch.equal(c.reuse(0, None, x), x + third)
+        assert torch.equal(unpack(c._held[0][1], x.dtype), x + (4.0 if history == "computed" else third))
