@@ -26,6 +26,7 @@ import torch
 
 from dqar_bench import __version__
 from dqar_bench.adapters import adapter_for
+from dqar_bench.diffusers_hooks import DiffusersHook, installed
 from dqar_bench.distributed import World
 from dqar_bench.distributed.context_parallel import context_parallel, whole_call_flops
 from dqar_bench.distributed.context_parallel import refusal as parallel_refusal
@@ -50,8 +51,8 @@ from dqar_bench.timing import CallTimer
 
 
 def build_strategy(case: Case, registry: Registry, probe_queries: int = 16) -> Strategy | None:
-    """The case's parts, built and wired; None for the untouched model."""
-    if case.untouched:
+    """The case's parts, built and wired; None for the untouched model (and for a diffusers-hook case)."""
+    if not case.parts:
         return None
     parts = {kind: build_part(registry.get(kind, spec.name).cls, spec.params) for kind, spec in case.parts.items()}
     return Strategy(parts["scheduler"], parts["gate"], parts["cache"], parts["quantizer"], probe_queries)  # type: ignore[arg-type]
@@ -111,6 +112,8 @@ class CaseRun:
         self.blocked = blocked
         self.round_ids: list[int] = list(prior_rounds or [])
         self.strategy: Strategy | None = None
+        self.hook = DiffusersHook(case.hook) if case.hook is not None else None
+        """diffusers' own cache hook, for a `diffusers-hook` case (then there is no strategy)."""
         self.outputs: dict[int, torch.Tensor] | None = None
         self.status = "pending"
         self._fid_images: torch.Tensor | None = None
@@ -122,6 +125,7 @@ class CaseRun:
             "description": case.description,
             "case_key": key,
             "parts": {kind: {"name": s.name, "params": s.params} for kind, s in case.parts.items()},
+            **({"diffusers_hook": case.hook} if case.hook is not None else {}),
             "model": suite.model,
             "sampler": suite.sampler,
             "steps": suite.steps,
@@ -159,6 +163,8 @@ class CaseRun:
             reason, where = unsupported(self.case.execution, ctx.device, self.strategy), f"in {self.case.execution}"
             if not reason and ctx.model.pipeline is not None and self.case.execution != "eager":
                 reason = EAGER_ONLY
+            if not reason and self.hook is not None:
+                reason, where = self.hook.refusal(ctx.model.spec, self.case.execution), f"on family '{ctx.model.spec.name}'"
             if not reason and self.case.parallel is not None:
                 model = ctx.model
                 reason = parallel_refusal(self.case.parallel, model.transformer, model.family, ctx.world, self.case.execution, getattr(torch, suite.dtype))
@@ -181,7 +187,7 @@ class CaseRun:
         timer = CallTimer(ctx.device, transformer if suite.per_step and mode == "eager" else None)
         warmup: list[float] = []
         try:
-            with adapter_for(transformer).install(transformer, self.strategy), self._parallel(), execution as forward, self._meter:
+            with adapter_for(transformer).install(transformer, self.strategy), installed(self.hook, transformer), self._parallel(), execution as forward, self._meter:
                 with timer:
                     # a strong mode warms up twice: the first call meets empty caches and unallocated
                     # buffers, so the second still compiles / captures its first step once
@@ -220,7 +226,7 @@ class CaseRun:
 
         In eager mode the FLOP counter wraps the scored call itself (it runs the same kernels);
         a strong mode's outputs come from its own program, and the FLOPs from an eager call."""
-        ctx, suite, strategy = self.ctx, self.ctx.suite, self.strategy
+        ctx, suite, strategy = self.ctx, self.ctx.suite, self.strategy or self.hook
         outputs: dict[int, torch.Tensor] = {}
         flops: dict[int, FlopCount] = {}
         if strategy is not None:
@@ -263,7 +269,7 @@ class CaseRun:
         try:
             execution = Execution(self.case.execution, transformer, self.strategy, suite.execution_options)
             timer = CallTimer(ctx.device, transformer if suite.per_step and self.case.execution == "eager" else None)
-            with adapter_for(transformer).install(transformer, self.strategy), self._parallel(), execution as forward, timer, self._meter.timed_section():
+            with adapter_for(transformer).install(transformer, self.strategy), installed(self.hook, transformer), self._parallel(), execution as forward, timer, self._meter.timed_section():
                 timed = self._time_seeds(timer, forward)
         except Exception as exc:
             self.fail(exc)
@@ -341,9 +347,10 @@ class CaseRun:
         if labels is not None and ctx.model.family == "dit":  # FID draws its own labels; captions stay the suite's
             given = labels_condition(labels, ctx.model.null_class, ctx.device)
         suite = ctx.suite
+        observer = self.strategy or self.hook
         if ctx.model.pipeline is not None:  # the model's own pipeline: decoded images (`dqar_bench.pipelines`)
-            return call_pipeline(ctx.model, self._scheduler, given, seed, suite.steps, suite.guidance_scale, self.strategy)
-        return denoise(ctx.model.transformer, self._scheduler, given, seed, suite.steps, suite.guidance_scale, self.strategy, forward)
+            return call_pipeline(ctx.model, self._scheduler, given, seed, suite.steps, suite.guidance_scale, observer)
+        return denoise(ctx.model.transformer, self._scheduler, given, seed, suite.steps, suite.guidance_scale, observer, forward)
 
 
 def _finite(values: list[float], what: str) -> None:

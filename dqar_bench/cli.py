@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 from dqar_bench.errors import DqarError
 
@@ -129,12 +129,32 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"      cache targets: attention, attention+mlp, {'cross-attention, ' if f.cross_attention else ''}block{'; ' + '; '.join(refused) if refused else ''}")
         print(f"      conditioning: {f.conditioning}; guidance: {f.guidance} ({GUIDANCE_MODES[f.guidance]})")
         print(f"      prediction: {prediction_type(dict(f.scheduler))}; default sampler: {f.sampler}; tiny model: {TINY_MODELS.get(f.name, '-')}")
+        print(f"      block 0's modulation (TeaCache): {_modulation(f)}")
+        print(f"      diffusers hooks: {_hooks(f)}")
     print("built-in models:")
     for name, build in BUILTIN_MODELS.items():
         doc = " ".join((build.__doc__ or "").split()).split(". ")[0].rstrip(".")
         print(f"  {name:<20} {BUILTIN_FAMILIES.get(name, 'dit'):<14} {doc}")
     print("any other name: a diffusers checkpoint id or folder of one of these families (model_index.json picks the family)")
     return 0
+
+
+def _modulation(family: Any) -> str:
+    from dqar_bench.families import Modulation
+
+    m = family.modulation
+    if not isinstance(m, Modulation):
+        return f"none ({m})"
+    return f"{m.module} ({m.recipe}); rescale: {m.source}"
+
+
+def _hooks(family: Any) -> str:
+    """Which of diffusers' hooks run on the family at their defaults, and why the others do not."""
+    from dqar_bench.diffusers_hooks import HOOKS, refusal
+
+    runs = [name for name in HOOKS if refusal(name, family) is None]
+    refused = [f"{name}: refused ({refusal(name, family)})" for name in HOOKS if refusal(name, family) is not None]
+    return "; ".join([", ".join(runs)] + refused if runs else refused)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ A family is one `Family` entry in `FAMILIES`, not an adapter class. One generic 
   present in a block is hooked (FLUX dual blocks have `ff` and `ff_context`, its single
   blocks `proj_mlp`); a joint attention module that returns (image, text) outputs is cached
   as a pair;
+- where block 0 modulates its input by the timestep (`modulation`: TeaCache's signal, with
+  the rescale coefficients TeaCache publishes for the family's reference checkpoint);
 - how the model is called: conditioning (class labels or text), the calling convention of
   `dqar_bench.model_inputs` (latent layout, packing, timestep scaling), guidance (CFG in one
   batch, CFG as two passes, or a guidance embedding with no CFG pass), default sampler and
@@ -79,6 +81,23 @@ class Text:
 
 
 @dataclass(frozen=True)
+class Modulation:
+    """Where block 0 of a family modulates its input by the timestep: TeaCache's signal.
+
+    `module` is block 0's submodule that modulates and `recipe` how it is called
+    (`dqar_bench.modulation.RECIPES`). `coefficients` is the polynomial (highest power
+    first, as `numpy.poly1d`) that TeaCache fits per model to map the input's relative L1
+    change to the output's; `source` says whose fit it is. (1, 0) is the identity: no
+    published fit for this family.
+    """
+
+    module: str
+    recipe: str
+    coefficients: tuple[float, ...] = (1.0, 0.0)
+    source: str = "none published: the raw relative L1 change"
+
+
+@dataclass(frozen=True)
 class Family:
     """A model family: one entry of `FAMILIES` (see the module docstring for every field)."""
 
@@ -110,6 +129,9 @@ class Family:
     reproduces bit for bit; caches that keep Q/K/V (`kv`) need that."""
     names: tuple[str, ...] = ()
     """Lower-case substrings of checkpoint ids that suggest this family when no config is on disk."""
+    modulation: Modulation | str = "the family entry names no block-0 modulation (Family.modulation)"
+    """Block 0's timestep modulation (`Modulation`), or why the family has none: a gate that
+    reads it (TeaCache) is refused there with that reason."""
 
     @property
     def conditioning(self) -> str:
@@ -122,10 +144,12 @@ class Family:
 
     def refusal(self, part: type) -> str | None:
         """Why a part cannot run on this family (one line), or None. Read from the class only."""
+        name = getattr(part, "PLUGIN_NAME", part.__name__)
+        if getattr(part, "READS_MODULATION", False) and not isinstance(self.modulation, Modulation):
+            return f"gate '{name}' reads block 0's timestep-modulated input; family '{self.name}': {self.modulation}"
         if getattr(part, "KIND", "") != "cache":
             return None
         target = getattr(part, "TARGET", None)
-        name = getattr(part, "PLUGIN_NAME", part.__name__)
         if target == "cross-attention" and not self.cross_attention:
             hosts = ", ".join(f.name for f in FAMILIES if f.cross_attention)
             return (
@@ -200,6 +224,7 @@ FAMILIES: tuple[Family, ...] = (
         scheduler=DDPM_LINEAR,
         own_attention=True,
         names=("dit",),
+        modulation=Modulation("norm1", "dit-ada-norm-zero"),
     ),
     Family(
         name="pixart",
@@ -212,6 +237,7 @@ FAMILIES: tuple[Family, ...] = (
         scheduler=DDPM_LINEAR,
         own_attention=True,
         names=("pixart",),
+        modulation=Modulation("norm1", "scale-shift-table"),
     ),
     Family(
         name="pixart-sigma",
@@ -225,6 +251,7 @@ FAMILIES: tuple[Family, ...] = (
         scheduler=DDPM_LINEAR,
         own_attention=True,
         names=("pixart-sigma",),
+        modulation=Modulation("norm1", "scale-shift-table"),
     ),
     Family(
         name="sd3",
@@ -238,6 +265,7 @@ FAMILIES: tuple[Family, ...] = (
         sampler="flow-euler",
         scheduler=flow_schedule(3.0),
         names=("stable-diffusion-3", "sd3"),
+        modulation=Modulation("norm1", "ada-norm-zero"),
     ),
     Family(
         name="flux",
@@ -255,6 +283,10 @@ FAMILIES: tuple[Family, ...] = (
         scheduler=flow_schedule(3.0, dynamic=True),
         latent_size=(128, 128),
         names=("flux",),
+        modulation=Modulation(
+            "norm1", "ada-norm-zero", (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01),
+            "TeaCache4FLUX (FLUX.1-dev)",
+        ),
     ),
     Family(
         name="wan",
@@ -271,6 +303,10 @@ FAMILIES: tuple[Family, ...] = (
         scheduler=flow_schedule(3.0),
         latent_size=(21, 60, 104),
         names=("wan",),
+        modulation=Modulation(
+            "norm1", "timestep-embedding", (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02),
+            "TeaCache4Wan2.1 (T2V-1.3B, use_ret_steps: e0, the blocks' temb; the reference then computes the first 5 steps)",
+        ),
     ),
     Family(
         name="cogvideox",
@@ -282,6 +318,10 @@ FAMILIES: tuple[Family, ...] = (
         inputs="frames-first",
         scheduler=COGVIDEOX_SCHEDULE,
         names=("cogvideox",),
+        modulation=Modulation(
+            "norm1", "timestep-embedding", (-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00, -3.61568434e-03),
+            "TeaCache4CogVideoX1.5 (CogVideoX-2b; the time embedding emb, the blocks' temb)",
+        ),
     ),
     Family(
         name="hunyuan-video",
@@ -301,6 +341,10 @@ FAMILIES: tuple[Family, ...] = (
         scheduler=flow_schedule(7.0),
         latent_size=(33, 90, 160),
         names=("hunyuanvideo", "hunyuan-video"),
+        modulation=Modulation(
+            "norm1", "ada-norm-zero", (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02),
+            "TeaCache4HunyuanVideo (HunyuanVideo 720p)",
+        ),
     ),
     Family(
         name="sana",

@@ -50,6 +50,8 @@ def case_identity(suite: Suite, case: Case, registry: Registry, device_type: str
         identity["pipeline"] = suite.model
     if case.parallel is not None:  # absent for one rank, so the keys of earlier runs stay as they were
         identity["parallel"] = case.parallel.as_dict()
+    if case.hook is not None:  # only hook cases carry it, so every other case keeps its key
+        identity["diffusers_hook"] = {**case.hook, "diffusers": _version("diffusers")}
     return identity
 
 

@@ -103,7 +103,15 @@ class Gate(Part):
     DECIDES_AFTER_BLOCK: ClassVar[int | None] = None
     """None: decide at the start of the step, for every block at once (the rule). k: decide
     once block k has computed in the current forward, from the signals it measured there
-    (`residual_change`); blocks 0..k always compute. One host sync per step either way."""
+    (`residual_change`); blocks 0..k always compute. -1: decide at block 0's entry, before
+    any block runs, from block 0's timestep-modulated input (`modulation_change`, TeaCache).
+    One host sync per step either way."""
+    READS_MODULATION: ClassVar[bool] = False
+    """It reads block 0's timestep-modulated input, which a family names (`Family.modulation`)."""
+
+    def bind_family(self, family: Any) -> None:
+        """Called when the strategy is installed on a model of `family` (`dqar_bench.families.Family`),
+        for a gate whose defaults are per family (TeaCache's rescale coefficients)."""
 
     def reset(self, num_steps: int, num_blocks: int) -> None:
         """Called at the start of every sampling call; state lives here and is reset here."""

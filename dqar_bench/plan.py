@@ -134,8 +134,8 @@ def reuse_pattern(scheduler: Scheduler, gate: Gate, num_blocks: int, timesteps: 
 
 
 def plan_case(case: Case, registry: Registry, geo: Geometry) -> CasePlan | None:
-    """The case's pattern on `geo`; None for the untouched model."""
-    if case.untouched:
+    """The case's pattern on `geo`; None for the untouched model and for a diffusers-hook case (no parts to plan)."""
+    if not case.parts:
         return None
     scheduler = _build(registry, case, "scheduler")
     gate = _build(registry, case, "gate")
@@ -176,6 +176,10 @@ def render_plan(suite: Suite, geo: Geometry, plans: list[CasePlan]) -> str:
         lines.append("")
         lines.append("<= : upper bound, the gate reads signals (the pattern assumes it always says yes):")
         lines.extend(f"  {p.case}: {p.note}" for p in bounds)
+    hooked = sorted({c.base_name for c in suite.cases if c.hook is not None})
+    if hooked:
+        lines.append("")
+        lines.append(f"not planned (diffusers' own hooks decide inside diffusers; their runs record reuse): {', '.join(hooked)}")
     return "\n".join(lines)
 
 

@@ -17,7 +17,9 @@ SNR = "snr"
 LATENT_NORM = "latent_norm"
 ENTROPY = "entropy"
 RESIDUAL_CHANGE = "residual_change"
-KNOWN = frozenset({SNR, LATENT_NORM, ENTROPY, RESIDUAL_CHANGE})
+MODULATION_CHANGE = "modulation_change"
+"""The relative L1 change of block 0's timestep-modulated input since the previous step (TeaCache)."""
+KNOWN = frozenset({SNR, LATENT_NORM, ENTROPY, RESIDUAL_CHANGE, MODULATION_CHANGE})
 
 
 def latent_snr(latents: torch.Tensor, x0: torch.Tensor, eps: float = EPS) -> torch.Tensor:

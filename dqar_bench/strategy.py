@@ -20,7 +20,9 @@ branch runs (`branch`): each branch keeps its own cache entries, both follow one
 
 A gate may instead decide once block k of the current forward has computed
 (`Gate.DECIDES_AFTER_BLOCK`, FirstBlockCache): `block` measures the residual change there
-and asks the gate then, still one host sync per step. Reuse is counted per step from the
+and asks the gate then, still one host sync per step. With k = -1 (TeaCache) it decides at
+block 0's entry, from the change of block 0's timestep-modulated input since the previous
+step (the adapter hands `block` a reader of it), so every block may reuse. Reuse is counted per step from the
 decided pattern (`after_step`), never inside the forward, so that `torch.compile` sees no
 Python counters change and CUDA-graph replays count like eager calls.
 """
@@ -54,8 +56,9 @@ SITES: dict[str, tuple[str, ...]] = {
 def refusal(gate: type[Gate], cache: type[Cache]) -> str | None:
     """Why these parts cannot be wired together (one line), or None."""
     if gate.DECIDES_AFTER_BLOCK is not None and cache.TARGET != "block":
+        when = "before block 0, from its modulated input" if gate.DECIDES_AFTER_BLOCK == -1 else f"after block {gate.DECIDES_AFTER_BLOCK} from its residual"
         return (
-            f"gate '{gate.PLUGIN_NAME}' decides after block {gate.DECIDES_AFTER_BLOCK} from its residual, "
+            f"gate '{gate.PLUGIN_NAME}' decides {when}, "
             f"so it needs a cache whose target is 'block' (such as block-residual), not '{cache.TARGET}'"
         )
     return None
@@ -150,6 +153,7 @@ class Strategy:
         self._ctx: StepContext | None = None
         self._decide_after = gate.DECIDES_AFTER_BLOCK
         self._reference: torch.Tensor | None = None
+        self._modulated: torch.Tensor | None = None
         self._uses: dict[str, set[int]] | None = None
         self._own_attention = True
         self._branches = 1
@@ -159,11 +163,13 @@ class Strategy:
         """Where signals are measured and decisions agreed: this process's whole tensors, or a
         model split across ranks (context parallelism sets it while installed)."""
 
-    def bind(self, uses: dict[str, set[int]], own_attention: bool = True) -> None:
+    def bind(self, uses: dict[str, set[int]], own_attention: bool = True, family: Any = None) -> None:
         """The adapter's layout: which blocks have a module in each cache slot (`attention`,
         `mlp`, `mlp/1`, ...), and whether the harness's own attention path is exact for this
         model (else probes project Q and K on the side). Slots beyond the first of a site get
-        their own copy of the cache."""
+        their own copy of the cache. The gate learns the model's family (`Gate.bind_family`)."""
+        if family is not None:
+            self.gate.bind_family(family)
         for key in uses:
             if key not in self.caches:
                 extra = copy.deepcopy(self._pristine)
@@ -208,6 +214,7 @@ class Strategy:
         self._branches, self._branch, self._offset = branches, 0, 0
         self._reuse = [False] * num_blocks
         self._reference = None
+        self._modulated = None
         if not self.probes_entropy:
             self._entropy = None
         else:  # the same probe (and buffer) from call to call: a captured CUDA graph writes into it
@@ -354,7 +361,15 @@ class Strategy:
         cache.store(slot, out, None)
         return out
 
-    def block(self, key: str, index: int, module: torch.nn.Module, compute: Callable[[], Any], streams: Any) -> Any:
+    @property
+    def reads_modulation(self) -> bool:
+        """The gate decides at block 0's entry from its modulated input (the adapter then passes a reader)."""
+        return self._decide_after == -1
+
+    def block(
+        self, key: str, index: int, module: torch.nn.Module, compute: Callable[[], Any], streams: Any,
+        modulated: Callable[[], torch.Tensor] | None = None,
+    ) -> Any:
         """A whole block (target "block"): its input plus the cached residual, or computed.
 
         `streams` is what the block updates (its `hidden_states`, or a tuple of image and
@@ -366,6 +381,9 @@ class Strategy:
         cache = self.caches[key]
         slot = index + self._offset
         single = isinstance(streams, torch.Tensor)
+        if index == 0 and self._decide_after == -1 and self._branch == 0:
+            assert modulated is not None, "the adapter passes block 0's modulated input to a gate that reads it"
+            self._decide_at_entry(modulated())
         if self._reuse[index]:
             held = cache.reuse(slot, module, first_tensor(streams))
             if single:
@@ -396,6 +414,22 @@ class Strategy:
         self._reuse = self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)])
         if not any(self._reuse):
             self._reference = residual.detach()
+        self._begin_caches(ctx.step)
+
+    def _decide_at_entry(self, modulated: torch.Tensor) -> None:
+        """The gate's decision for every block, from block 0's modulated input, before block 0 runs.
+
+        As in TeaCache the change is against the previous step's input, computed or not. The
+        gate is asked where some block is eligible (every step but the first with the `all`
+        scheduler), like every gate."""
+        ctx = self._ctx
+        assert ctx is not None, "before_step() must be called before the forward"
+        eligible = self._eligible(ctx.step)
+        previous, self._modulated = self._modulated, modulated.detach()
+        change = math.inf if previous is None else float(signals.residual_change(modulated, previous))  # the step's one host sync
+        ctx.signals = {signals.MODULATION_CHANGE: change}
+        decided = self._decide(ctx, eligible) if any(eligible) else [False] * len(eligible)
+        self._reuse = [bool(d) and e for d, e in zip(decided, eligible)]
         self._begin_caches(ctx.step)
 
     def _gather_signals(self, ctx: StepContext) -> dict[str, Any]:

@@ -44,7 +44,7 @@ TOP_KEYS = (
     "name", "description", "model", "sampler", "class_labels", "prompt_lengths", "prompts", "prompt_embeddings",
     "seeds", "device", "dtype", "threads", "timing", "baseline", "probe_queries", "quality", "execution", "compile", "parallel", "cases",
 )
-CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution", "parallel")
+CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution", "parallel", "diffusers-hook")
 COMPILE_KEYS = ("backend", "mode", "max_graphs")
 TEXT_KEYS = ("prompt_lengths", "prompts", "prompt_embeddings")
 SAMPLER_KEYS = ("name", "steps", "guidance_scale")
@@ -93,10 +93,12 @@ class Case:
     base: str = ""
     parallel: Parallel | None = None
     """Context parallelism over several ranks (`dqar_bench.distributed.context_parallel`); None: one rank."""
+    hook: dict[str, Any] | None = None
+    """`diffusers-hook`: one of diffusers' cache hooks, {name, config} (`dqar_bench.diffusers_hooks`), instead of parts."""
 
     @property
     def untouched(self) -> bool:
-        return not self.parts
+        return not self.parts and self.hook is None
 
     @property
     def base_name(self) -> str:
@@ -350,7 +352,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         raise r.error("field 'cases' must be a non-empty list of cases")
     planned: list[tuple[Case, tuple[str, ...]]] = []
     for index, raw in enumerate(raw_cases):
-        built = _cases(r, raw, index, registry, spec)
+        built = _cases(r, raw, index, registry, spec, steps)
         modes = default_modes
         if raw.get("execution") is not None:
             modes = _modes(r, raw["execution"], f"case '{raw['name']}': field 'execution'")
@@ -632,7 +634,7 @@ def _check_pipeline(r: "_Reader", name: str, spec: families.Family | None) -> No
         raise r.error(f"field 'model.pipeline': {reason}")
 
 
-def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: families.Family | None = None) -> list[Case]:
+def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: families.Family | None = None, steps: int = 20) -> list[Case]:
     if not isinstance(raw, dict):
         raise r.error(f"cases[{index}]: each case must be a mapping with at least 'name'")
     name = raw.get("name")
@@ -640,6 +642,8 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
         raise r.error(f"cases[{index}]: field 'name' is missing; give the case a name")
     where = f"case '{name}'"
     r.check_keys(raw, CASE_KEYS, "", where)
+    if "diffusers-hook" in raw:
+        return [_hook_case(r, raw, where, steps)]
     specs: dict[str, PartSpec] = {}
     for kind in KINDS:
         if kind in raw:
@@ -671,6 +675,21 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
         _build(r, f"case '{case.name}' (sweep of '{name}')", case, registry, family)
         cases.append(case)
     return cases
+
+
+def _hook_case(r: "_Reader", raw: dict, where: str, steps: int) -> Case:
+    """A case that runs one of diffusers' own cache hooks instead of dqar-bench parts."""
+    from dqar_bench.diffusers_hooks import HookConfigError, check
+
+    mixed = [k for k in (*KINDS, "sweep") if k in raw]
+    if mixed:
+        raise r.error(f"{where}: fields 'diffusers-hook' and '{mixed[0]}': a case runs either diffusers' hook or dqar-bench parts; split it into two cases")
+    try:
+        hook = check(raw["diffusers-hook"], steps)
+    except HookConfigError as exc:
+        raise r.error(f"{where}: {exc}") from None
+    description = r.get(raw, "description", str, default="", field=f"description' of case '{raw['name']}")
+    return Case(raw["name"], {}, description, hook=hook)
 
 
 def _with_defaults(specs: dict[str, PartSpec]) -> dict[str, PartSpec]:

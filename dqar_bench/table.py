@@ -37,8 +37,11 @@ COLUMNS = [
 COMPARABLE = ("batch", "steps", "sampler", "guidance_scale", "device", "dtype", "execution_mode")
 
 
-def parts_label(parts: dict[str, Any]) -> str:
-    """`gate / cache / quantizer / scheduler` with parameters; the untouched model says so."""
+def parts_label(parts: dict[str, Any], hook: dict[str, Any] | None = None) -> str:
+    """`gate / cache / quantizer / scheduler` with parameters, or `diffusers:<hook>(config)`; the untouched model says so."""
+    if hook:
+        inner = ", ".join(f"{k}={v}" for k, v in (hook.get("config") or {}).items())
+        return f"diffusers:{hook['name']}({inner})" if inner else f"diffusers:{hook['name']}"
     if not parts:
         return "(untouched model)"
     labels = []
@@ -68,7 +71,7 @@ def results_frame(records: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
         base = latest.get(own)
         base_ok = base is not None and base.get("status") == "ok" and bool(base.get("latency_s"))
         row: dict[str, Any] = {c: None for c in COLUMNS}
-        row.update(case=record["case"], status=record.get("status"), parts=parts_label(record.get("parts") or {}),
+        row.update(case=record["case"], status=record.get("status"), parts=parts_label(record.get("parts") or {}, record.get("diffusers_hook")),
                    error=record.get("error") or "", is_baseline=record["case"] == own,
                    execution=record.get("execution_mode", "eager"))
         if ok:

@@ -40,8 +40,10 @@ GATES = {
     "dqar": ("dqar", {"threshold": 50.0, "warmup": 1, "snr_low": 0.0, "snr_high": 1e9}),
     "policy": ("policy", {"threshold": 0.01}),
     "residual-change": ("residual-change", {"threshold": 1e9}),
+    "teacache": ("teacache", {"threshold": 1e9}),
+    "magnitude": ("magnitude", {"threshold": 1e9, "retention_ratio": 0.0}),
 }
-CACHES = {name: name for name in ("attention-output", "kv", "attention-mlp-output", "cross-attention-output", "block-residual", "forecast")}
+CACHES = {name: name for name in ("attention-output", "kv", "attention-mlp-output", "cross-attention-output", "block-residual", "forecast", "faster-attention")}
 QUANTIZERS = {  # `none` is every other case's quantizer
     "int8-per-channel": ("int8", {"mode": "per_channel"}),
     "int8-per-head": ("int8", {"mode": "per_head", "heads": 2}),
@@ -55,7 +57,7 @@ def _assembly(kind: str, name: str) -> dict[str, object]:
     parts: dict[str, object] = {"scheduler": "all", "gate": ("interval", {"every": 2}), "cache": "attention-output", "quantizer": "none"}
     if kind == "gate":
         parts["gate"] = GATES[name]
-        if name == "residual-change":
+        if name in ("residual-change", "teacache", "magnitude"):
             parts["cache"] = "block-residual"
     elif kind == "cache":
         parts["cache"] = CACHES[name]
@@ -139,7 +141,7 @@ def test_every_part_runs_or_is_refused_on_every_family(tinies, registry, family,
     assert not any("forward" in m.__dict__ for m in transformer.modules())  # removed cleanly
     assert out.shape == tiny.baseline.shape and torch.isfinite(out).all()
     assert s.stats.evaluations == STEPS * tiny.model.num_blocks
-    if kind in ("cache", "quantizer") or name in ("interval", "warmup-interval"):
+    if kind in ("cache", "quantizer") or name in ("interval", "warmup-interval", "teacache", "magnitude"):
         assert s.stats.reused > 0 and not torch.equal(out, tiny.baseline)
 
 

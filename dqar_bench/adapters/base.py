@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from dqar_bench.families import Blocks, Family
+from dqar_bench.families import Blocks, Family, Modulation
+from dqar_bench.modulation import reader
 from dqar_bench.parts import Part
 from dqar_bench.strategy import SITES, Strategy
 
@@ -67,7 +68,7 @@ class Adapter:
         installation = Installation(strategy)
         if strategy is None:
             return installation
-        reason = self.refusal(type(strategy.cache))
+        reason = self.refusal(type(strategy.cache)) or self.refusal(type(strategy.gate))
         if reason:
             raise NotImplementedError(reason)
         if any(getattr(b, "_chunk_size", None) for _, b in flat) and "mlp" in strategy.caches:
@@ -78,7 +79,12 @@ class Adapter:
             for index, (spec, block) in enumerate(flat):
                 if site == "block":
                     uses.setdefault("block", set()).add(index)
-                    plan.append((block, BlockForward(strategy, "block", index, block, spec.returns)))
+                    forward = BlockForward(strategy, "block", index, block, spec.returns)
+                    if index == 0 and strategy.reads_modulation:
+                        assert isinstance(self.family.modulation, Modulation), self.family.modulation
+                        m = self.family.modulation
+                        forward.modulation = reader(block, forward.original, m.module, m.recipe)
+                    plan.append((block, forward))
                     continue
                 route = strategy.attention if site == "attention" else strategy.output
                 for j, name in enumerate(self._modules(site)):
@@ -88,7 +94,7 @@ class Adapter:
                     key = site if j == 0 else f"{site}/{j}"
                     uses.setdefault(key, set()).add(index)
                     plan.append((module, functools.partial(route, key, index, module, module.forward)))
-        strategy.bind(uses, self.family.own_attention)
+        strategy.bind(uses, self.family.own_attention, self.family)
         try:
             for module, forward in plan:
                 installation.patch(module, forward)
@@ -120,19 +126,22 @@ class BlockForward:
         self.single = len(names) == 1
         self.order = tuple(returns.index(n) for n in names)
         self.restore = tuple(names.index(n) for n in returns)
+        self.modulation: Callable[[tuple, dict], torch.Tensor] | None = None
+        """Block 0 of a strategy whose gate reads it: block 0's modulated input for a call's arguments."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        modulated = None if self.modulation is None else (lambda: self.modulation(args, kwargs))  # type: ignore[misc]
         if self.single:  # hidden states in, hidden states out
             name, position = self.reads[0]
             hidden = kwargs[name] if name in kwargs else self._read(name, position, args, kwargs)
-            return self.strategy.block(self.key, self.index, self.module, lambda: self.original(*args, **kwargs), hidden)
+            return self.strategy.block(self.key, self.index, self.module, lambda: self.original(*args, **kwargs), hidden, modulated)
         streams = tuple(self._read(name, position, args, kwargs) for name, position in self.reads)
 
         def compute() -> Any:
             out = self.original(*args, **kwargs)
             return tuple(out[i] for i in self.order)
 
-        result = self.strategy.block(self.key, self.index, self.module, compute, streams)
+        result = self.strategy.block(self.key, self.index, self.module, compute, streams, modulated)
         return tuple(result[i] for i in self.restore)
 
     @staticmethod

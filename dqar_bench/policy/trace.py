@@ -104,11 +104,11 @@ def select_cases(suite: Suite, names: list[str] | None, progress: Callable[[str]
             if name not in known:
                 raise DqarError(f"{suite.path}: --case '{name}': no such case (cases: {', '.join(known)})")
             case = suite.case(name)
-            if case.untouched:
+            if not case.parts:
                 raise DqarError(f"{suite.path}: --case '{name}': the case uses no cache (it names no parts); name a case that does")
             chosen.append(case)
     else:
-        chosen = [c for c in suite.cases if not c.untouched]
+        chosen = [c for c in suite.cases if c.parts]
         if not chosen:
             raise DqarError(f"{suite.path}: no case uses a cache; add a case with 'cache: attention-output' (or any part)")
     unique: dict[tuple[str, ...], Case] = {}

@@ -57,7 +57,7 @@ def section(runs: list[Run]) -> str:
     maps, untracked = [], []
     for run in runs:
         for entry in run.entries:
-            if not entry.ok or not entry.record.get("parts"):
+            if not entry.ok or not (entry.record.get("parts") or entry.record.get("diffusers_hook")):
                 continue  # the untouched model reuses nothing; failures are in the table
             if entry.record.get("reuse_map"):
                 maps.append(reuse_map(entry))

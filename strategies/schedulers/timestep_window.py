@@ -29,13 +29,13 @@ class TimestepWindow(Scheduler):
 
     PLUGIN_NAME = "timestep-window"
 
-    low: int = field(default=100, metadata={"help": "reuse only above this timestep (exclusive)"})
+    low: int = field(default=100, metadata={"help": "reuse only above this timestep (exclusive; -1 lets t = 0 reuse, as FasterCache's (-1, 681))"})
     high: int = field(default=800, metadata={"help": "reuse only below this timestep (exclusive)"})
     num_train_timesteps: int = field(default=1000, metadata={"help": "for the assumed spacing when no sampler timesteps are known"})
 
     def __post_init__(self) -> None:
-        if not 0 <= self.low < self.high:
-            raise ValueError(f"parameters 'low' and 'high' must satisfy 0 <= low < high, got {self.low} and {self.high}")
+        if not -1 <= self.low < self.high:
+            raise ValueError(f"parameters 'low' and 'high' must satisfy -1 <= low < high, got {self.low} and {self.high}")
         if self.num_train_timesteps < 1:
             raise ValueError(f"parameter 'num_train_timesteps' must be >= 1, got {self.num_train_timesteps}")
 
