@@ -69,12 +69,18 @@ FASTER_CACHE_CFG = {
 """Why FasterCache's CFG cache cannot run on a family's guidance mode; its attention cache
 runs everywhere with `is_guidance_distilled: true`, which a suite must then set."""
 
+UNREGISTERED = {"sana": (
+    "diffusers' TransformerBlockRegistry has no entry for SanaTransformerBlock, and its block-level hooks read a block's "
+    "outputs through that registry"
+)}
+"""Families whose blocks diffusers' FirstBlockCache and MagCache hooks cannot read."""
+
 HOOKS: dict[str, HookKind] = {
     kind.name: kind
     for kind in (
         HookKind(
             "first-block-cache", "FirstBlockCacheConfig", "apply_first_block_cache",
-            refusals={"sd3": (
+            refusals={**UNREGISTERED, "sd3": (
                 "SD3's last joint block returns no text stream (context_pre_only), and diffusers' FBCBlockHook subtracts "
                 "that None from the head block's text output at the tail"
             )},
@@ -93,7 +99,7 @@ HOOKS: dict[str, HookKind] = {
         ),
         HookKind(
             "mag-cache", "MagCacheConfig", "apply_mag_cache",
-            defaults={"mag_ratios": "flux"},
+            defaults={"mag_ratios": "flux"}, refusals=UNREGISTERED,
         ),
     )
 }

@@ -358,6 +358,7 @@ FAMILIES: tuple[Family, ...] = (
         scheduler=flow_schedule(3.0),
         latent_size=(32, 32),
         names=("sana",),
+        modulation=Modulation("norm1", "scale-shift-table"),
     ),
 )
 
