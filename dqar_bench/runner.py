@@ -8,7 +8,8 @@ nothing behind. The model is built once per suite. Then, in two phases:
    (`case_run.CaseRun.prepare`): warmup (the first call is the cold figure), one call per
    seed whose outputs are scored against the baseline's and counted for FLOPs and reuse,
    and the images for FID. Cases timed blocked (strong execution modes, which keep
-   compiled programs alive, or `timing.order: blocked`) run their timed rounds here.
+   compiled programs alive, or `timing.order: blocked`) run their timed rounds here and are
+   recorded at once, so a crash (or a rank that dies) keeps every case finished so far.
 2. Time: `repeats` rounds; in each, every case runs once per seed, in an order shuffled
    per round from `timing.round_seed`, installing its strategy before its calls and
    removing it after (`dqar_bench.rounds`). Each finished round is fsynced to
@@ -334,6 +335,10 @@ class _Session:
                 self.run.save_outputs(case.name, one.outputs)
                 one.record["outputs_file"] = str(self.run.outputs_path(case.name).relative_to(self.run.path))
                 keep_previews(self.run, case.name, one.outputs, self.kit.decode, say)  # decoded pictures for the report (VAE models)
+            if one.blocked and self._records(one):  # its rounds are done (and its baseline's, prepared before it): record it now
+                record = one.finish(self.log.entries())
+                self.run.append(record)
+                say(_summary(record))
 
     def _time_rounds(self, runs: list[CaseRun], say: Progress) -> None:
         """Interleaved rounds: each case once per seed per round, in a seeded shuffled order.
