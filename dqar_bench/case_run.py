@@ -36,9 +36,8 @@ from dqar_bench.distributed.shares import Share, merge_fid, merge_flops, merge_o
 from dqar_bench.distributed.world import World
 from dqar_bench.execution import Execution, unsupported
 from dqar_bench.measure.classify import class_accuracy
-from dqar_bench.measure.fidelity import to_uint8
+from dqar_bench.measure.fidelity import Features, to_uint8
 from dqar_bench.measure.flops import FlopCount, count_flops, summarize
-from dqar_bench.measure.fidelity import Features
 from dqar_bench.measure.instruments import Instruments, fid_image_indices, generate_images
 from dqar_bench.measure.meter import CaseMeter
 from dqar_bench.measure.stats import Measurement

@@ -149,6 +149,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from dqar_bench.policy.trace import trace_suite
     from dqar_bench.suite import load_suite
 
+    from dqar_bench.distributed.launch import single_process_only
+
+    single_process_only("dqar-bench trace")
     suite = load_suite(args.suite)
     options = {k: v for k, v in (("tolerance", args.tolerance), ("max_samples", args.max_samples)) if v is not None}
     summary = trace_suite(suite, args.output, args.case, **options)

@@ -56,24 +56,18 @@ def round_order(names: list[str], round_seed: int, round_index: int) -> list[str
 class RoundLog:
     """`rounds.jsonl` of a run directory (or, with no path, kept in memory only)."""
 
-    def __init__(self, path: Path | None, earlier: list[dict[str, Any]] | None = None) -> None:
-        """`earlier`: without a path, the rounds already in the run (a rank that does not write it)."""
+    def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._earlier = list(earlier or [])
         self._memory: list[dict[str, Any]] = []
 
     def entries(self) -> list[dict[str, Any]]:
         """Every complete round, in order; a torn last line (a crash mid-write) is skipped."""
         if self.path is None:
-            return self._earlier + self._memory
+            return list(self._memory)
         return read_lines(self.path, lambda e: isinstance(e.get("cases"), dict) and isinstance(e.get("round"), int))
 
     def next_round(self) -> int:
         return max((e["round"] for e in self.entries()), default=-1) + 1
-
-    def added(self) -> list[dict[str, Any]]:
-        """The rounds appended in memory (to be sent to the rank that writes the run)."""
-        return list(self._memory)
 
     def append(self, entry: dict[str, Any]) -> None:
         if self.path is None:

@@ -182,10 +182,9 @@ class _Session:
         self.world = world = world or World()
         self.shard = shard_cases and world.distributed
         team = World(device=device) if self.shard else world
-        stamp, next_round, earlier = world.broadcast(
-            (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ"), RoundLog(run.rounds_path).next_round(), RoundLog(run.rounds_path).entries())
-            if world.is_main else None, "the session's rounds")
-        self.log = RoundLog(run.rounds_path, rank_entries(earlier, world.rank) if run.rounds_path is None else None)
+        self.log = RoundLog(run.rounds_path)  # the other ranks keep theirs in memory (sent to rank 0 under --shard cases)
+        stamp, next_round = world.broadcast(
+            (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ"), self.log.next_round()) if world.is_main else None, "the session")
         self.ctx = RunContext(suite, model, device, registry, kit, condition, self.log, stamp, next_round, world, team)
         self.progress = progress
         self.cases = suite.ordered_cases()
@@ -234,7 +233,7 @@ class _Session:
     def _collect(self) -> None:
         """`--shard cases`: every rank's records, outputs and rounds into rank 0's run directory."""
         box = self.run.contents() if isinstance(self.run, Outbox) else None
-        boxes = self.world.gather((box, self.log.added()), "records of every rank")
+        boxes = self.world.gather((box, self.log.entries() if box is not None else None), "records of every rank")
         if boxes is not None:
             for contents, rounds in boxes[1:]:
                 deliver(self.run, self.log, contents, rounds)

@@ -221,3 +221,20 @@ def test_sharded_cases_go_round_robin_and_every_rank_keeps_the_baselines():
     names = ["baseline", "baseline-compile", "a", "b", "c"]
     assert my_cases(names, {"baseline", "baseline-compile"}, World(rank=1, world_size=2, backend="gloo"), shard=True) == ["baseline", "baseline-compile", "b"]
     assert my_cases(names, {"baseline"}, World(rank=1, world_size=2, backend="gloo"), shard=False) == names
+
+
+def test_trace_refuses_to_run_as_one_of_several_ranks(monkeypatch, capsys, tmp_path):
+    from dqar_bench.cli import main
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["trace", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "t.jsonl")]) == 2
+    assert "dqar-bench trace does not split its work across ranks (this is rank 1 of 2)" in capsys.readouterr().err
+
+
+def test_the_fid50k_suite_validates_on_a_cpu_and_records_each_case_as_it_finishes():
+    from dqar_bench.suite import load_suite
+
+    suite = load_suite(ROOT / "suites" / "fid50k-dit-xl-256.yaml")
+    assert (suite.quality.fid, suite.steps, suite.guidance_scale, suite.timing_order) == (50000, 50, 1.5, "blocked")
+    assert [c.name for c in suite.cases] == ["baseline", "full_dqar"]

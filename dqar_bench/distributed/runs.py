@@ -48,6 +48,7 @@ def together(world: World, fn: Callable[[], T], what: str) -> T:
         if not world.distributed:
             raise
         value, failure = None, (str(exc), exc.exit_code)
+    world.barrier(what)  # names a rank that hung in `fn`
     failures = [(rank, f) for rank, f in enumerate(world.all_gather(failure, what)) if f is not None]
     if failures:
         rank, (message, code) = failures[0]
