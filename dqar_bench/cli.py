@@ -24,6 +24,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dqar_bench.models import offline_problem
     from dqar_bench.suite import load_suites
 
+    if args.rank_timeout is not None and not args.rank_timeout > 0:
+        raise DqarError(f"--rank-timeout must be a positive number of seconds, got {args.rank_timeout:g}")
     suites = load_suites(args.suite, inception_weights=args.inception_weights)  # a bad suite is one line here, not one per rank
     for suite in suites:
         problem = offline_problem(suite.model, suite.allow_download)
@@ -31,8 +33,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ModelError(f"{suite.path}: field 'model': {problem}")  # before any run directory is made
     if args.rerun_changed and args.resume is None:
         raise DqarError("--rerun-changed reruns the changed cases of a run being resumed; give --resume DIR too")
-    if args.rank_timeout is not None and not args.rank_timeout > 0:
-        raise DqarError(f"--rank-timeout must be a positive number of seconds, got {args.rank_timeout}")
     if args.nproc is not None:
         return launch(args.nproc, without_nproc(args.argv))
     from dqar_bench.distributed.world import DEFAULT_TIMEOUT_S, init_world

@@ -260,6 +260,8 @@ class _Session:
             self.ctx.rounds_of[(name, rank)] = list(ids)
         baselines = {c.name for c in self.cases if self.suite.is_baseline(c)}
         mine = set(my_cases([c.name for c in self.cases if c.name in wanted], baselines, self.world, self.shard))
+        if self.shard and not self.world.is_main and not mine - baselines:
+            mine = set()  # no case of its own: nothing to prepare a baseline for
         needed = {self.suite.baseline_for(c) for c in self.cases if c.name in mine and c.name not in baselines}
         runs: list[CaseRun] = []
         for case in self.cases:

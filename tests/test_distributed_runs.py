@@ -238,3 +238,10 @@ def test_the_fid50k_suite_validates_on_a_cpu_and_records_each_case_as_it_finishe
     suite = load_suite(ROOT / "suites" / "fid50k-dit-xl-256.yaml")
     assert (suite.quality.fid, suite.steps, suite.guidance_scale, suite.timing_order) == (50000, 50, 1.5, "blocked")
     assert [c.name for c in suite.cases] == ["baseline", "full_dqar"]
+
+
+def test_a_rank_timeout_must_be_positive(tmp_path, capsys):
+    from dqar_bench.cli import main
+
+    assert main(["run", str(tmp_path / "s.yaml"), "--rank-timeout", "0"]) == 2
+    assert capsys.readouterr().err == "error: --rank-timeout must be a positive number of seconds, got 0\n"
