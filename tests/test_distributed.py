@@ -270,3 +270,26 @@ def test_nproc_with_a_bad_suite_is_one_line_before_any_rank_starts(tmp_path, cap
     assert main(["run", str(tmp_path / "missing.yaml"), "--nproc", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read the suite file" in err
+
+
+def test_nproc_keeps_the_exit_status_of_the_first_rank_that_failed(monkeypatch):
+    """torchrun raises ChildFailedError (and would exit 1) whatever the ranks said; launch returns theirs."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    seen = []
+
+    def failing(code):
+        def run(config):
+            seen.append(config.nproc_per_node)
+            raise ChildFailedError("dqar_bench", {1: ProcessFailure(local_rank=1, pid=1, exitcode=code, error_file="/nonexistent")})
+        return run
+
+    monkeypatch.setattr(torchrun, "run", failing(2))
+    assert launch(2, ["run", "s.yaml"]) == 2 and seen == ["2"]  # torchrun's own parser read --nproc-per-node 2
+    monkeypatch.setattr(torchrun, "run", failing(-9))  # killed by a signal
+    assert launch(2, ["run", "s.yaml"]) == 128 + 9
+    monkeypatch.setattr(torchrun, "run", lambda config: None)
+    assert launch(2, ["run", "s.yaml"]) == 0
