@@ -173,6 +173,27 @@ def test_a_dead_rank_leaves_a_run_that_resume_finishes_with_another_number_of_ra
     assert finished["q"]["world_size"] == 1 and finished["iv"]["world_size"] == 2
 
 
+def test_a_hung_rank_stops_the_run_with_one_line_naming_it(tmp_path):
+    suite = tmp_path / "hang.yaml"  # no FID: rank 0 reaches the exchange of case iv at once
+    suite.write_text(SUITE.replace("ORDER", "blocked").split("quality:")[0] + "baseline: baseline\ncases:\n  - name: baseline\n  - name: iv\n    gate: {name: interval, every: 2}\n    cache: attention-output\n")
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        environ = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DQAR_TEST_HANG="iv")
+        environ["PYTHONPATH"] = str(ROOT)
+        argv = ["run", str(suite), "-o", str(tmp_path / "run"), "--rank-timeout", "8"]  # room for the ranks to start apart on a busy machine
+        procs.append(subprocess.Popen([sys.executable, str(RANK), *argv], env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        _, err = procs[0].communicate(timeout=300)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert procs[0].returncode == 1, err
+    assert err.strip().splitlines()[-1] == "error: rank 1 did not reach 'case 'iv' prepared' within 8 s (it hung or died; see its own output)"
+    assert {name: r["status"] for name, r in records(tmp_path / "run").items()} == {"baseline": "ok"}
+
+
 # --- one process: the pieces ---------------------------------------------------------------
 
 
