@@ -12,12 +12,18 @@ and its caches are emptied, so that the next case starts from the same model.
 
 `finish` builds the record from the rounds in the run's round log: every timed call, the
 case's seconds per round and its baseline's in the same rounds (`dqar_bench.rounds`).
+
+Several ranks (`RunContext.team`) prepare a case together: each makes its share of the
+scored and FID calls, and `prepare` ends with one exchange in which rank 0 joins the shares
+and scores them (`dqar_bench.distributed.shares`); a plain process is a team of one and
+takes the same path.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
+import statistics
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,15 +33,16 @@ import torch
 from dqar_bench import __version__
 from dqar_bench.adapters import adapter_for
 from dqar_bench.diffusers_hooks import DiffusersHook, installed
-from dqar_bench.distributed import World
 from dqar_bench.distributed.context_parallel import context_parallel, whole_call_flops
 from dqar_bench.distributed.context_parallel import refusal as parallel_refusal
+from dqar_bench.distributed.shares import Share, merge_fid, merge_flops, merge_outputs, merge_reuse, rank_entries, settle
+from dqar_bench.distributed.world import World
 from dqar_bench.execution import Execution, unsupported
 from dqar_bench.measure.classify import class_accuracy
 from dqar_bench.measure.clip_score import clip_score
-from dqar_bench.measure.fidelity import to_uint8
+from dqar_bench.measure.fidelity import Features, to_uint8
 from dqar_bench.measure.flops import FlopCount, count_flops, summarize
-from dqar_bench.measure.instruments import Instruments, generate_images
+from dqar_bench.measure.instruments import Instruments, fid_image_indices, generate_images
 from dqar_bench.measure.meter import CaseMeter
 from dqar_bench.measure.stats import Measurement
 from dqar_bench.models import LoadedModel
@@ -43,7 +50,7 @@ from dqar_bench.parts import build_part
 from dqar_bench.pipelines import EAGER_ONLY, call_pipeline
 from dqar_bench.plugins import Registry
 from dqar_bench.quality import compare_outputs
-from dqar_bench.rounds import RoundLog, pair
+from dqar_bench.rounds import RoundLog, pair, paired_ratios
 from dqar_bench.sampling import Condition, denoise, labels_condition, make_scheduler
 from dqar_bench.strategy import Strategy
 from dqar_bench.suite import Case, Suite
@@ -76,17 +83,40 @@ class RunContext:
     session: str = ""
     next_round: int = 0
     world: World = field(default_factory=World)
+    """Every rank of the run: round ids are unique over it, and each round line names its rank."""
+    team: World = field(default_factory=World)
+    """The ranks that prepare and time each case together: the whole world (data parallel), or
+    this rank alone (`--shard cases`, and a plain process)."""
+    rounds_of: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    """(case, rank) -> the rounds that rank timed the case in (kept by the team's rank 0, for per-rank figures)."""
+    _taken: int = 0
 
     def take_round(self) -> int:
-        self.next_round += 1
-        return self.next_round - 1
+        """Round k of this session on rank r is `next_round + k * ranks + r`: no two ranks share an id."""
+        self._taken += 1
+        return self.next_round + (self._taken - 1) * self.world.world_size + self.world.rank
 
-    def log_round(self, round_id: int, timing_order: str, order: list[str], cases: dict[str, Any]) -> None:
-        """One finished round to `rounds.jsonl`: the one shape of a round line, interleaved or blocked."""
+    def log_round(self, round_id: int, timing_order: str, order: list[str], cases: dict[str, Any], failed: dict[str, str] | None = None) -> dict[str, str]:
+        """Every rank's finished round to `rounds.jsonl` (the team's rank 0 writes); the cases that
+        failed in it on any rank, with their errors, so that every rank drops them alike."""
+        what = f"timing round {round_id}"
+        self.team.barrier(what)  # names a rank that hung or died
+        errors: dict[str, str] = {}
+        for rank, rid, order_r, cases_r, failed_r in self.team.all_gather((self.world.rank, round_id, order, cases, failed or {}), what):
+            if self.team.is_main:
+                self.write_round(rank, rid, timing_order, order_r, cases_r)
+            for name, error in failed_r.items():
+                errors.setdefault(name, f"rank {rank}: {error}" if self.team.distributed else error)
+        return errors
+
+    def write_round(self, rank: int, round_id: int, timing_order: str, order: list[str], cases: dict[str, Any]) -> None:
+        """One round line: the one shape of a round line, interleaved or blocked, of any rank."""
         self.log.append({
-            "round": round_id, "session": self.session, "timing_order": timing_order,
+            "round": round_id, "rank": rank, "session": self.session, "timing_order": timing_order,
             "round_seed": self.suite.round_seed, "order": order, "cases": cases,
         })
+        for name in cases:
+            self.rounds_of.setdefault((name, rank), []).append(round_id)
 
 
 class CaseRun:
@@ -116,7 +146,7 @@ class CaseRun:
         """diffusers' own cache hook, for a `diffusers-hook` case (then there is no strategy)."""
         self.outputs: dict[int, torch.Tensor] | None = None
         self.status = "pending"
-        self._fid_images: torch.Tensor | None = None
+        self._share = Share(ctx.world.rank, str(ctx.device))
         self._session_calls = 0
         suite = ctx.suite
         self.record: dict[str, Any] = {
@@ -137,6 +167,8 @@ class CaseRun:
             "baseline_case": suite.baseline_for(case),
             "seeds": suite.seeds,
             "device": str(ctx.device),
+            "rank": ctx.world.rank,
+            "world_size": ctx.world.world_size,
             "dtype": suite.dtype,
             "suite_hash": suite.content_hash,
             "dqar_bench": __version__,
@@ -156,8 +188,12 @@ class CaseRun:
     # -- phase 1 ---------------------------------------------------------------------------
 
     def prepare(self, blocked_rounds: int = 0, reference: dict[int, torch.Tensor] | None = None) -> None:
-        """Warmup, blocked rounds, scored outputs, FLOPs and FID images; never raises for the case's own failure."""
+        """Warmup, blocked rounds, scored outputs, FLOPs and FID images; never raises for the case's own failure.
+
+        Every rank of the team calls it for the same cases in the same order: it ends in one
+        exchange (`_settle`), where rank 0 joins and scores the ranks' shares."""
         ctx, suite = self.ctx, self.ctx.suite
+        round_ids = [ctx.take_round() for _ in range(blocked_rounds)]  # taken before anything can fail: ids stay aligned over ranks
         try:
             self.strategy = build_strategy(self.case, ctx.registry, suite.probe_queries)
             reason, where = unsupported(self.case.execution, ctx.device, self.strategy), f"in {self.case.execution}"
@@ -172,14 +208,14 @@ class CaseRun:
             if reason:
                 self.status = "unsupported"
                 self.record.update(status="unsupported", error=f"unsupported {where}: {reason}", finished=_now())
-                return
-            self._prepare(blocked_rounds, reference)
+            else:
+                self._prepare(round_ids)
+                self.status = "ready"
         except Exception as exc:  # one broken case must not stop the suite
             self.fail(exc)
-            return
-        self.status = "ready"
+        self._settle(reference)
 
-    def _prepare(self, blocked_rounds: int, reference: dict[int, torch.Tensor] | None) -> None:
+    def _prepare(self, round_ids: list[int]) -> None:
         ctx, suite, mode = self.ctx, self.ctx.suite, self.case.execution
         transformer = ctx.model.transformer
         execution = Execution(mode, transformer, self.strategy, suite.execution_options)
@@ -196,11 +232,10 @@ class CaseRun:
                         warmup.append(timing.seconds)
                         ctx.kit.progress.tick()
                     _finite(warmup, "warmup timing")
-                    for _ in range(blocked_rounds):
+                    for round_id in round_ids:
                         with self._meter.timed_section():
                             timed = self._time_seeds(timer, forward)
-                        round_id = ctx.take_round()
-                        ctx.log_round(round_id, "blocked", [self.case.name], {self.case.name: timed})
+                        self._share.rounds.append((round_id, timed))  # written by the team's rank 0 in `_settle`
                         self.round_ids.append(round_id)
                 if not self.partner:
                     self._scored_calls(forward, mode)
@@ -211,27 +246,66 @@ class CaseRun:
             execution=execution.report(), timer=timer.method, cold_s=warmup[0] if warmup else None, warmup_s=warmup,
             memory=self._meter.report(0)["memory"],  # peaks over warmup, scored, FLOP and FID calls
         )
-        if not self.partner:
-            assert self.outputs is not None
-            self.record.update(
-                quality=_quality(self.outputs, reference, ctx.kit),
-                class_accuracy=_class_accuracy(self.outputs, ctx.condition, ctx.kit),
-                clip=_clip(self.outputs, suite.prompt_texts, ctx.kit),
-                fidelity=_fidelity(self._fid_images, ctx.suite.is_baseline(self.case), ctx.kit),
-            )
-        self._fid_images = None
+
+    def _settle(self, reference: dict[int, torch.Tensor] | None) -> None:
+        """The team's shares to its rank 0, which joins them, scores quality and decides the
+        case's status for every rank (a failure on one rank fails the case on all)."""
+        ctx, team, share = self.ctx, self.ctx.team, self._share
+        share.status, share.error, share.traceback = self.status, self.record.get("error"), self.record.get("traceback")
+        share.cold_s = self.record.get("cold_s")
+        shares = team.gather(share, f"case '{self.case.name}' prepared")
+        self._share = Share(ctx.world.rank, str(ctx.device))  # features and outputs are sent: let them go
+        decision = None
+        if shares is not None:
+            for part in shares:
+                for round_id, timed in part.rounds:
+                    ctx.write_round(part.rank, round_id, "blocked", [self.case.name], {self.case.name: timed})
+            status, error, trace = settle(shares, team.distributed)
+            if status != self.status or error != self.record.get("error"):
+                self.fail_as(error or "failed", trace)
+            elif self.ready and not self.partner:
+                try:
+                    self._score(shares, reference)
+                except Exception as exc:
+                    self.fail(exc)
+            decision = (self.status, self.record.get("error"))
+        status, error = team.broadcast(decision, f"status of case '{self.case.name}'")
+        if status != self.status:
+            self.fail_as(error, None)
+        if not team.is_main:
+            self.outputs = None  # rank 0 holds the case's outputs
+
+    def _score(self, shares: list[Share], reference: dict[int, torch.Tensor] | None) -> None:
+        """What one process would have measured, from every rank's share: outputs and FLOPs by
+        seed, reuse counts summed, FID features in the one-process order; then quality."""
+        ctx, suite = self.ctx, self.ctx.suite
+        self.outputs = merge_outputs(shares, suite.seeds)
+        self.record.update(merge_reuse([s.reuse for s in shares]))
+        self.record["flops"] = summarize(merge_flops(shares, suite.seeds))
+        self.record.update(
+            quality=_quality(self.outputs, reference, ctx.kit),
+            class_accuracy=_class_accuracy(self.outputs, ctx.condition, ctx.kit),
+            clip=_clip(self.outputs, suite.prompt_texts, ctx.kit),
+            fidelity=_fidelity(merge_fid(shares), ctx.suite.is_baseline(self.case), ctx.kit),
+        )
+        if ctx.team.distributed:
+            self.record["ranks"] = [
+                {"rank": s.rank, "device": s.device, "seeds": sorted(s.outputs), "fid_images": len(s.fid_indices), "cold_s": s.cold_s}
+                for s in shares
+            ]
 
     def _scored_calls(self, forward: Callable[..., torch.Tensor], mode: str) -> None:
         """One call per seed: the outputs scored for quality, the reuse, the FLOPs, then FID images.
 
         In eager mode the FLOP counter wraps the scored call itself (it runs the same kernels);
         a strong mode's outputs come from its own program, and the FLOPs from an eager call."""
-        ctx, suite, strategy = self.ctx, self.ctx.suite, self.strategy or self.hook
+        ctx, suite, strategy, share = self.ctx, self.ctx.suite, self.strategy or self.hook, self._share
         outputs: dict[int, torch.Tensor] = {}
         flops: dict[int, FlopCount] = {}
+        seeds = ctx.team.shard(suite.seeds)  # seed i to rank i mod N: each output has its one-process seed
         if strategy is not None:
             strategy.reset_stats()
-        for seed in suite.seeds:
+        for seed in seeds:
             if mode == "eager":
                 latents, flops[seed] = count_flops(lambda: self._call(seed, forward))
                 if self.case.parallel is not None:  # each rank counted its share of the call
@@ -241,24 +315,25 @@ class CaseRun:
             outputs[seed] = latents.detach().float().cpu()
             ctx.kit.progress.tick()
         stats = strategy.stats if strategy is not None else None
-        self.record.update(
-            reused=stats.reused if stats else 0,
-            evaluations=stats.evaluations if stats else 0,
-            reuse_ratio=stats.reuse_ratio if stats else 0.0,
-            cache_bytes=stats.peak_cache_bytes if stats else 0,
-            reuse_map=[list(row) for row in stats.reuse_map] if stats else None,  # [step][block]: scored calls that reused there (a copy: timed rounds go on counting)
-            reuse_map_calls=stats.calls if stats else 0,
-            nonfinite_cached=stats.nonfinite_cached if stats else 0,
-        )
+        if stats is not None:
+            share.reuse = {
+                "reused": stats.reused, "evaluations": stats.evaluations, "cache_bytes": stats.peak_cache_bytes,
+                "reuse_map": [list(row) for row in stats.reuse_map],  # [step][block]: scored calls that reused there (a copy: timed rounds go on counting)
+                "reuse_map_calls": stats.calls, "nonfinite_cached": stats.nonfinite_cached,
+            }
         if mode != "eager":
-            for seed in suite.seeds:
+            for seed in seeds:
                 _, flops[seed] = count_flops(lambda: self._call(seed, None))
         _check_outputs(outputs)
-        self.outputs = outputs
-        self.record["flops"] = summarize(flops)
+        share.outputs, share.flops = outputs, flops
         if ctx.kit.fid_images:
+            team, count = ctx.team, ctx.kit.fid_images
             call = lambda seed, labels: self._call(seed, forward, labels)  # noqa: E731
-            self._fid_images = generate_images(call, ctx.kit.fid_images, suite.batch, ctx.model.null_class, ctx.kit)
+            images = generate_images(call, count, suite.batch, ctx.model.null_class, ctx.kit, team.rank, team.world_size)
+            share.fid_indices = fid_image_indices(count, suite.batch, team.rank, team.world_size)
+            if share.fid_indices:
+                assert ctx.kit.extractor is not None
+                share.fid_features = ctx.kit.extractor.features(images)  # only features travel, never the images
 
     # -- phase 2 ---------------------------------------------------------------------------
 
@@ -295,8 +370,8 @@ class CaseRun:
 
     def finish(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
         """The case's record, from its rounds (the first `repeats` of them) and its baseline's."""
-        suite = self.ctx.suite
-        paired = pair(entries, self.round_ids[: suite.repeats], (self.case.name, self.key), self.baseline)
+        ctx, suite = self.ctx, self.ctx.suite
+        paired = pair(rank_entries(entries, ctx.world.rank), self.round_ids[: suite.repeats], (self.case.name, self.key), self.baseline)
         if not paired.round_s:
             self.fail(RuntimeError("no timed round finished"))
             return self.record
@@ -319,6 +394,8 @@ class CaseRun:
             energy=self._meter.report(images)["energy"],  # over this session's timed calls
             finished=_now(),
         )
+        if ctx.team.distributed:
+            self._rank_timings(entries)
         if self.blocked and suite.timing_order == "interleaved":
             record["timing_note"] = (
                 f"timed blocked: {self.case.execution} mode keeps its compiled programs alive, so its repeats ran back to "
@@ -327,9 +404,22 @@ class CaseRun:
         self.status = "done"
         return record
 
+    def _rank_timings(self, entries: list[dict[str, Any]]) -> None:
+        """Each rank's own timing figures, paired with the baseline it timed on its own device in the same rounds."""
+        suite, by_rank = self.ctx.suite, {r["rank"]: r for r in self.record.get("ranks") or []}
+        for rank in range(self.ctx.team.world_size):
+            ids = self.ctx.rounds_of.get((self.case.name, rank), [])[: suite.repeats]
+            paired = pair(rank_entries(entries, rank), ids, (self.case.name, self.key), self.baseline)
+            ratios = paired_ratios({"round_s": paired.round_s, "baseline_round_s": paired.baseline_round_s})
+            by_rank.setdefault(rank, {"rank": rank}).update(
+                round_ids=paired.round_ids, round_s=paired.round_s, baseline_round_s=paired.baseline_round_s,
+                median_s=Measurement.of(paired.latency_s).median if paired.latency_s else None,
+                speedup=float(statistics.median(ratios)) if ratios else None,
+            )
+        self.record["ranks"] = [by_rank[r] for r in sorted(by_rank)]
+
     def fail(self, exc: BaseException) -> None:
         self.status = "failed"
-        self._fid_images = None
         message = str(exc).splitlines()[0] if str(exc) else ""
         error = message if isinstance(exc, NonFinite) else f"{type(exc).__name__}: {message}"
         self.record.update(status="failed", error=error, round_ids=list(self.round_ids), finished=_now())
@@ -340,6 +430,13 @@ class CaseRun:
         """The case's context parallelism around its installed strategy (nothing for one rank)."""
         ctx = self.ctx
         return context_parallel(ctx.model.transformer, self.case.parallel, ctx.world, ctx.model.family, self.strategy)
+
+    def fail_as(self, error: str, trace: str | None) -> None:
+        """The case failed on another rank (`error` names it): it fails here too."""
+        self.status = "failed"
+        self.record.update(status="failed", error=error, round_ids=list(self.round_ids), finished=_now())
+        if trace:
+            self.record["traceback"] = trace
 
     def _call(self, seed: int, forward: Callable[..., torch.Tensor] | None, labels: list[int] | None = None) -> torch.Tensor:
         ctx = self.ctx
@@ -400,16 +497,17 @@ def _clip(outputs: dict[int, torch.Tensor], prompts: list[str] | None, kit: Inst
     return {**clip_score(images, list(prompts) * len(seeds), kit.clip), "weights": kit.quality.clip}
 
 
-def _fidelity(images: torch.Tensor | None, is_baseline: bool, kit: Instruments) -> dict[str, Any] | None:
-    """FID / IS / KID of the case's images; the baseline's images may be the reference itself."""
-    if images is None:
+def _fidelity(features: Features | None, is_baseline: bool, kit: Instruments) -> dict[str, Any] | None:
+    """FID / IS / KID of the case's images, from their features; the baseline's images may be the reference itself."""
+    if not features:
         return None
+    n = int(next(iter(features.values())).shape[0])
     if is_baseline and kit.quality.reference == "baseline" and kit.fidelity is None:
-        kit.adopt_reference(images)  # the first baseline's; a baseline in another mode is scored against it
-        return {"n": int(images.shape[0]), "reference": "this case (the baseline)", "feature_extractor": kit.quality.feature_extractor}
+        kit.adopt_reference(features)  # the first baseline's; a baseline in another mode is scored against it
+        return {"n": n, "reference": "this case (the baseline)", "feature_extractor": kit.quality.feature_extractor}
     if kit.fidelity is None:
-        return {"n": int(images.shape[0]), "note": "no reference: the baseline did not finish"}
-    return kit.fidelity.score(images)
+        return {"n": n, "note": "no reference: the baseline did not finish"}
+    return kit.fidelity.score_features(features)
 
 
 def _now() -> str:

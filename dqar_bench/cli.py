@@ -19,34 +19,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     """A suite file of several models runs one suite per model, into `<output>/<model>/`."""
     from pathlib import Path
 
-    from dqar_bench.distributed.launch import launch, single_process_only, without_nproc
+    from dqar_bench.distributed.launch import launch, without_nproc
     from dqar_bench.errors import ModelError
     from dqar_bench.models import offline_problem
     from dqar_bench.suite import load_suites
 
+    if args.rank_timeout is not None and not args.rank_timeout > 0:
+        raise DqarError(f"--rank-timeout must be a positive number of seconds, got {args.rank_timeout:g}")
     suites = load_suites(args.suite, inception_weights=args.inception_weights)  # a bad suite is one line here, not one per rank
     for suite in suites:
         problem = offline_problem(suite.model, suite.allow_download, suite.pipeline)
         if problem:
             raise ModelError(f"{suite.path}: field '{'model.pipeline' if suite.pipeline else 'model'}': {problem}")  # before any run directory is made
-    if args.nproc is not None:
-        return launch(args.nproc, without_nproc(args.argv))
-    single_process_only("dqar-bench run")  # until the runner shares its cases and FID images out (issue 12)
-    from dqar_bench.runner import run_suite
-
     if args.rerun_changed and args.resume is None:
         raise DqarError("--rerun-changed reruns the changed cases of a run being resumed; give --resume DIR too")
+    if args.nproc is not None:
+        return launch(args.nproc, without_nproc(args.argv))
+    from dqar_bench.distributed.world import DEFAULT_TIMEOUT_S, init_world
+    from dqar_bench.runner import run_suite
+
+    world = init_world(suites[0].device, args.rank_timeout or DEFAULT_TIMEOUT_S)  # a plain process is a World of one
     status = 0
-    for suite in suites:
-        output = args.resume or args.output
-        if output is not None and len(suites) > 1:
-            output = Path(output) / suite.model
-        run = run_suite(suite, output, resume=args.resume is not None, rerun_changed=args.rerun_changed)
-        latest = run.latest()  # a case that failed and then finished on resume counts as finished
-        failed = [c.name for c in suite.cases if c.name in latest and latest[c.name].get("status") not in ("ok", "unsupported")]
-        if failed:
-            print(f"{len(failed)} case(s) failed: {', '.join(failed)} (errors in {run.records_path})", file=sys.stderr)
-            status = 1
+    try:
+        for suite in suites:
+            output = args.resume or args.output
+            if output is not None and len(suites) > 1:
+                output = Path(output) / suite.model
+            run = run_suite(suite, output, resume=args.resume is not None, rerun_changed=args.rerun_changed, world=world, shard_cases=args.shard == "cases")
+            if run is None:  # not rank 0: rank 0 reports
+                continue
+            latest = run.latest()  # a case that failed and then finished on resume counts as finished
+            failed = [c.name for c in suite.cases if c.name in latest and latest[c.name].get("status") not in ("ok", "unsupported")]
+            if failed:
+                print(f"{len(failed)} case(s) failed: {', '.join(failed)} (errors in {run.records_path})", file=sys.stderr)
+                status = 1
+    finally:
+        world.close()
     return status
 
 
@@ -161,6 +169,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from dqar_bench.policy.trace import trace_suite
     from dqar_bench.suite import load_suite
 
+    from dqar_bench.distributed.launch import single_process_only
+
+    single_process_only("dqar-bench trace")
     suite = load_suite(args.suite)
     options = {k: v for k, v in (("tolerance", args.tolerance), ("max_samples", args.max_samples)) if v is not None}
     summary = trace_suite(suite, args.output, args.case, **options)
@@ -267,6 +278,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun-changed", action="store_true", help="with --resume: rerun the cases whose definition changed since they were recorded")
     run.add_argument("--inception-weights", metavar="PATH", help="local Inception weights file for FID / IS / KID (overrides quality.inception_weights)")
     run.add_argument("--nproc", type=int, metavar="N", help="run as N ranks on this machine under torch.distributed.run (torchrun --standalone)")
+    run.add_argument("--shard", choices=("cases",), help="under several ranks: spread the cases over the ranks (each runs its own, beside every baseline) instead of splitting each case's images")
+    run.add_argument("--rank-timeout", type=float, metavar="SECONDS", help="under several ranks: how long a rank waits for the others before it names the one that hung (default 1800)")
     validate = sub.add_parser("validate", help="check a suite file without running it")
     validate.add_argument("suite")
     validate.add_argument("--inception-weights", metavar="PATH", help="check with this Inception weights file, as `run --inception-weights` would use it")
@@ -327,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except DqarError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from dqar_bench.distributed.world import Echo
+
+        if not isinstance(exc, Echo):  # another rank's error: that rank (rank 0) prints it
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; finished cases are kept in records.jsonl (continue with --resume DIR)", file=sys.stderr)

@@ -36,8 +36,8 @@ except ImportError:  # pragma: no cover - not a POSIX system: no lock
 RECORDS = "records.jsonl"
 ROUNDS = "rounds.jsonl"
 LOCK = "run.lock"
-FID_REFERENCE = "fid-reference-images.safetensors"
-"""The baseline's images when they are the FID reference: outside `outputs/`, where only case files live."""
+FID_REFERENCE = "fid-reference-features.safetensors"
+"""The features of the baseline's images when they are the FID reference: outside `outputs/`, where only case files live."""
 MAX_NAME = 60
 """Characters of a case name kept in its file name (the hash keeps names apart)."""
 

@@ -8,7 +8,8 @@ nothing behind. The model is built once per suite. Then, in two phases:
    (`case_run.CaseRun.prepare`): warmup (the first call is the cold figure), one call per
    seed whose outputs are scored against the baseline's and counted for FLOPs and reuse,
    and the images for FID. Cases timed blocked (strong execution modes, which keep
-   compiled programs alive, or `timing.order: blocked`) run their timed rounds here.
+   compiled programs alive, or `timing.order: blocked`) run their timed rounds here and are
+   recorded at once, so a crash (or a rank that dies) keeps every case finished so far.
 2. Time: `repeats` rounds; in each, every case runs once per seed, in an order shuffled
    per round from `timing.round_seed`, installing its strategy before its calls and
    removing it after (`dqar_bench.rounds`). Each finished round is fsynced to
@@ -22,6 +23,12 @@ suite goes on.
 `--resume` finds finished cases by content (`dqar_bench.resume`); cases that still need
 rounds continue from those in `rounds.jsonl`, and the baseline of their mode is timed again
 in the new rounds, so every speedup pairs rounds that ran together.
+
+Under torchrun the same path runs on every rank (`dqar_bench.distributed.runs`): rank 0
+decides and writes the run directory, every rank loads the model on its own device, makes
+its share of each case's scored and FID calls and times every case against its own
+baseline; with `--shard cases` each rank runs its own cases instead. A plain process is a
+World of one.
 """
 
 from __future__ import annotations
@@ -37,11 +44,14 @@ import torch
 
 from dqar_bench.case_run import CaseRun, RunContext, build_strategy
 from dqar_bench.conditioning import condition_for
+from dqar_bench.distributed.runs import Outbox, check_devices, decide, deliver, my_cases, together
+from dqar_bench.distributed.shares import rank_entries
+from dqar_bench.distributed.world import World
 from dqar_bench.errors import DqarError, ModelError
 from dqar_bench.identity import case_identity, case_key, measurement_settings
 from dqar_bench.measure import environment
 from dqar_bench.measure.flops import per_call as flops_per_call
-from dqar_bench.measure.instruments import Instruments, build_instruments
+from dqar_bench.measure.instruments import Instruments, build_instruments, load_features
 from dqar_bench.measure.plot import plot_run
 from dqar_bench.measure.progress import Progress as ProgressBar
 from dqar_bench.models import LoadedModel, load_model
@@ -90,31 +100,52 @@ def run_suite(
     registry: Registry | None = None,
     progress: Progress = print,
     rerun_changed: bool = False,
-) -> RunDir:
-    """Run every case of `suite` into a run directory and write its tables."""
+    world: World | None = None,
+    shard_cases: bool = False,
+) -> RunDir | None:
+    """Run every case of `suite` into a run directory and write its tables (rank 0 returns it; other ranks None)."""
+    world = world or World()
     registry = registry or get_registry()
-    path = Path(output) if output is not None else default_output_dir(suite)
-    check_target(path, resume)
-    device = resolve_device(suite.device)
+    device = world.device if world.distributed else resolve_device(suite.device)
+    check_devices(world, device)
+    if not world.is_main:
+        progress = _quiet
     cases = suite.ordered_cases()
     settings = measurement_settings(suite)
     identities = {c.name: case_identity(suite, c, registry, device.type) for c in cases}
     keys = {name: case_key(identity, settings) for name, identity in identities.items()}
-    run: RunDir | None = RunDir.open(path, resume=True) if resume else None  # the directory exists: lock it first
+    run: RunDir | None = None
+
+    def open_resumed() -> tuple[Path, ResumePlan]:
+        nonlocal run
+        path = Path(output) if output is not None else default_output_dir(suite)
+        check_target(path, resume)
+        if resume:
+            run = RunDir.open(path, resume=True)  # the directory exists: lock it first
+        return path, plan_resume(run, cases, keys, identities, settings, rerun_changed) if run is not None else ResumePlan()
+
     try:
-        plan = plan_resume(run, cases, keys, identities, settings, rerun_changed) if run is not None else ResumePlan()
+        path, plan = decide(world, open_resumed, "the run directory")
         for note in plan.notes:
             progress(note)
         if device.type == "cpu":
             torch.set_num_threads(suite.threads)
-        model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download, suite.pipeline, bool(suite.prompts))
-        check_labels(suite, model)
-        kit = build_instruments(suite.quality, model.vae, model.latent_channels, device, images=model.pipeline is not None)
-        condition = condition_for(suite, model, device, getattr(torch, suite.dtype))
-        if run is None:
+
+        def load() -> tuple[LoadedModel, Instruments, Condition]:
+            model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download, suite.pipeline, bool(suite.prompts))
+            check_labels(suite, model)
+            kit = build_instruments(
+                suite.quality, model.vae, model.latent_channels, device, images=model.pipeline is not None, scores=world.is_main or shard_cases,
+            )
+            return model, kit, condition_for(suite, model, device, getattr(torch, suite.dtype))
+
+        model, kit, condition = together(world, load, "loading the model")
+        if run is None and world.is_main:
             run = RunDir.open(path, resume=False)
-        _Session(suite, run, registry, model, device, kit, condition, identities, keys, settings, plan, progress).execute()
-        _write_views(suite, run, progress)
+        sink = run if world.is_main else Outbox(path)
+        _Session(suite, sink, registry, model, device, kit, condition, identities, keys, settings, plan, progress, world, shard_cases).execute()
+        if world.is_main:
+            _write_views(suite, run, progress)
     finally:
         if run is not None:
             run.close()
@@ -143,33 +174,38 @@ def run_case(
 
 
 class _Session:
-    """One invocation of `run_suite` on a run directory."""
+    """One invocation of `run_suite` on a run directory (on rank 0) or on an outbox (the other ranks)."""
 
-    def __init__(self, suite: Suite, run: RunDir, registry: Registry, model: LoadedModel, device: torch.device, kit: Instruments,
+    def __init__(self, suite: Suite, run: RunDir | Outbox, registry: Registry, model: LoadedModel, device: torch.device, kit: Instruments,
                  condition: Condition, identities: dict[str, dict[str, Any]], keys: dict[str, str], settings: dict[str, Any],
-                 plan: ResumePlan, progress: Progress) -> None:
+                 plan: ResumePlan, progress: Progress, world: World | None = None, shard_cases: bool = False) -> None:
         self.suite, self.run, self.kit, self.keys, self.plan = suite, run, kit, keys, plan
         self.identities, self.settings = identities, settings
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        self.log = RoundLog(run.rounds_path)
-        self.ctx = RunContext(suite, model, device, registry, kit, condition, self.log, stamp, self.log.next_round())
+        self.world = world = world or World()
+        self.shard = shard_cases and world.distributed
+        team = World(device=device) if self.shard else world
+        self.log = RoundLog(run.rounds_path)  # the other ranks keep theirs in memory (sent to rank 0 under --shard cases)
+        stamp, next_round = world.broadcast(
+            (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ"), self.log.next_round()) if world.is_main else None, "the session")
+        self.ctx = RunContext(suite, model, device, registry, kit, condition, self.log, stamp, next_round, world, team)
         self.progress = progress
         self.cases = suite.ordered_cases()
 
     def execute(self) -> None:
-        suite, run, kit = self.suite, self.run, self.kit
+        suite, run, kit, world = self.suite, self.run, self.kit, self.world
         run.write_text("suite.yaml", suite.path.read_text(encoding="utf-8"))
         kit.environment = environment.collect(self.ctx.device, suite.dtype, suite.seeds, suite.content_hash, self.ctx.model.transformer)
         run.write_text("environment.json", json.dumps(kit.environment, indent=1) + "\n")
         kit.reference_file = run.fid_reference_path
-        self._adopt_renamed()
+        if world.is_main:
+            self._adopt_renamed()
         done = set(self.plan.done) | set(self.plan.renamed)
         if self.cases[0].name in done:  # the first baseline's images are the FID reference
-            kit.resume_reference()
+            self._resume_reference()
         runs = self._plan(done)
         measured = [r for r in runs if not r.partner]
         calls = kit.calls_per_case(suite.warmup, suite.repeats, len(suite.seeds), suite.batch) + len(suite.seeds)
-        kit.progress = ProgressBar(calls * len(measured) + (suite.warmup + suite.repeats * len(suite.seeds)) * (len(runs) - len(measured)))
+        kit.progress = ProgressBar(calls * len(measured) + (suite.warmup + suite.repeats * len(suite.seeds)) * (len(runs) - len(measured)), show=None if world.is_main else False)
         say = kit.progress.wrap(self.progress)
         for index, case in enumerate(self.cases, 1):
             if case.name in done:
@@ -177,57 +213,114 @@ class _Session:
         try:
             self._prepare_all(runs, say)
             self._time_rounds([r for r in runs if r.ready and not r.blocked], say)
-            entries = self.log.entries()
-            for one in measured:
-                if one.ready:
-                    record = one.finish(entries)
-                    run.append(record)
-                    say(_summary(record))
+            if self.ctx.team.is_main:
+                entries = self.log.entries()
+                for one in measured:
+                    if one.ready and self._records(one):
+                        record = one.finish(entries)
+                        run.append(record)
+                        say(_summary(record))
+            if self.shard:
+                self._collect()
         finally:
             kit.progress.close()
 
+    def _records(self, one: CaseRun) -> bool:
+        """Whether this rank records the case: the team's rank 0 does, but under `--shard cases`
+        only rank 0 records a baseline (the others prepare it for their own cases)."""
+        if one.partner or not self.ctx.team.is_main:
+            return False
+        return not (self.shard and self.suite.is_baseline(one.case) and not self.world.is_main)
+
+    def _collect(self) -> None:
+        """`--shard cases`: every rank's records, outputs and rounds into rank 0's run directory."""
+        box = self.run.contents() if isinstance(self.run, Outbox) else None
+        boxes = self.world.gather((box, self.log.entries() if box is not None else None), "records of every rank")
+        if boxes is not None:
+            for contents, rounds in boxes[1:]:
+                deliver(self.run, self.log, contents, rounds)
+
+    def _resume_reference(self) -> None:
+        """On --resume, the first baseline's saved FID features are the reference again, on every rank that scores."""
+        kit = self.kit
+        if not self.shard:
+            if self.world.is_main:
+                kit.resume_reference()
+            return
+        path = kit.reference_file
+        features = self.world.broadcast(load_features(path) if path is not None and kit.fid_images else None, "the FID reference")
+        if features is not None and kit.quality.reference == "baseline":
+            kit.fidelity = kit.fidelity_against(features)
+
     def _plan(self, done: set[str]) -> list[CaseRun]:
         """The cases to measure in this session and, for each execution mode where some are,
-        its finished baseline as a partner: timed again beside them, not recorded again."""
+        its finished baseline as a partner: timed again beside them, not recorded again.
+        Rank 0 decides from the run directory; under `--shard cases` each rank takes its share."""
+        wanted, partners, prior = self.world.broadcast(self._decide(done) if self.world.is_main else None, "the cases to run")
+        self.wanted = wanted
+        for (name, rank), ids in prior.items():
+            self.ctx.rounds_of[(name, rank)] = list(ids)
+        baselines = {c.name for c in self.cases if self.suite.is_baseline(c)}
+        mine = set(my_cases([c.name for c in self.cases if c.name in wanted], baselines, self.world, self.shard))
+        if self.shard and not self.world.is_main and not mine - baselines:
+            mine = set()  # no case of its own: nothing to prepare a baseline for
+        needed = {self.suite.baseline_for(c) for c in self.cases if c.name in mine and c.name not in baselines}
+        runs: list[CaseRun] = []
+        for case in self.cases:
+            name = case.name
+            if name not in mine or (self.shard and partners[name] and name not in needed):
+                continue
+            baseline = self.suite.baseline_for(case)
+            runs.append(CaseRun(
+                self.ctx, case, self.identities[name], self.keys[name], (baseline, self.keys[baseline]), self.settings,
+                partner=partners[name], blocked=self.suite.timing_order == "blocked" or case.execution != "eager",
+                prior_rounds=prior.get((name, self.world.rank), []),
+            ))
+        return runs
+
+    def _decide(self, done: set[str]) -> tuple[dict[str, int], dict[str, bool], dict[tuple[str, int], list[int]]]:
+        """(rank 0) Rounds wanted per case, which cases are partners, and the rounds each rank already timed."""
         suite, keys = self.suite, self.keys
         entries = self.log.entries()
         used: set[tuple[str, int]] = set()  # rounds a record already stands on
         for record in self.run.records():
             used.update((record["case"], r) for r in record.get("round_ids") or [])
+            for part in record.get("ranks") or []:
+                used.update((record["case"], r) for r in part.get("round_ids") or [])
         todo = [c for c in self.cases if c.name not in done]
-        prior = {  # rounds of an unfinished case (a crash mid-run): resume goes on from them
-            c.name: [e["round"] for e in entries if timed_as(e, c.name, keys[c.name]) and (c.name, e["round"]) not in used][: suite.repeats]
-            for c in todo
-        }
-        need = {c.name: suite.repeats - len(prior[c.name]) for c in todo}
-        self.wanted: dict[str, int] = {}
-        runs: list[CaseRun] = []
+        prior: dict[tuple[str, int], list[int]] = {}  # rounds of an unfinished case (a crash mid-run): resume goes on from them
+        if not self.shard:  # a sharded run puts a case on another rank next time: its rounds start afresh
+            for rank in range(self.world.world_size):
+                for c in todo:
+                    ids = [e["round"] for e in rank_entries(entries, rank) if timed_as(e, c.name, keys[c.name]) and (c.name, e["round"]) not in used]
+                    if ids:
+                        prior[(c.name, rank)] = ids[: suite.repeats]
+        need = {c.name: suite.repeats - len(prior.get((c.name, 0), [])) for c in todo}
+        wanted: dict[str, int] = {}
+        partners: dict[str, bool] = {}
         for case in self.cases:
-            baseline = suite.baseline_for(case)
             others = [need[c.name] for c in todo if suite.baseline_for(c) == case.name and c.name != case.name]
             if case.name in need:
-                wanted = max([need[case.name], *others]) if suite.is_baseline(case) else need[case.name]
-                partner = False
+                wanted[case.name] = max([need[case.name], *others]) if suite.is_baseline(case) else need[case.name]
+                partners[case.name] = False
             elif suite.is_baseline(case) and any(n > 0 for n in others):
-                wanted, partner = max(others), True
-            else:
-                continue
-            self.wanted[case.name] = wanted
-            runs.append(CaseRun(
-                self.ctx, case, self.identities[case.name], keys[case.name], (baseline, keys[baseline]), self.settings,
-                partner=partner, blocked=suite.timing_order == "blocked" or case.execution != "eager",
-                prior_rounds=prior.get(case.name, []),
-            ))
-        return runs
+                wanted[case.name], partners[case.name] = max(others), True
+        return wanted, partners, prior
+
+    def _references(self) -> dict[str, dict[int, torch.Tensor]]:
+        """Outputs of the finished baselines (quality is scored against them), on every rank that scores."""
+        references: dict[str, dict[int, torch.Tensor]] = {}
+        if self.world.is_main:
+            for name in self.plan.done:
+                if self.suite.is_baseline(self.suite.case(name)) and self.plan.done[name].get("status") == "ok":
+                    references[name] = self.run.load_outputs(name)  # read by plan_resume already
+            for name in self.plan.renamed:
+                if self.suite.is_baseline(self.suite.case(name)):
+                    references[name] = self.run.load_outputs(name)
+        return self.world.broadcast(references, "the baselines' outputs") if self.shard else references
 
     def _prepare_all(self, runs: list[CaseRun], say: Progress) -> None:
-        references: dict[str, dict[int, torch.Tensor]] = {}
-        for name in self.plan.done:
-            if self.suite.is_baseline(self.suite.case(name)) and self.plan.done[name].get("status") == "ok":
-                references[name] = self.run.load_outputs(name)  # read by plan_resume already
-        for name in self.plan.renamed:
-            if self.suite.is_baseline(self.suite.case(name)):
-                references[name] = self.run.load_outputs(name)
+        references = self._references()
         for index, one in enumerate(runs, 1):
             case = one.case
             self.kit.progress.case(case.name)
@@ -235,19 +328,25 @@ class _Session:
             say(f"[{index}/{len(runs)}] {case.name}: preparing{role} ...")
             one.prepare(self.wanted[case.name] if one.blocked else 0, references.get(self.suite.baseline_for(case)))
             if one.status in ("failed", "unsupported"):
-                if not one.partner:
+                if self._records(one):
                     self.run.append(one.record)
                 say(_summary(one.record))
                 continue
-            if not one.partner and one.outputs is not None:
+            if self.suite.is_baseline(case) and one.outputs is not None:
+                references[case.name] = one.outputs
+            if self._records(one) and one.outputs is not None:
                 self.run.save_outputs(case.name, one.outputs)
                 one.record["outputs_file"] = str(self.run.outputs_path(case.name).relative_to(self.run.path))
                 keep_previews(self.run, case.name, one.outputs, self.kit.decode, say)  # decoded pictures for the report (VAE models)
-                if self.suite.is_baseline(case):
-                    references[case.name] = one.outputs
+            if one.blocked and self._records(one):  # its rounds are done (and its baseline's, prepared before it): record it now
+                record = one.finish(self.log.entries())
+                self.run.append(record)
+                say(_summary(record))
 
     def _time_rounds(self, runs: list[CaseRun], say: Progress) -> None:
-        """Interleaved rounds: each case once per seed per round, in a seeded shuffled order."""
+        """Interleaved rounds: each case once per seed per round, in a seeded shuffled order.
+        The team's ranks run their rounds side by side, each on its own device; a case that
+        fails on one rank is dropped on all."""
         total = max((self.wanted[r.case.name] for r in runs), default=0)
         for i in range(total):
             group = {r.case.name: r for r in runs if r.ready and i < self.wanted[r.case.name]}
@@ -257,18 +356,22 @@ class _Session:
             order = round_order(list(group), self.suite.round_seed, round_id)
             say(f"round {i + 1}/{total}: {', '.join(order)}")
             timed: dict[str, Any] = {}
+            failed: dict[str, str] = {}
             for name in order:
-                one = group[name]
-                result = one.time_round()
+                result = group[name].time_round()
                 if result is None:  # the case failed in this round
-                    if not one.partner:
-                        self.run.append(one.record)
-                    say(_summary(one.record))
+                    failed[name] = group[name].record["error"]
                     continue
                 timed[name] = result
-            self.ctx.log_round(round_id, "interleaved", order, timed)
-            for one in group.values():
-                if one.ready:
+            errors = self.ctx.log_round(round_id, "interleaved", order, timed, failed)
+            for name, one in group.items():
+                if name in errors:
+                    if one.ready or one.record.get("error") != errors[name]:
+                        one.fail_as(errors[name], one.record.get("traceback"))
+                    if self._records(one):
+                        self.run.append(one.record)
+                    say(_summary(one.record))
+                elif one.ready:
                     one.round_ids.append(round_id)
 
     def _adopt_renamed(self) -> None:
@@ -304,6 +407,10 @@ def check_labels(suite: Suite, model: LoadedModel) -> None:
     bad = [c for c in suite.class_labels if not 0 <= c < model.null_class]
     if bad:
         raise ModelError(f"{suite.path}: field 'class_labels': {bad[0]} is out of range for model '{suite.model}' (0..{model.null_class - 1})")
+
+
+def _quiet(line: str) -> None:
+    """The progress of a rank other than 0: rank 0 speaks for the run."""
 
 
 def _summary(record: dict[str, Any]) -> str:

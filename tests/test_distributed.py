@@ -264,25 +264,32 @@ def test_nproc_is_refused_inside_a_rank_and_below_one(monkeypatch):
         launch(2, ["validate", "x.yaml"])
 
 
-def test_nproc_runs_the_command_as_torchrun_ranks_and_keeps_its_exit_status(write_suite, tmp_path, capfd, monkeypatch):
-    """Both ranks refuse (the runner does not split work yet) with status 2; torchrun alone would say 1."""
-    from dqar_bench.cli import main
-    from tests.conftest import SMALL_SUITE_HEAD
-
-    suite = write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n")
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the ranks import this checkout
-    assert main(["run", str(suite), "-o", str(tmp_path / "run"), "--nproc", "2"]) == 2
-    err = capfd.readouterr().err
-    for rank in range(2):
-        assert f"does not split its work across ranks yet (this is rank {rank} of 2)" in err
-    assert not (tmp_path / "run").exists()
-
-
 def test_nproc_with_a_bad_suite_is_one_line_before_any_rank_starts(tmp_path, capsys):
     from dqar_bench.cli import main
 
     assert main(["run", str(tmp_path / "missing.yaml"), "--nproc", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read the suite file" in err
+
+
+def test_nproc_keeps_the_exit_status_of_the_first_rank_that_failed(monkeypatch):
+    """torchrun raises ChildFailedError (and would exit 1) whatever the ranks said; launch returns theirs."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    seen = []
+
+    def failing(code):
+        def run(config):
+            seen.append(config.nproc_per_node)
+            raise ChildFailedError("dqar_bench", {1: ProcessFailure(local_rank=1, pid=1, exitcode=code, error_file="/nonexistent")})
+        return run
+
+    monkeypatch.setattr(torchrun, "run", failing(2))
+    assert launch(2, ["run", "s.yaml"]) == 2 and seen == ["2"]  # torchrun's own parser read --nproc-per-node 2
+    monkeypatch.setattr(torchrun, "run", failing(-9))  # killed by a signal
+    assert launch(2, ["run", "s.yaml"]) == 128 + 9
+    monkeypatch.setattr(torchrun, "run", lambda config: None)
+    assert launch(2, ["run", "s.yaml"]) == 0

@@ -173,7 +173,7 @@ def test_runner_scores_each_case_against_the_baseline_images(write_suite, tmp_pa
     assert abs(records["overhead"]["fidelity"]["fid"]) < 1e-6  # the same images as the baseline's
     assert records["every2"]["fidelity"]["fid"] > 1e-6 and records["every2"]["fidelity"]["n"] == 6
     assert records["every2"]["evaluations"] == 4 * 2  # the timed call's steps x blocks: FID images are not counted
-    assert (out / "fid-reference-images.safetensors").exists()  # apart from the case files in outputs/
+    assert (out / "fid-reference-features.safetensors").exists()  # apart from the case files in outputs/
     table = (out / "table.md").read_text()
     assert "| FID | IS | KID | images |" in table
     # a resumed run takes the saved baseline images as its reference

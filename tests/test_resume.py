@@ -219,7 +219,7 @@ def test_corrupt_outputs_on_resume_are_named_and_their_case_rerun(write_suite, t
 
 
 def test_output_files_never_collide_whatever_the_case_names(write_suite, tmp_path):
-    names = ["a/b", "a b", "a_b", "../../up", "fid-reference-images", "x" * 300]
+    names = ["a/b", "a b", "a_b", "../../up", "fid-reference-features", "x" * 300]
     files = {outputs_file_name(n) for n in names}
     assert len(files) == len(names)
     assert all("/" not in f and not f.startswith(".") and len(f) <= records_mod.MAX_NAME + 23 for f in files)
@@ -229,7 +229,7 @@ def test_output_files_never_collide_whatever_the_case_names(write_suite, tmp_pat
     saved = sorted(p.name for p in (out / "outputs").iterdir())
     assert len(saved) == 6 and all(p.endswith(".safetensors") for p in saved)
     assert {r["outputs_file"] for r in RunDir(out).records()} == {f"outputs/{s}" for s in saved}
-    assert (out / "fid-reference-images.safetensors").exists() is False  # harness files live outside outputs/
+    assert (out / "fid-reference-features.safetensors").exists() is False  # harness files live outside outputs/
 
 
 @pytest.mark.parametrize("name", ["../../evil", "/etc/evil", "a/b", "..", "a\\b"])

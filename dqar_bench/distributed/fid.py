@@ -27,8 +27,11 @@ def gather_features(world: World, features: Mapping[str, torch.Tensor], indices:
     if features and rows != {len(indices)}:
         raise ValueError(f"features have {sorted(rows)} rows for {len(indices)} images")
     parts = world.gather((list(indices), {k: v.detach().cpu() for k, v in features.items()}), "gather FID features")
-    if parts is None:
-        return None
+    return None if parts is None else merge_features(parts)
+
+
+def merge_features(parts: Sequence[tuple[Sequence[int], Mapping[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Every rank's (positions, features), rank order, as one set in the one-process order."""
     order = [i for idx, _ in parts for i in idx]
     if sorted(order) != list(range(len(order))):
         duplicated = len(order) - len(set(order))

@@ -62,4 +62,4 @@ def single_process_only(what: str) -> None:
     """Refuse to run `what` as one of several ranks: it would do all the work on every rank."""
     if launched_by_torchrun():
         rank, size = os.environ["RANK"], os.environ["WORLD_SIZE"]
-        raise DqarError(f"{what} does not split its work across ranks yet (this is rank {rank} of {size}); run it as one process, without torchrun or --nproc")
+        raise DqarError(f"{what} does not split its work across ranks (this is rank {rank} of {size}); run it as one process, without torchrun (only `dqar-bench run` takes several ranks)")

@@ -41,6 +41,14 @@ class RankError(DqarError):
     exit_code = 1
 
 
+class Echo(DqarError):
+    """Another rank's error, raised here too so that this rank stops as well; rank 0 prints it, the others do not."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def launched_by_torchrun() -> bool:
     """Whether this process is one of several ranks of an env:// rendezvous (torchrun's RANK, WORLD_SIZE > 1)."""
     return all(v in os.environ for v in ("RANK", "WORLD_SIZE")) and int(os.environ["WORLD_SIZE"]) > 1

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dqar_bench.errors import DqarError
-from dqar_bench.measure.fidelity import Fidelity, ensure_registered, to_uint8
+from dqar_bench.measure.fidelity import Extractor, Features, Fidelity, ensure_registered, to_uint8
 from dqar_bench.measure.progress import Progress
 from dqar_bench.measure.clip_score import ClipScorer, load_clip
 from dqar_bench.measure.lpips import LpipsScorer, load_lpips
@@ -35,12 +35,15 @@ class Instruments:
     lpips_note: str | None = None
     clip: ClipScorer | None = None
     fidelity: Fidelity | None = None
-    """Ready to score; None while the reference is the baseline and the baseline has not run."""
+    """Ready to score; None while the reference is the baseline and the baseline has not run,
+    and on the ranks of a distributed run that only make features (rank 0 scores)."""
+    extractor: Extractor | None = None
+    """Turns FID images into features, on every rank (built once; `fidelity` shares it)."""
     device: torch.device = torch.device("cpu")
     progress: Progress = field(default_factory=lambda: Progress(0, show=False))
     environment: dict[str, Any] = field(default_factory=dict)
     reference_file: Path | None = None
-    """Where the baseline's images are kept when they are the reference (for --resume)."""
+    """Where the baseline's FID features are kept when its images are the reference (for --resume)."""
 
     @property
     def fid_images(self) -> int:
@@ -55,28 +58,31 @@ class Instruments:
             return self.decode(latents)
         return ((latents.float() + 1) / 2).clamp(0, 1).cpu()
 
-    def adopt_reference(self, images: torch.Tensor) -> None:
-        """The baseline's images become the reference of every later case (and are kept on disk)."""
+    def adopt_reference(self, features: Features) -> None:
+        """The baseline's image features become the reference of every later case (and are kept on disk)."""
         if self.reference_file is not None:
-            save_images(self.reference_file, images)
-        self.fidelity = self.fidelity_against(images)
+            save_features(self.reference_file, features)
+        self.fidelity = self.fidelity_against(features)
 
     def resume_reference(self) -> None:
-        """On --resume, the baseline's saved images are the reference again."""
+        """On --resume, the baseline's saved features are the reference again."""
         if not self.fid_images or self.quality.reference != "baseline" or self.reference_file is None:
             return
-        images = load_images(self.reference_file)
-        if images is not None:
-            self.fidelity = self.fidelity_against(images)
+        features = load_features(self.reference_file)
+        if features is not None:
+            self.fidelity = self.fidelity_against(features)
 
-    def fidelity_against(self, reference: str | torch.Tensor) -> Fidelity:
-        q = self.quality
-        return Fidelity(reference, q.feature_extractor, q.inception_weights, q.metrics, self.device)
+    def fidelity_against(self, reference: str | Features) -> Fidelity:
+        assert self.extractor is not None
+        return Fidelity(reference, self.extractor)
 
 
-def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, latent_channels: int, device: torch.device,
-                      images: bool = False) -> Instruments:
-    """`images`: the model's outputs are decoded images in [0, 1] already (a pipeline's), read as they are."""
+def build_instruments(
+    quality: QualityConfig, vae: torch.nn.Module | None, latent_channels: int, device: torch.device,
+    images: bool = False, scores: bool = True,
+) -> Instruments:
+    """`images`: the model's outputs are decoded images in [0, 1] already (a pipeline's), read as they are.
+    `scores`: this process scores FID (a one-process run, or rank 0); the other ranks only make features."""
     kit = Instruments(quality=quality, device=device)
     if vae is not None or images:
         kit.decode = decoder(vae) if vae is not None else _as_decoded
@@ -97,8 +103,9 @@ def build_instruments(quality: QualityConfig, vae: torch.nn.Module | None, laten
                 f"field 'quality.fid': the model has no VAE and its outputs have {latent_channels} channels, so there are "
                 "no images for FID / IS / KID; set 'quality.fid: 0' or use a model with a VAE"
             )
-        ensure_registered(quality.feature_extractor)  # the weights: checked by the suite and by Fidelity's extractor
-        if quality.reference != "baseline":
+        ensure_registered(quality.feature_extractor)  # the weights: checked by the suite and by the extractor
+        kit.extractor = Extractor(quality.feature_extractor, quality.inception_weights, quality.metrics, device)
+        if quality.reference != "baseline" and scores:
             kit.fidelity = kit.fidelity_against(quality.reference)
     return kit
 
@@ -145,11 +152,11 @@ def generate_images(
     return torch.cat(images) if images else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
 
 
-def save_images(path: Path, images: torch.Tensor) -> None:
+def save_features(path: Path, features: Features) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"images": images.contiguous()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
     tmp.replace(path)
 
 
-def load_images(path: Path) -> torch.Tensor | None:
-    return load_file(str(path))["images"] if path.exists() else None
+def load_features(path: Path) -> dict[str, torch.Tensor] | None:
+    return load_file(str(path)) if path.exists() else None
