@@ -81,24 +81,34 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths where two identities (or any JSON-like values) differ, e.g. `steps`,
-    `parts.gate.params.every`; a path one side lacks counts as a difference."""
-    old, new = _plain(old), _plain(new)
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if key not in old or key not in new:
-                out.append(path)
-            else:
-                out.extend(differences(old[key], new[key], path))
-        return out
-    return [] if old == new else [prefix or "(value)"]
+MISSING: Any = object()
+"""The side of a change that lacks the field."""
+
+
+def changes(old: Any, new: Any) -> list[tuple[tuple[str, ...], Any, Any]]:
+    """Every leaf where two identities (or any JSON-like values) differ: (path, old, new),
+    `MISSING` on the side that lacks it; old's leaves in its order, then new's extra ones.
+
+    Values are compared as their JSON (a tuple equals the list a record read back holds);
+    an empty mapping (no parts, no parameters) is no leaf at all."""
+    a, b = _leaves(_plain(old)), _leaves(_plain(new))
+    keys = list(a) + [k for k in b if k not in a]
+    return [(k, a.get(k, MISSING), b.get(k, MISSING)) for k in keys if a.get(k, MISSING) != b.get(k, MISSING)]
+
+
+def differences(old: Any, new: Any) -> list[str]:
+    """Dotted paths where two identities differ, e.g. `steps`, `parts.gate.params.every`."""
+    return [".".join(path) or "(value)" for path, _, _ in changes(old, new)]
+
+
+def _leaves(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if isinstance(value, dict):
+        return {p: v for k, item in value.items() for p, v in _leaves(item, (*path, str(k))).items()}
+    return {path: value}
 
 
 def _plain(value: Any) -> Any:
-    return json.loads(canonical_json(value))
+    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def _part(info: PartInfo, given: dict[str, Any]) -> dict[str, Any]:

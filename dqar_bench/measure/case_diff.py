@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dqar_bench.identity import MISSING, changes
+
 IDENTITY_FALLBACK = ("parts", "model", "sampler", "steps", "guidance_scale", "batch", "seeds", "dtype", "device", "execution_mode", "dqar_bench")
 """What a record without `identity` (an older dqar-bench) says about what its case is."""
 
@@ -33,22 +35,7 @@ def identity_diff(base: dict[str, Any], new: dict[str, Any]) -> tuple[list[str],
     if not recorded:  # compare like with like
         a = {k: base[k] for k in IDENTITY_FALLBACK if k in base}
         b = {k: new[k] for k in IDENTITY_FALLBACK if k in new}
-    flat_a, flat_b = _flatten(a), _flatten(b)
-    keys = list(flat_a) + [k for k in flat_b if k not in flat_a]
-    missing = object()
-    out = []
-    for key in keys:
-        va, vb = flat_a.get(key, missing), flat_b.get(key, missing)
-        if va != vb:
-            out.append(f"{_identity_label(key)}: {_show(va, missing)} -> {_show(vb, missing)}")
-    return out, recorded
-
-
-def _flatten(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Leaves by path; an empty mapping (no parts, no parameters) is no leaf at all."""
-    if isinstance(value, dict):
-        return {p: v for k, item in value.items() for p, v in _flatten(item, (*path, str(k))).items()}
-    return {path: value}
+    return [f"{_identity_label(path)}: {_show(va)} -> {_show(vb)}" for path, va, vb in changes(a, b)], recorded
 
 
 def _identity_label(path: tuple[str, ...]) -> str:
@@ -66,5 +53,5 @@ def _identity_label(path: tuple[str, ...]) -> str:
     return ".".join(path)
 
 
-def _show(value: Any, missing: object) -> str:
-    return "(none)" if value is missing else str(value)
+def _show(value: Any) -> str:
+    return "(none)" if value is MISSING else str(value)
