@@ -1,9 +1,12 @@
 """Context-parallel cases through `dqar-bench run` as two gloo ranks, beside data-parallel ones.
 
-Three two-rank runs start at once (as torchrun would start them: `distributed_run.py` with
+Two two-rank runs start at once (as torchrun would start them: `distributed_run.py` with
 its env:// variables), while this process runs the same flux-tiny cases without `parallel`:
-the suite data parallel, the suite under `--shard cases`, and a DiT suite whose
-context-parallel case is refused. A case split by Ulysses must take the decisions one
+the suite data parallel, and under `--shard cases`. The data-parallel suite lists two models:
+flux-tiny, which diffusers can split, and pixart-tiny (a DiT with cross-attention:
+`PixArtTransformer2DModel` has no context-parallel plan), whose split cases are refused on
+every rank; one suite file for both saves a launch of two processes (their imports take
+most of a run here). A case split by Ulysses must take the decisions one
 process takes (reuse maps equal exactly) and give its outputs to float32 rounding through a
 split attention (1e-4 absolute on latents of magnitude ~2, as `test_context_parallel.py`
 measured); PSNR against the baseline then agrees to 1e-3 dB.
@@ -30,7 +33,7 @@ from tests.test_distributed_runs import RANK
 
 FLUX = """\
 name: cp-flux
-model: flux-tiny
+model: [flux-tiny, pixart-tiny]
 sampler: {steps: 6, guidance_scale: 3.5}
 prompt_lengths: [4, 6]
 seeds: [0, 1]
@@ -49,21 +52,6 @@ cases:
     parallel: {ulysses: 2}
   - {name: fbc, gate: {name: residual-change, threshold: 0.5}, cache: block-residual, parallel: {ulysses: 2}}
   - {name: fbc-ring, gate: {name: residual-change, threshold: 0.5}, cache: block-residual, parallel: {ring: 2}}
-"""
-DIT = """\
-name: cp-dit
-model: dit-tiny
-sampler: {name: ddim, steps: 3, guidance_scale: 1.5}
-class_labels: [1, 2]
-seeds: [0, 1]
-device: cpu
-threads: 1
-timing: {warmup: 0, repeats: 1}
-baseline: baseline
-cases:
-  - name: baseline
-  - {name: iv, gate: {name: interval, every: 2}, cache: attention-output}
-  - {name: split, gate: {name: interval, every: 2}, cache: attention-output, parallel: {ulysses: 2}}
 """
 SPLIT = ("dqar", "fbc")
 
@@ -102,28 +90,30 @@ def outputs(run: Path, case: str) -> dict[int, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The three two-rank runs (started together) and the one-process run of the same flux cases without `parallel`."""
+    """The run directories of flux-tiny and pixart-tiny of the two two-rank runs (started together),
+    and of the one-process run of the same flux cases without `parallel`."""
     from dqar_bench.plugins import get_registry
     from dqar_bench.runner import run_suite
     from dqar_bench.suite import load_suite
 
     tmp = tmp_path_factory.mktemp("cp-runs")
-    (tmp / "flux.yaml").write_text(FLUX)
-    (tmp / "dit.yaml").write_text(DIT)
+    (tmp / "suite.yaml").write_text(FLUX)
+    (tmp / "flux.yaml").write_text(FLUX.replace("[flux-tiny, pixart-tiny]", "flux-tiny"))
     started = {
-        "data": start(["run", str(tmp / "flux.yaml"), "-o", str(tmp / "data")]),
+        "data": start(["run", str(tmp / "suite.yaml"), "-o", str(tmp / "data")]),
         "shard": start(["run", str(tmp / "flux.yaml"), "-o", str(tmp / "shard"), "--shard", "cases"]),
-        "dit": start(["run", str(tmp / "dit.yaml"), "-o", str(tmp / "dit")]),
     }
     try:
-        whole = FLUX.replace(", parallel: {ulysses: 2}", "").replace("    parallel: {ulysses: 2}\n", "")
+        whole = FLUX.replace("[flux-tiny, pixart-tiny]", "flux-tiny").replace(", parallel: {ulysses: 2}", "").replace("    parallel: {ulysses: 2}\n", "")
         (tmp / "one.yaml").write_text(whole.split("  - {name: fbc-ring")[0])
         one = run_suite(load_suite(tmp / "one.yaml", get_registry()), tmp / "one", progress=lambda line: None).path
     finally:
         finished = {name: wait(procs) for name, procs in started.items()}
     for name, (codes, errors) in finished.items():
         assert codes == [0, 0], (name, errors)
-    return {name: tmp / name for name in ("data", "shard", "dit", "one")}
+    return {
+        "one": tmp / "one", "data": tmp / "data" / "flux-tiny", "shard": tmp / "shard", "pixart": tmp / "data" / "pixart-tiny",
+    }
 
 
 @pytest.mark.parametrize("mode", ["data", "shard"])
@@ -169,15 +159,19 @@ def test_shard_cases_does_not_spread_split_cases(runs):
         assert sorted(e["rank"] for e in lines if name in e["cases"]) == [0, 1]  # every rank timed it, together
 
 
-def test_a_family_without_a_context_parallel_plan_is_refused_on_every_rank_and_the_run_goes_on(runs):
-    dit = records(runs["dit"])
-    assert {name: r["status"] for name, r in dit.items()} == {"baseline": "ok", "iv": "ok", "split": "unsupported"}
-    assert dit["split"]["error"] == (
-        "unsupported with ulysses=2: DiTTransformer2DModel has no context-parallel plan (`_cp_plan`) in diffusers; "
-        "context parallelism needs one (FLUX, Wan, LTX, Qwen-Image have it)"
-    )
-    assert [(r["rank"], r["seeds"]) for r in dit["iv"]["ranks"]] == [(0, [0]), (1, [1])]
-    assert "DiTTransformer2DModel has no context-parallel plan" in (runs["dit"] / "table.md").read_text()
+def test_a_model_without_a_context_parallel_plan_is_refused_on_every_rank_and_the_run_goes_on(runs):
+    pixart = records(runs["pixart"])
+    assert {name: r["status"] for name, r in pixart.items()} == {
+        "baseline": "ok", "iv": "ok", "iv3": "ok", "dqar": "unsupported", "fbc": "unsupported", "fbc-ring": "unsupported",
+    }
+    for name in ("dqar", "fbc"):
+        assert pixart[name]["rank"] == 0 and pixart[name]["error"] == (
+            "unsupported with ulysses=2: PixArtTransformer2DModel has no context-parallel plan (`_cp_plan`) in diffusers; "
+            "context parallelism needs one (FLUX, Wan, LTX, Qwen-Image have it)"
+        )
+    assert "PixArtTransformer2DModel has no context-parallel plan" in pixart["fbc-ring"]["error"]
+    assert [(r["rank"], r["seeds"]) for r in pixart["iv"]["ranks"]] == [(0, [0]), (1, [1])]
+    assert "| dqar | dqar(" in (runs["pixart"] / "table.md").read_text()
 
 
 # --- one process: the pieces ---------------------------------------------------------------
