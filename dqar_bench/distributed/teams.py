@@ -21,8 +21,8 @@ still belongs to the whole world: every rank refuses it alike, and rank 0 record
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from dqar_bench.distributed.context_parallel import Parallel
 from dqar_bench.distributed.world import World
 
 
@@ -38,7 +38,7 @@ class Team:
     """One call spans every rank (context parallel): they make the same calls at the same time."""
 
 
-def team_for(parallel: Any, world: World, team: World) -> Team:
+def team_for(parallel: Parallel | None, world: World, team: World) -> Team:
     """The team of a case with context parallelism `parallel` (None: one device per call)."""
     if parallel is None:
         return Team(team, team)
