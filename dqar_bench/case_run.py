@@ -37,7 +37,7 @@ from dqar_bench.diffusers_hooks import DiffusersHook, installed
 from dqar_bench.distributed.context_parallel import context_parallel, whole_call_flops
 from dqar_bench.distributed.context_parallel import refusal as parallel_refusal
 from dqar_bench.distributed.shares import Share, merge_fid, merge_flops, merge_outputs, merge_reuse, rank_entries, settle, standing
-from dqar_bench.distributed.teams import team_for
+from dqar_bench.distributed.teams import parallel_note, team_for
 from dqar_bench.distributed.world import World
 from dqar_bench.execution import Execution, unsupported
 from dqar_bench.measure.classify import class_accuracy
@@ -409,7 +409,8 @@ class CaseRun:
         if self.team.ranks.distributed and not self.team.spanning:
             self._rank_timings(entries)
         if self.team.spanning:
-            record["parallel_note"] = self._parallel_note()
+            baseline = suite.case(suite.baseline_for(self.case))
+            record["parallel_note"] = parallel_note(self.case.parallel, baseline.name, baseline.parallel)
         if self.blocked and suite.timing_order == "interleaved":
             why = (
                 f"{self.case.execution} mode keeps its compiled programs alive" if self.case.execution != "eager"
@@ -447,22 +448,6 @@ class CaseRun:
         """A call that spans the ranks starts when every rank is there: its time is the call's, not a wait for the slowest."""
         if self.team.spanning:
             self.team.ranks.barrier(f"{what} of case '{self.case.name}'")
-
-    def _parallel_note(self) -> str:
-        """What a context-parallel case's time is, and what its speedup compares."""
-        parallel, suite = self.case.parallel, self.ctx.suite
-        assert parallel is not None
-        baseline = suite.case(suite.baseline_for(self.case))
-        against = (
-            f"against '{baseline.name}', split over the same ranks alike: the strategy's gain under context parallelism"
-            if baseline.parallel == parallel else
-            f"against '{baseline.name}' on one device per rank, timed in the same rounds: the gain of {parallel.degree} devices "
-            "and the strategy together"
-        )
-        return (
-            f"each call split over {parallel.degree} ranks ({parallel.mode}); its time is rank 0's wall time of one whole call, "
-            f"every rank starting it together; speedup {against}"
-        )
 
     def _parallel(self) -> Any:
         """The case's context parallelism around its installed strategy (nothing for one rank)."""

@@ -195,3 +195,13 @@ def test_rank_zero_stands_for_a_split_call_only_if_every_rank_holds_its_outputs(
     other = [same[0], Share(1, "cpu", outputs={0: torch.ones(2) + 1e-7})]
     with pytest.raises(RuntimeError, match="rank 1's outputs of seed 0 differ from rank 0's"):
         standing(other, spanning=True)
+
+
+def test_the_note_says_what_a_split_case_is_timed_against():
+    from dqar_bench.distributed.context_parallel import Parallel
+    from dqar_bench.distributed.teams import parallel_note
+
+    two = Parallel("ulysses", 2)
+    assert "on one device per rank" in parallel_note(two, "baseline", None)
+    assert "split over the same ranks alike: the strategy's gain under context parallelism" in parallel_note(two, "baseline", two)
+    assert "split as ring=2: the strategy's gain and that of the other split together" in parallel_note(two, "baseline", Parallel("ring", 2))

@@ -43,3 +43,21 @@ def team_for(parallel: Parallel | None, world: World, team: World) -> Team:
     if parallel is None:
         return Team(team, team)
     return Team(world, World(device=world.device), spanning=world.distributed)
+
+
+def parallel_note(parallel: Parallel | None, baseline: str, baseline_parallel: Parallel | None) -> str:
+    """What a context-parallel case's recorded time is, and what its speedup against `baseline` compares."""
+    assert parallel is not None
+    if baseline_parallel == parallel:
+        against = f"against '{baseline}', split over the same ranks alike: the strategy's gain under context parallelism"
+    elif baseline_parallel is None:
+        against = (
+            f"against '{baseline}' on one device per rank, timed in the same rounds: the gain of {parallel.degree} devices "
+            "and the strategy together"
+        )
+    else:
+        against = f"against '{baseline}', split as {baseline_parallel.label()}: the strategy's gain and that of the other split together"
+    return (
+        f"each call split over {parallel.degree} ranks ({parallel.mode}); its time is rank 0's wall time of one whole call, "
+        f"every rank starting it together; speedup {against}"
+    )
