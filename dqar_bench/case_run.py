@@ -13,10 +13,11 @@ and its caches are emptied, so that the next case starts from the same model.
 `finish` builds the record from the rounds in the run's round log: every timed call, the
 case's seconds per round and its baseline's in the same rounds (`dqar_bench.rounds`).
 
-Several ranks (`RunContext.team`) prepare a case together: each makes its share of the
+Several ranks (the case's `Team`) prepare a case together: each makes its share of the
 scored and FID calls, and `prepare` ends with one exchange in which rank 0 joins the shares
 and scores them (`dqar_bench.distributed.shares`); a plain process is a team of one and
-takes the same path.
+takes the same path. A context-parallel case's team is every rank, each making every call
+(one slice of each), in lockstep (`dqar_bench.distributed.teams`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from dqar_bench.adapters import adapter_for
 from dqar_bench.diffusers_hooks import DiffusersHook, installed
 from dqar_bench.distributed.context_parallel import context_parallel, whole_call_flops
 from dqar_bench.distributed.context_parallel import refusal as parallel_refusal
-from dqar_bench.distributed.shares import Share, merge_fid, merge_flops, merge_outputs, merge_reuse, rank_entries, settle
+from dqar_bench.distributed.shares import Share, merge_fid, merge_flops, merge_outputs, merge_reuse, rank_entries, settle, standing
+from dqar_bench.distributed.teams import parallel_note, team_for
 from dqar_bench.distributed.world import World
 from dqar_bench.execution import Execution, unsupported
 from dqar_bench.measure.classify import class_accuracy
@@ -85,8 +87,9 @@ class RunContext:
     world: World = field(default_factory=World)
     """Every rank of the run: round ids are unique over it, and each round line names its rank."""
     team: World = field(default_factory=World)
-    """The ranks that prepare and time each case together: the whole world (data parallel), or
-    this rank alone (`--shard cases`, and a plain process)."""
+    """The ranks that prepare and time each case on one device per call together: the whole world
+    (data parallel), or this rank alone (`--shard cases`, and a plain process); a context-parallel
+    case's team is the world (`CaseRun.team`)."""
     rounds_of: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     """(case, rank) -> the rounds that rank timed the case in (kept by the team's rank 0, for per-rank figures)."""
     _taken: int = 0
@@ -95,6 +98,11 @@ class RunContext:
         """Round k of this session on rank r is `next_round + k * ranks + r`: no two ranks share an id."""
         self._taken += 1
         return self.next_round + (self._taken - 1) * self.world.world_size + self.world.rank
+
+    def team_round(self, round_id: int) -> int:
+        """The id the team's rank 0 gave this round: it seeds the round's order, so every rank of the
+        team runs the cases in the same order (a context-parallel case on all of them at once)."""
+        return round_id - self.world.rank if self.team.distributed else round_id
 
     def log_round(self, round_id: int, timing_order: str, order: list[str], cases: dict[str, Any], failed: dict[str, str] | None = None) -> dict[str, str]:
         """Every rank's finished round to `rounds.jsonl` (the team's rank 0 writes); the cases that
@@ -146,6 +154,7 @@ class CaseRun:
         """diffusers' own cache hook, for a `diffusers-hook` case (then there is no strategy)."""
         self.outputs: dict[int, torch.Tensor] | None = None
         self.status = "pending"
+        self.team = team_for(case.parallel, ctx.world, ctx.team)
         self._share = Share(ctx.world.rank, str(ctx.device))
         self._session_calls = 0
         suite = ctx.suite
@@ -228,6 +237,7 @@ class CaseRun:
                     # a strong mode warms up twice: the first call meets empty caches and unallocated
                     # buffers, so the second still compiles / captures its first step once
                     for i in range(suite.warmup if mode == "eager" else max(suite.warmup, 2)):
+                        self._start_together("warmup call")
                         timing, _ = timer.time(lambda: self._call(suite.seeds[i % len(suite.seeds)], forward))
                         warmup.append(timing.seconds)
                         ctx.kit.progress.tick()
@@ -250,7 +260,7 @@ class CaseRun:
     def _settle(self, reference: dict[int, torch.Tensor] | None) -> None:
         """The team's shares to its rank 0, which joins them, scores quality and decides the
         case's status for every rank (a failure on one rank fails the case on all)."""
-        ctx, team, share = self.ctx, self.ctx.team, self._share
+        ctx, team, share = self.ctx, self.team.ranks, self._share
         share.status, share.error, share.traceback = self.status, self.record.get("error"), self.record.get("traceback")
         share.cold_s = self.record.get("cold_s")
         shares = team.gather(share, f"case '{self.case.name}' prepared")
@@ -279,16 +289,17 @@ class CaseRun:
         """What one process would have measured, from every rank's share: outputs and FLOPs by
         seed, reuse counts summed, FID features in the one-process order; then quality."""
         ctx, suite = self.ctx, self.ctx.suite
-        self.outputs = merge_outputs(shares, suite.seeds)
-        self.record.update(merge_reuse([s.reuse for s in shares]))
-        self.record["flops"] = summarize(merge_flops(shares, suite.seeds))
+        counted = standing(shares, self.team.spanning)
+        self.outputs = merge_outputs(counted, suite.seeds)
+        self.record.update(merge_reuse([s.reuse for s in counted]))
+        self.record["flops"] = summarize(merge_flops(counted, suite.seeds))
         self.record.update(
             quality=_quality(self.outputs, reference, ctx.kit),
             class_accuracy=_class_accuracy(self.outputs, ctx.condition, ctx.kit),
             clip=_clip(self.outputs, suite.prompt_texts, ctx.kit),
-            fidelity=_fidelity(merge_fid(shares), ctx.suite.is_baseline(self.case), ctx.kit),
+            fidelity=_fidelity(merge_fid(counted), ctx.suite.is_baseline(self.case), ctx.kit),
         )
-        if ctx.team.distributed:
+        if self.team.ranks.distributed:
             self.record["ranks"] = [
                 {"rank": s.rank, "device": s.device, "seeds": sorted(s.outputs), "fid_images": len(s.fid_indices), "cold_s": s.cold_s}
                 for s in shares
@@ -302,13 +313,13 @@ class CaseRun:
         ctx, suite, strategy, share = self.ctx, self.ctx.suite, self.strategy or self.hook, self._share
         outputs: dict[int, torch.Tensor] = {}
         flops: dict[int, FlopCount] = {}
-        seeds = ctx.team.shard(suite.seeds)  # seed i to rank i mod N: each output has its one-process seed
+        seeds = self.team.calls.shard(suite.seeds)  # seed i to rank i mod N: each output has its one-process seed
         if strategy is not None:
             strategy.reset_stats()
         for seed in seeds:
             if mode == "eager":
                 latents, flops[seed] = count_flops(lambda: self._call(seed, forward))
-                if self.case.parallel is not None:  # each rank counted its share of the call
+                if self.team.spanning:  # each rank counted its share of the call
                     flops[seed] = whole_call_flops(ctx.world, flops[seed])
             else:
                 latents = self._call(seed, forward)
@@ -327,11 +338,11 @@ class CaseRun:
         _check_outputs(outputs)
         share.outputs, share.flops = outputs, flops
         if ctx.kit.fid_images:
-            team, count = ctx.team, ctx.kit.fid_images
+            calls, count = self.team.calls, ctx.kit.fid_images
             call = lambda seed, labels: self._call(seed, forward, labels)  # noqa: E731
-            images = generate_images(call, count, suite.batch, ctx.model.null_class, ctx.kit, team.rank, team.world_size)
-            share.fid_indices = fid_image_indices(count, suite.batch, team.rank, team.world_size)
-            if share.fid_indices:
+            images = generate_images(call, count, suite.batch, ctx.model.null_class, ctx.kit, calls.rank, calls.world_size)
+            share.fid_indices = fid_image_indices(count, suite.batch, calls.rank, calls.world_size)
+            if share.fid_indices and (self.team.ranks.is_main or not self.team.spanning):  # a split call's images are rank 0's too
                 assert ctx.kit.extractor is not None
                 share.fid_features = ctx.kit.extractor.features(images)  # only features travel, never the images
 
@@ -357,6 +368,7 @@ class CaseRun:
     def _time_seeds(self, timer: CallTimer, forward: Callable[..., torch.Tensor]) -> dict[str, Any]:
         calls, steps = [], []
         for seed in self.ctx.suite.seeds:
+            self._start_together("timed call")
             timing, _ = timer.time(lambda: self._call(seed, forward))
             _finite([timing.seconds, *timing.steps], f"timing (seed {seed})")
             calls.append(timing.seconds)
@@ -394,12 +406,18 @@ class CaseRun:
             energy=self._meter.report(images)["energy"],  # over this session's timed calls
             finished=_now(),
         )
-        if ctx.team.distributed:
+        if self.team.ranks.distributed and not self.team.spanning:
             self._rank_timings(entries)
+        if self.team.spanning:
+            baseline = suite.case(suite.baseline_for(self.case))
+            record["parallel_note"] = parallel_note(self.case.parallel, baseline.name, baseline.parallel)
         if self.blocked and suite.timing_order == "interleaved":
+            why = (
+                f"{self.case.execution} mode keeps its compiled programs alive" if self.case.execution != "eager"
+                else "under --shard cases each rank's rounds hold other cases, and a call split over the ranks needs them all at once"
+            )
             record["timing_note"] = (
-                f"timed blocked: {self.case.execution} mode keeps its compiled programs alive, so its repeats ran back to "
-                "back and its rounds pair with the baseline's by position, not in time"
+                f"timed blocked: {why}, so its repeats ran back to back and its rounds pair with the baseline's by position, not in time"
             )
         self.status = "done"
         return record
@@ -407,7 +425,7 @@ class CaseRun:
     def _rank_timings(self, entries: list[dict[str, Any]]) -> None:
         """Each rank's own timing figures, paired with the baseline it timed on its own device in the same rounds."""
         suite, by_rank = self.ctx.suite, {r["rank"]: r for r in self.record.get("ranks") or []}
-        for rank in range(self.ctx.team.world_size):
+        for rank in range(self.team.ranks.world_size):
             ids = self.ctx.rounds_of.get((self.case.name, rank), [])[: suite.repeats]
             paired = pair(rank_entries(entries, rank), ids, (self.case.name, self.key), self.baseline)
             ratios = paired_ratios({"round_s": paired.round_s, "baseline_round_s": paired.baseline_round_s})
@@ -425,6 +443,11 @@ class CaseRun:
         self.record.update(status="failed", error=error, round_ids=list(self.round_ids), finished=_now())
         if not isinstance(exc, NonFinite):
             self.record["traceback"] = traceback.format_exc()
+
+    def _start_together(self, what: str) -> None:
+        """A call that spans the ranks starts when every rank is there: its time is the call's, not a wait for the slowest."""
+        if self.team.spanning:
+            self.team.ranks.barrier(f"{what} of case '{self.case.name}'")
 
     def _parallel(self) -> Any:
         """The case's context parallelism around its installed strategy (nothing for one rank)."""

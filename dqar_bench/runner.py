@@ -228,7 +228,7 @@ class _Session:
     def _records(self, one: CaseRun) -> bool:
         """Whether this rank records the case: the team's rank 0 does, but under `--shard cases`
         only rank 0 records a baseline (the others prepare it for their own cases)."""
-        if one.partner or not self.ctx.team.is_main:
+        if one.partner or not one.team.ranks.is_main:
             return False
         return not (self.shard and self.suite.is_baseline(one.case) and not self.world.is_main)
 
@@ -261,7 +261,8 @@ class _Session:
         for (name, rank), ids in prior.items():
             self.ctx.rounds_of[(name, rank)] = list(ids)
         baselines = {c.name for c in self.cases if self.suite.is_baseline(c)}
-        mine = set(my_cases([c.name for c in self.cases if c.name in wanted], baselines, self.world, self.shard))
+        spanning = {c.name for c in self.cases if c.parallel is not None}  # their team is every rank (`distributed.teams`)
+        mine = set(my_cases([c.name for c in self.cases if c.name in wanted], baselines | spanning, self.world, self.shard))
         if self.shard and not self.world.is_main and not mine - baselines:
             mine = set()  # no case of its own: nothing to prepare a baseline for
         needed = {self.suite.baseline_for(c) for c in self.cases if c.name in mine and c.name not in baselines}
@@ -273,7 +274,7 @@ class _Session:
             baseline = self.suite.baseline_for(case)
             runs.append(CaseRun(
                 self.ctx, case, self.identities[name], self.keys[name], (baseline, self.keys[baseline]), self.settings,
-                partner=partners[name], blocked=self.suite.timing_order == "blocked" or case.execution != "eager",
+                partner=partners[name], blocked=self.suite.timing_order == "blocked" or case.execution != "eager" or (self.shard and name in spanning),
                 prior_rounds=prior.get((name, self.world.rank), []),
             ))
         return runs
@@ -353,7 +354,7 @@ class _Session:
             if not group:
                 break
             round_id = self.ctx.take_round()
-            order = round_order(list(group), self.suite.round_seed, round_id)
+            order = round_order(list(group), self.suite.round_seed, self.ctx.team_round(round_id))
             say(f"round {i + 1}/{total}: {', '.join(order)}")
             timed: dict[str, Any] = {}
             failed: dict[str, str] = {}

@@ -30,7 +30,7 @@ COLUMNS = [
     "gpu_peak_mib", "process_mib", "torch_alloc_mib", "torch_reserved_mib", "rss_mib", "rss_scope", "joules_per_image",
     "memory_note", "process_note", "energy_note",
     "space", "ssim", "lpips", "lpips_note", "fid", "isc", "kid", "fidelity_n", "fidelity_note", "execution",
-    "class_accuracy", "clip_score", "tflop_per_call", "flop_speedup", "timing_order", "rounds", "speedup_method",
+    "class_accuracy", "clip_score", "tflop_per_call", "flop_speedup", "timing_order", "rounds", "speedup_method", "parallel",
 ]
 
 # A speedup compares like with like: these must match between a case and the baseline.
@@ -55,6 +55,13 @@ def parts_label(parts: dict[str, Any], hook: dict[str, Any] | None = None) -> st
     return " / ".join(labels)
 
 
+def parallel_label(parallel: dict[str, int] | None) -> str | None:
+    """`ulysses=2` for a case whose calls are split over ranks (`parallel` in its record); None for one device per call."""
+    if not parallel:
+        return None
+    return ", ".join(f"{mode}={degree}" for mode, degree in parallel.items())
+
+
 def results_frame(records: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
     """One row per case (its latest record); speedup against the baseline of the same run.
 
@@ -73,7 +80,7 @@ def results_frame(records: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
         row: dict[str, Any] = {c: None for c in COLUMNS}
         row.update(case=record["case"], status=record.get("status"), parts=parts_label(record.get("parts") or {}, record.get("diffusers_hook")),
                    error=record.get("error") or "", is_baseline=record["case"] == own,
-                   execution=record.get("execution_mode", "eager"))
+                   execution=record.get("execution_mode", "eager"), parallel=parallel_label(record.get("parallel")))
         if ok:
             _timing(row, record)
             _speed(row, record, base if base_ok else None, own)
@@ -191,13 +198,14 @@ def _time_table(rows: list[dict[str, Any]]) -> str:
               "noise", "ms / image", "speedup [95% CI]", "TFLOP / call", "FLOP speedup", "reuse", "cache MiB", "PSNR dB"]
     lines = _head(header, left=2)
     for row in rows:
+        parts = f"{row['parts']} [{row['parallel']}]" if isinstance(row.get("parallel"), str) else row["parts"]
         if row["status"] == "unsupported":
-            cells = [row["case"], row["parts"], row["error"]] + [""] * (len(header) - 3)
+            cells = [row["case"], parts, row["error"]] + [""] * (len(header) - 3)
         elif row["status"] != "ok":
-            cells = [row["case"], row["parts"], f"failed: {row['error']}"] + [""] * (len(header) - 3)
+            cells = [row["case"], parts, f"failed: {row['error']}"] + [""] * (len(header) - 3)
         else:
             cells = [
-                row["case"], row["parts"], _num(row["median_ms"], "{:.1f}"), _num(row["mean_ms"], "{:.1f}"),
+                row["case"], parts, _num(row["median_ms"], "{:.1f}"), _num(row["mean_ms"], "{:.1f}"),
                 _num(row["p10_ms"], "{:.1f}"), _num(row["p90_ms"], "{:.1f}"), _num(row["iqr_ms"], "{:.2f}"),
                 row["noise"] or "n/a", _num(row["per_image_ms"], "{:.2f}"), _speedup(row),
                 _num(row["tflop_per_call"], "{:.4g}"), _num(row["flop_speedup"], "{:.2f}x"), _num(row["reuse_ratio"], "{:.1%}"), _num(row["cache_mib"], "{:.3f}"),
@@ -256,6 +264,11 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
     if any(r.get("timing_order") == "blocked" for r in rows):
         notes.append("(blocked): the case's repeats ran back to back (a strong execution mode keeps its compiled programs "
                      "alive, or timing.order is blocked); its rounds pair with the baseline's by position, not in time.")
+    if _texts(rows, "parallel"):
+        notes.append("[ulysses=N], [ring=N]: each call split over N ranks by context parallelism; its ms are rank 0's wall time of one "
+                     "whole call, every rank starting it together; its speedup is against the baseline on one device per rank, in the "
+                     "same rounds (the N devices' gain and the strategy's together), unless the baseline is split alike; its TFLOP are "
+                     "the whole call's, over all ranks.")
     notes.append("TFLOP / call: exact FLOPs of one sampling call (torch FlopCounterMode: matrix products, convolutions, "
                  "attention; probes included), mean over seeds; FLOP speedup: the baseline's over the case's.")
     notes.append(f"noise: IQR / median over {NOISY:.0%} is flagged noisy, over {UNRELIABLE:.0%} unreliable.")

@@ -5,7 +5,8 @@ keeps) and alone writes the run directory; the other ranks write into an `Outbox
 stands in for it. Under data parallelism (the default) their outbox stays empty: rank 0
 records every case. Under `--shard cases` each rank runs its own cases (and every
 baseline, so its speedups pair with a baseline timed on its own device in its own rounds)
-and sends its outbox to rank 0 at the end.
+and sends its outbox to rank 0 at the end; a context-parallel case is every rank's, not
+spread (`dqar_bench.distributed.teams`), and rank 0 records it.
 
 A user's mistake found by rank 0 stops every rank with the same line (`Echo`), printed once.
 """
@@ -76,14 +77,15 @@ def check_devices(world: World, device: torch.device) -> None:
         raise DqarError(message) if world.is_main else Echo(message)
 
 
-def my_cases(names: Sequence[str], baselines: set[str], world: World, shard: bool) -> list[str]:
+def my_cases(names: Sequence[str], everywhere: set[str], world: World, shard: bool) -> list[str]:
     """The cases this rank prepares and times: all of them (data parallel), or under `--shard cases`
-    every baseline and every N-th other case (the i-th non-baseline case goes to rank i mod N)."""
+    the cases every rank runs (`everywhere`: the baselines, and the context-parallel cases, whose
+    calls span the ranks) and every N-th other case (the i-th other case goes to rank i mod N)."""
     if not shard:
         return list(names)
-    others = [n for n in names if n not in baselines]
+    others = [n for n in names if n not in everywhere]
     mine = set(world.shard(others))
-    return [n for n in names if n in baselines or n in mine]
+    return [n for n in names if n in everywhere or n in mine]
 
 
 class Outbox:

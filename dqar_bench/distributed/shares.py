@@ -9,6 +9,10 @@ images), its blocked timing rounds, and whether it failed. Rank 0 joins the shar
 exactly what one process would have measured (outputs by seed, FLOPs by seed, reuse counts
 summed, FID features in the one-process order) and scores them; a failure on any rank
 fails the case on every rank, with the rank named.
+
+A context-parallel case is different (`dqar_bench.distributed.teams`): every rank made
+every call, each a slice of it, so rank 0's share alone stands (`standing`), once it is
+checked that every rank ended with the same outputs.
 """
 
 from __future__ import annotations
@@ -50,6 +54,23 @@ def settle(shares: Sequence[Share], distributed: bool) -> tuple[str, str | None,
                 error = f"rank {share.rank}: {share.error}" if distributed and wanted == "failed" else share.error
                 return wanted, error, share.traceback
     return "ready", None, None
+
+
+def standing(shares: Sequence[Share], spanning: bool) -> list[Share]:
+    """The shares whose calls the case's record counts: every rank's, or for calls that span
+    the ranks rank 0's alone, after checking that every rank holds its outputs bit for bit
+    (diffusers gathers one output for all; a difference means the ranks ran different calls)."""
+    if not spanning:
+        return list(shares)
+    first = shares[0]
+    for other in shares[1:]:
+        for seed, latents in first.outputs.items():
+            theirs = other.outputs.get(seed)
+            if theirs is None or not torch.equal(theirs, latents):
+                raise RuntimeError(
+                    f"context parallelism: rank {other.rank}'s outputs of seed {seed} differ from rank 0's; the ranks did not run the same calls"
+                )
+    return [first]
 
 
 def merge_reuse(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
