@@ -462,7 +462,7 @@ def _text(r: "_Reader", data: dict, spec: families.Family | None, model: str, pi
     if key == "prompts" and spec.text.encoder is None and not pipeline:
         raise r.error(
             f"field 'prompts': family {spec.name} encodes prompts with its own pipeline's text encoders, which the "
-            f"harness does not run; give 'prompt_lengths' (synthetic captions) or 'prompt_embeddings' (a .safetensors file)"
+            f"built-in loop does not run; give 'prompt_lengths' (synthetic captions) or 'prompt_embeddings' (a .safetensors file), or run a checkpoint through its own pipeline (`model: {{pipeline: ...}}`)"
         )
     if key == "prompts":
         prompts = data[key]
