@@ -170,6 +170,8 @@ class CaseRun:
             "steps": suite.steps,
             "guidance_scale": suite.guidance_scale,
             "batch": suite.batch,
+            "latent_shape": list(ctx.model.latent_shape),
+            **({"resolution": suite.resolution.as_dict()} if suite.resolution is not None else {}),
             "cond_len": ctx.condition.cond_len,
             "execution_mode": case.execution,
             "parallel": case.parallel.as_dict() if case.parallel is not None else None,

@@ -48,6 +48,8 @@ def case_identity(suite: Suite, case: Case, registry: Registry, device_type: str
     }
     if suite.pipeline:  # run through the checkpoint's own pipeline: another computation than the lean loop's
         identity["pipeline"] = suite.model
+    if suite.resolution is not None:  # only where set, so the keys of suites without it stay as they were
+        identity["resolution"] = suite.resolution.as_dict()
     if case.parallel is not None:  # absent for one rank, so the keys of earlier runs stay as they were
         identity["parallel"] = case.parallel.as_dict()
     if case.hook is not None:  # only hook cases carry it, so every other case keeps its key

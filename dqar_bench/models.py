@@ -200,6 +200,9 @@ def build_wan_tiny() -> LoadedModel:
         base_dim=8, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[False],
         latents_mean=[0.1, -0.1, 0.2, -0.2], latents_std=[1.5, 1.2, 0.9, 1.1],
     ), seed=1)
+    # it compresses 2x in space: its config says so, as WanPipeline (and `resolution`) read it; time keeps
+    # Wan's declared 4, so frame counts follow the real model's rule (the tiny VAE itself keeps every frame)
+    vae.register_to_config(scale_factor_spatial=2)
     return LoadedModel("wan-tiny", transformer, dict(families.get("wan").scheduler), vae, "wan")
 
 

@@ -47,7 +47,7 @@ from dqar_bench.conditioning import condition_for
 from dqar_bench.distributed.runs import Outbox, check_devices, decide, deliver, my_cases, together
 from dqar_bench.distributed.shares import rank_entries
 from dqar_bench.distributed.world import World
-from dqar_bench.errors import DqarError, ModelError
+from dqar_bench.errors import DqarError, ModelError, SuiteError
 from dqar_bench.identity import case_identity, case_key, measurement_settings
 from dqar_bench.measure import environment
 from dqar_bench.measure.flops import per_call as flops_per_call
@@ -57,6 +57,7 @@ from dqar_bench.measure.progress import Progress as ProgressBar
 from dqar_bench.models import LoadedModel, load_model
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.records import RunDir, check_target
+from dqar_bench.resolution import set_resolution
 from dqar_bench.report import keep_previews, report_run
 from dqar_bench.resume import ResumePlan, plan_resume
 from dqar_bench.rounds import RoundLog, round_order, timed_as
@@ -133,6 +134,8 @@ def run_suite(
 
         def load() -> tuple[LoadedModel, Instruments, Condition]:
             model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download, suite.pipeline, bool(suite.prompts))
+            if suite.resolution is not None:
+                apply_resolution(suite, model)
             check_labels(suite, model)
             kit = build_instruments(
                 suite.quality, model.vae, model.latent_channels, device, images=model.pipeline is not None, scores=world.is_main or shard_cases,
@@ -150,6 +153,14 @@ def run_suite(
         if run is not None:
             run.close()
     return run
+
+
+def apply_resolution(suite: Suite, model: LoadedModel) -> None:
+    """The suite's `resolution` on the loaded model, with the checks validate could not make without it."""
+    try:
+        set_resolution(model, suite.resolution)
+    except ModelError as exc:
+        raise SuiteError(f"{suite.path}: field 'resolution': {exc}") from None
 
 
 def run_case(

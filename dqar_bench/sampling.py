@@ -187,9 +187,12 @@ def num_blocks(transformer: torch.nn.Module) -> int:
 
 
 def latents_shape(transformer: torch.nn.Module) -> tuple[int, ...]:
-    """The per-image latent shape `denoise` draws and returns for this transformer."""
+    """The per-image latent shape `denoise` draws and returns for this transformer: its config's
+    size, or the suite's `resolution` where one was set on it (`dqar_bench.resolution`)."""
     family = family_of(transformer)
-    return convention(family).latent_shape(transformer.config, family)
+    shape = convention(family).latent_shape(transformer.config, family)
+    size = getattr(transformer, "dqar_latent_size", None)
+    return (shape[0], *size) if size is not None else shape
 
 
 @torch.no_grad()
@@ -226,7 +229,7 @@ def denoise(
     param = next(transformer.parameters())
     device, dtype = param.device, param.dtype
     config = transformer.config
-    shape = conv.latent_shape(config, family)
+    shape = latents_shape(transformer)
     latents = conv.noise(seed, condition.batch, shape).to(device=device, dtype=dtype)
     forward = forward or plain_forward(transformer)
     prediction = prediction_of(scheduler)

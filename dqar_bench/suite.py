@@ -33,6 +33,7 @@ from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.measure.clip_score import check_clip_checkpoint
 from dqar_bench.measure.lpips import NETS as LPIPS_NETS, LpipsConfig, check_lpips_files
 from dqar_bench.quality import QualityConfig
+from dqar_bench.resolution import Resolution, check_for_model, parse_resolution
 from dqar_bench.sampling import SAMPLERS, sampler_refusal
 from dqar_bench.weights import check_weights_file
 
@@ -43,6 +44,7 @@ DEFAULT_PARTS: dict[str, str] = {"scheduler": "all", "gate": "never", "cache": "
 TOP_KEYS = (
     "name", "description", "model", "sampler", "class_labels", "prompt_lengths", "prompts", "prompt_embeddings",
     "seeds", "device", "dtype", "threads", "timing", "baseline", "probe_queries", "quality", "execution", "compile", "parallel", "cases",
+    "resolution",
 )
 CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution", "parallel", "diffusers-hook")
 COMPILE_KEYS = ("backend", "mode", "max_graphs")
@@ -147,6 +149,8 @@ class Suite:
     `dqar_bench.rounds`); 'blocked': each case's repeats back to back."""
     round_seed: int = 0
     """Seed of the case order in each round."""
+    resolution: Resolution | None = None
+    """The size to sample at (`dqar_bench.resolution`); None: the model's own size."""
 
     @property
     def prompt_texts(self) -> list[str] | None:
@@ -333,6 +337,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     if pipeline and family == "dit" and guidance > 1 and classes not in (None, 1000):
         raise r.error(f"field 'model.pipeline': DiTPipeline guides with class 1000 as its null label, and this DiT has {classes} classes; set sampler.guidance_scale <= 1 or run it on the lean path (`model: {model_name}`)")
     text = _text(r, data, spec, model_name, pipeline)
+    resolution = _resolution(r, data.get("resolution"), spec, model_name, runnable_here)
     if quality.clip is not None and not (text.get("prompts") or text.get("embedded_prompts")):
         raise r.error(_clip_needs_text(text, model_name))
     if spec is not None and spec.video and quality.fid:
@@ -377,8 +382,21 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         path, name, model_name, allow_download, sampler, steps, guidance, labels, seeds, device, dtype,
         warmup, repeats, baseline, probe_queries, cases, digest, r.get(data, "description", str, default=""),
         quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
-        execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, pipeline=pipeline, **text,
+        execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, pipeline=pipeline, resolution=resolution, **text,
     )
+
+
+def _resolution(r: "_Reader", raw: Any, spec: families.Family | None, model: str, runnable_here: bool) -> Resolution | None:
+    """The size the suite samples at; checked against the model's configs where they are here (else at load)."""
+    if raw is None:
+        return None
+    try:
+        resolution = parse_resolution(raw, spec)
+        if spec is not None and runnable_here:
+            check_for_model(resolution, model, spec)
+    except ModelError as exc:
+        raise r.error(f"field 'resolution': {exc}") from None
+    return resolution
 
 
 def usable_cores() -> int:

@@ -72,8 +72,6 @@ def wan_pipeline(text_encoders: bool = False) -> Any:
     from diffusers import WanPipeline
 
     m = models.build_wan_tiny()
-    # the tiny Wan VAE compresses 2x in space: its config says so, as the pipeline reads it (the latents are given, so time needs no factor)
-    m.vae.register_to_config(scale_factor_spatial=2)
     encoder, tokenizer = (_t5(int(m.transformer.config.text_dim), umt5=True), word_tokenizer(512)) if text_encoders else (None, None)
     return WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=m.vae, scheduler=_flow_scheduler("wan"), transformer=m.transformer)
 
