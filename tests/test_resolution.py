@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from dqar_bench import families, models
-from dqar_bench.errors import SuiteError
+from dqar_bench.errors import ModelError, SuiteError
 from dqar_bench.identity import case_identity, case_key, measurement_settings
 from dqar_bench.plugins import get_registry
 from dqar_bench.quality import decoder
@@ -154,3 +154,14 @@ def test_identity_has_the_resolution_only_when_set(tmp_path: Path) -> None:
         assert "resolution" not in before and after.pop("resolution") == {"height": 32, "width": 48}
         assert after == before
         assert case_key(before, settings) != case_key(case_identity(sized, sized.case(case.name), registry, "cpu"), settings)
+
+
+def test_the_real_checkpoints_sizes() -> None:
+    """The GPU suites' sizes with the real VAEs' configs: peers-wan's 33 frames of 480x832, FLUX at 512 px."""
+    suite = load_suite(Path(__file__).parent.parent / "suites" / "peers-wan.yaml")
+    wan_vae = {"scale_factor_spatial": 8, "scale_factor_temporal": 4}  # AutoencoderKLWan's defaults, as Wan 2.1 ships them
+    assert latent_size(suite.resolution, {"patch_size": [1, 2, 2]}, wan_vae, families.get("wan")) == (9, 60, 104)
+    flux_vae = {"block_out_channels": [128, 256, 512, 512]}  # FLUX.1's VAE: 8x
+    assert latent_size(Resolution(512, 512), {"patch_size": 1}, flux_vae, families.get("flux")) == (64, 64)
+    with pytest.raises(ModelError, match="not a multiple of 16"):
+        latent_size(Resolution(520, 512), {"patch_size": 1}, flux_vae, families.get("flux"))
