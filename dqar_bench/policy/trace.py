@@ -44,7 +44,7 @@ from dqar_bench.models import LoadedModel, load_model
 from dqar_bench.parts import Gate, build_part
 from dqar_bench.plugins import Registry, get_registry
 from dqar_bench.policy.features import FEATURES, SIGNALS as POLICY_SIGNALS, feature_rows
-from dqar_bench.runner import check_labels, resolve_device
+from dqar_bench.runner import apply_resolution, check_labels, resolve_device
 from dqar_bench.sampling import Condition, denoise, make_scheduler
 from dqar_bench.strategy import Strategy
 from dqar_bench.suite import Case, Suite
@@ -143,6 +143,8 @@ def trace_suite(
     device = resolve_device(suite.device)
     dtype = getattr(torch, suite.dtype)
     model = load_model(suite.model, device, dtype, suite.allow_download)
+    if suite.resolution is not None:
+        apply_resolution(suite, model)
     check_labels(suite, model)
     condition = condition_for(suite, model, device, dtype)
     summary = TraceSummary(cases=[c.name for c in chosen])
