@@ -22,6 +22,7 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from dqar_bench.errors import DqarError
+from dqar_bench.measure.fidelity import unit_to_uint8
 from dqar_bench.weights import check_weights_file, weights_only_loads
 
 FIELD = "quality.clip.weights"
@@ -29,6 +30,7 @@ WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))
 IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 BATCH = 32
+NEEDS_TRANSFORMERS = f"field '{FIELD}': CLIP score needs the transformers package: pip install 'dqar-bench[text]'"
 
 
 class ClipScorer(Protocol):
@@ -61,7 +63,7 @@ def clip_score(images: torch.Tensor, prompts: Sequence[str], scorer: ClipScorer,
     Images are uint8, or floats in [0, 1] (decoded), which are rounded to uint8 as the
     reference takes them; grey images are read as RGB."""
     if images.dtype != torch.uint8:
-        images = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+        images = unit_to_uint8(images)
     if images.shape[1] == 1:
         images = images.expand(-1, 3, *images.shape[2:])
     truncated = getattr(scorer, "truncated", None)
@@ -126,7 +128,7 @@ def check_clip_checkpoint(folder: str | Path) -> None:
     if not any((root / name).is_file() for name in IMAGE_PROCESSOR_FILES):
         raise DqarError(f"field '{FIELD}': {root} has no image processor ({' or '.join(IMAGE_PROCESSOR_FILES)}); download the whole checkpoint")
     if importlib.util.find_spec("transformers") is None:
-        raise DqarError(f"field '{FIELD}': CLIP score needs the transformers package: pip install 'dqar-bench[text]'")
+        raise DqarError(NEEDS_TRANSFORMERS)
 
 
 def load_clip(folder: str | Path, device: torch.device) -> TransformersClip:
@@ -135,7 +137,7 @@ def load_clip(folder: str | Path, device: torch.device) -> TransformersClip:
     try:
         from transformers import CLIPModel, CLIPProcessor
     except ImportError:
-        raise DqarError(f"field '{FIELD}': CLIP score needs the transformers package: pip install 'dqar-bench[text]'") from None
+        raise DqarError(NEEDS_TRANSFORMERS) from None
     root = str(Path(folder).expanduser())
     try:
         with weights_only_loads():  # a checkpoint's .bin pickle is read as data, never run

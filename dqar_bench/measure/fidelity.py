@@ -66,8 +66,13 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
             f"FID / IS / KID need images of 1 or 3 channels, got outputs of shape {tuple(images.shape)}; "
             "a latent-space model needs a VAE to decode them (set 'quality.fid: 0' to turn these metrics off)"
         )
-    rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-    return (rgb.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    return unit_to_uint8(images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images)
+
+
+def unit_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Values in [0, 1], any shape, rounded to uint8 on the host: how every metric and preview
+    here reads decoded images (as the reference implementations take them)."""
+    return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 @contextlib.contextmanager

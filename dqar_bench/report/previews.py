@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from dqar_bench.measure.fidelity import unit_to_uint8
 from dqar_bench.records import RunDir
 
 MAX_SEEDS = 4
@@ -35,7 +36,7 @@ def decoded_previews(outputs: dict[int, torch.Tensor], decode: Decode) -> dict[i
     previews = {}
     for seed in sorted(outputs)[:MAX_SEEDS]:
         images = decode(outputs[seed][:MAX_ITEMS])  # a video is decoded whole: a temporal VAE needs every latent frame
-        previews[seed] = to_uint8(shrink(images.float().cpu()))
+        previews[seed] = unit_to_uint8(shrink(images.float().cpu()))
     return previews
 
 
@@ -70,5 +71,3 @@ def shrink(images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
