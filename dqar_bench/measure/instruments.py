@@ -91,23 +91,24 @@ def build_instruments(
         else:
             kit.lpips_note = "not computed: the suite sets no 'quality.lpips' (local LPIPS weights)"
     if quality.clip is not None:
-        if vae is None and not images and latent_channels not in (1, 3):
-            raise DqarError(
-                f"field 'quality.clip': the model has no VAE and its outputs have {latent_channels} channels, so there are "
-                "no images for CLIP score; remove 'quality.clip' or use a model with a VAE"
-            )
+        _need_images(kit, latent_channels, "quality.clip", "CLIP score", "remove 'quality.clip'")
         kit.clip = load_clip(quality.clip, device)
     if quality.fid:
-        if kit.decode is None and latent_channels not in (1, 3):
-            raise DqarError(
-                f"field 'quality.fid': the model has no VAE and its outputs have {latent_channels} channels, so there are "
-                "no images for FID / IS / KID; set 'quality.fid: 0' or use a model with a VAE"
-            )
+        _need_images(kit, latent_channels, "quality.fid", "FID / IS / KID", "set 'quality.fid: 0'")
         ensure_registered(quality.feature_extractor)  # the weights: checked by the suite and by the extractor
         kit.extractor = Extractor(quality.feature_extractor, quality.inception_weights, quality.metrics, device)
         if quality.reference != "baseline" and scores:
             kit.fidelity = kit.fidelity_against(quality.reference)
     return kit
+
+
+def _need_images(kit: Instruments, latent_channels: int, field: str, metric: str, off: str) -> None:
+    """A metric of images needs a decoder, or outputs that are images (1 or 3 channels) already."""
+    if kit.decode is None and latent_channels not in (1, 3):
+        raise DqarError(
+            f"field '{field}': the model has no VAE and its outputs have {latent_channels} channels, so there are "
+            f"no images for {metric}; {off} or use a model with a VAE"
+        )
 
 
 def _as_decoded(images: torch.Tensor) -> torch.Tensor:
