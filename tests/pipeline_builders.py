@@ -129,3 +129,21 @@ BUILDERS = {
 def save_pipeline(family: str, folder: Path, **kwargs: Any) -> Path:
     BUILDERS[family](**kwargs).save_pretrained(str(folder))
     return folder
+
+
+def run_records(suite: Path, out: Path) -> tuple[dict[str, dict], Path]:
+    """A suite run here: its records by case, and its run directory."""
+    from dqar_bench.records import read_records
+    from dqar_bench.runner import run_suite
+    from dqar_bench.suite import load_suite
+
+    run = run_suite(load_suite(suite), out, progress=lambda _: None)
+    return {r["case"]: r for r in read_records(run.path / "records.jsonl")}, run.path
+
+
+def saved_outputs(run: Path, record: dict) -> torch.Tensor:
+    """A case's scored outputs as the run saved them, every seed in order."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run / record["outputs_file"]))
+    return torch.cat([tensors[k] for k in sorted(tensors)])

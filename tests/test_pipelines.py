@@ -32,7 +32,7 @@ from dqar_bench.runner import run_suite
 from dqar_bench.suite import load_suite
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_builders import save_pipeline  # noqa: E402
+from pipeline_builders import run_records as _run, saved_outputs as _outputs, save_pipeline  # noqa: E402
 
 FAMILIES = ("dit", "pixart-sigma", "sd3", "flux", "wan")
 TOLERANCE = {"dit": 1e-6, "wan": 1e-6}  # else 0: bit for bit
@@ -60,18 +60,6 @@ def _suite(path: Path, model: object, family: str) -> Path:
         data["prompt_lengths"] = [8, 20]
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _run(suite: Path, out: Path) -> tuple[dict[str, dict], Path]:
-    run = run_suite(load_suite(suite), out, progress=lambda _: None)
-    return {r["case"]: r for r in read_records(run.path / "records.jsonl")}, run.path
-
-
-def _outputs(run: Path, record: dict) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(run / record["outputs_file"]))
-    return torch.cat([tensors[k] for k in sorted(tensors)])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

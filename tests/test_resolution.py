@@ -22,13 +22,11 @@ from dqar_bench.errors import ModelError, SuiteError
 from dqar_bench.identity import case_identity, case_key, measurement_settings
 from dqar_bench.plugins import get_registry
 from dqar_bench.quality import decoder
-from dqar_bench.records import read_records
 from dqar_bench.resolution import Resolution, latent_size, vae_factors
-from dqar_bench.runner import run_suite
 from dqar_bench.suite import load_suite
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_builders import BUILDERS, save_pipeline  # noqa: E402
+from pipeline_builders import BUILDERS, run_records as _run, saved_outputs as _outputs, save_pipeline  # noqa: E402
 
 SIZES = {"flux": ({"height": 32, "width": 48}, (4, 16, 24)), "wan": ({"height": 32, "width": 48, "frames": 5}, (4, 2, 16, 24))}
 TOLERANCE = {"wan": 1e-6}  # as in test_pipelines: WanPipeline scales by a reciprocal; FLUX bit for bit
@@ -45,18 +43,6 @@ def _suite(path: Path, model: object, resolution: dict | None, **more: object) -
     data = {k: v for k, v in data.items() if v is not None}
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _run(suite: Path, out: Path) -> tuple[dict[str, dict], Path]:
-    run = run_suite(load_suite(suite), out, progress=lambda _: None)
-    return {r["case"]: r for r in read_records(run.path / "records.jsonl")}, run.path
-
-
-def _outputs(run: Path, record: dict) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(run / record["outputs_file"]))
-    return torch.cat([tensors[k] for k in sorted(tensors)])
 
 
 @pytest.mark.parametrize("family", sorted(SIZES))
