@@ -344,7 +344,7 @@ class StepHooks:
         prediction = prediction_of(scheduler)
         latents, pred = self._sampler_layout(sample), self._sampler_layout(model_output)
         sigma = scheduler.sigmas[self.step] if prediction == "flow" else None
-        alpha_bar = scheduler.alphas_cumprod.to(latents.device)[int(timestep)] if prediction != "flow" else None
+        alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(latents.device) if prediction != "flow" else None  # one value moved, not the table
         self.x0 = predicted_x0(prediction, latents, pred, alpha_bar, sigma).to(latents.dtype)
         out = self._original_step(model_output, timestep, sample, *args, **kwargs)
         self.observer.after_step()
