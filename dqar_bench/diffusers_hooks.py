@@ -306,7 +306,6 @@ class DiffusersHook:
         HookRegistry.check_if_exists_or_initialize(self._transformer).reset_stateful_hooks(recurse=True)
         self._branch_names = ("cond", "uncond") if branches == 2 else ("cond",)
         self.stats.begin_call(num_steps, self._num_blocks or num_blocks)
-        self._steps = num_steps
 
     def before_step(self, ctx: StepContext) -> None:
         self._ctx = ctx

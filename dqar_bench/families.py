@@ -145,7 +145,7 @@ class Family:
     def refusal(self, part: type) -> str | None:
         """Why a part cannot run on this family (one line), or None. Read from the class only."""
         name = getattr(part, "PLUGIN_NAME", part.__name__)
-        if getattr(part, "READS_MODULATION", False) and not isinstance(self.modulation, Modulation):
+        if getattr(part, "DECIDES_AFTER_BLOCK", None) == -1 and not isinstance(self.modulation, Modulation):
             return f"gate '{name}' reads block 0's timestep-modulated input; family '{self.name}': {self.modulation}"
         if getattr(part, "KIND", "") != "cache":
             return None

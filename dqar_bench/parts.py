@@ -104,10 +104,9 @@ class Gate(Part):
     """None: decide at the start of the step, for every block at once (the rule). k: decide
     once block k has computed in the current forward, from the signals it measured there
     (`residual_change`); blocks 0..k always compute. -1: decide at block 0's entry, before
-    any block runs, from block 0's timestep-modulated input (`modulation_change`, TeaCache).
+    any block runs, from block 0's timestep-modulated input (`modulation_change`, TeaCache),
+    which a family names (`Family.modulation`; a family without it refuses the gate).
     One host sync per step either way."""
-    READS_MODULATION: ClassVar[bool] = False
-    """It reads block 0's timestep-modulated input, which a family names (`Family.modulation`)."""
 
     def bind_family(self, family: Any) -> None:
         """Called when the strategy is installed on a model of `family` (`dqar_bench.families.Family`),

@@ -54,11 +54,12 @@ from typing import Any, Iterator
 import torch
 
 from dqar_bench import families
-from dqar_bench.context import StepContext
 from dqar_bench.errors import ModelError
 from dqar_bench.families import Family
 from dqar_bench.model_inputs import convention
-from dqar_bench.sampling import Condition, StepObserver, guidance_mode, latents_shape, num_blocks, predicted_x0, prediction_of
+from dqar_bench.sampling import (
+    Condition, StepObserver, guidance_mode, latents_shape, num_blocks, predicted_x0, prediction_of, step_context,
+)
 
 PIPELINES: tuple[str, ...] = ("DiTPipeline", "PixArtSigmaPipeline", "StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline")
 """The pipelines this path runs (the family of each is found from its transformer's class)."""
@@ -333,17 +334,7 @@ class StepHooks:
                 self.observer.begin(len(self.timesteps), num_blocks(module), device, timesteps=self.timesteps, **more)
             hidden = args[0] if args else kwargs["hidden_states"]
             latents = self._sampler_layout(hidden)
-            t_host = self.timesteps[self.step]
-            flow = prediction_of(scheduler) == "flow"
-            if flow:
-                s = float(scheduler.sigmas[self.step])
-                alpha_bar = (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
-            else:
-                alpha_bar = float(scheduler.alphas_cumprod[t_host])
-            self.observer.before_step(StepContext(
-                self.step, len(self.timesteps), t_host, latents, self.x0, alpha_bar, self.cond_len,
-                sigma=s if flow else None, prediction=prediction_of(scheduler),
-            ))
+            self.observer.before_step(step_context(scheduler, self.step, self.timesteps, latents, self.x0, self.cond_len, prediction_of(scheduler)))
         elif hasattr(self.observer, "branch"):
             self.observer.branch(self.calls)
         self.calls += 1
@@ -353,7 +344,7 @@ class StepHooks:
         prediction = prediction_of(scheduler)
         latents, pred = self._sampler_layout(sample), self._sampler_layout(model_output)
         sigma = scheduler.sigmas[self.step] if prediction == "flow" else None
-        alpha_bar = scheduler.alphas_cumprod.to(latents.device)[int(timestep)] if prediction != "flow" else None
+        alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(latents.device) if prediction != "flow" else None  # one value moved, not the table
         self.x0 = predicted_x0(prediction, latents, pred, alpha_bar, sigma).to(latents.dtype)
         out = self._original_step(model_output, timestep, sample, *args, **kwargs)
         self.observer.after_step()

@@ -259,16 +259,7 @@ def denoise(
     for step, t in enumerate(timesteps):
         sigma = scheduler.sigmas[step] if flow else None
         if observer is not None:
-            t_host = host_timesteps[step]
-            if flow:
-                s = float(sigma)
-                alpha_bar = (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
-            else:
-                alpha_bar = float(scheduler.alphas_cumprod[t_host])
-            observer.before_step(StepContext(
-                step, len(timesteps), t_host, latents, x0, alpha_bar, condition.cond_len,
-                sigma=float(sigma) if flow else None, prediction=prediction,
-            ))
+            observer.before_step(step_context(scheduler, step, host_timesteps, latents, x0, condition.cond_len, prediction))
         if mode == "cfg-separate":
             model_input = _scale(scheduler, latents, t)
             predictions = []
@@ -291,6 +282,21 @@ def denoise(
         if observer is not None:
             observer.after_step()
     return latents
+
+
+def step_context(
+    scheduler: Any, step: int, host_timesteps: list[int], latents: torch.Tensor, x0: torch.Tensor | None, cond_len: int, prediction: str
+) -> StepContext:
+    """What a strategy is told before `step`: one recipe for the lean loop and the pipeline
+    path's hooks (a flow step's alpha_bar is the signal-to-total ratio of its sigma)."""
+    t_host = host_timesteps[step]
+    sigma = None
+    if prediction == "flow":
+        sigma = float(scheduler.sigmas[step])
+        alpha_bar = (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma**2)
+    else:
+        alpha_bar = float(scheduler.alphas_cumprod[t_host])
+    return StepContext(step, len(host_timesteps), t_host, latents, x0, alpha_bar, cond_len, sigma=sigma, prediction=prediction)
 
 
 def predicted_x0(prediction: str, latents: torch.Tensor, pred: torch.Tensor, alpha_bar: torch.Tensor | None, sigma: torch.Tensor | None) -> torch.Tensor:

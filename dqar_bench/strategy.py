@@ -426,10 +426,13 @@ class Strategy:
         assert ctx is not None, "before_step() must be called before the forward"
         eligible = self._eligible(ctx.step)
         previous, self._modulated = self._modulated, modulated.detach()
-        change = math.inf if previous is None else float(signals.residual_change(modulated, previous))  # the step's one host sync
+        if previous is None or not any(eligible):  # no gate to ask: no host sync (the input is still kept)
+            change = math.inf
+        else:
+            change = float(self.scope.residual_change(modulated, previous))  # the step's one host sync
         ctx.signals = {signals.MODULATION_CHANGE: change}
         decided = self._decide(ctx, eligible) if any(eligible) else [False] * len(eligible)
-        self._reuse = [bool(d) and e for d, e in zip(decided, eligible)]
+        self._reuse = self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)])
         self._begin_caches(ctx.step)
 
     def _gather_signals(self, ctx: StepContext) -> dict[str, Any]:

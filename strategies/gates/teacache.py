@@ -48,7 +48,6 @@ class TeaCache(Gate):
     PLUGIN_NAME = "teacache"
     SIGNALS = frozenset({MODULATION_CHANGE})
     DECIDES_AFTER_BLOCK = -1
-    READS_MODULATION = True
     UNSUPPORTED = {"cudagraph": "decides inside the forward (at block 0's entry), which no captured graph can hold"}
 
     threshold: float = field(default=0.4, metadata={"help": "rel_l1_thresh: TeaCache4FLUX's 0.25 / 0.4 / 0.6 / 0.8 give 1.5x / 1.8x / 2.0x / 2.25x on FLUX.1-dev; HunyuanVideo 0.1 / 0.15"})
