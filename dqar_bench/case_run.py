@@ -321,8 +321,6 @@ class CaseRun:
         for seed in seeds:
             if mode == "eager":
                 latents, flops[seed] = count_flops(lambda: self._call(seed, forward))
-                if self.team.spanning:  # each rank counted its share of the call
-                    flops[seed] = whole_call_flops(ctx.world, flops[seed])
             else:
                 latents = self._call(seed, forward)
             outputs[seed] = latents.detach().float().cpu()
@@ -337,6 +335,8 @@ class CaseRun:
         if mode != "eager":
             for seed in seeds:
                 _, flops[seed] = count_flops(lambda: self._call(seed, None))
+        if self.team.spanning:  # each rank counted its share of each call (a spanning case runs eager)
+            flops = whole_call_flops(ctx.world, flops)
         _check_outputs(outputs)
         share.outputs, share.flops = outputs, flops
         if ctx.kit.fid_images:

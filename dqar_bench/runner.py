@@ -303,8 +303,9 @@ class _Session:
         prior: dict[tuple[str, int], list[int]] = {}  # rounds of an unfinished case (a crash mid-run): resume goes on from them
         if not self.shard:  # a sharded run puts a case on another rank next time: its rounds start afresh
             for rank in range(self.world.world_size):
+                theirs = rank_entries(entries, rank)
                 for c in todo:
-                    ids = [e["round"] for e in rank_entries(entries, rank) if timed_as(e, c.name, keys[c.name]) and (c.name, e["round"]) not in used]
+                    ids = [e["round"] for e in theirs if timed_as(e, c.name, keys[c.name]) and (c.name, e["round"]) not in used]
                     if ids:
                         prior[(c.name, rank)] = ids[: suite.repeats]
         need = {c.name: suite.repeats - len(prior.get((c.name, 0), [])) for c in todo}

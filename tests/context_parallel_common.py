@@ -88,7 +88,7 @@ def run_case(world: World, parallel: Parallel | None, strategy: Strategy | None,
     with adapter_for(transformer).install(transformer, strategy), context_parallel(transformer, parallel, world, "flux", strategy):
         latents, flops = count_flops(lambda: denoise(transformer, scheduler, condition, SEED, STEPS, GUIDANCE, strategy))
     if parallel is not None:
-        flops = whole_call_flops(world, flops)
+        flops = whole_call_flops(world, {SEED: flops})[SEED]
     return {
         "flops": {"total": flops.total, **flops.by_op},
         "latents": latents.detach().cpu(),

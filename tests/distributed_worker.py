@@ -84,7 +84,7 @@ def fid(world) -> dict | None:
     """This rank's share of the one-process FID images (made by the test with the real model), scored on rank 0."""
     from safetensors.torch import load_file
 
-    from dqar_bench.distributed.fid import sharded_features
+    from dqar_bench.distributed.fid import gather_features
     from dqar_bench.measure.fidelity import Extractor, Fidelity
     from dqar_bench.measure.instruments import fid_image_indices
 
@@ -93,7 +93,7 @@ def fid(world) -> dict | None:
     indices = fid_image_indices(FID_COUNT, FID_BATCH, world.rank, world.world_size)
     images = load_file(str(OUT / "fid-images.safetensors"))["images"][indices]
     extractor = Extractor(FID_EXTRACTOR, metrics=FID_METRICS)
-    feats = sharded_features(world, extractor, images, indices)
+    feats = gather_features(world, extractor.features(images) if len(indices) else {}, indices)
     mine = {"images": len(indices), "first": indices[:1]}
     if not world.is_main:
         return mine

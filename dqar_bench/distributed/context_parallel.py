@@ -171,14 +171,18 @@ class ShardedSequence(SignalScope):
         return main_decides(self.world, decisions)
 
 
-def whole_call_flops(world: World, flops: FlopCount) -> FlopCount:
-    """A context-parallel call's FLOPs over all its ranks (each rank counts its own share)."""
-    shares = world.all_gather(flops, "FLOPs of a context-parallel call")
-    by_op: dict[str, int] = {}
-    for share in shares:
-        for op, n in share.by_op.items():
-            by_op[op] = by_op.get(op, 0) + n
-    return FlopCount(sum(share.total for share in shares), by_op)
+def whole_call_flops(world: World, flops: dict[int, FlopCount]) -> dict[int, FlopCount]:
+    """Context-parallel calls' FLOPs (by seed) over all their ranks (each rank counts its own
+    share of each call): one exchange for all of a case's calls, not one per call."""
+    shares = world.all_gather(flops, "FLOPs of context-parallel calls")
+    whole: dict[int, FlopCount] = {}
+    for seed in flops:
+        by_op: dict[str, int] = {}
+        for share in shares:
+            for op, n in share[seed].by_op.items():
+                by_op[op] = by_op.get(op, 0) + n
+        whole[seed] = FlopCount(sum(share[seed].total for share in shares), by_op)
+    return whole
 
 
 _MESHES: dict[tuple, Any] = {}

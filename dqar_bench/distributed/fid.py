@@ -14,7 +14,6 @@ from typing import Mapping, Sequence
 import torch
 
 from dqar_bench.distributed.world import RankError, World
-from dqar_bench.measure.fidelity import Extractor
 
 
 def gather_features(world: World, features: Mapping[str, torch.Tensor], indices: Sequence[int]) -> dict[str, torch.Tensor] | None:
@@ -45,8 +44,3 @@ def merge_features(parts: Sequence[tuple[Sequence[int], Mapping[str, torch.Tenso
     position = torch.tensor(order).argsort()
     return {layer: torch.cat([f[layer] for f in given])[position] for layer in sorted(layers)}
 
-
-def sharded_features(world: World, extractor: Extractor, images: torch.Tensor, indices: Sequence[int]) -> dict[str, torch.Tensor] | None:
-    """This rank's images (at `indices`) to features, gathered on rank 0 in the one-process order."""
-    features = extractor.features(images) if len(indices) else {}
-    return gather_features(world, features, indices)
