@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ from dqar_bench.distributed.context_parallel import Parallel, ShardedSequence, c
 from dqar_bench.errors import SuiteError
 from dqar_bench.signal_scope import LOCAL
 from tests import context_parallel_common as common
-from tests.test_distributed import free_port
+from tests.rank_launch import spawn_ranks, wait_ranks
 
 WORKER = Path(__file__).resolve().parent / "context_parallel_worker.py"
 ROOT = WORKER.parent.parent
@@ -38,24 +36,11 @@ CPU = torch.device("cpu")
 def two_ranks(tmp_path_factory):
     """Both ranks' outputs and findings (started at once, while this process computes the reference)."""
     out = tmp_path_factory.mktemp("cp")
-    port, procs = free_port(), []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(WORKER.parent)])
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    codes, outputs = wait_ranks(spawn_ranks([WORKER, out], paths=[WORKER.parent], stderr=subprocess.STDOUT))
     ranks = []
-    for rank, p in enumerate(procs):
+    for rank, code in enumerate(codes):
         found = json.loads((out / f"cp-rank{rank}.json").read_text()) if (out / f"cp-rank{rank}.json").exists() else {}
-        assert p.returncode == 0 and "error" not in found, found.get("traceback") or outputs[rank][-3000:]
+        assert code == 0 and "error" not in found, found.get("traceback") or outputs[rank][0][-3000:]
         ranks.append((found, load_file(str(out / f"cp-rank{rank}.safetensors"))))
     return ranks
 

@@ -14,9 +14,6 @@ measured); PSNR against the baseline then agrees to 1e-3 dB.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,7 @@ from dqar_bench.distributed.world import World
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.records import RunDir, read_records
 from dqar_bench.rounds import RoundLog
-from tests.test_distributed import ROOT, free_port
+from tests.rank_launch import spawn_ranks, wait_ranks
 from tests.test_distributed_runs import RANK
 
 FLUX = """\
@@ -56,28 +53,6 @@ cases:
 SPLIT = ("dqar", "fbc")
 
 
-def start(argv: list[str]) -> list[subprocess.Popen]:
-    port, procs = free_port(), []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        env["PYTHONPATH"] = str(ROOT)
-        procs.append(subprocess.Popen([sys.executable, str(RANK), *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    return procs
-
-
-def wait(procs: list[subprocess.Popen]) -> tuple[list[int], list[str]]:
-    errors = []
-    try:
-        for p in procs:
-            errors.append(p.communicate(timeout=300)[1])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [p.returncode for p in procs], errors
-
-
 def records(run: Path) -> dict[str, dict]:
     found = read_records(run / "records.jsonl")
     assert len(found) == len({r["case"] for r in found}), "a case recorded twice"  # rank 0 alone records, once
@@ -100,15 +75,15 @@ def runs(tmp_path_factory):
     (tmp / "suite.yaml").write_text(FLUX)
     (tmp / "flux.yaml").write_text(FLUX.replace("[flux-tiny, pixart-tiny]", "flux-tiny"))
     started = {
-        "data": start(["run", str(tmp / "suite.yaml"), "-o", str(tmp / "data")]),
-        "shard": start(["run", str(tmp / "flux.yaml"), "-o", str(tmp / "shard"), "--shard", "cases"]),
+        "data": spawn_ranks([RANK, "run", str(tmp / "suite.yaml"), "-o", str(tmp / "data")]),
+        "shard": spawn_ranks([RANK, "run", str(tmp / "flux.yaml"), "-o", str(tmp / "shard"), "--shard", "cases"]),
     }
     try:
         whole = FLUX.replace("[flux-tiny, pixart-tiny]", "flux-tiny").replace(", parallel: {ulysses: 2}", "").replace("    parallel: {ulysses: 2}\n", "")
         (tmp / "one.yaml").write_text(whole.split("  - {name: fbc-ring")[0])
         one = run_suite(load_suite(tmp / "one.yaml", get_registry()), tmp / "one", progress=lambda line: None).path
     finally:
-        finished = {name: wait(procs) for name, procs in started.items()}
+        finished = {name: wait_ranks(procs) for name, procs in started.items()}
     for name, (codes, errors) in finished.items():
         assert codes == [0, 0], (name, errors)
     return {

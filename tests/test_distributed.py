@@ -11,11 +11,8 @@ kernel of the features, to 1e-5.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,38 +28,19 @@ from dqar_bench.distributed.signals import global_snr, head_sharded_entropy, key
 from dqar_bench.errors import DqarError
 from dqar_bench.measure.instruments import fid_batches, fid_image_indices, generate_images
 from tests import distributed_worker as worker
+from tests.rank_launch import ROOT, spawn_ranks, wait_ranks
 from tests.distributed_common import FID_BATCH, FID_COUNT, FID_EXTRACTOR, FID_METRICS, FID_REFERENCE, fid_sampler
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(worker.__file__)
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_ranks(scenario: str, out: Path, world_size: int = 2, timeout: float = 300) -> tuple[list[int], list[str], float]:
     """Run the worker as `world_size` ranks (torchrun's environment, no torchrun); exit codes, outputs, wall seconds."""
-    port, started = free_port(), time.perf_counter()
-    procs = []
-    for rank in range(world_size):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(WORKER.parent)])
-        cmd = [sys.executable, str(WORKER), scenario, str(out)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [p.returncode for p in procs], outputs, time.perf_counter() - started
+    started = time.perf_counter()
+    procs = spawn_ranks([WORKER, scenario, out], world_size, [WORKER.parent], stderr=subprocess.STDOUT)
+    codes, outputs = wait_ranks(procs, timeout)
+    return codes, [out for out, _ in outputs], time.perf_counter() - started
 
 
 def phase(out: Path, name: str, rank: int):

@@ -9,9 +9,7 @@ exactly; FID features come from extractor batches of other sizes, so FID and IS 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -24,7 +22,8 @@ from dqar_bench.distributed.world import Echo, World
 from dqar_bench.errors import DqarError
 from dqar_bench.records import read_records
 from dqar_bench.rounds import RoundLog
-from tests.test_distributed import ENV_VARS, ROOT, free_port
+from tests.rank_launch import spawn_ranks, wait_ranks
+from tests.test_distributed import ENV_VARS, ROOT
 
 RANK = Path(__file__).resolve().parent / "distributed_run.py"
 
@@ -60,23 +59,9 @@ def suite_file(tmp: Path, order: str) -> Path:
 
 def ranks(argv: list[str], world_size: int = 2, **env: str) -> tuple[list[int], list[str], float]:
     """`dqar-bench ARGV` as `world_size` ranks with torchrun's environment (no torchrun: seconds saved)."""
-    port, started = free_port(), time.perf_counter()
-    procs = []
-    for rank in range(world_size):
-        environ = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **env)
-        environ["PYTHONPATH"] = str(ROOT)
-        procs.append(subprocess.Popen([sys.executable, str(RANK), *argv], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=300)
-            outputs.append(err)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [p.returncode for p in procs], outputs, time.perf_counter() - started
+    started = time.perf_counter()
+    codes, outputs = wait_ranks(spawn_ranks([RANK, *argv], world_size, **env))
+    return codes, [err for _, err in outputs], time.perf_counter() - started
 
 
 def records(run: Path) -> dict[str, dict]:
@@ -176,13 +161,8 @@ def test_a_dead_rank_leaves_a_run_that_resume_finishes_with_another_number_of_ra
 def test_a_hung_rank_stops_the_run_with_one_line_naming_it(tmp_path):
     suite = tmp_path / "hang.yaml"  # no FID: rank 0 reaches the exchange of case iv at once
     suite.write_text(SUITE.replace("ORDER", "blocked").split("quality:")[0] + "baseline: baseline\ncases:\n  - name: baseline\n  - name: iv\n    gate: {name: interval, every: 2}\n    cache: attention-output\n")
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        environ = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DQAR_TEST_HANG="iv")
-        environ["PYTHONPATH"] = str(ROOT)
-        argv = ["run", str(suite), "-o", str(tmp_path / "run"), "--rank-timeout", "8"]  # room for the ranks to start apart on a busy machine
-        procs.append(subprocess.Popen([sys.executable, str(RANK), *argv], env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    argv = ["run", str(suite), "-o", str(tmp_path / "run"), "--rank-timeout", "8"]  # room for the ranks to start apart on a busy machine
+    procs = spawn_ranks([RANK, *argv], stdout=subprocess.DEVNULL, DQAR_TEST_HANG="iv")  # rank 1 never ends: only rank 0 is awaited
     try:
         _, err = procs[0].communicate(timeout=300)
     finally:
