@@ -5,10 +5,13 @@ model's transformer and VAE (`tests/pipeline_builders.py`: no text encoders; cap
 suite's synthetic `prompt_lengths`, which reach the pipeline as `prompt_embeds`), saved,
 and run by `dqar-bench run` through the pipeline and through the lean loop on the same
 seeds. The pipeline's decoded images must equal the lean latents decoded by the harness
-(`quality.decoder`, the same VAE): bit for bit for PixArt-Sigma, SD3 and FLUX; within
-1e-6 for DiT and Wan, whose pipelines scale latents for the VAE by a reciprocal
-(DiTPipeline `1 / scaling_factor * x`, WanPipeline `x / (1 / std)`) where the harness divides
-or multiplies, one float32 rounding apart (measured: up to 2.4e-7 and 4.5e-7 on [0, 1] images).
+(`quality.decoder`, the same VAE) to float32 rounding: the two reach the same images by ops
+in another order (the pipeline's own latent scaling, DiTPipeline's `1 / scaling_factor * x`
+and WanPipeline's `x / (1 / std)` against the harness's division, its postprocess, its CFG
+batching), and which of those orders rounds alike depends on the CPU's kernels. So they
+agree within IMAGE_TOLERANCE, 32 float32 ulps of 1.0 (3.8e-6) on images in [0, 1]; measured
+at most 8.6e-7 on two machines. A strategy that reused other blocks would move them by 1e-3
+or more, and the reuse counts, integers, must match exactly.
 A strategy installed through the pipeline reuses exactly as on the lean path (the step
 hooks hand it the same step context), and once removed the pipeline's outputs are
 bit-identical to the untouched pipeline's.
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_builders import run_records as _run, saved_outputs as _outputs, save_pipeline  # noqa: E402
 
 FAMILIES = ("dit", "pixart-sigma", "sd3", "flux", "wan")
-TOLERANCE = {"dit": 1e-6, "wan": 1e-6}  # else 0: bit for bit
+IMAGE_TOLERANCE = 32 * torch.finfo(torch.float32).eps  # module docstring
 CASES = [
     {"name": "baseline"},
     {"name": "interval", "gate": {"name": "interval", "every": 2}, "cache": "attention-output"},
@@ -75,7 +78,7 @@ def test_pipeline_gives_the_lean_outputs(family: str, folders: dict[str, Path], 
         expected = decode(_outputs(lean_dir, lean[case]))
         assert images.shape == expected.shape
         diff = float((images - expected).abs().max())
-        assert diff <= TOLERANCE.get(family, 0.0), f"{family} {case}: max abs diff {diff}"
+        assert diff <= IMAGE_TOLERANCE, f"{family} {case}: max abs diff {diff}"
         assert piped[case]["reused"] == lean[case]["reused"]
     assert piped["interval"]["reused"] > 0 and piped["snr"]["reused"] > 0
     assert piped["baseline"]["pipeline"] == json.loads((folder / "model_index.json").read_text())["_class_name"]
@@ -133,7 +136,7 @@ def test_prompts_go_through_the_pipelines_encode_prompt(family: str, tmp_path: P
     sampler = lean.spec.sampler
     latents = denoise(lean.transformer, make_scheduler(sampler, lean.scheduler_config), read, 0, 3, 3.0)
     images = call_pipeline(model, make_scheduler(sampler, model.scheduler_config), condition, 0, 3, 3.0)
-    assert float((images - decoder(lean.vae)(latents)).abs().max()) <= TOLERANCE.get(family, 0.0)
+    assert float((images - decoder(lean.vae)(latents)).abs().max()) <= IMAGE_TOLERANCE
 
 
 def test_a_suites_prompts_run_through_the_pipeline(tmp_path: Path) -> None:
@@ -156,7 +159,7 @@ def test_a_suites_prompts_run_through_the_pipeline(tmp_path: Path) -> None:
     for case in ("baseline", "interval"):
         assert p_records[case]["status"] == "ok" and p_records[case]["cond_len"] == 8
         diff = (_outputs(p_dir, p_records[case]) - decode(_outputs(l_dir, l_records[case]))).abs().max()
-        assert float(diff) <= TOLERANCE["wan"]
+        assert float(diff) <= IMAGE_TOLERANCE
     assert p_records["baseline"]["identity"]["conditioning"] == {"prompts": PROMPTS}
 
 

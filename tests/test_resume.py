@@ -67,16 +67,21 @@ def test_identity_holds_every_parameter_and_where_each_part_comes_from(write_sui
 
 
 def test_identity_names_a_third_party_distribution_and_version(fake_distribution, write_suite, tmp_path, monkeypatch):
+    """A plugin module of its own name, so the test holds whatever is installed beside it
+    (the README's example plugin installed with `pip install -e` carries version 0.1.0)."""
     from tests.conftest import EXAMPLE_PLUGIN
 
-    fake_distribution("dqar-bench-every-other", {"every_other": "dqar_bench_every_other"}, EXAMPLE_PLUGIN, version="2.3")
+    plugin = tmp_path / "plugin_src" / "identity_test_every_other"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text((EXAMPLE_PLUGIN / "dqar_bench_every_other" / "__init__.py").read_text())
+    fake_distribution("identity-test-every-other", {"every_other": "identity_test_every_other"}, plugin.parent, version="2.3")
     from dqar_bench.identity import case_identity
     from dqar_bench.plugins import load_registry
 
     registry = load_registry(autoload=True)
     suite = load_suite(write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n  - name: odd\n    gate: every-other\n"), registry)
     gate = case_identity(suite, suite.case("odd"), registry, "cpu")["parts"]["gate"]
-    assert (gate["distribution"], gate["version"], gate["params"]) == ("dqar-bench-every-other", "2.3", {"start": 0})
+    assert (gate["distribution"], gate["version"], gate["params"]) == ("identity-test-every-other", "2.3", {"start": 0})
 
 
 def test_resume_with_a_changed_step_count_is_refused_in_one_line(write_suite, tmp_path, capsys):
