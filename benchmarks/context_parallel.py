@@ -25,24 +25,24 @@ from typing import Any
 
 import torch
 
-from dqar_bench.adapters import adapter_for
-from dqar_bench.conditioning import synthetic_captions
-from dqar_bench.distributed import init_world, launched_by_torchrun
-from dqar_bench.distributed.context_parallel import Parallel, context_parallel, refusal
-from dqar_bench.models import load_model
-from dqar_bench.sampling import denoise, make_scheduler
-from dqar_bench.strategy import Strategy
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.model.conditioning import synthetic_captions
+from dqar_bench.core.world import init_world, launched_by_torchrun
+from dqar_bench.strategy.context_parallel import Parallel, context_parallel, refusal
+from dqar_bench.model.models import load_model
+from dqar_bench.model.sampling import denoise, make_scheduler
+from dqar_bench.strategy.strategy import Strategy
 
 STEPS, SEED, GUIDANCE = 8, 0, 3.5
 
 
 def strategies(probe_queries: int) -> dict[str, Any]:
-    from strategies.caches.attention_output import AttentionOutput
-    from strategies.caches.block_residual import BlockResidual
-    from strategies.gates.dqar import Dqar
-    from strategies.gates.residual_change import ResidualChange
-    from strategies.quantizers.none import NoQuantization
-    from strategies.schedulers.all import AllBlocks
+    from dqar_bench.strategies.caches.attention_output import AttentionOutput
+    from dqar_bench.strategies.caches.block_residual import BlockResidual
+    from dqar_bench.strategies.gates.dqar import Dqar
+    from dqar_bench.strategies.gates.residual_change import ResidualChange
+    from dqar_bench.strategies.quantizers.none import NoQuantization
+    from dqar_bench.strategies.schedulers.all import AllBlocks
 
     return {
         "baseline": lambda: None,

@@ -8,7 +8,7 @@ normal runs:
 - `Strategy.before_step`: the scheduler's mask row, the signals computed (the entropies
   of every block from the probe's buffer, the latent SNR) and moved to the host (the one
   sync per step), and the gate's decisions;
-- `dqar_bench.signals.EntropyProbe.record`: the probe's share inside a computing block
+- `dqar_bench.strategy.signals.EntropyProbe.record`: the probe's share inside a computing block
   (sampled scores written to the buffer), on compute steps only.
 
 On a GPU each timed region is fenced by `torch.cuda.synchronize()` so that it measures
@@ -30,14 +30,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from dqar_bench import signals
-from dqar_bench.adapters import adapter_for
-from dqar_bench.models import load_model
-from dqar_bench.plugins import get_registry
-from dqar_bench.runner import build_strategy, resolve_device
-from dqar_bench.sampling import make_scheduler, sample
-from dqar_bench.strategy import Strategy
-from dqar_bench.suite import load_suite
+from dqar_bench.strategy import signals
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.model.models import load_model
+from dqar_bench.core.plugins import get_registry
+from dqar_bench.run.runner import build_strategy, resolve_device
+from dqar_bench.model.sampling import make_scheduler, sample
+from dqar_bench.strategy.strategy import Strategy
+from dqar_bench.config.suite import load_suite
 
 GOAL = 0.05
 

@@ -17,19 +17,22 @@ import argparse
 import statistics
 import tempfile
 import textwrap
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from dqar_bench.measure import synthetic
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's tests/ (the synthetic model of known cost)
+
+from tests import synthetic  # noqa: E402
 from dqar_bench.measure.instruments import Instruments
 from dqar_bench.measure.stats import Measurement, mann_whitney_u
-from dqar_bench.models import load_model
-from dqar_bench.plugins import load_registry
-from dqar_bench.runner import resolve_device, run_case
-from dqar_bench.sampling import make_scheduler
-from dqar_bench.suite import load_suite
+from dqar_bench.model.models import load_model
+from dqar_bench.core.plugins import load_registry
+from dqar_bench.run.runner import resolve_device, run_case
+from dqar_bench.model.sampling import make_scheduler
+from dqar_bench.config.suite import load_suite
 
 
 def hand_loop(model, scheduler, labels, seed, steps, guidance, device, dtype):
@@ -115,10 +118,10 @@ def timer_check(args):
     """The real clock against a model whose blocks really cost a known time."""
     steps, blocks, attn, mlp = 4, 2, 0.025, 0.005
     model = synthetic.build(blocks=blocks, attention_s=attn, mlp_s=mlp)
-    from dqar_bench.timing import CallTimer
+    from dqar_bench.measure.timing import CallTimer
 
     scheduler = make_scheduler("ddim", model.scheduler_config)
-    from dqar_bench.sampling import sample
+    from dqar_bench.model.sampling import sample
 
     samples = []
     with CallTimer(torch.device("cpu"), model.transformer) as timer:

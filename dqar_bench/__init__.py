@@ -1,8 +1,8 @@
 """dqar-bench: an honest benchmark harness for training-free DiT inference acceleration."""
 
-from dqar_bench.context import StepContext
-from dqar_bench.hookspecs import hookimpl
-from dqar_bench.parts import Cache, Gate, Quantizer, Scheduler, StaticGate
+from dqar_bench.core.context import StepContext
+from dqar_bench.core.hookspecs import hookimpl
+from dqar_bench.core.parts import Cache, Gate, Quantizer, Scheduler, StaticGate
 
 __version__ = "0.1.0"
 

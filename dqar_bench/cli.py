@@ -12,17 +12,17 @@ import sys
 import warnings
 from typing import Any, Callable
 
-from dqar_bench.errors import DqarError
+from dqar_bench.core.errors import DqarError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """A suite file of several models runs one suite per model, into `<output>/<model>/`."""
     from pathlib import Path
 
-    from dqar_bench.distributed.launch import launch, without_nproc
-    from dqar_bench.errors import ModelError
-    from dqar_bench.models import offline_problem
-    from dqar_bench.suite import load_suites
+    from dqar_bench.run.distributed.launch import launch, without_nproc
+    from dqar_bench.core.errors import ModelError
+    from dqar_bench.model.models import offline_problem
+    from dqar_bench.config.suite import load_suites
 
     if args.rank_timeout is not None and not args.rank_timeout > 0:
         raise DqarError(f"--rank-timeout must be a positive number of seconds, got {args.rank_timeout:g}")
@@ -35,8 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise DqarError("--rerun-changed reruns the changed cases of a run being resumed; give --resume DIR too")
     if args.nproc is not None:
         return launch(args.nproc, without_nproc(args.argv))
-    from dqar_bench.distributed.world import DEFAULT_TIMEOUT_S, init_world
-    from dqar_bench.runner import run_suite
+    from dqar_bench.core.world import DEFAULT_TIMEOUT_S, init_world
+    from dqar_bench.run.runner import run_suite
 
     world = init_world(suites[0].device, args.rank_timeout or DEFAULT_TIMEOUT_S)  # a plain process is a World of one
     status = 0
@@ -59,9 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from dqar_bench.suite import load_suites
+    from dqar_bench.config.suite import load_suites
 
-    from dqar_bench.models import offline_problem
+    from dqar_bench.model.models import offline_problem
 
     for suite in load_suites(args.suite, inception_weights=args.inception_weights):
         print(f"{args.suite}: ok: suite '{suite.name}', {len(suite.cases)} cases, model {suite.model}, baseline '{suite.baseline}'")
@@ -73,9 +73,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from dqar_bench.plan import plan_suite, render_plan
-    from dqar_bench.plugins import get_registry
-    from dqar_bench.suite import load_suite
+    from dqar_bench.views.plan import plan_suite, render_plan
+    from dqar_bench.core.plugins import get_registry
+    from dqar_bench.config.suite import load_suite
 
     registry = get_registry()
     suite = load_suite(args.suite, registry)
@@ -85,7 +85,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_check_part(args: argparse.Namespace) -> int:
-    from dqar_bench.plugins import get_registry
+    from dqar_bench.core.plugins import get_registry
     from dqar_bench.testing import check_part, find_part
 
     registry = get_registry()
@@ -100,8 +100,8 @@ def cmd_check_part(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from dqar_bench.parts import KINDS
-    from dqar_bench.plugins import get_registry
+    from dqar_bench.core.parts import KINDS
+    from dqar_bench.core.plugins import get_registry
 
     registry = get_registry()
     for kind in KINDS:
@@ -121,10 +121,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from dqar_bench.families import FAMILIES, GUIDANCE_MODES
-    from dqar_bench.models import BUILTIN_FAMILIES, BUILTIN_MODELS, TINY_MODELS
-    from dqar_bench.plugins import get_registry
-    from dqar_bench.sampling import prediction_type
+    from dqar_bench.model.families import FAMILIES, GUIDANCE_MODES
+    from dqar_bench.model.models import BUILTIN_FAMILIES, BUILTIN_MODELS, TINY_MODELS
+    from dqar_bench.core.plugins import get_registry
+    from dqar_bench.model.sampling import prediction_type
 
     caches = [get_registry().get("cache", name).cls for name in get_registry().names("cache")]
     print("families:")
@@ -148,7 +148,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _modulation(family: Any) -> str:
-    from dqar_bench.families import Modulation
+    from dqar_bench.model.families import Modulation
 
     m = family.modulation
     if not isinstance(m, Modulation):
@@ -158,7 +158,7 @@ def _modulation(family: Any) -> str:
 
 def _hooks(family: Any) -> str:
     """Which of diffusers' hooks run on the family at their defaults, and why the others do not."""
-    from dqar_bench.diffusers_hooks import HOOKS, refusal
+    from dqar_bench.strategy.diffusers_hooks import HOOKS, refusal
 
     runs = [name for name in HOOKS if refusal(name, family) is None]
     refused = [f"{name}: refused ({refusal(name, family)})" for name in HOOKS if refusal(name, family) is not None]
@@ -166,10 +166,10 @@ def _hooks(family: Any) -> str:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from dqar_bench.policy.trace import trace_suite
-    from dqar_bench.suite import load_suite
+    from dqar_bench.run.trace import trace_suite
+    from dqar_bench.config.suite import load_suite
 
-    from dqar_bench.distributed.launch import single_process_only
+    from dqar_bench.run.distributed.launch import single_process_only
 
     single_process_only("dqar-bench trace")
     suite = load_suite(args.suite)
@@ -184,8 +184,8 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
 
     from pathlib import Path
 
-    from dqar_bench.policy.model import save_policy
-    from dqar_bench.policy.train import read_traces, train_policy
+    from dqar_bench.strategy.policy.model import save_policy
+    from dqar_bench.strategy.policy.train import read_traces, train_policy
 
     output = Path(args.output)
     if output.exists() and not args.force:
@@ -206,7 +206,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from dqar_bench.measure import compare
+    from dqar_bench.views import compare
 
     comparison = compare.compare_runs(
         args.base,
@@ -226,7 +226,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dqar_bench.report import write_report
+    from dqar_bench.views.report import write_report
 
     if args.max_seeds < 1:
         raise DqarError(f"--max-seeds: {args.max_seeds} shows no images; give 1 or more")
@@ -238,7 +238,7 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dqar_bench.measure.fid_stats import folder_statistics
-    from dqar_bench.runner import resolve_device
+    from dqar_bench.run.runner import resolve_device
 
     path = folder_statistics(args.folder, args.feature_extractor, args.inception_weights, resolve_device(args.device), args.output)
     with np.load(path) as stats:
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except DqarError as exc:
-        from dqar_bench.distributed.world import Echo
+        from dqar_bench.core.world import Echo
 
         if not isinstance(exc, Echo):  # another rank's error: that rank (rank 0) prints it
             print(f"error: {exc}", file=sys.stderr)

@@ -39,10 +39,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from dqar_bench.errors import DqarError
-from dqar_bench.execution import MODES, CudaGraphs, Execution, _Program
-from dqar_bench.parts import BASES, KINDS, Part, Quantizer, build_part
-from dqar_bench.plugins import Registry, load_registry
+from dqar_bench.core.errors import DqarError
+from dqar_bench.strategy.execution import MODES, CudaGraphs, Execution, _Program
+from dqar_bench.core.parts import BASES, KINDS, Part, Quantizer, build_part
+from dqar_bench.core.plugins import Registry, load_registry
 
 COMPANIONS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "scheduler": {"gate": ("always", {}), "cache": ("attention-output", {}), "quantizer": ("none", {})},
@@ -72,9 +72,9 @@ class CheckResult:
 
 
 def tiny_models() -> list[str]:
-    """One small built-in model per model family (`dqar_bench.models.TINY_MODELS`), so a
+    """One small built-in model per model family (`dqar_bench.model.models.TINY_MODELS`), so a
     family added with a tiny model is checked from then on."""
-    from dqar_bench.models import TINY_MODELS
+    from dqar_bench.model.models import TINY_MODELS
 
     return [TINY_MODELS[f] for f in sorted(TINY_MODELS)]
 
@@ -190,7 +190,7 @@ def _round_trip(quantizer: Quantizer) -> None:
 
 
 def _model_checks(part: type[Part], kind: str, params: dict[str, Any], registry: Registry, model_name: str, steps: int) -> list[CheckResult]:
-    from dqar_bench.adapters import adapter_for
+    from dqar_bench.strategy.adapter import adapter_for
 
     bench = _Bench.load(model_name)
     assembly: list[dict[str, Part]] = []
@@ -224,7 +224,7 @@ def _assembly(part: type[Part], kind: str, params: dict[str, Any], registry: Reg
 
 
 def _strategy(part: type[Part], kind: str, params: dict[str, Any], registry: Registry) -> Any:
-    from dqar_bench.strategy import Strategy
+    from dqar_bench.strategy.strategy import Strategy
 
     p = _assembly(part, kind, params, registry)
     return Strategy(p["scheduler"], p["gate"], p["cache"], p["quantizer"])  # type: ignore[arg-type]
@@ -245,8 +245,8 @@ class _Bench:
 
     @classmethod
     def load(cls, name: str) -> "_Bench":
-        from dqar_bench.conditioning import condition_for
-        from dqar_bench.models import load_model
+        from dqar_bench.model.conditioning import condition_for
+        from dqar_bench.model.models import load_model
 
         if name not in _BENCHES:
             cpu = torch.device("cpu")
@@ -256,8 +256,8 @@ class _Bench:
         return _BENCHES[name]
 
     def call(self, strategy: Any, seed: int, steps: int, forward: Any = None) -> torch.Tensor:
-        from dqar_bench.models import default_sampler
-        from dqar_bench.sampling import denoise, make_scheduler
+        from dqar_bench.model.models import default_sampler
+        from dqar_bench.model.sampling import denoise, make_scheduler
 
         scheduler = make_scheduler(default_sampler(self.model.name), self.model.scheduler_config)
         return denoise(self.model.transformer, scheduler, self.condition, seed, steps, GUIDANCE, strategy, forward)
@@ -275,7 +275,7 @@ _BENCHES: dict[str, _Bench] = {}
 
 
 def _eager(bench: _Bench, part: type[Part], kind: str, params: dict[str, Any], registry: Registry, steps: int, runs: dict[str, Any]) -> str:
-    from dqar_bench.adapters import adapter_for
+    from dqar_bench.strategy.adapter import adapter_for
 
     transformer = bench.model.transformer
     bench.reference(steps)
@@ -315,7 +315,7 @@ def _answers(runs: dict[str, Any]) -> str:
 
 
 def _replay(bench: _Bench, part: type[Part], kind: str, params: dict[str, Any], registry: Registry, steps: int, runs: dict[str, Any]) -> str:
-    from dqar_bench.adapters import adapter_for
+    from dqar_bench.strategy.adapter import adapter_for
 
     strategy = _strategy(part, kind, params, registry)
     declared = {k: type(p).UNSUPPORTED.get("cudagraph") for k, p in strategy.parts.items() if type(p).UNSUPPORTED.get("cudagraph")}

@@ -18,7 +18,7 @@ from pathlib import Path
 # Runnable from a plain checkout, without installing the package first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dqar_bench.report.browser import Browser  # noqa: E402
+from report_browser import Browser  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

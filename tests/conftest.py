@@ -19,14 +19,14 @@ EXAMPLE_PLUGIN = Path(__file__).resolve().parent.parent / "examples" / "dqar-ben
 
 @pytest.fixture(scope="session")
 def tiny():
-    from dqar_bench.models import load_model
+    from dqar_bench.model.models import load_model
 
     return load_model("dit-tiny", torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture()
 def registry():
-    from dqar_bench.plugins import load_registry
+    from dqar_bench.core.plugins import load_registry
 
     return load_registry(autoload=False)
 
@@ -111,9 +111,9 @@ def report_run(tmp_path_factory):
     """
     import io
 
-    from dqar_bench import case_run
+    from dqar_bench.run import case_run
     from dqar_bench.cli import main
-    from dqar_bench.records import RunDir
+    from dqar_bench.measure.records import RunDir
 
     root = tmp_path_factory.mktemp("report")
     suite = root / "suite.yaml"

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from dqar_bench.distributed import World
-from dqar_bench.distributed.context_parallel import Parallel, context_parallel
-from dqar_bench.strategy import Strategy
+from dqar_bench.core.world import World
+from dqar_bench.strategy.context_parallel import Parallel, context_parallel
+from dqar_bench.strategy.strategy import Strategy
 
 MODEL, STEPS, SEED, GUIDANCE = "flux-tiny", 8, 0, 3.5
 CAPTIONS = [4, 6]  # two captions, padded to 6 text tokens: 3 per rank; 16 image tokens: 8 per rank
@@ -17,12 +17,12 @@ PROBE_QUERIES = 5  # fewer than the 16 image tokens and the 22 joint ones: the p
 
 def cases() -> dict[str, Strategy | None]:
     """The untouched model, DQAR's gate (entropy threshold between the tiny model's block entropies), FirstBlockCache."""
-    from strategies.caches.attention_output import AttentionOutput
-    from strategies.caches.block_residual import BlockResidual
-    from strategies.gates.dqar import Dqar
-    from strategies.gates.residual_change import ResidualChange
-    from strategies.quantizers.none import NoQuantization
-    from strategies.schedulers.all import AllBlocks
+    from dqar_bench.strategies.caches.attention_output import AttentionOutput
+    from dqar_bench.strategies.caches.block_residual import BlockResidual
+    from dqar_bench.strategies.gates.dqar import Dqar
+    from dqar_bench.strategies.gates.residual_change import ResidualChange
+    from dqar_bench.strategies.quantizers.none import NoQuantization
+    from dqar_bench.strategies.schedulers.all import AllBlocks
 
     dqar = Dqar(threshold=ENTROPY_THRESHOLD, snr_low=0.0, snr_high=1e9, warmup=1, deep_layer_snr_threshold=0.0)
     return {
@@ -37,10 +37,10 @@ def rank_gate_strategy(rank: int) -> Strategy:
     the rank-local signal the seam must overrule, or the ranks would run different blocks."""
     from dataclasses import dataclass
 
-    from dqar_bench.parts import Gate
-    from strategies.caches.attention_output import AttentionOutput
-    from strategies.quantizers.none import NoQuantization
-    from strategies.schedulers.all import AllBlocks
+    from dqar_bench.core.parts import Gate
+    from dqar_bench.strategies.caches.attention_output import AttentionOutput
+    from dqar_bench.strategies.quantizers.none import NoQuantization
+    from dqar_bench.strategies.schedulers.all import AllBlocks
 
     @dataclass
     class ByRank(Gate):
@@ -57,7 +57,7 @@ RESIDUAL_THRESHOLD = 0.5
 
 
 def load(world: World) -> Any:
-    from dqar_bench.models import load_model
+    from dqar_bench.model.models import load_model
 
     return load_model(MODEL, world.device, torch.float32)
 
@@ -66,11 +66,11 @@ def run_case(world: World, parallel: Parallel | None, strategy: Strategy | None,
     """One sampling call of flux-tiny (`model`, or a fresh one) with `strategy`, context-parallel
     when `parallel` is given: the final latents, the reuse map, the signals the gate read at each step,
     and the FLOPs of the call (over all ranks, as the runner records them)."""
-    from dqar_bench.adapters import adapter_for
-    from dqar_bench.conditioning import synthetic_captions
-    from dqar_bench.distributed.context_parallel import whole_call_flops
+    from dqar_bench.strategy.adapter import adapter_for
+    from dqar_bench.model.conditioning import synthetic_captions
+    from dqar_bench.strategy.context_parallel import whole_call_flops
     from dqar_bench.measure.flops import count_flops
-    from dqar_bench.sampling import denoise, make_scheduler
+    from dqar_bench.model.sampling import denoise, make_scheduler
 
     model = model if model is not None else load(world)
     condition = synthetic_captions(CAPTIONS, model.text_width, world.device, torch.float32, model.spec.text, model.pooled_width, model.text_length)

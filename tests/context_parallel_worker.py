@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from dqar_bench.distributed import init_world
-from dqar_bench.distributed.context_parallel import Parallel, ShardedSequence
+from dqar_bench.core.world import init_world
+from dqar_bench.strategy.context_parallel import Parallel, ShardedSequence
 
 torch.set_num_threads(1)
 

@@ -16,8 +16,8 @@ FID_REFERENCE = "digits-heldout"
 def fid_sampler() -> tuple[Callable[[int, list[int]], torch.Tensor], object, int]:
     """The reference model's sampling call as the runner makes FID images with it, a kit, its class count."""
     from dqar_bench.measure.instruments import Instruments
-    from dqar_bench.models import load_model
-    from dqar_bench.sampling import denoise, labels_condition, make_scheduler
+    from dqar_bench.model.models import load_model
+    from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
 
     device = torch.device("cpu")
     model = load_model("digits-dit", device, torch.float32)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from dqar_bench.distributed import RankError, init_world
-from dqar_bench.distributed.signals import (
+from dqar_bench.core.world import RankError, init_world
+from dqar_bench.strategy.rank_signals import (
     global_snr,
     head_sharded_entropy,
     key_sharded_attention_entropy,
@@ -84,7 +84,7 @@ def fid(world) -> dict | None:
     """This rank's share of the one-process FID images (made by the test with the real model), scored on rank 0."""
     from safetensors.torch import load_file
 
-    from dqar_bench.distributed.fid import gather_features
+    from dqar_bench.run.distributed.fid import gather_features
     from dqar_bench.measure.fidelity import Extractor, Fidelity
     from dqar_bench.measure.instruments import fid_image_indices
 

@@ -10,8 +10,8 @@ from typing import Callable
 import torch
 
 from dqar_bench import Gate, StepContext, hookimpl
-from dqar_bench.measure import synthetic
-from strategies.caches.attention_output import AttentionOutput
+from tests import synthetic
+from dqar_bench.strategies.caches.attention_output import AttentionOutput
 
 SPEND: dict[str, Callable[[float], None]] = {"wait": synthetic.real_wait}
 """How `spin` spends its time: a real busy wait, or a test's virtual clock."""
@@ -53,6 +53,6 @@ class TestParts:
 
 
 def registry_with_test_parts():
-    from dqar_bench.plugins import load_registry
+    from dqar_bench.core.plugins import load_registry
 
     return load_registry(autoload=False, extra_plugins=(TestParts(),))

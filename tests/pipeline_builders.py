@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dqar_bench import families, models
+from dqar_bench.model import families, models
 
 
 def _flow_scheduler(family: str) -> Any:
@@ -133,9 +133,9 @@ def save_pipeline(family: str, folder: Path, **kwargs: Any) -> Path:
 
 def run_records(suite: Path, out: Path) -> tuple[dict[str, dict], Path]:
     """A suite run here: its records by case, and its run directory."""
-    from dqar_bench.records import read_records
-    from dqar_bench.runner import run_suite
-    from dqar_bench.suite import load_suite
+    from dqar_bench.measure.records import read_records
+    from dqar_bench.run.runner import run_suite
+    from dqar_bench.config.suite import load_suite
 
     run = run_suite(load_suite(suite), out, progress=lambda _: None)
     return {r["case"]: r for r in read_records(run.path / "records.jsonl")}, run.path

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dqar_bench.adapters import adapter_for
-from dqar_bench.parts import build_part
-from dqar_bench.sampling import make_scheduler, sample
-from dqar_bench.strategy import Strategy
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.core.parts import build_part
+from dqar_bench.model.sampling import make_scheduler, sample
+from dqar_bench.strategy.strategy import Strategy
 
 LABELS = [1, 3]
 STEPS = 10

@@ -12,11 +12,11 @@ import torch
 
 from dqar_bench import Gate, StepContext, hookimpl
 from dqar_bench.cli import main
-from dqar_bench.parts import build_part
-from dqar_bench.plugins import load_registry
-from dqar_bench.records import RunDir
-from dqar_bench.runner import run_suite
-from dqar_bench.suite import load_suite
+from dqar_bench.core.parts import build_part
+from dqar_bench.core.plugins import load_registry
+from dqar_bench.measure.records import RunDir
+from dqar_bench.run.runner import run_suite
+from dqar_bench.config.suite import load_suite
 from tests.conftest import SMALL_SUITE_HEAD
 
 BASELINE_ONLY = "cases:\n  - name: baseline\n"
@@ -86,7 +86,7 @@ def test_duplicate_seeds(write_suite, capsys):
 
 
 def test_threads_above_the_cores(write_suite, capsys):
-    from dqar_bench.suite import usable_cores
+    from dqar_bench.config.suite import usable_cores
 
     body = SMALL_SUITE_HEAD + f"threads: {usable_cores() + 1}\n" + BASELINE_ONLY
     err = one_line_error(capsys, ["validate", str(write_suite(body))])
@@ -141,7 +141,7 @@ def test_a_checkpoint_id_not_downloaded_is_a_validate_note_and_a_run_error(write
 # --- weights the quality metrics need --------------------------------------------------------
 
 def test_missing_classifier_weights_are_caught_before_any_sampling(write_suite, capsys, monkeypatch, tmp_path):
-    import dqar_bench.reference.load as load
+    import dqar_bench.model.reference.load as load
 
     monkeypatch.setattr(load, "classifier_weights_path", lambda: tmp_path / "gone.safetensors")
     suite = write_suite(SMALL_SUITE_HEAD + "quality: {classifier: digits}\n" + BASELINE_ONLY)
@@ -157,7 +157,7 @@ def test_missing_fid_weights_are_caught_before_any_sampling(write_suite, capsys,
     assert "need the Inception weights and dqar-bench downloads nothing" in one_line_error(capsys, ["validate", str(suite)])
     given = write_suite(SMALL_SUITE_HEAD + f"quality: {{fid: 8, inception_weights: {tmp_path / 'x.pth'}}}\n" + BASELINE_ONLY, "g.yaml")
     assert "no file at" in one_line_error(capsys, ["validate", str(given)])
-    import dqar_bench.reference.load as load
+    import dqar_bench.model.reference.load as load
 
     monkeypatch.setattr(load, "classifier_weights_path", lambda: tmp_path / "gone.safetensors")
     digits = write_suite(SMALL_SUITE_HEAD + "quality: {fid: 8, feature_extractor: dqar-digits-classifier}\n" + BASELINE_ONLY, "d.yaml")

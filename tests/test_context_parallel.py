@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 from dqar_bench.cli import main
-from dqar_bench.distributed import World
-from dqar_bench.distributed.context_parallel import Parallel, ShardedSequence, context_parallel, parse_parallel, refusal
-from dqar_bench.errors import SuiteError
-from dqar_bench.signal_scope import LOCAL
+from dqar_bench.core.world import World
+from dqar_bench.strategy.context_parallel import Parallel, ShardedSequence, context_parallel, parse_parallel, refusal
+from dqar_bench.core.errors import SuiteError
+from dqar_bench.strategy.signal_scope import LOCAL
 from tests import context_parallel_common as common
 from tests.rank_launch import spawn_ranks, wait_ranks
 
@@ -107,11 +107,11 @@ def test_decisions_that_would_differ_are_rank_zeros_on_both(two_ranks):
 def test_sharded_scope_on_one_rank_reads_what_the_plain_scope_reads(one_process):
     """The sharding arithmetic (joint text+image positions on FLUX's single-stream blocks, softmax
     statistics, residual sums) on a world of one, through the real model: the plain signals, to 1e-5."""
-    from dqar_bench.adapters import adapter_for
-    from dqar_bench.conditioning import synthetic_captions
-    from dqar_bench.distributed.context_parallel import _stream_tokens
-    from dqar_bench.models import load_model
-    from dqar_bench.sampling import denoise, make_scheduler
+    from dqar_bench.strategy.adapter import adapter_for
+    from dqar_bench.model.conditioning import synthetic_captions
+    from dqar_bench.strategy.context_parallel import _stream_tokens
+    from dqar_bench.model.models import load_model
+    from dqar_bench.model.sampling import denoise, make_scheduler
 
     for name in ("dqar", "first-block-cache"):
         strategy = common.cases()[name]
@@ -134,7 +134,7 @@ def test_sharded_scope_on_one_rank_reads_what_the_plain_scope_reads(one_process)
 
 def test_one_rank_runs_the_plain_scope_bit_for_bit(one_process):
     """What the runner wraps every case in, without parallelism: nothing changes, the scope stays the plain one."""
-    from dqar_bench.models import load_model
+    from dqar_bench.model.models import load_model
 
     model = load_model(common.MODEL, CPU, torch.float32)
     strategy = common.cases()["dqar"]
@@ -164,7 +164,7 @@ def test_parallel_key_is_checked_in_one_line():
 
 
 def test_suite_parallel_field(write_suite, registry):
-    from dqar_bench.suite import load_suite
+    from dqar_bench.config.suite import load_suite
 
     head = "name: s\nmodel: flux-tiny\nsampler: {steps: 2}\nprompt_lengths: [4]\ndevice: cpu\n"
     suite = load_suite(write_suite(head + "parallel: {ulysses: 2}\ncases:\n  - name: baseline\n  - {name: fbc, gate: residual-change, cache: block-residual, parallel: {ring: 2}}\n"), registry)
@@ -177,7 +177,7 @@ def test_suite_parallel_field(write_suite, registry):
 
 
 def test_refusals_name_the_reason():
-    from dqar_bench.models import load_model
+    from dqar_bench.model.models import load_model
 
     flux = load_model("flux-tiny", CPU, torch.float32).transformer
     dit = load_model("dit-tiny", CPU, torch.float32).transformer

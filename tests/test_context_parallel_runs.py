@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqar_bench.distributed.shares import Share, standing
-from dqar_bench.distributed.teams import team_for
-from dqar_bench.distributed.world import World
+from dqar_bench.run.distributed.shares import Share, standing
+from dqar_bench.run.distributed.teams import team_for
+from dqar_bench.core.world import World
 from dqar_bench.measure.flops import per_call as flops_per_call
-from dqar_bench.records import RunDir, read_records
-from dqar_bench.rounds import RoundLog
+from dqar_bench.measure.records import RunDir, read_records
+from dqar_bench.measure.rounds import RoundLog
 from tests.rank_launch import spawn_ranks, wait_ranks
 from tests.test_distributed_runs import RANK
 
@@ -67,9 +67,9 @@ def outputs(run: Path, case: str) -> dict[int, torch.Tensor]:
 def runs(tmp_path_factory):
     """The run directories of flux-tiny and pixart-tiny of the two two-rank runs (started together),
     and of the one-process run of the same flux cases without `parallel`."""
-    from dqar_bench.plugins import get_registry
-    from dqar_bench.runner import run_suite
-    from dqar_bench.suite import load_suite
+    from dqar_bench.core.plugins import get_registry
+    from dqar_bench.run.runner import run_suite
+    from dqar_bench.config.suite import load_suite
 
     tmp = tmp_path_factory.mktemp("cp-runs")
     (tmp / "suite.yaml").write_text(FLUX)
@@ -153,7 +153,7 @@ def test_a_model_without_a_context_parallel_plan_is_refused_on_every_rank_and_th
 
 
 def test_a_split_case_belongs_to_the_world_and_makes_every_call():
-    from dqar_bench.distributed.context_parallel import Parallel
+    from dqar_bench.strategy.context_parallel import Parallel
 
     world, alone = World(rank=1, world_size=2, backend="gloo"), World(rank=0, world_size=1)
     split = team_for(Parallel("ulysses", 2), world, alone)  # under --shard cases the run's team is this rank alone
@@ -173,8 +173,8 @@ def test_rank_zero_stands_for_a_split_call_only_if_every_rank_holds_its_outputs(
 
 
 def test_the_note_says_what_a_split_case_is_timed_against():
-    from dqar_bench.distributed.context_parallel import Parallel
-    from dqar_bench.distributed.teams import parallel_note
+    from dqar_bench.strategy.context_parallel import Parallel
+    from dqar_bench.run.distributed.teams import parallel_note
 
     two = Parallel("ulysses", 2)
     assert "on one device per rank" in parallel_note(two, "baseline", None)

@@ -17,15 +17,15 @@ import json
 import pytest
 import torch
 
-from dqar_bench import families
-from dqar_bench.adapters import adapter_for
-from dqar_bench.diffusers_hooks import HOOKS, DiffusersHook, HookConfigError, check, refusal
-from dqar_bench.errors import SuiteError
-from dqar_bench.models import TINY_MODELS
-from dqar_bench.parts import build_part
-from dqar_bench.sampling import denoise, labels_condition, make_scheduler
-from dqar_bench.strategy import Strategy
-from dqar_bench.suite import load_suite
+from dqar_bench.model import families
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.diffusers_hooks import HOOKS, DiffusersHook, HookConfigError, check, refusal
+from dqar_bench.core.errors import SuiteError
+from dqar_bench.model.models import TINY_MODELS
+from dqar_bench.core.parts import build_part
+from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
+from dqar_bench.strategy.strategy import Strategy
+from dqar_bench.config.suite import load_suite
 from dqar_bench.testing import _Bench
 
 CPU = torch.device("cpu")
@@ -141,7 +141,7 @@ def test_bad_hook_cases_fail_validation_in_one_line(registry, write_suite, case,
 
 def test_a_hook_case_runs_through_the_runner_next_to_our_pab(write_suite, tmp_path):
     from dqar_bench.cli import main
-    from dqar_bench.records import RunDir
+    from dqar_bench.measure.records import RunDir
 
     path = write_suite(HEAD + """\
   - name: pab
@@ -168,7 +168,7 @@ def test_a_hook_case_runs_through_the_runner_next_to_our_pab(write_suite, tmp_pa
 
 
 def test_plan_names_the_hook_cases_it_cannot_plan(registry, write_suite):
-    from dqar_bench.plan import plan_suite, render_plan
+    from dqar_bench.views.plan import plan_suite, render_plan
 
     path = write_suite(HEAD + "  - name: diffusers_fbc\n    diffusers-hook: {name: first-block-cache}\n")
     suite = load_suite(path, registry)

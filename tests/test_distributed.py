@@ -20,12 +20,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dqar_bench import signals
-from dqar_bench.distributed import RankError, World, init_world
-from dqar_bench.distributed.fid import gather_features
-from dqar_bench.distributed.launch import launch, torchrun_args, without_nproc
-from dqar_bench.distributed.signals import global_snr, head_sharded_entropy, key_sharded_entropy, main_decides, sampled_queries
-from dqar_bench.errors import DqarError
+from dqar_bench.strategy import signals
+from dqar_bench.core.world import RankError, World, init_world
+from dqar_bench.run.distributed.fid import gather_features
+from dqar_bench.run.distributed.launch import launch, torchrun_args, without_nproc
+from dqar_bench.strategy.rank_signals import global_snr, head_sharded_entropy, key_sharded_entropy, main_decides, sampled_queries
+from dqar_bench.core.errors import DqarError
 from dqar_bench.measure.instruments import fid_batches, fid_image_indices, generate_images
 from tests import distributed_worker as worker
 from tests.rank_launch import ROOT, spawn_ranks, wait_ranks
@@ -203,7 +203,7 @@ def test_gathered_features_come_back_in_the_one_process_order():
 
 
 def test_rank_device_rules(monkeypatch):
-    from dqar_bench.distributed.world import _rank_device
+    from dqar_bench.core.world import _rank_device
 
     assert _rank_device("cpu", 1, 2) == torch.device("cpu")
     with pytest.raises(DqarError, match="names one GPU but the run has 2 ranks"):

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqar_bench.distributed.runs import check_devices, decide, my_cases
-from dqar_bench.distributed.world import Echo, World
-from dqar_bench.errors import DqarError
-from dqar_bench.records import read_records
-from dqar_bench.rounds import RoundLog
+from dqar_bench.run.distributed.runs import check_devices, decide, my_cases
+from dqar_bench.core.world import Echo, World
+from dqar_bench.core.errors import DqarError
+from dqar_bench.measure.records import read_records
+from dqar_bench.measure.rounds import RoundLog
 from tests.rank_launch import spawn_ranks, wait_ranks
 from tests.test_distributed import ENV_VARS, ROOT
 
@@ -84,9 +84,9 @@ def assert_same_quality(one: dict[str, dict], other: dict[str, dict], exact: tup
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The suite run by one process (interleaved and blocked timing give the same quality)."""
-    from dqar_bench.plugins import get_registry
-    from dqar_bench.runner import run_suite
-    from dqar_bench.suite import load_suite
+    from dqar_bench.core.plugins import get_registry
+    from dqar_bench.run.runner import run_suite
+    from dqar_bench.config.suite import load_suite
 
     tmp = tmp_path_factory.mktemp("one")
     started = time.perf_counter()
@@ -234,7 +234,7 @@ def test_trace_refuses_to_run_as_one_of_several_ranks(monkeypatch, capsys, tmp_p
 
 
 def test_the_fid50k_suite_validates_on_a_cpu_and_records_each_case_as_it_finishes():
-    from dqar_bench.suite import load_suite
+    from dqar_bench.config.suite import load_suite
 
     suite = load_suite(ROOT / "suites" / "fid50k-dit-xl-256.yaml")
     assert (suite.quality.fid, suite.steps, suite.guidance_scale, suite.timing_order) == (50000, 50, 1.5, "blocked")

@@ -38,7 +38,7 @@ def test_every_example_on_the_page_conforms(name):
 
 
 def test_the_page_registers_every_example():
-    from dqar_bench.plugins import load_registry
+    from dqar_bench.core.plugins import load_registry
 
     registry = load_registry(autoload=False, extra_plugins=(PLUGIN,))
     names = {kind: set(parts) for kind, parts in registry.parts.items()}
@@ -47,9 +47,9 @@ def test_the_page_registers_every_example():
 
 
 def test_the_documented_range_error_is_what_a_user_sees(write_suite, capsys):
-    from dqar_bench.plugins import load_registry
-    from dqar_bench.suite import load_suite
-    from dqar_bench.errors import SuiteError
+    from dqar_bench.core.plugins import load_registry
+    from dqar_bench.config.suite import load_suite
+    from dqar_bench.core.errors import SuiteError
 
     path = write_suite("name: s\nmodel: dit-tiny\ncases:\n  - name: baseline\n  - name: mine\n    scheduler: {name: second-half, start: 1.5}\n")
     with pytest.raises(SuiteError) as err:

@@ -11,18 +11,18 @@ import math
 import pytest
 import torch
 
-from dqar_bench import signals
-from dqar_bench.context import StepContext
-from dqar_bench.parts import build_part
-from strategies.gates.dqar import Dqar
-from strategies.gates.entropy import Entropy
-from strategies.gates.snr import Snr
-from strategies.quantizers.fp8 import FP8, Fp8
-from strategies.quantizers.int8 import Int8
-from strategies.schedulers.exponential import Exponential
-from strategies.schedulers.linear import Linear
-from strategies.schedulers.linear_reverse import LinearReverse
-from strategies.schedulers.step import Step
+from dqar_bench.strategy import signals
+from dqar_bench.core.context import StepContext
+from dqar_bench.core.parts import build_part
+from dqar_bench.strategies.gates.dqar import Dqar
+from dqar_bench.strategies.gates.entropy import Entropy
+from dqar_bench.strategies.gates.snr import Snr
+from dqar_bench.strategies.quantizers.fp8 import FP8, Fp8
+from dqar_bench.strategies.quantizers.int8 import Int8
+from dqar_bench.strategies.schedulers.exponential import Exponential
+from dqar_bench.strategies.schedulers.linear import Linear
+from dqar_bench.strategies.schedulers.linear_reverse import LinearReverse
+from dqar_bench.strategies.schedulers.step import Step
 
 NAN = float("nan")
 
@@ -81,7 +81,7 @@ def test_entropy_probe_keeps_each_blocks_last_compute_and_nan_for_the_others():
 def test_linear_attention_entropy_is_that_of_the_relu_kernel_weights():
     # Sana attends with relu(q).relu(k) / sum_j relu(q).relu(k_j): the probe must read the entropy
     # of those weights (worked out here from the processor's own formula), not of a softmax map.
-    from dqar_bench.models import load_model
+    from dqar_bench.model.models import load_model
 
     model = load_model("sana-tiny", torch.device("cpu"), torch.float32).transformer
     attn = model.transformer_blocks[0].attn1
@@ -303,7 +303,7 @@ def test_int8_scale_ignores_a_nan_in_its_group():
 
 
 def test_strategy_stats_count_non_finite_values_the_cache_was_handed(registry):
-    from dqar_bench.strategy import Strategy
+    from dqar_bench.strategy.strategy import Strategy
 
     parts = {k: build_part(registry.get(k, n).cls, p) for k, n, p in (
         ("scheduler", "all", {}), ("gate", "never", {}), ("cache", "attention-output", {}), ("quantizer", "int8", {"mode": "per_channel"}))}

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqar_bench import Gate, signals
-from dqar_bench.adapters import adapter_for
-from dqar_bench.attention import attend, project_q, project_qkv
+from dqar_bench import Gate
+from dqar_bench.strategy import signals
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.attention import attend, project_q, project_qkv
 from dqar_bench.cli import main
-from dqar_bench.parts import build_part
-from dqar_bench.sampling import make_scheduler, sample
-from dqar_bench.strategy import Strategy
+from dqar_bench.core.parts import build_part
+from dqar_bench.model.sampling import make_scheduler, sample
+from dqar_bench.strategy.strategy import Strategy
 
 LABELS = [1, 3]
 STEPS = 8
@@ -180,7 +181,7 @@ def test_shipped_suites_validate(name, capsys):
 
 
 def test_dit_xl_suite_has_the_seeds_setting():
-    from dqar_bench.suite import load_suite
+    from dqar_bench.config.suite import load_suite
 
     suite = load_suite(SUITES / "dit-xl-256.yaml")
     assert (suite.model, suite.sampler, suite.steps, suite.guidance_scale) == ("facebook/DiT-XL-2-256", "ddim", 50, 4.0)
@@ -188,7 +189,7 @@ def test_dit_xl_suite_has_the_seeds_setting():
 
 
 def test_ablations_pair_the_int8_cache_with_a_model_dtype_cache_of_the_same_pattern():
-    from dqar_bench.suite import load_suite
+    from dqar_bench.config.suite import load_suite
 
     suite = load_suite(SUITES / "ablations.yaml")
     quant = suite.case("quant_cache_only").parts

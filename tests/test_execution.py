@@ -11,17 +11,17 @@ import json
 import pytest
 import torch
 
-from dqar_bench.adapters import adapter_for
+from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.cli import main
-from dqar_bench.errors import SuiteError
-from dqar_bench.execution import Execution, ExecutionOptions, KeyedRunner, _copy, unsupported
-from dqar_bench.parts import build_part
-from dqar_bench.records import RunDir
-from dqar_bench.sampling import denoise, labels_condition, make_scheduler
-from dqar_bench.storage import Slots
-from dqar_bench.strategy import Strategy
-from dqar_bench.suite import load_suite
-from dqar_bench.table import render_markdown, results_frame
+from dqar_bench.core.errors import SuiteError
+from dqar_bench.strategy.execution import Execution, ExecutionOptions, KeyedRunner, _copy, unsupported
+from dqar_bench.core.parts import build_part
+from dqar_bench.measure.records import RunDir
+from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
+from dqar_bench.strategy.storage import Slots
+from dqar_bench.strategy.strategy import Strategy
+from dqar_bench.config.suite import load_suite
+from dqar_bench.views.table import render_markdown, results_frame
 from dqar_bench.testing import ReplayedGraphs
 from tests.conftest import SMALL_SUITE_HEAD
 
@@ -174,7 +174,7 @@ def test_unsupported_reasons():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert unsupported("cudagraph", cpu, None) == "needs CUDA"
     assert unsupported("eager", cpu, None) is None and unsupported("compile", cpu, None) is None
-    from dqar_bench.plugins import load_registry
+    from dqar_bench.core.plugins import load_registry
 
     registry = load_registry(autoload=False)
     fbc = strategy(registry, "residual-change", "block-residual")
@@ -262,11 +262,11 @@ def test_records_of_a_mode_expanded_run_resume(write_suite, tmp_path, monkeypatc
 def test_graph_replays_match_eager_over_two_sampling_calls(tiny, registry, case):
     """What the cudagraph mode relies on, checked on the CPU: bookkeeping outside the forward,
     caches written in place, one program per step key, replayed across sampling calls."""
-    from dqar_bench.suite import load_suite as load
+    from dqar_bench.config.suite import load_suite as load
 
     root = __import__("pathlib").Path(__file__).resolve().parent.parent
     spec = load(root / "suites" / "peers.yaml", registry).case(f"{case}@eager")
-    from dqar_bench.runner import build_strategy
+    from dqar_bench.run.runner import build_strategy
 
     condition = labels_condition([1, 3], tiny.null_class, torch.device("cpu"))
 

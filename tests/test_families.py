@@ -13,17 +13,18 @@ import math
 import pytest
 import torch
 
-from dqar_bench import families, signals
-from dqar_bench.adapters import adapter_for
-from dqar_bench.adapters.base import BlockForward
-from dqar_bench.conditioning import synthetic_captions
-from dqar_bench.context import StepContext
-from dqar_bench.errors import ModelError, SuiteError
-from dqar_bench.models import BUILTIN_FAMILIES, TINY_MODELS, load_model
-from dqar_bench.parts import build_part
-from dqar_bench.sampling import denoise, labels_condition, make_scheduler
-from dqar_bench.strategy import Strategy
-from dqar_bench.suite import load_suite
+from dqar_bench.model import families
+from dqar_bench.strategy import signals
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.adapter import BlockForward
+from dqar_bench.model.conditioning import synthetic_captions
+from dqar_bench.core.context import StepContext
+from dqar_bench.core.errors import ModelError, SuiteError
+from dqar_bench.model.models import BUILTIN_FAMILIES, TINY_MODELS, load_model
+from dqar_bench.core.parts import build_part
+from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
+from dqar_bench.strategy.strategy import Strategy
+from dqar_bench.config.suite import load_suite
 
 CPU = torch.device("cpu")
 STEPS = 3
@@ -213,7 +214,7 @@ def test_a_model_class_without_an_entry_fails_in_one_line():
     with pytest.raises(ModelError) as err:
         adapter_for(MyTransformer())
     message = str(err.value)
-    assert "\n" not in message and "MyTransformer" in message and "dqar_bench/families.py" in message
+    assert "\n" not in message and "MyTransformer" in message and "dqar_bench/model/families.py" in message
 
 
 def test_a_checkpoint_of_an_unknown_class_is_refused_at_validate(write_suite, registry, tmp_path):
@@ -227,7 +228,7 @@ def test_a_checkpoint_of_an_unknown_class_is_refused_at_validate(write_suite, re
 
 
 def test_a_checkpoint_finds_its_family_by_its_pipeline(tmp_path):
-    from dqar_bench.models import model_family
+    from dqar_bench.model.models import model_family
 
     (tmp_path / "transformer").mkdir()
     (tmp_path / "transformer" / "config.json").write_text('{"_class_name": "PixArtTransformer2DModel"}')
@@ -275,7 +276,7 @@ def test_a_family_samples_with_its_own_sampler_by_default_and_refuses_a_wrong_on
 
 def test_models_command_lists_every_family_and_built_in_model(capsys):
     from dqar_bench.cli import main
-    from dqar_bench.models import BUILTIN_MODELS
+    from dqar_bench.model.models import BUILTIN_MODELS
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -292,7 +293,7 @@ def test_a_suite_of_several_models_is_one_suite_per_model(registry, capsys):
     from pathlib import Path
 
     from dqar_bench.cli import main
-    from dqar_bench.suite import load_suites
+    from dqar_bench.config.suite import load_suites
 
     path = Path(__file__).resolve().parent.parent / "suites" / "peers-flow.yaml"
     suites = load_suites(path, registry)
@@ -307,7 +308,7 @@ def test_a_suite_of_several_models_is_one_suite_per_model(registry, capsys):
 
 def test_a_multi_model_suite_runs_each_model_into_its_own_folder(write_suite, tmp_path):
     from dqar_bench.cli import main
-    from dqar_bench.records import RunDir
+    from dqar_bench.measure.records import RunDir
 
     body = HEAD.format(model="[sd3-tiny, hunyuan-video-tiny]", sampler="").replace("device: cpu", "device: cpu\ntiming: {warmup: 0, repeats: 1}")
     body += "  - name: fora\n    gate: {name: interval, every: 2}\n    cache: attention-mlp-output\n"
@@ -323,7 +324,7 @@ def test_joint_blocks_and_two_pass_guidance_run_in_the_strong_modes(tinies, regi
     """CUDA graphs (the CPU stand-in of test_execution): FLUX's tuples of streams in fixed slots,
     Wan's per-branch entries with the branch in the graph key. (`compile` runs the same hooks
     through Dynamo; on FLUX it matches eager too, but tracing it takes 15 s, so it is not a test.)"""
-    from dqar_bench.execution import Execution, ExecutionOptions
+    from dqar_bench.strategy.execution import Execution, ExecutionOptions
     from tests.test_execution import ReplayedGraphs
 
     tiny = tinies(family)
@@ -347,7 +348,7 @@ def test_joint_blocks_and_two_pass_guidance_run_in_the_strong_modes(tinies, regi
 def test_a_flow_matching_model_of_a_diffusion_family_gets_the_flow_sampler(write_suite, registry, monkeypatch):
     """A built-in that predicts flow in a family whose pipeline ships a diffusion schedule (a
     flow-trained DiT, like digits-flow) says so in BUILTIN_PREDICTIONS; validate then gives it flow-euler."""
-    from dqar_bench import models
+    from dqar_bench.model import models
 
     monkeypatch.setattr(models, "BUILTIN_MODELS", dict(models.BUILTIN_MODELS))
     monkeypatch.setattr(models, "BUILTIN_FAMILIES", dict(models.BUILTIN_FAMILIES))
@@ -393,12 +394,12 @@ def test_a_strategy_installed_again_gives_the_same_outputs_on_a_two_stream_model
     """Interleaved rounds install a case's strategy once per round: the slots the adapter adds
     on each install (FLUX's ff_context, proj_mlp) must start empty, not as copies of a cache
     that already held the joint attention's (image, text) outputs."""
-    from dqar_bench.adapters import adapter_for
-    from dqar_bench.runner import build_strategy
-    from dqar_bench.suite import Case, PartSpec
-    from dqar_bench.plugins import load_registry
-    from dqar_bench.sampling import denoise, make_scheduler
-    from dqar_bench.conditioning import condition_for
+    from dqar_bench.strategy.adapter import adapter_for
+    from dqar_bench.run.runner import build_strategy
+    from dqar_bench.config.suite import Case, PartSpec
+    from dqar_bench.core.plugins import load_registry
+    from dqar_bench.model.sampling import denoise, make_scheduler
+    from dqar_bench.model.conditioning import condition_for
     from types import SimpleNamespace
 
     model = load_model("flux-tiny", CPU, torch.float32)

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from dqar_bench import suite as suite_module
+from dqar_bench.config import suite as suite_module
 from dqar_bench.cli import main
-from dqar_bench.errors import DqarError, SuiteError
+from dqar_bench.core.errors import DqarError, SuiteError
 from dqar_bench.measure import fid_stats
 from dqar_bench.measure.fid_stats import FidConfig, cached_path, folder_statistics, parse_fid_config, read_statistics
 from dqar_bench.measure.fidelity import Extractor, Fidelity, to_uint8

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dqar_bench.sampling import make_scheduler
+from dqar_bench.model.sampling import make_scheduler
 from tests.test_peers import StepLog, parts, run
 
 STEPS = (20, 25, 50)

@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from dqar_bench import Gate, StepContext, hookimpl, models, timing
+from dqar_bench import Gate, StepContext, hookimpl
+from dqar_bench.model import models
+from dqar_bench.measure import timing
 from dqar_bench.cli import main
-from dqar_bench.measure import synthetic
-from dqar_bench.measure.case_diff import identity_diff
-from dqar_bench.measure.compare import EXIT_INCONCLUSIVE, EXIT_REGRESSION, benchmark_entries, compare_runs
-from dqar_bench.plugins import load_registry
-from dqar_bench.runner import run_suite
-from dqar_bench.suite import load_suite
+from tests import synthetic
+from dqar_bench.views.case_diff import identity_diff
+from dqar_bench.views.compare import EXIT_INCONCLUSIVE, EXIT_REGRESSION, benchmark_entries, compare_runs
+from dqar_bench.core.plugins import load_registry
+from dqar_bench.run.runner import run_suite
+from dqar_bench.config.suite import load_suite
 
 
 # --- synthetic run directories ---------------------------------------------------------
@@ -32,7 +34,7 @@ def write_run(path, records):
 
 def identity(**changes):
     base = {
-        "parts": {"gate": {"name": "interval", "params": {"every": 2}, "plugin": "strategies.gates.interval",
+        "parts": {"gate": {"name": "interval", "params": {"every": 2}, "plugin": "dqar_bench.strategies.gates.interval",
                            "distribution": "dqar-bench (built-in)", "version": "0.1.0"}},
         "model": "digits-dit", "sampler": "ddim", "steps": 25, "guidance_scale": 1.5, "seeds": [0, 1], "dtype": "float32",
         "device": "cpu", "execution_mode": "eager", "dqar_bench": "0.1.0",

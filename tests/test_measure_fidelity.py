@@ -11,11 +11,11 @@ import torch_fidelity
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from dqar_bench import models
+from dqar_bench.model import models
 from dqar_bench.cli import main
-from dqar_bench.errors import DqarError
+from dqar_bench.core.errors import DqarError
 from dqar_bench.measure.fidelity import Fidelity, check_weights, no_downloads, to_uint8
-from dqar_bench.records import RunDir
+from dqar_bench.measure.records import RunDir
 
 TINY = "dqar-test-tiny"
 
@@ -221,7 +221,7 @@ def test_quality_keys_are_validated(write_suite, tmp_path, capsys, quality, mess
 
 
 def test_timing_keys_are_validated(write_suite, capsys, monkeypatch):
-    from dqar_bench.suite import load_suite
+    from dqar_bench.config.suite import load_suite
 
     monkeypatch.setitem(models.BUILTIN_MODELS, "pixel-tiny", build_pixel_dit)  # validate checks the model exists
     body = SUITE.format(extractor=TINY).replace("timing: {warmup: 0, repeats: 1}", "timing: {warmup: 0, repeats: 1, per_step: false, nvml_interval_ms: 50}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dqar_bench.measure.clip_score import clip_score
-from dqar_bench.quality import compare_outputs, paired, ssim
+from dqar_bench.measure.quality import compare_outputs, paired, ssim
 
 
 def images(seed=0, shape=(4, 3, 32, 32)):

@@ -17,16 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from dqar_bench import families, signals
-from dqar_bench.adapters import adapter_for
-from dqar_bench.diffusers_hooks import DiffusersHook, check
-from dqar_bench.errors import SuiteError
-from dqar_bench.parts import build_part
-from dqar_bench.strategy import Strategy
-from dqar_bench.suite import load_suite
+from dqar_bench.model import families
+from dqar_bench.strategy import signals
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.diffusers_hooks import DiffusersHook, check
+from dqar_bench.core.errors import SuiteError
+from dqar_bench.core.parts import build_part
+from dqar_bench.strategy.strategy import Strategy
+from dqar_bench.config.suite import load_suite
 from dqar_bench.testing import _Bench
-from strategies.gates.magnitude import FLUX_MAG_RATIOS, Magnitude, magnitude_ratios, nearest_interp
-from strategies.gates.teacache import TeaCache, polynomial
+from dqar_bench.strategies.gates.magnitude import FLUX_MAG_RATIOS, Magnitude, magnitude_ratios, nearest_interp
+from dqar_bench.strategies.gates.teacache import TeaCache, polynomial
 
 
 def assemble(registry, gate, cache="block-residual", scheduler="all") -> Strategy:
@@ -185,7 +186,7 @@ def test_faster_attention_gives_diffusers_faster_cache_bits(registry, model, fam
 
 def test_faster_attention_history_computed_extrapolates_from_the_last_two_computed(registry):
     """The authors' code: extrapolations are not kept; `outputs` (diffusers) keeps them."""
-    from dqar_bench.storage import unpack
+    from dqar_bench.strategy.storage import unpack
 
     def cache(history):
         c = build_part(registry.get("cache", "faster-attention").cls, {"history": history})

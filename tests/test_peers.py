@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 
-from dqar_bench.adapters import adapter_for
-from dqar_bench.context import StepContext
-from dqar_bench.parts import build_part
-from dqar_bench.sampling import make_scheduler, sample
-from dqar_bench.strategy import Strategy
-from dqar_bench.suite import load_suite
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.core.context import StepContext
+from dqar_bench.core.parts import build_part
+from dqar_bench.model.sampling import make_scheduler, sample
+from dqar_bench.strategy.strategy import Strategy
+from dqar_bench.config.suite import load_suite
 from tests.conftest import SMALL_SUITE_HEAD
 
 LABELS = [1, 3]
@@ -270,7 +270,7 @@ def test_timestep_window_reads_the_samplers_timesteps(registry):
 
 
 def test_mid_forward_gate_needs_a_block_cache(registry, write_suite):
-    from dqar_bench.errors import SuiteError
+    from dqar_bench.core.errors import SuiteError
 
     with pytest.raises(ValueError, match="target is 'block'"):
         parts(registry, "residual-change", "attention-output")

@@ -27,12 +27,12 @@ import pytest
 import torch
 import yaml
 
-from dqar_bench import models
+from dqar_bench.model import models
 from dqar_bench.measure.flops import per_call as flops_per_call
-from dqar_bench.quality import decoder
-from dqar_bench.records import read_records
-from dqar_bench.runner import run_suite
-from dqar_bench.suite import load_suite
+from dqar_bench.measure.quality import decoder
+from dqar_bench.measure.records import read_records
+from dqar_bench.run.runner import run_suite
+from dqar_bench.config.suite import load_suite
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_builders import run_records as _run, saved_outputs as _outputs, save_pipeline  # noqa: E402
@@ -89,13 +89,13 @@ def test_pipeline_gives_the_lean_outputs(family: str, folders: dict[str, Path], 
 
 
 def test_removing_a_strategy_leaves_the_pipeline_bit_identical(folders: dict[str, Path]) -> None:
-    from dqar_bench.adapters import adapter_for
-    from dqar_bench.case_run import build_strategy
-    from dqar_bench.conditioning import synthetic_captions
-    from dqar_bench.pipelines import call_pipeline
-    from dqar_bench.plugins import get_registry
-    from dqar_bench.sampling import make_scheduler
-    from dqar_bench.suite import Case, PartSpec
+    from dqar_bench.strategy.adapter import adapter_for
+    from dqar_bench.run.case_run import build_strategy
+    from dqar_bench.model.conditioning import synthetic_captions
+    from dqar_bench.model.pipelines import call_pipeline
+    from dqar_bench.core.plugins import get_registry
+    from dqar_bench.model.sampling import make_scheduler
+    from dqar_bench.config.suite import Case, PartSpec
 
     model = models.load_model(str(folders["flux"]), torch.device("cpu"), torch.float32, pipeline=True)
     condition = synthetic_captions([8, 20], model.text_width, torch.device("cpu"), torch.float32, model.spec.text, model.pooled_width)
@@ -120,9 +120,9 @@ def test_prompts_go_through_the_pipelines_encode_prompt(family: str, tmp_path: P
     freed; the embeddings give the lean loop the pipeline's outputs, and written to a
     `prompt_embeddings` file they read back the same."""
     pytest.importorskip("transformers")
-    from dqar_bench.conditioning import embeddings_condition, save_embeddings
-    from dqar_bench.pipelines import call_pipeline, encode_prompts
-    from dqar_bench.sampling import denoise, make_scheduler
+    from dqar_bench.model.conditioning import embeddings_condition, save_embeddings
+    from dqar_bench.model.pipelines import call_pipeline, encode_prompts
+    from dqar_bench.model.sampling import denoise, make_scheduler
 
     cpu = torch.device("cpu")
     folder = save_pipeline(family, tmp_path / family, text_encoders=True)
@@ -142,8 +142,8 @@ def test_prompts_go_through_the_pipelines_encode_prompt(family: str, tmp_path: P
 def test_a_suites_prompts_run_through_the_pipeline(tmp_path: Path) -> None:
     """The runner's route: `prompts:` on the pipeline path, the same embeddings as a file on the lean path."""
     pytest.importorskip("transformers")
-    from dqar_bench.conditioning import save_embeddings
-    from dqar_bench.pipelines import encode_prompts
+    from dqar_bench.model.conditioning import save_embeddings
+    from dqar_bench.model.pipelines import encode_prompts
 
     folder = save_pipeline("wan", tmp_path / "wan-text", text_encoders=True)
     model = models.load_model(str(folder), torch.device("cpu"), torch.float32, pipeline=True, text_encoders=True)
@@ -236,8 +236,8 @@ def test_what_the_pipeline_path_refuses_at_validate(folders: dict[str, Path], tm
 
 
 def test_transformers_is_an_optional_extra_named_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dqar_bench.errors import ModelError
-    from dqar_bench.pipelines import require_transformers
+    from dqar_bench.core.errors import ModelError
+    from dqar_bench.model.pipelines import require_transformers
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
     with pytest.raises(ModelError, match=r"pip install 'dqar-bench\[text\]'"):

@@ -8,15 +8,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dqar_bench.adapters import adapter_for
-from dqar_bench.conditioning import embeddings_condition, synthetic_captions
-from dqar_bench.errors import SuiteError
-from dqar_bench.models import load_model, model_family
-from dqar_bench.parts import build_part
-from dqar_bench.records import RunDir
-from dqar_bench.sampling import denoise, make_scheduler
-from dqar_bench.strategy import Strategy
-from dqar_bench.suite import load_suite
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.model.conditioning import embeddings_condition, synthetic_captions
+from dqar_bench.core.errors import SuiteError
+from dqar_bench.model.models import load_model, model_family
+from dqar_bench.core.parts import build_part
+from dqar_bench.measure.records import RunDir
+from dqar_bench.model.sampling import denoise, make_scheduler
+from dqar_bench.strategy.strategy import Strategy
+from dqar_bench.config.suite import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -156,7 +156,7 @@ def test_shipped_peer_suites_validate(name, registry):
 @pytest.mark.parametrize("mode", ["compile", "cudagraph"])
 def test_pixart_runs_in_the_strong_modes(pixart, registry, mode):
     """Compiled (Dynamo only, to stay fast) and CUDA graphs (the CPU stand-in of test_execution)."""
-    from dqar_bench.execution import Execution, ExecutionOptions
+    from dqar_bench.strategy.execution import Execution, ExecutionOptions
     from dqar_bench.testing import ReplayedGraphs
 
     condition = synthetic_captions([8, 20], 64, CPU, torch.float32)

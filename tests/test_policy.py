@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from dqar_bench.cli import main
-from dqar_bench.context import StepContext
-from dqar_bench.errors import DqarError
-from dqar_bench.policy.features import FEATURES
-from dqar_bench.policy.model import MAX_PARAMETERS, SHIPPED_WEIGHTS, PolicyMLP, load_policy, parameter_count, save_policy
-from dqar_bench.policy.train import DEFAULT_HIDDEN, read_traces, train_policy
-from dqar_bench.runner import run_suite
-from dqar_bench.suite import load_suite
-from strategies.gates.policy import Policy
+from dqar_bench.core.context import StepContext
+from dqar_bench.core.errors import DqarError
+from dqar_bench.strategy.policy.features import FEATURES
+from dqar_bench.strategy.policy.model import MAX_PARAMETERS, SHIPPED_WEIGHTS, PolicyMLP, load_policy, parameter_count, save_policy
+from dqar_bench.strategy.policy.train import DEFAULT_HIDDEN, read_traces, train_policy
+from dqar_bench.run.runner import run_suite
+from dqar_bench.config.suite import load_suite
+from dqar_bench.strategies.gates.policy import Policy
 
 
 def _write_suite(path: Path, cases: str, steps: int = 3, seeds: str = "[0]") -> Path:
@@ -81,7 +81,7 @@ def test_shipped_policy_decides_for_a_batch_of_blocks() -> None:
     decided = gate.decide(ctx, [True] * blocks)
     assert len(decided) == blocks and all(isinstance(d, bool) for d in decided)
     # Batched decisions equal the per-block answers of the same MLP.
-    from dqar_bench.policy.features import feature_rows
+    from dqar_bench.strategy.policy.features import feature_rows
 
     rows = feature_rows(ctx, blocks)
     one_by_one = [bool(gate._model.probability(rows[b : b + 1])[0] > gate.threshold) for b in range(blocks)]

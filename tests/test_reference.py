@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqar_bench.errors import DqarError
-from dqar_bench.reference import classifier as clf
-from dqar_bench.reference import load
-from dqar_bench.reference.data import load_digits_split
+from dqar_bench.core.errors import DqarError
+from dqar_bench.model.reference import classifier as clf
+from dqar_bench.model.reference import load
+from dqar_bench.model.reference.data import load_digits_split
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def split():
 
 
 def test_shipped_dit_reaches_documented_class_accuracy(metrics: dict) -> None:
-    from dqar_bench.reference.train import eval_labels, sample_digits
+    from reference_training.train import eval_labels, sample_digits
 
     sample = metrics["test_sample"]
     dit = load.load_reference_dit()
@@ -164,7 +164,7 @@ def test_shipped_weights_fit_the_size_budget() -> None:
 
 def test_shipped_reference_set_is_a_fid_reference_by_name() -> None:
     from dqar_bench.measure.fidelity import Fidelity, reference_set
-    from dqar_bench.reference.classifier import FEATURE_EXTRACTOR_NAME
+    from dqar_bench.model.reference.classifier import FEATURE_EXTRACTOR_NAME
 
     fidelity = Fidelity("digits-heldout", FEATURE_EXTRACTOR_NAME, metrics=("fid",))
     assert fidelity.reference_label == "digits-heldout (360 images)"

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from dqar_bench.errors import PluginError
-from dqar_bench.plugins import BUILTIN_DISTRIBUTION, load_registry
+from dqar_bench.core.errors import PluginError
+from dqar_bench.core.plugins import BUILTIN_DISTRIBUTION, load_registry
 from tests.conftest import EXAMPLE_PLUGIN, SMALL_SUITE_HEAD
 
 
@@ -124,7 +124,7 @@ def test_builtin_fault_is_an_error_not_a_warning(tmp_path, monkeypatch):
         """,
     )
     monkeypatch.syspath_prepend(str(folder))
-    import dqar_bench.plugins as plugins
+    import dqar_bench.core.plugins as plugins
 
     original = plugins.builtin_modules()
     monkeypatch.setattr(plugins, "builtin_modules", lambda: original + ["builtin_dup"])
@@ -135,7 +135,7 @@ def test_builtin_fault_is_an_error_not_a_warning(tmp_path, monkeypatch):
 def test_entry_point_part_runs_in_a_suite(fake_distribution, write_suite, tmp_path, monkeypatch):
     fake_distribution("dqar-bench-every-other", {"every_other": "dqar_bench_every_other"}, EXAMPLE_PLUGIN)
     monkeypatch.setenv("DQAR_BENCH_DISABLE_PLUGIN_AUTOLOAD", "0")
-    from dqar_bench.plugins import get_registry
+    from dqar_bench.core.plugins import get_registry
 
     get_registry.cache_clear()
     try:
@@ -145,7 +145,7 @@ def test_entry_point_part_runs_in_a_suite(fake_distribution, write_suite, tmp_pa
         assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0
     finally:
         get_registry.cache_clear()
-    from dqar_bench.records import RunDir
+    from dqar_bench.measure.records import RunDir
 
     odd = RunDir(tmp_path / "run").finished()["odd"]
     assert odd["parts"]["gate"]["name"] == "every-other"
@@ -179,7 +179,7 @@ def test_a_misspelled_hook_is_a_plugin_problem_not_silence(tmp_path, fake_distri
 def test_a_misspelled_hook_in_a_builtin_is_an_error(tmp_path, monkeypatch):
     folder = _plugin_module(tmp_path, "builtin_typo", "from dqar_bench import hookimpl\n\n@hookimpl\ndef register_cache():\n    return []\n")
     monkeypatch.syspath_prepend(str(folder))
-    import dqar_bench.plugins as plugins
+    import dqar_bench.core.plugins as plugins
 
     original = plugins.builtin_modules()
     monkeypatch.setattr(plugins, "builtin_modules", lambda: original + ["builtin_typo"])
@@ -188,8 +188,8 @@ def test_a_misspelled_hook_in_a_builtin_is_an_error(tmp_path, monkeypatch):
 
 
 def test_a_part_of_a_plugin_that_failed_to_load_says_so(tmp_path, fake_distribution, write_suite):
-    from dqar_bench.errors import SuiteError
-    from dqar_bench.suite import load_suite
+    from dqar_bench.core.errors import SuiteError
+    from dqar_bench.config.suite import load_suite
 
     broken = _plugin_module(tmp_path, "broken_plugin2", "raise ImportError('no module named missing_dep')\n")
     fake_distribution("dqar-bench-every-other", {"every_other": "broken_plugin2"}, broken)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dqar_bench.cli import main
-from dqar_bench.records import RunDir
+from dqar_bench.measure.records import RunDir
 from tests.conftest import REPORT_SUITE as SUITE
 
 STEPS, BLOCKS, CALLS = 6, 4, 2  # dit-tiny has 4 blocks; the map counts the scored calls, one per seed (2)
@@ -132,7 +132,7 @@ def test_report_command_rebuilds_and_compares_runs(report_run, tmp_path, capsys)
     labels = re.findall(r'<tr [^>]*data-case="([^"]+)"', page)
     assert sorted(labels) == sorted(f"{name}: {case}" for name in ("run", "other") for case in records)
     assert len(_figures(page, "rmap")) == 2 * len(_figures(report_run[2], "rmap"))
-    from dqar_bench.report.runs import load_runs
+    from dqar_bench.views.report.runs import load_runs
 
     assert [r.label for r in load_runs([run.path, run.path])] == ["run #1", "run #2"]  # the same run twice
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
@@ -145,7 +145,7 @@ def test_report_command_rebuilds_and_compares_runs(report_run, tmp_path, capsys)
 
 
 def test_a_failing_report_never_costs_the_run(write_suite, tmp_path, monkeypatch, capsys):
-    import dqar_bench.report as report
+    import dqar_bench.views.report as report
 
     def broken(*args, **kwargs):
         raise ValueError("template went missing")
@@ -162,7 +162,7 @@ def test_a_model_with_a_vae_keeps_decoded_previews(write_suite, tmp_path, monkey
     """The report of a VAE model shows the pictures decoded at run time: it never needs the model."""
     from diffusers import AutoencoderKL
 
-    from dqar_bench import runner
+    from dqar_bench.run import runner
 
     real = runner.load_model
 
@@ -191,8 +191,8 @@ def test_video_outputs_are_strips_of_frames(tmp_path):
     """5-D outputs [batch, channels, frames, height, width]: one row of evenly spaced frames per item."""
     from PIL import Image
 
-    from dqar_bench.report import write_report
-    from dqar_bench.report.previews import MAX_FRAMES
+    from dqar_bench.views.report import write_report
+    from dqar_bench.views.report.previews import MAX_FRAMES
 
     run = RunDir.open(tmp_path / "run", resume=False)
     base = {"suite": "video", "steps": 2, "batch": 2, "seeds": [0], "baseline_case": "baseline", "parts": {},
@@ -214,7 +214,7 @@ def test_video_outputs_are_strips_of_frames(tmp_path):
 
 
 def test_reuse_counts_per_step_and_block():
-    from dqar_bench.strategy import ReuseStats
+    from dqar_bench.strategy.strategy import ReuseStats
 
     stats = ReuseStats()
     stats.begin_call(3, 2)
@@ -235,7 +235,7 @@ def test_the_runner_s_report_shows_the_cases_of_the_suite_as_run(tmp_path):
     runner writes, like its table, shows only the suite's cases."""
     from pathlib import Path
 
-    from dqar_bench.report import write_report
+    from dqar_bench.views.report import write_report
 
     reference = Path(__file__).resolve().parent.parent / "results" / "ci" / "reference" / "digits-dit"
     everything = write_report([reference], tmp_path / "all.html").read_text()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dqar_bench.report.browser import Browser, PageVisit, find_chromium
+from report_browser import Browser, PageVisit, find_chromium
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None, reason="Chromium is not installed: `apt-get install chromium` (.ci/run installs it)"
@@ -72,7 +72,7 @@ def test_the_report_of_a_run_renders_with_a_clean_console(browser, report_run, t
 
 
 def test_the_report_of_the_committed_ci_run_renders(browser, tmp_path):
-    from dqar_bench.report import write_report
+    from dqar_bench.views.report import write_report
 
     page = write_report([REPOSITORY / "results" / "ci" / "reference" / "digits-dit"], tmp_path / "ci.html")
     visit = browser.visit(page.as_uri())

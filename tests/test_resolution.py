@@ -17,13 +17,13 @@ import pytest
 import torch
 import yaml
 
-from dqar_bench import families, models
-from dqar_bench.errors import ModelError, SuiteError
-from dqar_bench.identity import case_identity, case_key, measurement_settings
-from dqar_bench.plugins import get_registry
-from dqar_bench.quality import decoder
-from dqar_bench.resolution import Resolution, latent_size, vae_factors
-from dqar_bench.suite import load_suite
+from dqar_bench.model import families, models
+from dqar_bench.core.errors import ModelError, SuiteError
+from dqar_bench.config.identity import case_identity, case_key, measurement_settings
+from dqar_bench.core.plugins import get_registry
+from dqar_bench.measure.quality import decoder
+from dqar_bench.model.resolution import Resolution, latent_size, vae_factors
+from dqar_bench.config.suite import load_suite
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_builders import BUILDERS, run_records as _run, saved_outputs as _outputs, save_pipeline  # noqa: E402
@@ -120,7 +120,7 @@ def test_bad_resolutions_fail_validate_in_one_line(model: str, resolution: objec
 
 def test_a_checkpoint_checked_at_load_fails_the_run_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Where validate cannot read the model's configs, the run checks at load, before any case runs."""
-    from dqar_bench.runner import apply_resolution
+    from dqar_bench.run.runner import apply_resolution
 
     suite = dataclasses.replace(load_suite(_suite(tmp_path / "s.yaml", "flux-tiny", None)), resolution=Resolution(30, 48))
     model = models.load_model("flux-tiny", torch.device("cpu"), torch.float32)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dqar_bench import records as records_mod
+from dqar_bench.measure import records as records_mod
 from dqar_bench.cli import main
-from dqar_bench.identity import case_key, differences
-from dqar_bench.records import RunDir, outputs_file_name
-from dqar_bench.runner import default_output_dir, run_suite
-from dqar_bench.suite import load_suite
-from dqar_bench.timing import CallTiming, CallTimer
+from dqar_bench.config.identity import case_key, differences
+from dqar_bench.measure.records import RunDir, outputs_file_name
+from dqar_bench.run.runner import default_output_dir, run_suite
+from dqar_bench.config.suite import load_suite
+from dqar_bench.measure.timing import CallTiming, CallTimer
 from tests.conftest import SMALL_SUITE_HEAD
 from tests.parts_for_tests import registry_with_test_parts
 
@@ -57,8 +57,8 @@ def test_identity_holds_every_parameter_and_where_each_part_comes_from(write_sui
     assert len(recs["iv"]["case_key"]) == 64 and recs["iv"]["case_key"] != recs["baseline"]["case_key"]
     assert recs["iv"]["case_key"] == case_key(identity, recs["iv"]["settings"])
     assert differences(identity, {**identity, "steps": 8}) == ["steps"]
-    from dqar_bench.identity import case_identity
-    from dqar_bench.plugins import load_registry
+    from dqar_bench.config.identity import case_identity
+    from dqar_bench.core.plugins import load_registry
 
     registry = load_registry(autoload=False)
     suite = load_suite(write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n  - name: e\n    gate: {name: entropy, threshold: 1.5}\n", "e.yaml"), registry)
@@ -75,8 +75,8 @@ def test_identity_names_a_third_party_distribution_and_version(fake_distribution
     plugin.mkdir(parents=True)
     (plugin / "__init__.py").write_text((EXAMPLE_PLUGIN / "dqar_bench_every_other" / "__init__.py").read_text())
     fake_distribution("identity-test-every-other", {"every_other": "identity_test_every_other"}, plugin.parent, version="2.3")
-    from dqar_bench.identity import case_identity
-    from dqar_bench.plugins import load_registry
+    from dqar_bench.config.identity import case_identity
+    from dqar_bench.core.plugins import load_registry
 
     registry = load_registry(autoload=True)
     suite = load_suite(write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n  - name: odd\n    gate: every-other\n"), registry)
@@ -130,7 +130,7 @@ def test_a_renamed_case_is_found_by_its_content(write_suite, tmp_path, monkeypat
 
 
 def test_exit_status_follows_the_latest_record_and_failed_cases_are_retried(write_suite, tmp_path, monkeypatch):
-    from dqar_bench import case_run
+    from dqar_bench.run import case_run
 
     real = case_run.build_strategy
 
@@ -281,7 +281,7 @@ def test_non_finite_timing_fails_the_case(write_suite, tmp_path, monkeypatch):
         timing, result = real(self, fn)
         return (CallTiming(float("nan"), timing.steps) if broken["on"] else timing), result
 
-    from dqar_bench import case_run
+    from dqar_bench.run import case_run
 
     real_round = case_run.CaseRun.time_round
 

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from dqar_bench import models, timing
-from dqar_bench.measure import synthetic
+from dqar_bench.model import models
+from dqar_bench.measure import timing
+from tests import synthetic
 from dqar_bench.measure.stats import paired_speedup
-from dqar_bench.records import RunDir
-from dqar_bench.rounds import RoundLog, pair, round_order
-from dqar_bench.runner import run_suite
-from dqar_bench.suite import load_suite
-from dqar_bench.table import render_markdown, results_frame
+from dqar_bench.measure.records import RunDir
+from dqar_bench.measure.rounds import RoundLog, pair, round_order
+from dqar_bench.run.runner import run_suite
+from dqar_bench.config.suite import load_suite
+from dqar_bench.views.table import render_markdown, results_frame
 from tests import parts_for_tests
 from tests.parts_for_tests import registry_with_test_parts
 
@@ -134,7 +135,7 @@ def test_pairing_rules():
 
 
 def test_a_crash_loses_only_the_round_in_flight_and_resume_pairs_new_rounds(tmp_path, monkeypatch):
-    from dqar_bench import case_run
+    from dqar_bench.run import case_run
 
     real = case_run.CaseRun.time_round
     calls = []
@@ -165,7 +166,7 @@ def test_a_crash_loses_only_the_round_in_flight_and_resume_pairs_new_rounds(tmp_
 
 
 def test_model_is_bit_identical_after_interleaved_install_and_removal(write_suite, tmp_path, monkeypatch, tiny):
-    from dqar_bench.sampling import labels_condition, make_scheduler, denoise
+    from dqar_bench.model.sampling import labels_condition, make_scheduler, denoise
 
     monkeypatch.setitem(models.BUILTIN_MODELS, "dit-tiny", lambda: tiny)
     condition = labels_condition([1, 2], tiny.null_class, torch.device("cpu"))
@@ -250,7 +251,7 @@ cases:
     shift = np.median(rounds[4:]) / np.median(rounds[:4])
     print(f"raw baseline round time under load: x{shift:.2f}; paired speedup {a:.3f} quiet, {b:.3f} loaded")
     assert abs(math.log(b / a)) < math.log(1.5)  # loose: this machine may be busy besides the thread
-    from dqar_bench.measure.compare import compare_runs
+    from dqar_bench.views.compare import compare_runs
 
     verdict = compare_runs(quiet.path, loaded.path)
     assert verdict.exit_status in (0, 3), [c.regressions for c in verdict.changes]  # clean or inconclusive, never a regression

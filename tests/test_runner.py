@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from dqar_bench.cli import main
-from dqar_bench.records import RunDir
+from dqar_bench.measure.records import RunDir
 from tests.conftest import SMALL_SUITE_HEAD
 
 CASES = """
@@ -43,7 +43,7 @@ def test_run_writes_records_csv_and_table(write_suite, tmp_path, capsys):
 
 
 def test_failing_case_is_recorded_and_suite_goes_on(write_suite, tmp_path, monkeypatch):
-    from dqar_bench import case_run
+    from dqar_bench.run import case_run
 
     real = case_run.build_strategy
 
@@ -81,7 +81,7 @@ def test_resume_skips_recorded_cases_and_still_compares(write_suite, tmp_path, m
 
 def prepared(monkeypatch):
     """The cases a run prepares, in order (a partner is a finished baseline timed again)."""
-    from dqar_bench import case_run
+    from dqar_bench.run import case_run
 
     ran = []
     real = case_run.CaseRun.prepare

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dqar_bench.cli import main
-from dqar_bench.errors import SuiteError
-from dqar_bench.suite import load_suite
+from dqar_bench.core.errors import SuiteError
+from dqar_bench.config.suite import load_suite
 from tests.conftest import SMALL_SUITE_HEAD
 
 

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dqar_bench.cli import main
-from dqar_bench.errors import DqarError, SuiteError
+from dqar_bench.core.errors import DqarError, SuiteError
 from dqar_bench.measure.clip_score import clip_score, image_scores, load_clip
 from dqar_bench.measure.lpips import Lpips, LpipsConfig, load_lpips
-from dqar_bench.quality import compare_outputs
-from dqar_bench.records import RunDir
-from dqar_bench.suite import load_suite
+from dqar_bench.measure.quality import compare_outputs
+from dqar_bench.measure.records import RunDir
+from dqar_bench.config.suite import load_suite
 from tests.tiny_quality_models import write_lpips_weights, write_tiny_clip
 
 CPU = torch.device("cpu")
@@ -225,7 +225,7 @@ def test_a_prompt_file_gives_the_prompts(tmp_path, registry):
 def test_the_shipped_prompt_file_reads():
     from pathlib import Path
 
-    from dqar_bench.prompt_file import read_prompts
+    from dqar_bench.model.prompt_file import read_prompts
 
     prompts = read_prompts(Path(__file__).resolve().parent.parent / "prompts" / "dqar-prompts-32.txt")
     lengths = sorted(len(p.split()) for p in prompts)

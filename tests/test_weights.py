@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from dqar_bench.cli import main
-from dqar_bench.errors import DqarError
-from dqar_bench.weights import check_weights_file, weights_only_loads
+from dqar_bench.core.errors import DqarError
+from dqar_bench.core.weights import check_weights_file, weights_only_loads
 from tests.conftest import SMALL_SUITE_HEAD
 
 

@@ -11,11 +11,11 @@ import importlib
 
 import torch
 
-from dqar_bench.errors import DqarError
+from dqar_bench.core.errors import DqarError
 
-CLASSIFIERS = {"digits": "dqar_bench.reference.classifier:class_accuracy"}
+CLASSIFIERS = {"digits": "dqar_bench.model.reference.classifier:class_accuracy"}
 """name -> "module:function(images, labels) -> float" (images uint8 or in [-1, 1])."""
-CLASSIFIER_WEIGHTS = {"digits": "dqar_bench.reference.load:classifier_weights_path"}
+CLASSIFIER_WEIGHTS = {"digits": "dqar_bench.model.reference.load:classifier_weights_path"}
 """name -> "module:function() -> Path" of the weights file it loads (checked before a run)."""
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dqar_bench.errors import DqarError, SuiteError
+from dqar_bench.core.errors import DqarError, SuiteError
 
 FID_KEYS = ("num_images", "reference_stats")
 

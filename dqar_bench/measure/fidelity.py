@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dqar_bench.errors import DqarError
-from dqar_bench.weights import check_weights_file, weights_only_loads
+from dqar_bench.core.errors import DqarError
+from dqar_bench.core.weights import check_weights_file, weights_only_loads
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -31,12 +31,12 @@ METRICS = ("fid", "kid", "isc")
 WEIGHTS_OPTION = "'quality.inception_weights' in the suite (or --inception-weights PATH)"
 
 # Feature extractors that register themselves when their module is imported.
-PROVIDERS = {"dqar-digits-classifier": "dqar_bench.reference.classifier"}
+PROVIDERS = {"dqar-digits-classifier": "dqar_bench.model.reference.classifier"}
 
-SHIPPED_WEIGHTS = {"dqar-digits-classifier": "dqar_bench.reference.load:classifier_weights_path"}
+SHIPPED_WEIGHTS = {"dqar-digits-classifier": "dqar_bench.model.reference.load:classifier_weights_path"}
 """Feature extractors whose weights ship with the package (checked before a run when no path is given)."""
 
-REFERENCE_SETS = {"digits-heldout": "dqar_bench.reference.data:held_out_images"}
+REFERENCE_SETS = {"digits-heldout": "dqar_bench.model.reference.data:held_out_images"}
 """Real image sets that ship with the project, by the name a suite gives as `quality.reference`."""
 
 
@@ -105,7 +105,7 @@ def ensure_registered(name: str) -> type:
 
 def check_weights(feature_extractor: str, weights_path: str | None) -> None:
     """Fail early, in one line, where the run would otherwise need a download, or where the
-    weights file is missing or would run code when loaded (`dqar_bench.weights`)."""
+    weights file is missing or would run code when loaded (`dqar_bench.core.weights`)."""
     if weights_path is not None:
         check_weights_file(weights_path, WEIGHTS_OPTION)
         return

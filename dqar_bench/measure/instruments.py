@@ -14,12 +14,12 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from dqar_bench.errors import DqarError
+from dqar_bench.core.errors import DqarError
 from dqar_bench.measure.fidelity import Extractor, Features, Fidelity, ensure_registered, to_uint8
 from dqar_bench.measure.progress import Progress
 from dqar_bench.measure.clip_score import ClipScorer, load_clip
 from dqar_bench.measure.lpips import LpipsScorer, load_lpips
-from dqar_bench.quality import QualityConfig, decoder
+from dqar_bench.measure.quality import QualityConfig, decoder
 
 FID_SEED_BASE = 1_000_000
 """Seeds of the images made for FID / IS / KID: apart from the timing seeds, the same for every case."""

@@ -17,7 +17,7 @@ Both sets of weights are local files, and nothing is downloaded:
   package ships them in its wheel (`lpips/weights/v0.1/`), so with that package installed
   the key may be left out; torch-fidelity's `weights-vgg16-lpips.pth` is the same `vgg.pth`.
 
-Both are checked as plain weights (`dqar_bench.weights`) before anything runs.
+Both are checked as plain weights (`dqar_bench.core.weights`) before anything runs.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dqar_bench.errors import DqarError
-from dqar_bench.weights import check_weights_file
+from dqar_bench.core.errors import DqarError
+from dqar_bench.core.weights import check_weights_file
 
 NETS = ("alex", "vgg")
 FIELD = "quality.lpips"

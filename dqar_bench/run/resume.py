@@ -1,0 +1,93 @@
+"""What `--resume` may keep: finished cases found by content (`case_key`), not by name.
+
+A case is done when the run holds a record with its key whose status is `ok` (and whose
+outputs file still reads) or `unsupported` (trying again cannot help); a failed case is
+tried again. A case recorded under the same name with a different key has changed: the
+resume is refused with one line naming those cases and what differs, unless
+`--rerun-changed` asks to rerun just them. A case under a new name whose key matches a
+finished record is that record, renamed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dqar_bench.core.errors import DqarError
+from dqar_bench.config.identity import differences
+from dqar_bench.measure.records import OutputsError, RunDir
+from dqar_bench.config.suite import Case
+
+DONE = ("ok", "unsupported")
+SHOWN = 5
+"""Changed cases named in the refusal before "and N more"."""
+
+
+@dataclass
+class ResumePlan:
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Case name -> the record that stands for it (already in the run)."""
+    renamed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Case name -> a finished record of the same content under another name."""
+    rerun: list[str] = field(default_factory=list)
+    """Changed cases that `--rerun-changed` reruns."""
+    notes: list[str] = field(default_factory=list)
+    """One line each: outputs that could not be used, so their case is rerun."""
+
+
+def plan_resume(
+    run: RunDir,
+    cases: list[Case],
+    keys: dict[str, str],
+    identities: dict[str, dict[str, Any]],
+    settings: dict[str, Any],
+    rerun_changed: bool = False,
+) -> ResumePlan:
+    plan = ResumePlan()
+    records = run.records()
+    latest = {r["case"]: r for r in records}
+    by_key: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.get("status") in DONE and record.get("case_key"):
+            by_key[record["case_key"]] = record
+    changed: list[str] = []
+    for case in cases:
+        key = keys[case.name]
+        record = latest.get(case.name)
+        if record is not None and record.get("case_key") == key:
+            if record.get("status") in DONE and _usable(run, record, plan):
+                plan.done[case.name] = record
+            continue  # failed (or its outputs are gone): run again
+        found = by_key.get(key)
+        if found is not None and _usable(run, found, plan):
+            plan.renamed[case.name] = found
+            continue
+        if record is not None:
+            changed.append(f"{case.name} ({_what_changed(record, identities[case.name], settings)})")
+            plan.rerun.append(case.name)
+    if changed and not rerun_changed:
+        shown = ", ".join(changed[:SHOWN]) + (f" and {len(changed) - SHOWN} more" if len(changed) > SHOWN else "")
+        raise DqarError(
+            f"--resume {run.path}: the suite differs from the recorded run in {len(changed)} case(s): {shown}; "
+            f"pass --rerun-changed to rerun just those, or start a new run with --output"
+        )
+    return plan
+
+
+def _usable(run: RunDir, record: dict[str, Any], plan: ResumePlan) -> bool:
+    """An ok record counts only while its outputs file reads (quality is computed from it)."""
+    if record.get("status") != "ok":
+        return True
+    try:
+        run.load_outputs(record["case"])
+    except OutputsError as exc:
+        plan.notes.append(f"{exc}; case '{record['case']}' is run again")
+        return False
+    return True
+
+
+def _what_changed(record: dict[str, Any], identity: dict[str, Any], settings: dict[str, Any]) -> str:
+    if "identity" not in record:
+        return "recorded without a case key"
+    diffs = differences(record["identity"], identity) + [f"settings.{d}" for d in differences(record.get("settings", {}), settings)]
+    return ", ".join(diffs[:4]) + (", ..." if len(diffs) > 4 else "") if diffs else "its key differs"

@@ -1,0 +1,62 @@
+"""Gate `dqar`: the DQAR seed's decision, entropy and SNR together after a few warmup steps.
+
+A block reuses when its attention is focused (entropy below tau(p), see `entropy`) and
+the latent SNR is inside the window (see `snr`), and never during the first `warmup`
+steps, while the cache holds little but the first, noisiest features; blocks in the
+deepest third also need SNR >= `deep_layer_snr_threshold` (see `snr`). The defaults are
+the seed's: tau 2.0, window [0.1, 10], 2 warmup steps, deep-block floor 1.0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dqar_bench import Gate, StepContext, hookimpl
+from dqar_bench.strategy.signals import ENTROPY, SNR
+from dqar_bench.strategies.gates.entropy import check_entropy_params, entropy_threshold, focused
+from dqar_bench.strategies.gates.snr import DEEP_HELP, check_deep_threshold, check_window, deep_floor, in_window
+from dqar_bench.strategies.gates.streaks import Streaks
+
+
+@dataclass
+class Dqar(Gate):
+    """Reuse where entropy < tau(p) and snr_low <= SNR <= snr_high, after `warmup` steps."""
+
+    PLUGIN_NAME = "dqar"
+    SIGNALS = frozenset({ENTROPY, SNR})
+
+    threshold: float = field(default=2.0, metadata={"help": "entropy threshold tau, in nats"})
+    snr_low: float = field(default=0.1, metadata={"help": "lower end of the SNR window"})
+    snr_high: float = field(default=10.0, metadata={"help": "upper end of the SNR window"})
+    warmup: int = field(default=2, metadata={"help": "steps from the start with no reuse"})
+    adapt_to_length: bool = field(default=False, metadata={"help": "scale tau by sqrt(p / base_length)"})
+    base_length: float = field(default=77.0, metadata={"help": "p0 of the adaptation"})
+    max_reuse: int = field(default=0, metadata={"help": "compute after this many reuse steps in a row (0 = no cap)"})
+    deep_layer_snr_threshold: float = field(default=1.0, metadata={"help": DEEP_HELP})
+
+    _streaks: Streaks = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_entropy_params(self.threshold, self.base_length)
+        check_window(self.snr_low, self.snr_high)
+        check_deep_threshold(self.deep_layer_snr_threshold)
+        if self.warmup < 0:
+            raise ValueError(f"parameter 'warmup' must be >= 0, got {self.warmup}")
+        self._streaks = Streaks(self.max_reuse)
+
+    def reset(self, num_steps: int, num_blocks: int) -> None:
+        self._streaks.reset(num_blocks)
+
+    def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
+        if ctx.step < self.warmup or not in_window(ctx.signals[SNR], self.snr_low, self.snr_high):
+            reuse = [False] * len(eligible)
+        else:
+            tau = entropy_threshold(self.threshold, ctx.cond_len, self.base_length, self.adapt_to_length)
+            reuse = [e and f for e, f in zip(eligible, focused(ctx.signals[ENTROPY], tau))]
+            reuse = deep_floor(reuse, ctx.signals[SNR], self.deep_layer_snr_threshold)
+        return self._streaks.cap(ctx.step, reuse)
+
+
+@hookimpl
+def register_gates():
+    return [Dqar]

@@ -1,0 +1,83 @@
+"""Gate `snr`: reuse only in the middle of the trajectory, where the latent SNR is moderate.
+
+SNR = ||x0_hat||^2 / (||x_t - x0_hat||^2 + eps) from the sampler's predicted clean sample
+(`dqar_bench.strategy.signals.latent_snr`). Early (low SNR) the layout is still being decided and
+features move fast; late (high SNR) the fine detail is drawn and small errors show. In
+between, attention changes slowly and reuse is cheapest.
+
+`deep_layer_snr_threshold` is the DQAR seed's extra rule for deep blocks (its
+`LayerScheduler.can_reuse`, `SchedulerConfig.deep_layer_snr_threshold`, default 1.0): a
+block in the deepest third (index >= 2L // 3 of L blocks) reuses only while the SNR is at
+least that high, because deep blocks draw detail and stay unstable longer. The seed takes
+its SNR from the noise schedule (alpha_bar / (1 - alpha_bar) at the step's timestep); this
+gate reads the latent SNR above, so the same number cuts at a different step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dqar_bench import Gate, StepContext, hookimpl
+from dqar_bench.strategy.signals import SNR
+from dqar_bench.strategies.gates.streaks import Streaks
+
+
+def in_window(snr: float, low: float, high: float) -> bool:
+    """low <= snr <= high; NaN (no prediction yet, step 0) is outside."""
+    return low <= snr <= high
+
+
+def deep_floor(reuse: list[bool], snr: float, threshold: float) -> list[bool]:
+    """`reuse`, minus the deepest third of the blocks (index >= 2L // 3) unless SNR >= threshold."""
+    first_deep = 2 * len(reuse) // 3
+    deep_ok = snr >= threshold  # NaN (no prediction yet) is below any floor
+    return [r and (b < first_deep or deep_ok) for b, r in enumerate(reuse)]
+
+
+def check_deep_threshold(threshold: float) -> None:
+    if not threshold >= 0:
+        raise ValueError(f"parameter 'deep_layer_snr_threshold' must be >= 0 (0 = off), got {threshold}")
+
+
+DEEP_HELP = "blocks in the deepest third (index >= 2L // 3) reuse only while SNR >= this (the seed's rule; 0 = off)"
+
+
+def check_window(low: float, high: float) -> None:
+    if not low >= 0:
+        raise ValueError(f"parameter 'snr_low' must be >= 0, got {low}")
+    if not high >= low:
+        raise ValueError(f"parameter 'snr_high' must be >= snr_low ({low}), got {high}")
+
+
+@dataclass
+class Snr(Gate):
+    """Reuse every eligible block while the latent SNR lies inside [snr_low, snr_high]."""
+
+    PLUGIN_NAME = "snr"
+    SIGNALS = frozenset({SNR})
+
+    snr_low: float = field(default=0.1, metadata={"help": "lower end of the reuse window"})
+    snr_high: float = field(default=10.0, metadata={"help": "upper end of the reuse window"})
+    max_reuse: int = field(default=0, metadata={"help": "compute after this many reuse steps in a row (0 = no cap)"})
+    deep_layer_snr_threshold: float = field(default=1.0, metadata={"help": DEEP_HELP})
+
+    _streaks: Streaks = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_window(self.snr_low, self.snr_high)
+        check_deep_threshold(self.deep_layer_snr_threshold)
+        self._streaks = Streaks(self.max_reuse)
+
+    def reset(self, num_steps: int, num_blocks: int) -> None:
+        self._streaks.reset(num_blocks)
+
+    def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
+        snr = ctx.signals[SNR]
+        inside = in_window(snr, self.snr_low, self.snr_high)
+        reuse = deep_floor([inside and e for e in eligible], snr, self.deep_layer_snr_threshold)
+        return self._streaks.cap(ctx.step, reuse)
+
+
+@hookimpl
+def register_gates():
+    return [Snr]

@@ -1,0 +1,87 @@
+"""Quantizer `int8`: symmetric 8-bit codes, one scale per tensor, per channel or per head.
+
+q = clip(round(x / s), -127, 127), s = max|x| / 127 over the finite values of each group,
+so the round trip is off by at most half a step (s / 2); a NaN or inf is kept as the code
+-128 and comes back as NaN, without touching the rest of its group. The groups:
+
+- `per_tensor`: the whole tensor (one float32 scale; the DQAR seed's default);
+- `per_channel`: each channel of the last dimension (C scales for [B, N, C], D for K/V);
+- `per_head`: each attention head. K and V arrive as [batch, heads, tokens, head_dim] and
+  carry their heads in dimension 1. An attention output [batch, tokens, channels] does
+  not say how its channels split into heads, so `heads` gives the count (the model's
+  attention heads; 16 for DiT-XL/2) and the channels are cut into that many equal slices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from dqar_bench import Quantizer, hookimpl
+from dqar_bench.strategies.quantizers.scaled import NonFiniteCounter, Scaled, finite_amax, scales_for
+
+CODE_MAX = 127.0
+NAN_CODE = -128
+"""Where a NaN or inf was: the one int8 code the symmetric range leaves unused."""
+
+
+@dataclass
+class Int8(Quantizer):
+    """Symmetric int8 with float32 scales per tensor, per last-dim channel or per attention head."""
+
+    PLUGIN_NAME = "int8"
+
+    mode: Literal["per_tensor", "per_channel", "per_head"] = field(
+        default="per_tensor", metadata={"help": "which elements share one scale"}
+    )
+    heads: int | None = field(
+        default=None, metadata={"help": "per_head on [batch, tokens, channels] tensors: the channels split into this many heads"}
+    )
+
+    _nonfinite: NonFiniteCounter = field(default_factory=NonFiniteCounter, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.heads is not None and self.heads < 1:
+            raise ValueError(f"parameter 'heads' must be >= 1, got {self.heads}")
+
+    def begin(self, device: torch.device) -> None:
+        self._nonfinite.begin(device)
+
+    def nonfinite(self) -> int:
+        return self._nonfinite.read()
+
+    def pack(self, x: torch.Tensor) -> Scaled:
+        x = x.detach()
+        view, keep = self._groups(x)
+        dims = tuple(d for d in range(view.ndim) if d not in keep)
+        amax, finite = finite_amax(view, dims)
+        scales = scales_for(amax, CODE_MAX)
+        codes = (view.to(torch.float32) / scales).round_().clamp_(-CODE_MAX, CODE_MAX)
+        codes = codes.masked_fill_(~finite, NAN_CODE).to(torch.int8)
+        count = (~finite).sum()
+        self._nonfinite.add(count)
+        return Scaled(codes, scales, x.dtype, x.shape, count, NAN_CODE)
+
+    def _groups(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """`x` (reshaped if need be) and the dimensions along which each group has its own scale."""
+        if self.mode == "per_tensor" or x.ndim == 0:
+            return x, ()
+        if self.mode == "per_channel":
+            return x, (x.ndim - 1,)
+        if x.ndim == 4:  # K / V: [batch, heads, tokens, head_dim]
+            return x, (1,)
+        if x.ndim == 3 and self.heads is not None:  # [batch, tokens, heads * head_dim]
+            if x.shape[-1] % self.heads:
+                raise ValueError(f"int8 per_head: {x.shape[-1]} channels do not split into heads={self.heads}")
+            return x.reshape(*x.shape[:-1], self.heads, x.shape[-1] // self.heads), (2,)
+        raise ValueError(
+            f"int8 per_head needs K/V as [batch, heads, tokens, head_dim] or, for a tensor of shape "
+            f"{tuple(x.shape)}, the quantizer's 'heads' parameter (the model's attention heads)"
+        )
+
+
+@hookimpl
+def register_quantizers():
+    return [Int8]

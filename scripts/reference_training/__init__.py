@@ -1,0 +1,1 @@
+"""Training of the shipped reference models (digits-dit, digits-flow): tools, never imported by dqar_bench."""
