@@ -245,7 +245,7 @@ class _Bench:
 
     @classmethod
     def load(cls, name: str) -> "_Bench":
-        from dqar_bench.model.conditioning import condition_for
+        from dqar_bench.model.suite_condition import condition_for
         from dqar_bench.model.models import load_model
 
         if name not in _BENCHES:

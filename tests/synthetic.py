@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dqar_bench.model.models import DIT_SCHEDULER_CONFIG, LoadedModel
+from dqar_bench.model.loaded import DIT_SCHEDULER_CONFIG, LoadedModel
 
 
 class VirtualClock:

@@ -399,7 +399,7 @@ def test_a_strategy_installed_again_gives_the_same_outputs_on_a_two_stream_model
     from dqar_bench.config.suite import Case, PartSpec
     from dqar_bench.core.plugins import load_registry
     from dqar_bench.model.sampling import denoise, make_scheduler
-    from dqar_bench.model.conditioning import condition_for
+    from dqar_bench.model.suite_condition import condition_for
     from types import SimpleNamespace
 
     model = load_model("flux-tiny", CPU, torch.float32)

@@ -12,6 +12,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from dqar_bench.model import models
+from dqar_bench.model.loaded import LoadedModel
 from dqar_bench.cli import main
 from dqar_bench.core.errors import DqarError
 from dqar_bench.measure.fidelity import Fidelity, check_weights, no_downloads, to_uint8
@@ -142,7 +143,7 @@ def build_pixel_dit():
             num_attention_heads=2, attention_head_dim=8, in_channels=3, out_channels=6, num_layers=2,
             sample_size=8, patch_size=2, num_embeds_ada_norm=10,
         )
-    return models.LoadedModel("pixel-tiny", model.eval())
+    return LoadedModel("pixel-tiny", model.eval())
 
 
 SUITE = """\

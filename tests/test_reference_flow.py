@@ -164,7 +164,7 @@ def test_the_harness_samples_digits_flow_exactly_as_its_model_card_loop():
     """`model: digits-flow` through the harness's flow-matching sampler gives the card loop's latents bit for bit."""
     from types import SimpleNamespace
 
-    from dqar_bench.model.conditioning import condition_for
+    from dqar_bench.model.suite_condition import condition_for
     from dqar_bench.model.models import default_sampler, load_model
     from dqar_bench.model.reference.flow_sampling import sample_flow_digits
     from dqar_bench.model.sampling import denoise, make_scheduler

@@ -639,12 +639,13 @@ def _model(r: "_Reader", raw: Any) -> tuple[str, bool, bool]:
 
 def _check_pipeline(r: "_Reader", name: str, spec: families.Family | None) -> None:
     """A pipeline the path runs; a built-in model has none (they are built in code)."""
-    from dqar_bench.model.models import BUILTIN_MODELS, _local_json
+    from dqar_bench.model.loaded import local_json
+    from dqar_bench.model.models import BUILTIN_MODELS
     from dqar_bench.model.pipelines import pipeline_refusal
 
     if name in BUILTIN_MODELS:
         raise r.error(f"field 'model.pipeline': '{name}' is a built-in model with no pipeline on disk; give a diffusers pipeline folder or checkpoint id")
-    index = _local_json(name, "model_index.json")
+    index = local_json(name, "model_index.json")
     if index is None and Path(name).expanduser().exists():
         raise r.error(f"field 'model.pipeline': folder '{name}' has no model_index.json; give a folder a pipeline was saved to (`pipe.save_pretrained(folder)`)")
     reason = pipeline_refusal(spec, str(index["_class_name"]) if index and "_class_name" in index else None)

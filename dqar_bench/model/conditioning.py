@@ -37,7 +37,7 @@ import torch
 
 from dqar_bench.core.errors import ModelError
 from dqar_bench.model.families import Text, get as get_family
-from dqar_bench.model.sampling import Condition, labels_condition
+from dqar_bench.model.sampling import Condition
 from dqar_bench.core.weights import weights_only_loads
 
 MAX_CAPTION_TOKENS = 120  # PixArt-alpha's max_sequence_length: what `prompts` are tokenized to
@@ -215,29 +215,6 @@ def t5_condition(
     embeds, mask = encode(prompts)
     null_embeds, null_mask = encode([""])  # the encoder is dropped with this frame
     return captions_condition(embeds, mask, null_embeds, null_mask, text, length=length)
-
-
-def condition_for(suite: Any, model: Any, device: torch.device, dtype: torch.dtype) -> Condition:
-    """The suite's conditioning for `model` (`dqar_bench.config.suite.Suite`, `models.LoadedModel`)."""
-    text = model.spec.text
-    if suite.prompts and getattr(model, "pipeline", None) is not None:
-        from dqar_bench.model.pipelines import encode_prompts
-
-        return encode_prompts(model, suite.prompts, device, dtype)
-    if text is None:
-        return labels_condition(suite.class_labels, model.null_class, device)
-    if suite.prompt_embeddings:
-        return embeddings_condition(suite.prompt_embeddings, device, dtype, text, model.text_length)
-    if suite.prompts:
-        if text.encoder != "t5":
-            raise ModelError(
-                f"model '{model.name}' (family {model.family}) encodes prompts with its own pipeline's text encoders; "
-                f"give 'prompt_lengths' (synthetic captions) or 'prompt_embeddings' (a .safetensors file) instead"
-            )
-        return t5_condition(model.source or model.name, suite.prompts, device, dtype, not suite.allow_download, text, model.text_length)
-    if suite.prompt_lengths:
-        return synthetic_captions(suite.prompt_lengths, model.text_width or 4096, device, dtype, text, model.pooled_width, model.text_length)
-    raise ModelError(f"model '{model.name}' is text-conditioned: give 'prompt_lengths', 'prompts' or 'prompt_embeddings' in the suite")
 
 
 def _copy(value: Any) -> Any:

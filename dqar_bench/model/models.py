@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,89 +28,8 @@ from dqar_bench.model import families
 from dqar_bench.core.errors import ModelError
 from dqar_bench.core.weights import weights_only_loads
 from dqar_bench.model.families import Family
-
-DIT_SCHEDULER_CONFIG: dict[str, Any] = dict(families.DDPM_LINEAR)
-"""DiT's noise schedule (the one DiTPipeline ships with): 1000 steps, linear betas."""
-
-
-@dataclass
-class LoadedModel:
-    """A transformer and what the sampler needs to drive it."""
-
-    name: str
-    transformer: torch.nn.Module
-    scheduler_config: dict[str, Any] = field(default_factory=lambda: dict(DIT_SCHEDULER_CONFIG))
-    vae: torch.nn.Module | None = None
-    family: str = "dit"
-    source: str = ""
-    """Where a checkpoint was loaded from (its text encoder lives there too); "" when built in code."""
-    pipeline: Any = None
-    """The model's own diffusers pipeline when it runs through it (`dqar_bench.model.pipelines`): its
-    calls return decoded images, not latents."""
-
-    @property
-    def spec(self) -> Family:
-        """The family entry."""
-        return families.get(self.family)
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        """Per-image latents the sampler draws and returns: (channels, h, w) or (channels, frames, h, w)."""
-        from dqar_bench.model.sampling import latents_shape
-
-        return latents_shape(self.transformer)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.latent_shape[0]
-
-    @property
-    def sample_size(self) -> int:
-        return int(self.latent_shape[-1])
-
-    @property
-    def null_class(self) -> int:
-        """The label index DiT's label embedding reserves for the unconditional branch (also its
-        class count). A text-conditioned model has no label embedding: 1, so code that draws
-        labels for any model (FID images) draws one dummy label, which its call ignores."""
-        if self.spec.text is not None:
-            return 1
-        return int(self.transformer.config.num_embeds_ada_norm)
-
-    @property
-    def num_blocks(self) -> int:
-        from dqar_bench.model.sampling import num_blocks
-
-        return num_blocks(self.transformer)
-
-    @property
-    def caption_channels(self) -> int | None:
-        """Width of the caption embeddings a text-conditioned model takes (4096 for T5-XXL)."""
-        return self.text_width
-
-    @property
-    def text_width(self) -> int | None:
-        text = self.spec.text
-        return _config_int(self.transformer, text.width) if text is not None else None
-
-    @property
-    def pooled_width(self) -> int | None:
-        text = self.spec.text
-        return _config_int(self.transformer, text.pooled_width) if text is not None and text.pooled_width else None
-
-    @property
-    def text_length(self) -> int | None:
-        """The fixed number of caption tokens the model takes (CogVideoX), or None."""
-        text = self.spec.text
-        if text is None or text.length is None:
-            return None
-        return text.length if isinstance(text.length, int) else _config_int(self.transformer, text.length)
-
-
-def _config_int(transformer: torch.nn.Module, key: str) -> int | None:
-    value = getattr(transformer.config, key, None)
-    return int(value) if value is not None else None
-
+from dqar_bench.model.pipelines import load_pipeline
+from dqar_bench.model.loaded import LoadedModel, first_line, local_json
 
 def _seeded(build: Callable[[], torch.nn.Module], seed: int = 0) -> torch.nn.Module:
     """`build()` with the global RNG seeded and restored: random weights from a fixed seed."""
@@ -379,7 +297,7 @@ def offline_problem(name: str, allow_download: bool, pipeline: bool = False) -> 
     in the local Hugging Face cache and downloads are off), or None."""
     if allow_download or name in BUILTIN_MODELS or Path(name).expanduser().exists() or not HUB_ID.match(name):
         return None
-    if _local_transformer_config(name) is not None and (not pipeline or _local_json(name, "model_index.json") is not None):
+    if _local_transformer_config(name) is not None and (not pipeline or local_json(name, "model_index.json") is not None):
         return None
     if pipeline:
         return f"pipeline '{name}' is not in the local Hugging Face cache; download it first (`huggingface-cli download {name}`): the pipeline path never downloads"
@@ -408,7 +326,7 @@ def model_prediction(name: str) -> str | None:
     if name in BUILTIN_PREDICTIONS:
         return BUILTIN_PREDICTIONS[name]
     if name not in BUILTIN_MODELS:
-        config = _local_json(name, "scheduler/scheduler_config.json")
+        config = local_json(name, "scheduler/scheduler_config.json")
         if config is not None:
             return prediction_type(config)
     family = model_family(name)
@@ -438,9 +356,9 @@ def model_family(name: str) -> str | None:
 
 def _checkpoint_family(name: str) -> Family | None:
     """From `model_index.json`'s pipeline class, else `transformer/config.json`'s class; raises for an unknown class."""
-    index = _local_json(name, "model_index.json")
+    index = local_json(name, "model_index.json")
     pipeline = str(index.get("_class_name")) if index else None
-    config = _local_json(name, "transformer/config.json")
+    config = local_json(name, "transformer/config.json")
     if config is None:
         return families.for_pipeline(pipeline) if pipeline else None
     class_name = str(config.get("_class_name"))
@@ -455,20 +373,7 @@ def _checkpoint_family(name: str) -> Family | None:
 
 def _local_transformer_config(name: str) -> dict[str, Any] | None:
     """A checkpoint's transformer config from a folder or the local hub cache; None if not on disk."""
-    return _local_json(name, "transformer/config.json")
-
-
-def _local_json(name: str, file: str) -> dict[str, Any] | None:
-    path = Path(name).expanduser() / file
-    try:
-        if not path.exists():
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(name, file, local_files_only=True))
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else None
-    except Exception:
-        return None
+    return local_json(name, "transformer/config.json")
 
 
 def load_model(name: str, device: torch.device, dtype: torch.dtype, allow_download: bool = False, pipeline: bool = False,
@@ -476,8 +381,6 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype, allow_downlo
     """Build a built-in model or load a diffusers checkpoint, on `device` in `dtype`; with
     `pipeline`, the checkpoint's whole pipeline, offline (`dqar_bench.model.pipelines`)."""
     if pipeline:
-        from dqar_bench.model.pipelines import load_pipeline
-
         return load_pipeline(name, device, dtype, text_encoders)
     if name in BUILTIN_MODELS:
         loaded = BUILTIN_MODELS[name]()
@@ -506,7 +409,7 @@ def _load_checkpoint(name: str, allow_download: bool, dtype: torch.dtype = torch
             transformer = model_class.from_pretrained(source, subfolder="transformer", local_files_only=offline, torch_dtype=dtype)
     except (OSError, ValueError, EnvironmentError) as exc:
         if is_local:
-            raise ModelError(f"model folder '{name}' has no loadable {model_class.__name__} in 'transformer/': {_first_line(exc)}") from None
+            raise ModelError(f"model folder '{name}' has no loadable {model_class.__name__} in 'transformer/': {first_line(exc)}") from None
         raise ModelError(
             f"model '{name}' is not available offline; download it first "
             f"(`huggingface-cli download {name}`) or set `model: {{name: {name}, download: true}}` in the suite"
@@ -532,14 +435,9 @@ def _load_vae(source: str, offline: bool) -> torch.nn.Module | None:
     try:
         import diffusers
 
-        config = _local_json(source, "vae/config.json") or {}
+        config = local_json(source, "vae/config.json") or {}
         vae_class = getattr(diffusers, str(config.get("_class_name", "AutoencoderKL")), diffusers.AutoencoderKL)
         with weights_only_loads():
             return vae_class.from_pretrained(source, subfolder="vae", local_files_only=offline)
     except Exception:
         return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -55,7 +55,10 @@ import torch
 
 from dqar_bench.model import families
 from dqar_bench.core.errors import ModelError
+from dqar_bench.core.weights import weights_only_loads
+from dqar_bench.model.conditioning import captions_condition
 from dqar_bench.model.families import Family
+from dqar_bench.model.loaded import LoadedModel, first_line, local_json
 from dqar_bench.model.inputs import convention
 from dqar_bench.model.sampling import (
     Condition,
@@ -91,17 +94,14 @@ def require_transformers() -> None:
 
 
 def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, text_encoders: bool = False) -> Any:
-    """The checkpoint's pipeline, offline, on `device` in `dtype`, as a `models.LoadedModel`.
+    """The checkpoint's pipeline, offline, on `device` in `dtype`, as a `loaded.LoadedModel`.
 
     Text encoders and tokenizers are loaded only when prompts are to be encoded
     (`text_encoders`); they are freed once that is done (`encode_prompts`).
     """
     import diffusers
 
-    from dqar_bench.model.models import LoadedModel, _first_line, _local_json
-    from dqar_bench.core.weights import weights_only_loads
-
-    index = _local_json(source, "model_index.json")
+    index = local_json(source, "model_index.json")
     if index is None:
         raise ModelError(
             f"field 'model.pipeline': '{source}' is not a diffusers pipeline on this machine (no model_index.json in the folder "
@@ -119,9 +119,9 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, text_en
         with weights_only_loads(), _fp32_kept_moot(index, dtype), _no_progress_bars():  # .bin pickles are read as data, never run
             pipe = diffusers.DiffusionPipeline.from_pretrained(source, local_files_only=True, torch_dtype=dtype, **skip)
     except ImportError as exc:
-        raise ModelError(f"field 'model.pipeline': '{source}' needs a package that is missing: {_first_line(exc)}") from None
+        raise ModelError(f"field 'model.pipeline': '{source}' needs a package that is missing: {first_line(exc)}") from None
     except (OSError, ValueError, EnvironmentError) as exc:
-        raise ModelError(f"field 'model.pipeline': '{source}' has no loadable pipeline: {_first_line(exc)}") from None
+        raise ModelError(f"field 'model.pipeline': '{source}' has no loadable pipeline: {first_line(exc)}") from None
     family = families.for_class(type(pipe.transformer).__name__, type(pipe).__name__)
     if family is None:
         families.family_of(pipe.transformer)  # the one-line error naming the class
@@ -180,8 +180,6 @@ def encode_prompts(model: Any, prompts: list[str], device: torch.device, dtype: 
     timed), with the empty prompt as the unconditional branch, as every pipeline makes it by
     default; then the text encoders are dropped. `cond_len` is the longest prompt in tokens
     of the pipeline's T5-family tokenizer (the captions the gates see)."""
-    from dqar_bench.model.conditioning import captions_condition
-
     pipe, family = model.pipeline, model.spec
     text = family.text
     if text is None:

@@ -148,7 +148,7 @@ def latent_size(resolution: Resolution, config: Any, vae_config: Any, family: Fa
 
 
 def set_resolution(model: Any, resolution: Resolution) -> None:
-    """Make `model` (a `models.LoadedModel`) sample at `resolution`: the one seam both paths read."""
+    """Make `model` (a `loaded.LoadedModel`) sample at `resolution`: the one seam both paths read."""
     family = model.spec
     parse_resolution(resolution.as_dict(), family)  # the family rules, for a model whose family was unknown at validate
     vae = model.vae if model.vae is not None else getattr(model.pipeline, "vae", None)
@@ -158,7 +158,8 @@ def set_resolution(model: Any, resolution: Resolution) -> None:
 def check_for_model(resolution: Resolution, name: str, family: Family) -> None:
     """`latent_size`'s checks at validate, where the model's configs can be read here: a tiny
     built-in model (built: it takes a moment) or a checkpoint on disk. Otherwise they run at load."""
-    from dqar_bench.model.models import BUILTIN_MODELS, TINY_MODELS, _local_json, model_config
+    from dqar_bench.model.loaded import local_json
+    from dqar_bench.model.models import BUILTIN_MODELS, TINY_MODELS, model_config
 
     if name in BUILTIN_MODELS:
         if name not in TINY_MODELS.values():
@@ -169,5 +170,5 @@ def check_for_model(resolution: Resolution, name: str, family: Family) -> None:
         config = model_config(name)
         if config is None:
             return
-        vae = _local_json(name, "vae/config.json")
+        vae = local_json(name, "vae/config.json")
     latent_size(resolution, config, vae, family)

@@ -43,7 +43,7 @@ from typing import Any, Callable
 import torch
 
 from dqar_bench.run.case_run import CaseRun, RunContext, build_strategy
-from dqar_bench.model.conditioning import condition_for
+from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.run.distributed.runs import Outbox, check_devices, decide, deliver, my_cases, together
 from dqar_bench.run.distributed.shares import rank_entries
 from dqar_bench.core.world import World

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 
 from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.model.conditioning import condition_for
+from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.errors import DqarError
 from dqar_bench.model.models import LoadedModel, load_model

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiTTransformer2DModel
 from torch import nn
 
-from dqar_bench.model.reference.classifier import FEATURE_EXTRACTOR_NAME, DigitClassifier, frechet_distance
+from dqar_bench.model.reference.classifier import FEATURE_EXTRACTOR_NAME, frechet_distance
+from dqar_bench.model.reference.network import DigitClassifier
 from dqar_bench.model.reference.data import NUM_CLASSES, DigitsSplit, load_digits_split
 from reference_training.files import (
     MODEL_CARD_FILE,
@@ -381,7 +382,7 @@ files against it).
   minutes on an otherwise idle machine.
 
 ## Classifier (`classifier.safetensors`)
-- Small CNN (`dqar_bench.model.reference.classifier.DigitClassifier`: 3 conv layers, 2 max-pools,
+- Small CNN (`dqar_bench.model.reference.network.DigitClassifier`: 3 conv layers, 2 max-pools,
   {m['classifier_feature_dim']}-d penultimate layer), trained on the training split (seed {m['seed']}, light noise augmentation).
 - Held-out test accuracy: **{m['classifier_test_accuracy']:.4f}** ({m['held_out_size']} digits).
 - Registered with torch-fidelity as feature extractor `{m['feature_extractor']}`; its pre-activation

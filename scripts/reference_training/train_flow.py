@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from diffusers import DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
 
-from dqar_bench.model.reference.classifier import FEATURE_EXTRACTOR_NAME, DigitClassifier, frechet_distance
+from dqar_bench.model.reference.classifier import FEATURE_EXTRACTOR_NAME, frechet_distance
+from dqar_bench.model.reference.network import DigitClassifier
 from dqar_bench.model.reference.data import DigitsSplit, load_digits_split
 from reference_training.files import MODEL_CARD_FILE, atomic_write_bytes, save_dit, save_scheduler_config, write_json
 from dqar_bench.model.reference.flow_sampling import sample_flow_digits

@@ -15,79 +15,19 @@ from pathlib import Path
 
 import torch
 import torch_fidelity
-from torch import nn
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from dqar_bench.model.reference.data import NATIVE_RESOLUTION, NUM_CLASSES, resize
+from dqar_bench.model.reference.data import NATIVE_RESOLUTION
+from dqar_bench.model.reference.load import load_classifier
+from dqar_bench.model.reference.network import DigitClassifier
 
 FEATURE_EXTRACTOR_NAME = "dqar-digits-classifier"
 """The name under which `DigitFeatureExtractor` is registered with torch-fidelity."""
 
 FEATURE_PENULTIMATE = "penultimate"
 FEATURE_LOGITS = "logits"
-
-
-class DigitClassifier(nn.Module):
-    """A small CNN; its size is stored with the weights so loading can rebuild it exactly."""
-
-    def __init__(
-        self,
-        resolution: int = NATIVE_RESOLUTION,
-        width: int = 32,
-        feature_dim: int = 64,
-        num_classes: int = NUM_CLASSES,
-    ) -> None:
-        super().__init__()
-        if resolution % 4:
-            raise ValueError(f"classifier resolution must be a multiple of 4, got {resolution}")
-        self.resolution = resolution
-        self.width = width
-        self.feature_dim = feature_dim
-        self.num_classes = num_classes
-        self.body = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(2 * width * (resolution // 4) ** 2, feature_dim),
-        )
-        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.2), nn.Linear(feature_dim, num_classes))
-
-    def architecture(self) -> dict[str, int]:
-        return {
-            "resolution": self.resolution,
-            "width": self.width,
-            "feature_dim": self.feature_dim,
-            "num_classes": self.num_classes,
-        }
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Accepts what torch-fidelity and the sampler hand over: uint8 0..255 or float in [-1, 1],
-        one or three channels, any square size; the classifier only knows its own resolution."""
-        if images.dim() != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"expected images of shape (B, 1 or 3, H, W), got {tuple(images.shape)}")
-        if images.dtype == torch.uint8:
-            x = images.to(torch.float32) / 127.5 - 1.0
-        else:
-            x = images.to(torch.float32)
-        if x.shape[1] == 3:
-            x = x.mean(dim=1, keepdim=True)
-        return resize(x.clamp(-1.0, 1.0), self.resolution)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pre-activation penultimate layer: unlike post-ReLU features it has no dead,
-        constant dimensions, so its covariance stays well conditioned for the Frechet distance."""
-        return self.body(self.prepare(images))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
 
 
 class DigitFeatureExtractor(FeatureExtractorBase):
@@ -105,8 +45,6 @@ class DigitFeatureExtractor(FeatureExtractorBase):
         **kwargs: object,
     ) -> None:
         super().__init__(name, features_list)
-        from dqar_bench.model.reference.load import load_classifier
-
         path = Path(feature_extractor_weights_path) if feature_extractor_weights_path else None
         self.classifier = load_classifier(path=path)
         self.requires_grad_(False)
@@ -163,8 +101,6 @@ class _ImageTensorDataset(Dataset):
 @functools.lru_cache(maxsize=1)
 def _shared_classifier() -> DigitClassifier:
     # Loaded once per process: class_accuracy is called for every benchmark cell.
-    from dqar_bench.model.reference.load import load_classifier
-
     return load_classifier()
 
 

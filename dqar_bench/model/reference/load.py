@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dqar_bench.core.errors import ModelError
-from dqar_bench.model.reference.classifier import DigitClassifier
+from dqar_bench.model.reference.network import DigitClassifier
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FLOW_WEIGHTS_DIR = WEIGHTS_DIR / "digits-flow"
