@@ -28,7 +28,8 @@ from dqar_bench.measure.fid_stats import parse_fid_config
 from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
 from dqar_bench.strategy.execution import MODES, ExecutionOptions
 from dqar_bench.model.models import default_sampler, model_config, model_family, model_prediction, num_classes, offline_problem
-from dqar_bench.core.parts import KINDS, build_part
+from dqar_bench.core.parts import KINDS
+from dqar_bench.config.part_spec import PartSpec, bind
 from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.measure.clip_score import check_clip_checkpoint
 from dqar_bench.measure.lpips import NETS as LPIPS_NETS, LpipsConfig, check_lpips_files
@@ -63,21 +64,6 @@ MIN_EXPANSION_LIMIT = 100_000
 """Without aliases a suite holds fewer values and characters than its file has characters;
 one that expands past ten times its file (and past this floor) is an alias bomb."""
 SWEEP_KEYS = ("parameter", "values")
-
-
-@dataclass(frozen=True)
-class PartSpec:
-    """A part named in a case, with the parameters the suite gives it."""
-
-    kind: str
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def label(self) -> str:
-        if not self.params:
-            return self.name
-        inner = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.name}({inner})"
 
 
 @dataclass(frozen=True)
@@ -669,9 +655,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
     description = r.get(raw, "description", str, default="", field=f"description' of case '{name}")
     sweep = raw.get("sweep")
     if sweep is None:
-        case = Case(name, _with_defaults(specs), description)
-        _build(r, where, case, registry, family)
-        return [case]
+        return [_build(r, where, Case(name, _with_defaults(specs), description), registry, family)]
     if not isinstance(sweep, dict):
         raise r.error(f"{where}: field 'sweep' must be a mapping with 'parameter' (kind.param) and 'values'")
     r.check_keys(sweep, SWEEP_KEYS, "sweep.", where)
@@ -690,8 +674,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
         base = swept.get(kind, PartSpec(kind, DEFAULT_PARTS[kind]))
         swept[kind] = PartSpec(kind, base.name, {**base.params, param: copy.deepcopy(value)})
         case = Case(f"{name}-{param}-{value}", _with_defaults(swept), description)
-        _build(r, f"case '{case.name}' (sweep of '{name}')", case, registry, family)
-        cases.append(case)
+        cases.append(_build(r, f"case '{case.name}' (sweep of '{name}')", case, registry, family))
     return cases
 
 
@@ -725,8 +708,10 @@ def _part_spec(r: "_Reader", where: str, kind: str, raw: Any) -> PartSpec:
     raise r.error(f"{where}: field '{kind}' must be a {kind} name or a mapping with 'name' and its parameters")
 
 
-def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: families.Family | None = None) -> None:
-    """Build every part (so each checks its own parameters), then check them together and against the model's family."""
+def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: families.Family | None = None) -> Case:
+    """The case with every part bound (`part_spec.bind`: built once, so each checks its own
+    parameters), checked together and against the model's family."""
+    parts: dict[str, PartSpec] = {}
     for kind, spec in case.parts.items():
         names = registry.names(kind)
         if spec.name not in names:
@@ -740,20 +725,20 @@ def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: fam
                 f"{where}: field '{kind}': unknown {kind} '{spec.name}'{_suggest(spec.name, names)} "
                 f"(installed: {', '.join(names)}; see `dqar-bench plugins`)"
             )
-        cls = registry.get(kind, spec.name).cls
         try:
-            build_part(cls, spec.params)
+            parts[kind] = bind(spec, registry)
         except ValueError as exc:
             raise r.error(f"{where}: field '{kind}' ({spec.name}): {exc}") from None
-        reason = family.refusal(cls) if family is not None else None
+        reason = family.refusal(parts[kind].info.cls) if family is not None else None  # type: ignore[union-attr]
         if reason:
             raise r.error(f"{where}: field '{kind}' ({spec.name}): {reason}")
-    if case.parts:
+    if parts:
         from dqar_bench.strategy.strategy import refusal
 
-        reason = refusal(registry.get("gate", case.parts["gate"].name).cls, registry.get("cache", case.parts["cache"].name).cls)  # type: ignore[arg-type]
+        reason = refusal(parts["gate"].info.cls, parts["cache"].info.cls)  # type: ignore[arg-type, union-attr]
         if reason:
             raise r.error(f"{where}: fields 'gate' and 'cache': {reason}")
+    return dataclasses.replace(case, parts=parts)
 
 
 def _suggest(word: str, choices: Any) -> str:
