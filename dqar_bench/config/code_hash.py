@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib
 import importlib.util
 
 DIGEST_CHARS = 16
@@ -61,7 +62,7 @@ def module_closure(module: str, package: str) -> dict[str, str] | None:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def module_source(name: str) -> bytes | None:
     """The bytes of a module's source file (cached: a process runs the code it imported)."""
     try:
@@ -78,15 +79,18 @@ def module_source(name: str) -> bytes | None:
 
 
 def imported_modules(name: str, source: bytes) -> list[str]:
-    """The modules a source imports: `import a.b` names `a.b`; `from a import b` names
-    `a.b` where that is a module, else `a`; relative imports are resolved against `name`."""
+    """The modules a source imports: `import a.b` names `a.b`; `from a import b` names `a.b`
+    where that is a module, else `a` and, where `a` is imported and `b` is a class or
+    function, the module that defines `b` (a package's re-export, even a lazy one).
+    Relative imports are resolved against `name`; imports under `if TYPE_CHECKING:` never
+    run and are skipped."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return []
     is_package = (module_origin(name) or "").endswith("__init__.py")
     out: list[str] = []
-    for node in ast.walk(tree):
+    for node in _run_time_nodes(tree):
         if isinstance(node, ast.Import):
             out.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -95,11 +99,49 @@ def imported_modules(name: str, source: bytes) -> list[str]:
                 continue
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                out.append(sub if alias.name != "*" and module_origin(sub) is not None else base)
+                if alias.name != "*" and module_origin(sub) is not None:
+                    out.append(sub)
+                    continue
+                out.append(base)
+                defined_in = _defining_module(base, alias.name, name.split(".")[0])
+                if defined_in is not None:
+                    out.append(defined_in)
     return out
 
 
-@functools.lru_cache(maxsize=None)
+def _defining_module(module: str, attribute: str, package: str) -> str | None:
+    """The module that defines `module.attribute` (a class or function re-exported by a
+    package), importing `module` where it is of `package` (so the answer never depends on
+    what this process happened to import before) and never a third-party one."""
+    if module.split(".")[0] != package:
+        return None
+    try:
+        value = getattr(importlib.import_module(module), attribute, None)
+    except ImportError:  # a module that fails to import has no attribute to follow; its source still counts
+        return None
+    defined_in = getattr(value, "__module__", None) if isinstance(value, type) or callable(value) else None
+    return defined_in if isinstance(defined_in, str) else None
+
+
+def _run_time_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of `tree` except the bodies of `if TYPE_CHECKING:` blocks."""
+    found: list[ast.AST] = []
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        found.append(node)
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            pending.extend(node.orelse)
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+@functools.cache
 def module_origin(name: str) -> str | None:
     """Where a module's file is, or None where `name` is no module (an attribute of one)."""
     try:

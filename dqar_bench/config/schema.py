@@ -14,7 +14,7 @@ one line a user reads: file, field, what is wrong, did-you-mean.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,7 +22,7 @@ from dqar_bench.core.parts import KINDS
 from dqar_bench.core.plugins import Registry
 
 PositiveInt = Annotated[int, Field(ge=1)]
-IntOrList = Union[int, list[int]]
+IntOrList = int | list[int]
 Mode = Literal["eager", "compile", "cudagraph"]
 
 
@@ -113,7 +113,7 @@ class PartRef(BaseModel):
     name: str
 
 
-Part = Union[str, PartRef]
+Part = str | PartRef
 
 
 class SweepSpec(_Spec):

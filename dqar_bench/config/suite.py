@@ -139,6 +139,8 @@ class Suite:
     """Seed of the case order in each round."""
     resolution: Resolution | None = None
     """The size to sample at (`dqar_bench.model.resolution`); None: the model's own size."""
+    text: str = field(default="", repr=False)
+    """The suite file's text, which a run keeps beside its records (`suite.yaml`)."""
     spec: SuiteSpec | None = field(default=None, compare=False, repr=False)
     """The suite file as written, typed and nested (`dqar_bench.config.schema`); the fields
     above are what validation derived from it (defaults filled in, cases expanded, paths resolved)."""
@@ -184,6 +186,19 @@ def load_suites(path: str | Path, registry: Registry | None = None, inception_we
     """
     path = Path(path)
     data, text = _read_yaml(path)
+    return suites_from_data(data, path, text, registry, inception_weights)
+
+
+def suites_from_spec(spec: SuiteSpec, registry: Registry | None = None, inception_weights: str | None = None) -> list[Suite]:
+    """Validate a suite written in Python (`dqar_bench.Suite`) exactly as its YAML would be;
+    errors name it `<suite NAME>`, and relative paths in it are taken from the working directory."""
+    data = spec.to_yaml_data()
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)  # the file it would be: the run keeps it as suite.yaml
+    return suites_from_data(data, Path(f"<suite {spec.name}>"), text, registry, inception_weights)
+
+
+def suites_from_data(data: Any, path: Path, text: str, registry: Registry | None = None, inception_weights: str | None = None) -> list[Suite]:
+    """The suites of a suite file's mapping (`text` is what its content hash is taken from)."""
     registry = registry or get_registry()
     models = data.get("model") if isinstance(data, dict) else None
     if not isinstance(models, list):
@@ -374,7 +389,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         warmup, repeats, baseline, probe_queries, cases, digest, r.get(data, "description", str, default=""),
         quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
         execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, pipeline=pipeline, resolution=resolution,
-        spec=_typed(r, data), **text,
+        text=text_of_file, spec=_typed(r, data), **text,
     )
 
 
