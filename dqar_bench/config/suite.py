@@ -3,7 +3,11 @@
 Every error names the file, the case (where there is one), the field and what to do,
 and is raised as `SuiteError` so the CLI prints it on one line and exits with status 2.
 Validation builds every part with its parameters, so whatever a part itself refuses
-(a fraction outside [0, 1], an unknown mode) is refused here, before anything runs.
+(a fraction outside [0, 1], an unknown mode) is refused here, before anything runs; the
+built parts travel in the cases (`part_spec`), so nothing builds them again. The fields a
+mapping may hold and their defaults come from the file's typed shape (`schema`), and the
+validated `Suite` keeps the file as that typed model (`Suite.spec`); its flat fields are
+what validation derived (defaults, expanded cases, resolved paths) and what the run reads.
 """
 
 from __future__ import annotations
