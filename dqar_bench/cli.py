@@ -246,6 +246,17 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """The suite file's JSON Schema, with the installed parts' names, for editors."""
+    import json
+
+    from dqar_bench.config.schema import suite_schema
+    from dqar_bench.core.plugins import get_registry
+
+    print(json.dumps(suite_schema(get_registry()), indent=2))
+    return 0
+
+
 def _missing() -> object:
     import dataclasses
 
@@ -264,6 +275,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": cmd_compare,
     "report": cmd_report,
     "fid-stats": cmd_fid_stats,
+    "schema": cmd_schema,
 }
 
 
@@ -330,6 +342,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, help="share of sampling calls held out for validation (default 0.2)")
     train.add_argument("--max-epochs", type=int, help="at most this many epochs (default 500)")
     train.add_argument("--patience", type=int, help="stop after this many epochs without a better validation loss (default 30)")
+    sub.add_parser("schema", help="print the suite file's JSON Schema (dqar-bench schema > suite.schema.json), for editors")
     return p
 
 

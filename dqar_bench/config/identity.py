@@ -2,7 +2,8 @@
 
 A case's `identity` holds everything that decides what its sampling calls compute: every
 part with all its parameters (defaults included) and where the part came from (plugin,
-distribution, version), the model, sampler, steps, guidance, conditioning, seeds, dtype,
+distribution, version; for a built-in part, whose version is dqar-bench's and never moves
+with an edit, also the digest of its code, `dqar_bench.config.code_hash`), the model, sampler, steps, guidance, conditioning, seeds, dtype,
 device type, execution mode and options, probe queries and the dqar-bench version. Its
 `case_key` hashes the identity together with how the case is measured (timing and
 quality settings). `--resume` matches finished cases by key, so a renamed case is still
@@ -22,8 +23,9 @@ import sys
 from typing import Any
 
 from dqar_bench import __version__
-from dqar_bench.core.parts import build_part
 from dqar_bench.core.plugins import BUILTIN_DISTRIBUTION, PartInfo, Registry
+from dqar_bench.config.code_hash import code_digest
+from dqar_bench.config.part_spec import PartSpec, bound
 from dqar_bench.config.suite import Case, Suite
 
 
@@ -33,7 +35,7 @@ def case_identity(suite: Suite, case: Case, registry: Registry, device_type: str
     if case.execution != "eager":
         execution.update(dataclasses.asdict(suite.execution_options))
     identity: dict[str, Any] = {
-        "parts": {kind: _part(registry.get(kind, spec.name), spec.params) for kind, spec in case.parts.items()},
+        "parts": {kind: _part(bound(spec, registry)) for kind, spec in case.parts.items()},
         "model": suite.model,
         "sampler": suite.sampler,
         "steps": suite.steps,
@@ -113,10 +115,40 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, ensure_ascii=False, default=str))
 
 
-def _part(info: PartInfo, given: dict[str, Any]) -> dict[str, Any]:
-    params = build_part(info.cls, given).params()  # every parameter, defaults included
+CODE_FIELD = "code"
+"""A part's code digest (`dqar_bench.config.code_hash`), where its version cannot say an edit."""
+
+
+def _part(spec: PartSpec) -> dict[str, Any]:
+    """A part as the identity holds it: its validated object's parameters (defaults
+    included), where it comes from, and, for a built-in part or one of no installed
+    distribution, the digest of its code (a version that never moves cannot tell an edit)."""
+    info, part = spec.info, spec.part
+    assert info is not None and part is not None
     distribution, version = part_distribution(info)
-    return {"name": info.name, "params": params, "plugin": info.plugin, "distribution": distribution, "version": version}
+    out = {"name": info.name, "params": part.params(), "plugin": info.plugin, "distribution": distribution, "version": version}
+    if info.distribution == BUILTIN_DISTRIBUTION or version is None:
+        out[CODE_FIELD] = code_digest(info.cls)
+    return out
+
+
+def code_unknown(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The kinds of the parts in both identities whose code digest only one of them holds:
+    a record written before digests existed (the committed CI reference). Such code is
+    unknown there, which is not a change: `compare` leaves it out (`comparable_changes`)
+    and says so in a note, in `--strict` too. `--resume` still reruns such a case, since its
+    key differs and its code cannot be shown to be the same."""
+    a, b = old.get("parts") or {}, new.get("parts") or {}
+    return [
+        kind for kind in a
+        if isinstance(a[kind], dict) and isinstance(b.get(kind), dict) and (CODE_FIELD in a[kind]) != (CODE_FIELD in b[kind])
+    ]
+
+
+def comparable_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[tuple[str, ...], Any, Any]]:
+    """`changes` of two identities, less the code digests that only one side knows (`code_unknown`)."""
+    unknown = {("parts", kind, CODE_FIELD) for kind in code_unknown(old, new)}
+    return [change for change in changes(old, new) if change[0] not in unknown]
 
 
 def part_distribution(info: PartInfo) -> tuple[str | None, str | None]:

@@ -3,7 +3,11 @@
 Every error names the file, the case (where there is one), the field and what to do,
 and is raised as `SuiteError` so the CLI prints it on one line and exits with status 2.
 Validation builds every part with its parameters, so whatever a part itself refuses
-(a fraction outside [0, 1], an unknown mode) is refused here, before anything runs.
+(a fraction outside [0, 1], an unknown mode) is refused here, before anything runs; the
+built parts travel in the cases (`part_spec`), so nothing builds them again. The fields a
+mapping may hold and their defaults come from the file's typed shape (`schema`), and the
+validated `Suite` keeps the file as that typed model (`Suite.spec`); its flat fields are
+what validation derived (defaults, expanded cases, resolved paths) and what the run reads.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from dqar_bench.model import families
 from dqar_bench.strategy.context_parallel import Parallel, parse_parallel
@@ -28,7 +33,11 @@ from dqar_bench.measure.fid_stats import parse_fid_config
 from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
 from dqar_bench.strategy.execution import MODES, ExecutionOptions
 from dqar_bench.model.models import default_sampler, model_config, model_family, model_prediction, num_classes, offline_problem
-from dqar_bench.core.parts import KINDS, build_part
+from dqar_bench.core.parts import KINDS
+from dqar_bench.config.part_spec import PartSpec, bind
+from dqar_bench.config.schema import (
+    CaseSpec, ClipSpec, CompileSpec, LpipsSpec, ModelSpec, PromptFileSpec, SamplerSpec, SuiteSpec, SweepSpec, TimingSpec, QualitySpec, default, keys,
+)
 from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.measure.clip_score import check_clip_checkpoint
 from dqar_bench.measure.lpips import NETS as LPIPS_NETS, LpipsConfig, check_lpips_files
@@ -41,43 +50,26 @@ DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_PARTS: dict[str, str] = {"scheduler": "all", "gate": "never", "cache": "attention-output", "quantizer": "none"}
 
-TOP_KEYS = (
-    "name", "description", "model", "sampler", "class_labels", "prompt_lengths", "prompts", "prompt_embeddings",
-    "seeds", "device", "dtype", "threads", "timing", "baseline", "probe_queries", "quality", "execution", "compile", "parallel", "cases",
-    "resolution",
-)
-CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution", "parallel", "diffusers-hook")
-COMPILE_KEYS = ("backend", "mode", "max_graphs")
+# The keys each mapping may hold, read from the typed shape of the file (`config.schema`),
+# so that the reader, the JSON Schema and the Python API name the same fields.
+TOP_KEYS = keys(SuiteSpec)
+CASE_KEYS = keys(CaseSpec)
+COMPILE_KEYS = keys(CompileSpec)
 TEXT_KEYS = ("prompt_lengths", "prompts", "prompt_embeddings")
-SAMPLER_KEYS = ("name", "steps", "guidance_scale")
-TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms", "order", "round_seed")
+SAMPLER_KEYS = keys(SamplerSpec)
+TIMING_KEYS = keys(TimingSpec)
 TIMING_ORDERS = ("interleaved", "blocked")
-QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips", "clip", "classifier")
-LPIPS_KEYS = ("backbone", "net", "linear")
-CLIP_KEYS = ("weights",)
-PROMPT_FILE_KEYS = ("file", "count")
+QUALITY_KEYS = keys(QualitySpec)
+LPIPS_KEYS = keys(LpipsSpec)
+CLIP_KEYS = keys(ClipSpec)
+PROMPT_FILE_KEYS = keys(PromptFileSpec)
 FIDELITY_METRICS = ("fid", "kid", "isc")
-MODEL_KEYS = ("name", "download", "pipeline")
+MODEL_KEYS = keys(ModelSpec)
 EXPANSION_FACTOR = 10
 MIN_EXPANSION_LIMIT = 100_000
 """Without aliases a suite holds fewer values and characters than its file has characters;
 one that expands past ten times its file (and past this floor) is an alias bomb."""
-SWEEP_KEYS = ("parameter", "values")
-
-
-@dataclass(frozen=True)
-class PartSpec:
-    """A part named in a case, with the parameters the suite gives it."""
-
-    kind: str
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def label(self) -> str:
-        if not self.params:
-            return self.name
-        inner = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.name}({inner})"
+SWEEP_KEYS = keys(SweepSpec)
 
 
 @dataclass(frozen=True)
@@ -151,6 +143,11 @@ class Suite:
     """Seed of the case order in each round."""
     resolution: Resolution | None = None
     """The size to sample at (`dqar_bench.model.resolution`); None: the model's own size."""
+    text: str = field(default="", repr=False)
+    """The suite file's text, which a run keeps beside its records (`suite.yaml`)."""
+    spec: SuiteSpec | None = field(default=None, compare=False, repr=False)
+    """The suite file as written, typed and nested (`dqar_bench.config.schema`); the fields
+    above are what validation derived from it (defaults filled in, cases expanded, paths resolved)."""
 
     @property
     def prompt_texts(self) -> list[str] | None:
@@ -193,6 +190,19 @@ def load_suites(path: str | Path, registry: Registry | None = None, inception_we
     """
     path = Path(path)
     data, text = _read_yaml(path)
+    return suites_from_data(data, path, text, registry, inception_weights)
+
+
+def suites_from_spec(spec: SuiteSpec, registry: Registry | None = None, inception_weights: str | None = None) -> list[Suite]:
+    """Validate a suite written in Python (`dqar_bench.Suite`) exactly as its YAML would be;
+    errors name it `<suite NAME>`, and relative paths in it are taken from the working directory."""
+    data = spec.to_yaml_data()
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)  # the file it would be: the run keeps it as suite.yaml
+    return suites_from_data(data, Path(f"<suite {spec.name}>"), text, registry, inception_weights)
+
+
+def suites_from_data(data: Any, path: Path, text: str, registry: Registry | None = None, inception_weights: str | None = None) -> list[Suite]:
+    """The suites of a suite file's mapping (`text` is what its content hash is taken from)."""
     registry = registry or get_registry()
     models = data.get("model") if isinstance(data, dict) else None
     if not isinstance(models, list):
@@ -254,7 +264,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         raise r.error("the file must be a mapping with 'name', 'model', 'cases' and so on")
     r.check_keys(data, TOP_KEYS, "")
     name = r.get(data, "name", str, required=True)
-    model_name, allow_download, pipeline = _model(r, data.get("model", "dit-tiny"))
+    model_name, allow_download, pipeline = _model(r, data.get("model", default(SuiteSpec, "model")))
     model_field = "model.pipeline" if pipeline else "model"
     try:
         family = model_family(model_name)
@@ -274,21 +284,21 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     reason = sampler_refusal(sampler, prediction) if prediction is not None else None
     if reason:
         raise r.error(f"field 'sampler.name': {reason} (model '{model_name}', family {family})")
-    steps = r.get(sampler_raw, "steps", int, default=20, field="sampler.steps")
+    steps = r.get(sampler_raw, "steps", int, default=default(SamplerSpec, "steps"), field="sampler.steps")
     if steps < 1:
         raise r.error("field 'sampler.steps' must be at least 1")
-    guidance = r.get(sampler_raw, "guidance_scale", float, default=4.0, field="sampler.guidance_scale")
+    guidance = r.get(sampler_raw, "guidance_scale", float, default=default(SamplerSpec, "guidance_scale"), field="sampler.guidance_scale")
     if not (math.isfinite(guidance) and guidance >= 0):
         raise r.error(f"field 'sampler.guidance_scale' must be a finite number >= 0 (1 or less turns classifier-free guidance off), got {guidance}")
-    labels = r.int_list(data, "class_labels", default=[0, 1])
-    seeds = r.int_list(data, "seeds", default=[0])
+    labels = r.int_list(data, "class_labels", default=default(SuiteSpec, "class_labels"))
+    seeds = r.int_list(data, "seeds", default=default(SuiteSpec, "seeds"))
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise r.error(f"field 'seeds': seed {repeated[0]} is given more than once; give each seed once (outputs and quality are kept per seed)")
-    device = r.get(data, "device", str, default="auto")
+    device = r.get(data, "device", str, default=default(SuiteSpec, "device"))
     if device not in DEVICES and not device.startswith("cuda:"):
         raise r.error(f"field 'device': '{device}' is not one of {', '.join(DEVICES)} (or cuda:N)")
-    dtype = r.get(data, "dtype", str, default="float32")
+    dtype = r.get(data, "dtype", str, default=default(SuiteSpec, "dtype"))
     if dtype not in DTYPES:
         raise r.error(f"field 'dtype': '{dtype}' is not one of {', '.join(DTYPES)}{_suggest(dtype, DTYPES)}")
     if device == "cpu" and dtype == "float16":
@@ -297,26 +307,26 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     if not isinstance(timing, dict):
         raise r.error("field 'timing' must be a mapping with warmup and repeats")
     r.check_keys(timing, TIMING_KEYS, "timing.")
-    warmup = r.get(timing, "warmup", int, default=1, field="timing.warmup")
-    repeats = r.get(timing, "repeats", int, default=3, field="timing.repeats")
+    warmup = r.get(timing, "warmup", int, default=default(TimingSpec, "warmup"), field="timing.warmup")
+    repeats = r.get(timing, "repeats", int, default=default(TimingSpec, "repeats"), field="timing.repeats")
     if warmup < 0 or repeats < 1:
         raise r.error("fields 'timing.warmup' must be >= 0 and 'timing.repeats' >= 1")
-    per_step = r.get(timing, "per_step", bool, default=True, field="timing.per_step")
-    nvml_interval_ms = r.get(timing, "nvml_interval_ms", float, default=10.0, field="timing.nvml_interval_ms")
-    timing_order = r.get(timing, "order", str, default="interleaved", field="timing.order")
+    per_step = r.get(timing, "per_step", bool, default=default(TimingSpec, "per_step"), field="timing.per_step")
+    nvml_interval_ms = r.get(timing, "nvml_interval_ms", float, default=default(TimingSpec, "nvml_interval_ms"), field="timing.nvml_interval_ms")
+    timing_order = r.get(timing, "order", str, default=default(TimingSpec, "order"), field="timing.order")
     if timing_order not in TIMING_ORDERS:
         raise r.error(f"field 'timing.order': '{timing_order}' is not one of {', '.join(TIMING_ORDERS)}{_suggest(timing_order, TIMING_ORDERS)}")
-    round_seed = r.get(timing, "round_seed", int, default=0, field="timing.round_seed")
+    round_seed = r.get(timing, "round_seed", int, default=default(TimingSpec, "round_seed"), field="timing.round_seed")
     if not (math.isfinite(nvml_interval_ms) and nvml_interval_ms > 0):
         raise r.error("field 'timing.nvml_interval_ms' must be > 0 (milliseconds between NVML samples)")
     # Files a run needs on this machine are checked only where the model itself can run here;
     # a GPU suite whose checkpoint is not downloaded still validates (`validate` notes both).
     runnable_here = offline_problem(model_name, allow_download, pipeline) is None
     quality = _quality(r, data.get("quality"), inception_weights, on_this_machine=runnable_here)
-    probe_queries = r.get(data, "probe_queries", int, default=16)
+    probe_queries = r.get(data, "probe_queries", int, default=default(SuiteSpec, "probe_queries"))
     if probe_queries < 1:
         raise r.error(f"field 'probe_queries' must be at least 1 (query rows the entropy probe samples per image and head), got {probe_queries}")
-    threads = r.get(data, "threads", int, default=1)
+    threads = r.get(data, "threads", int, default=default(SuiteSpec, "threads"))
     if threads < 1:
         raise r.error("field 'threads' must be at least 1 (CPU threads torch may use)")
     cores = usable_cores()
@@ -370,7 +380,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         if case.name in seen:
             raise r.error(f"case '{case.name}': duplicate case name; give each case its own name")
         seen.add(case.name)
-    baseline = r.get(data, "baseline", str, default="baseline")
+    baseline = r.get(data, "baseline", str, default=default(SuiteSpec, "baseline"))
     if baseline not in seen:
         raise r.error(
             f"field 'baseline': no case named '{baseline}'{_suggest(baseline, seen)}; add a case with that name "
@@ -382,8 +392,30 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         path, name, model_name, allow_download, sampler, steps, guidance, labels, seeds, device, dtype,
         warmup, repeats, baseline, probe_queries, cases, digest, r.get(data, "description", str, default=""),
         quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
-        execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, pipeline=pipeline, resolution=resolution, **text,
+        execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, pipeline=pipeline, resolution=resolution,
+        text=text_of_file, spec=_typed(r, data), **text,
     )
+
+
+def _typed(r: "_Reader", data: dict) -> SuiteSpec:
+    """The file as the typed model. The checks above word every error a user meets; one
+    that only the model finds is still told in one line, with the field's path."""
+    try:
+        return SuiteSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise r.error(f"field '{_loc(first['loc'])}': {first['msg']}, got {_short(first.get('input'))}") from None
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    """pydantic's error location as a field path (`cases[1].gate`), less the union member tags it adds."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not (part in ("str", "int", "float", "bool", "none") or "[" in part or part.endswith(("Spec", "PartRef"))):
+            out += ("." if out else "") + part
+    return out
 
 
 def _resolution(r: "_Reader", raw: Any, spec: families.Family | None, model: str, runnable_here: bool) -> Resolution | None:
@@ -670,9 +702,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
     description = r.get(raw, "description", str, default="", field=f"description' of case '{name}")
     sweep = raw.get("sweep")
     if sweep is None:
-        case = Case(name, _with_defaults(specs), description)
-        _build(r, where, case, registry, family)
-        return [case]
+        return [_build(r, where, Case(name, _with_defaults(specs), description), registry, family)]
     if not isinstance(sweep, dict):
         raise r.error(f"{where}: field 'sweep' must be a mapping with 'parameter' (kind.param) and 'values'")
     r.check_keys(sweep, SWEEP_KEYS, "sweep.", where)
@@ -691,8 +721,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
         base = swept.get(kind, PartSpec(kind, DEFAULT_PARTS[kind]))
         swept[kind] = PartSpec(kind, base.name, {**base.params, param: copy.deepcopy(value)})
         case = Case(f"{name}-{param}-{value}", _with_defaults(swept), description)
-        _build(r, f"case '{case.name}' (sweep of '{name}')", case, registry, family)
-        cases.append(case)
+        cases.append(_build(r, f"case '{case.name}' (sweep of '{name}')", case, registry, family))
     return cases
 
 
@@ -726,8 +755,10 @@ def _part_spec(r: "_Reader", where: str, kind: str, raw: Any) -> PartSpec:
     raise r.error(f"{where}: field '{kind}' must be a {kind} name or a mapping with 'name' and its parameters")
 
 
-def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: families.Family | None = None) -> None:
-    """Build every part (so each checks its own parameters), then check them together and against the model's family."""
+def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: families.Family | None = None) -> Case:
+    """The case with every part bound (`part_spec.bind`: built once, so each checks its own
+    parameters), checked together and against the model's family."""
+    parts: dict[str, PartSpec] = {}
     for kind, spec in case.parts.items():
         names = registry.names(kind)
         if spec.name not in names:
@@ -741,20 +772,20 @@ def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: fam
                 f"{where}: field '{kind}': unknown {kind} '{spec.name}'{_suggest(spec.name, names)} "
                 f"(installed: {', '.join(names)}; see `dqar-bench plugins`)"
             )
-        cls = registry.get(kind, spec.name).cls
         try:
-            build_part(cls, spec.params)
+            parts[kind] = bind(spec, registry)
         except ValueError as exc:
             raise r.error(f"{where}: field '{kind}' ({spec.name}): {exc}") from None
-        reason = family.refusal(cls) if family is not None else None
+        reason = family.refusal(parts[kind].info.cls) if family is not None else None  # type: ignore[union-attr]
         if reason:
             raise r.error(f"{where}: field '{kind}' ({spec.name}): {reason}")
-    if case.parts:
+    if parts:
         from dqar_bench.strategy.strategy import refusal
 
-        reason = refusal(registry.get("gate", case.parts["gate"].name).cls, registry.get("cache", case.parts["cache"].name).cls)  # type: ignore[arg-type]
+        reason = refusal(parts["gate"].info.cls, parts["cache"].info.cls)  # type: ignore[arg-type, union-attr]
         if reason:
             raise r.error(f"{where}: fields 'gate' and 'cache': {reason}")
+    return dataclasses.replace(case, parts=parts)
 
 
 def _suggest(word: str, choices: Any) -> str:

@@ -48,13 +48,13 @@ from dqar_bench.measure.instruments import Instruments, fid_image_indices, gener
 from dqar_bench.measure.meter import CaseMeter
 from dqar_bench.measure.stats import Measurement
 from dqar_bench.model.models import LoadedModel
-from dqar_bench.core.parts import build_part
 from dqar_bench.model.pipelines import EAGER_ONLY, call_pipeline
 from dqar_bench.core.plugins import Registry
 from dqar_bench.measure.quality import compare_outputs
 from dqar_bench.measure.rounds import RoundLog, pair, paired_ratios
 from dqar_bench.model.sampling import Condition, denoise, labels_condition, make_scheduler
 from dqar_bench.strategy.strategy import Strategy
+from dqar_bench.config.part_spec import new_part
 from dqar_bench.config.suite import Case, Suite
 from dqar_bench.measure.timing import CallTimer
 
@@ -63,7 +63,7 @@ def build_strategy(case: Case, registry: Registry, probe_queries: int = 16) -> S
     """The case's parts, built and wired; None for the untouched model (and for a diffusers-hook case)."""
     if not case.parts:
         return None
-    parts = {kind: build_part(registry.get(kind, spec.name).cls, spec.params) for kind, spec in case.parts.items()}
+    parts = {kind: new_part(spec, registry) for kind, spec in case.parts.items()}
     return Strategy(parts["scheduler"], parts["gate"], parts["cache"], parts["quantizer"], probe_queries)  # type: ignore[arg-type]
 
 

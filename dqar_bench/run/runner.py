@@ -204,7 +204,7 @@ class _Session:
 
     def execute(self) -> None:
         suite, run, kit, world = self.suite, self.run, self.kit, self.world
-        run.write_text("suite.yaml", suite.path.read_text(encoding="utf-8"))
+        run.write_text("suite.yaml", suite.text)
         kit.environment = environment.collect(self.ctx.device, suite.dtype, suite.seeds, suite.content_hash, self.ctx.model.transformer)
         run.write_text("environment.json", json.dumps(kit.environment, indent=1) + "\n")
         kit.reference_file = run.fid_reference_path

@@ -41,7 +41,8 @@ from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.errors import DqarError
 from dqar_bench.model.models import LoadedModel, load_model
-from dqar_bench.core.parts import Gate, build_part
+from dqar_bench.core.parts import Gate
+from dqar_bench.config.part_spec import new_part
 from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.strategy.policy.features import FEATURES, SIGNALS as POLICY_SIGNALS, feature_rows
 from dqar_bench.run.runner import apply_resolution, check_labels, resolve_device
@@ -152,7 +153,7 @@ def trace_suite(
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as fh:
         for case in chosen:
-            parts = {k: build_part(registry.get(k, s.name).cls, s.params) for k, s in case.parts.items() if k != "gate"}
+            parts = {k: new_part(s, registry) for k, s in case.parts.items() if k != "gate"}
             tracer = _Tracer()
             strategy = Strategy(parts["scheduler"], tracer, parts["cache"], parts["quantizer"], suite.probe_queries)  # type: ignore[arg-type]
             with adapter_for(model.transformer).install(model.transformer, strategy):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dqar_bench.config.identity import MISSING, changes
+from dqar_bench.config.identity import MISSING, code_unknown, comparable_changes
 
 IDENTITY_FALLBACK = ("parts", "model", "sampler", "steps", "guidance_scale", "batch", "seeds", "dtype", "device", "execution_mode", "dqar_bench")
 """What a record without `identity` (an older dqar-bench) says about what its case is."""
@@ -35,7 +35,14 @@ def identity_diff(base: dict[str, Any], new: dict[str, Any]) -> tuple[list[str],
     if not recorded:  # compare like with like
         a = {k: base[k] for k in IDENTITY_FALLBACK if k in base}
         b = {k: new[k] for k in IDENTITY_FALLBACK if k in new}
-    return [f"{_identity_label(path)}: {_show(va)} -> {_show(vb)}" for path, va, vb in changes(a, b)], recorded
+    return [f"{_identity_label(path)}: {_show(va)} -> {_show(vb)}" for path, va, vb in comparable_changes(a, b)], recorded
+
+
+def code_unrecorded(base: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether one record has a part code digest the other lacks (written before digests):
+    left out of `identity_diff`, as unknown rather than changed."""
+    (a, recorded_a), (b, recorded_b) = identity_of(base), identity_of(new)
+    return recorded_a and recorded_b and bool(code_unknown(a, b))
 
 
 def _identity_label(path: tuple[str, ...]) -> str:

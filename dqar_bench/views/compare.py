@@ -39,7 +39,7 @@ from typing import Any
 from dqar_bench.views import markdown
 from dqar_bench.measure import records
 from dqar_bench.core.errors import DqarError
-from dqar_bench.views.case_diff import identity_diff
+from dqar_bench.views.case_diff import code_unrecorded, identity_diff
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.stats import UNRELIABLE, Measurement, mann_whitney_u, min_detectable_p
 from dqar_bench.measure.rounds import paired_ratios
@@ -221,6 +221,12 @@ def compare_runs(
         notes.append(
             f"no per-round timings in one run or both (written by an older dqar-bench) for {', '.join(fallback)}: their "
             "median times per image are compared across runs, so drift of the machine between the runs counts as change"
+        )
+    unknown = [c for c in base_records if c in new_records and code_unrecorded(base_records[c], new_records[c])]
+    if unknown:
+        notes.append(
+            f"part code digests are recorded in one run only (the other was written before dqar-bench recorded them) for "
+            f"{', '.join(unknown)}: whether those parts' code changed between the runs is unknown, and not counted as a change"
         )
     if any(not c.identity_recorded for c in changes if c.status == "compared"):
         notes.append("what a case is was read from record fields (no `identity` recorded: an older dqar-bench); part versions and defaults are not compared")

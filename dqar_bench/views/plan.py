@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from dqar_bench.core.errors import DqarError
-from dqar_bench.core.parts import Gate, Scheduler, build_part
+from dqar_bench.core.parts import Gate, Scheduler
+from dqar_bench.config.part_spec import new_part
 from dqar_bench.core.plugins import Registry
 from dqar_bench.strategy.strategy import schedule_mask
 from dqar_bench.config.suite import Case, Suite
@@ -197,5 +198,4 @@ def runs(values: list[Any]) -> str:
 
 
 def _build(registry: Registry, case: Case, kind: str) -> Any:
-    spec = case.parts[kind]
-    return build_part(registry.get(kind, spec.name).cls, spec.params)
+    return new_part(case.parts[kind], registry)
