@@ -24,7 +24,7 @@ A family is one `Family` entry in `FAMILIES`, not an adapter class. One generic 
   batch, CFG as two passes, or a guidance embedding with no CFG pass), default sampler and
   the noise schedule the pipeline ships with.
 
-Adding a family is adding an entry (README: "Adding a model family"); a transformer class
+Adding a family is adding an entry (docs/models.md, "Adding a model family"); a transformer class
 no entry matches fails in one line that says so.
 """
 
@@ -409,5 +409,5 @@ def family_of(model: torch.nn.Module) -> Family:
             return found
     raise ModelError(
         f"no model family matches {type(model).__name__}; add a Family entry for it to FAMILIES in "
-        f"dqar_bench/model/families.py (README: 'Adding a model family'); families: {', '.join(names())}"
+        f"dqar_bench/model/families.py (docs/models.md, 'Adding a model family'); families: {', '.join(names())}"
     )

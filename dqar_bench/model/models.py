@@ -56,8 +56,8 @@ def build_dit_tiny() -> LoadedModel:
 
 def build_dit_xl_random() -> LoadedModel:
     """DiT-XL/2-256's architecture (28 blocks, 16 heads x 72, 32x32x4 latents, 1000 classes) with
-    random weights from seed 0: for timing on a machine without the checkpoint (ANCHORS.md
-    section 1 was measured so). Its images and quality figures mean nothing."""
+    random weights from seed 0: for timing on a machine without the checkpoint (the H200
+    figures of docs/measurement.md were measured so). Its images and quality figures mean nothing."""
     return _random_dit("dit-xl-2-256-random", **DIT_XL_CONFIG)
 
 
@@ -366,7 +366,7 @@ def _checkpoint_family(name: str) -> Family | None:
     if found is None:
         raise ModelError(
             f"model '{name}': no model family matches its transformer class {class_name}; add a Family entry for it to "
-            f"FAMILIES in dqar_bench/model/families.py (README: 'Adding a model family'); families: {', '.join(families.names())}"
+            f"FAMILIES in dqar_bench/model/families.py (docs/models.md, 'Adding a model family'); families: {', '.join(families.names())}"
         )
     return found
 

@@ -16,7 +16,7 @@ Each case is judged on what can be trusted about it:
 - **FLOPs per call and the reuse ratio** are deterministic: any rise in FLOPs or fall in
   reuse is a regression, with no tolerance; the other direction is reported as a change.
 - **Quality** is gated by default: PSNR to each run's own baseline down by more than 1 dB,
-  class accuracy down by more than 2 points, FID up by more than 50 % (see the README for
+  class accuracy down by more than 2 points, FID up by more than 50 % (see docs/ci.md for
   why 50 %). Any NaN or inf in the new run's quality or timing is a regression; in the
   base run it makes the case inconclusive (it is no reference).
 - **What each case is** (`identity`: parts with every parameter and their plugin's
@@ -77,7 +77,7 @@ DEFAULT_MAX_FID_RISE = Rise(0.50, relative=True)
 draw the right digit (PSNR 23-50 dB to the baseline) score 113-152, the untouched baseline
 itself 152.5, so a change that brings a strategy closer to the baseline can raise its FID
 by 35 %; a collapsed strategy (PSNR 8.9 dB, 40 % accuracy) scores 2343 (+1436 %). 50 % sits
-above the scatter and far below a collapse (README, "Regression tables in CI")."""
+above the scatter and far below a collapse (docs/ci.md, "Why FID 50 %")."""
 
 
 @dataclass

@@ -8,7 +8,7 @@ It is torchrun itself (its own argument parser and `run`, in this process), with
 runs. torchrun exits 1 whatever its workers did; `launch` returns the exit status of the
 first rank that failed instead (2 for a bad suite, 1 for a failed case), so `--nproc`
 keeps the command's meaning of its exit status. Several nodes are torchrun's (or srun's)
-job, not this function's: the README shows the command.
+job, not this function's: docs/scaling.md shows the command.
 """
 
 from __future__ import annotations

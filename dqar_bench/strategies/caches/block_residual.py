@@ -4,8 +4,9 @@ A reused block returns `input + (output - input)` from the step it last computed
 run of reused blocks adds up their stored residuals: that is Delta-DiT's Delta-Cache over
 a block range (the telescoping sum of per-block deviations) and FirstBlockCache's cached
 tail. A reuse skips the whole block (attention, MLP, norms), not only its attention,
-which is where bigger wins than attention reuse are (ANCHORS.md: attention is about a
-quarter of a DiT forward).
+which is where bigger wins than attention reuse are (attention is about a quarter of a DiT
+forward: skipping every block's attention took a CUDA-graph forward of DiT-XL/2-256 from
+7.52 to 5.65 ms, batch 8, fp16, random weights, one H200, 2026-11-26).
 """
 
 from __future__ import annotations
