@@ -5,7 +5,8 @@ Two audiences import from here:
 - plugin authors, for the part base classes and the hook marker
   (`from dqar_bench import Gate, StepContext, hookimpl`);
 - Python users, to run suites without the command line
-  (`from dqar_bench import Case, Suite, run`; see `dqar_bench.api`).
+  (`from dqar_bench import Case, Suite, run`; see `dqar_bench.run.api`; `run` is the
+  `dqar_bench.run` package itself, which is callable, see its docstring).
 
 Every name is imported when first used (PEP 562 `__getattr__`), so `import dqar_bench`
 and `dqar-bench --help` stay fast: torch, diffusers and pandas load only when a name
@@ -31,25 +32,26 @@ _LAZY: dict[str, tuple[str, str]] = {
     "hookimpl": ("dqar_bench.core.hookspecs", "hookimpl"),
     "Suite": ("dqar_bench.config.schema", "SuiteSpec"),
     "Case": ("dqar_bench.config.schema", "CaseSpec"),
-    "run": ("dqar_bench.api", "run"),
+    "run": ("dqar_bench.run", ""),
 }
 
 __all__ = ["Cache", "Case", "Gate", "Quantizer", "Scheduler", "StaticGate", "StepContext", "Suite", "__version__", "hookimpl", "run"]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports them
-    from dqar_bench.api import run
     from dqar_bench.config.schema import CaseSpec as Case
     from dqar_bench.config.schema import SuiteSpec as Suite
     from dqar_bench.core.context import StepContext
     from dqar_bench.core.hookspecs import hookimpl
     from dqar_bench.core.parts import Cache, Gate, Quantizer, Scheduler, StaticGate
+    from dqar_bench.run.api import run
 
 
 def __getattr__(name: str) -> Any:
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'dqar_bench' has no attribute '{name}'")
-    value = getattr(importlib.import_module(target[0]), target[1])
+    module = importlib.import_module(target[0])
+    value = getattr(module, target[1]) if target[1] else module
     globals()[name] = value  # once imported, an ordinary attribute
     return value
 

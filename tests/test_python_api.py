@@ -39,6 +39,18 @@ def test_import_is_light_and_names_load_when_used():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def test_run_is_callable_however_the_run_package_was_imported_first():
+    """`dqar_bench.run` is both the package of the runner and the API's `run`."""
+    code = (
+        "import dqar_bench.run.runner as runner\n"
+        "from dqar_bench import run\n"
+        "from dqar_bench.run.api import run as api_run\n"
+        "assert callable(run) and run.runner is runner\n"
+        "import inspect; assert 'suite' in inspect.signature(api_run).parameters\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def test_a_suite_in_code_runs_and_returns_the_run_table(tmp_path):
     frame = run(small(), tmp_path / "run", progress=lambda line: None)
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == ["model", *COLUMNS]
