@@ -20,6 +20,7 @@ import torch
 
 from dqar_bench.core.world import Echo, World
 from dqar_bench.core.errors import DqarError
+from dqar_bench.measure.case_record import CaseRecord, environment_file
 
 T = TypeVar("T")
 
@@ -93,14 +94,14 @@ class Outbox:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.records: list[dict[str, Any]] = []
+        self.records: list[CaseRecord] = []
         self.outputs: dict[str, dict[int, torch.Tensor]] = {}
         self.previews: dict[str, tuple[dict[int, torch.Tensor], dict[str, str] | None]] = {}
 
     fid_reference_path = None
     rounds_path = None
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: CaseRecord) -> None:
         self.records.append(record)
 
     def save_outputs(self, case: str, outputs: dict[int, torch.Tensor]) -> None:
@@ -116,6 +117,10 @@ class Outbox:
 
     def write_text(self, name: str, text: str) -> None:
         """The run's own files (suite, environment) are rank 0's to write."""
+
+    def save_environment(self, environment: dict[str, Any]) -> str:
+        """Rank 0 keeps the environment; this rank's records name the file it would be in."""
+        return environment_file(environment)
 
     def contents(self) -> dict[str, Any]:
         return {"records": self.records, "outputs": self.outputs, "previews": self.previews}
