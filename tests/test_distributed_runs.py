@@ -20,7 +20,8 @@ import torch
 from dqar_bench.run.distributed.runs import check_devices, decide, my_cases
 from dqar_bench.core.world import Echo, World
 from dqar_bench.core.errors import DqarError
-from dqar_bench.measure.records import read_records
+from dqar_bench.measure.case_record import CaseRecord
+from dqar_bench.measure.records import RunDir, read_records
 from dqar_bench.measure.rounds import RoundLog
 from tests.rank_launch import spawn_ranks, wait_ranks
 from tests.test_distributed import ENV_VARS, ROOT
@@ -64,7 +65,7 @@ def ranks(argv: list[str], world_size: int = 2, **env: str) -> tuple[list[int], 
     return codes, [err for _, err in outputs], time.perf_counter() - started
 
 
-def records(run: Path) -> dict[str, dict]:
+def records(run: Path) -> dict[str, CaseRecord]:
     return {r.case: r for r in read_records(run / "records.jsonl")}
 
 
@@ -137,6 +138,8 @@ def test_sharded_cases_give_the_quality_columns_of_an_unsharded_run(tmp_path, on
     assert lines[mine]["rank"] == 1 and set(lines[mine]["cases"]) == {"baseline", "q"}
     assert sharded["q"].baseline_round_s == [sum(lines[mine]["cases"]["baseline"]["calls_s"])]
     assert (tmp_path / "run" / "outputs").is_dir() and len(list((tmp_path / "run" / "outputs").iterdir())) == 3
+    run = RunDir(tmp_path / "run")  # rank 1's records name its own environment, which rank 0 kept
+    assert all(run.environment_of(r)["torch_threads"] for r in sharded.values())
 
 
 def test_a_dead_rank_leaves_a_run_that_resume_finishes_with_another_number_of_ranks(tmp_path, one_process, capsys):

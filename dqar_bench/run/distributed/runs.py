@@ -97,6 +97,7 @@ class Outbox:
         self.records: list[CaseRecord] = []
         self.outputs: dict[str, dict[int, torch.Tensor]] = {}
         self.previews: dict[str, tuple[dict[int, torch.Tensor], dict[str, str] | None]] = {}
+        self.environments: dict[str, dict[str, Any]] = {}
 
     fid_reference_path = None
     rounds_path = None
@@ -119,11 +120,14 @@ class Outbox:
         """The run's own files (suite, environment) are rank 0's to write."""
 
     def save_environment(self, environment: dict[str, Any]) -> str:
-        """Rank 0 keeps the environment; this rank's records name the file it would be in."""
-        return environment_file(environment)
+        """This rank's environment, sent with its records (`--shard cases`), for rank 0 to keep;
+        the file name its records give."""
+        name = environment_file(environment)
+        self.environments[name] = environment
+        return name
 
     def contents(self) -> dict[str, Any]:
-        return {"records": self.records, "outputs": self.outputs, "previews": self.previews}
+        return {"records": self.records, "outputs": self.outputs, "previews": self.previews, "environments": self.environments}
 
 
 def deliver(run: Any, log: Any, contents: dict[str, Any], rounds: list[dict[str, Any]]) -> None:
@@ -134,5 +138,7 @@ def deliver(run: Any, log: Any, contents: dict[str, Any], rounds: list[dict[str,
         run.save_outputs(case, outputs)
     for case, (previews, meta) in contents["previews"].items():
         run.save_previews(case, previews, meta)
+    for environment in contents["environments"].values():
+        run.save_environment(environment)
     for record in contents["records"]:
         run.append(record)
