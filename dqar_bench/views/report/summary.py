@@ -1,8 +1,9 @@
 """The summary table: one row per case, the columns of the results frame that the run has.
 
-Columns come from a known list (headings and tooltips from the catalogue, `views.columns`) and show only when the frame has that column with a value
-in some row, so figures another part of the harness adds to the frame (FLOP counts, say)
-appear here once they exist. Failed and unsupported cases keep their row, with the reason.
+Columns come from a known list (their headings and tooltips from the one catalogue,
+`views.columns`) and show only when the frame has that column with a value in some row, so
+figures another part of the harness adds to the frame (FLOP counts, say) appear here once
+they exist. Failed and unsupported cases keep their row, with the reason.
 Each cell carries its raw value in `data-v` for the page's small sort script.
 """
 
