@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     a = run(out, "a", args.rounds, 0.0, registry)
     b = run(out, "b", args.rounds, 0.0, registry)
     slowed = RunDir(a).latest()["slowed"]
-    extra = 0.2 * slowed["median_s"]
+    extra = 0.2 * slowed.median_s
     c = run(out, "c", args.rounds, extra, registry)
     for title, new in (("two identical runs (A, B)", b), (f"'slowed' made 20 % slower (+{extra * 1000:.1f} ms per call) (A, C)", c)):
         result = compare.compare_runs(a, new)

@@ -91,9 +91,9 @@ def overhead(args):
 
     def harness_once():
         record, _ = run_case(suite, case, model, device, registry, None, kit)
-        if record["status"] != "ok":
-            raise SystemExit(f"harness case failed: {record['error']}")
-        return record["latency_s"][0]
+        if not record.ok:
+            raise SystemExit(f"harness case failed: {record.error}")
+        return record.latency_s[0]
 
     def hand_once():
         return time_hand(lambda: hand_loop(model, scheduler, suite.class_labels, 0, suite.steps, 4.0, device, dtype), device)

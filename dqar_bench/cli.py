@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if run is None:  # not rank 0: rank 0 reports
                 continue
             latest = run.latest()  # a case that failed and then finished on resume counts as finished
-            failed = [c.name for c in suite.cases if c.name in latest and latest[c.name].get("status") not in ("ok", "unsupported")]
+            failed = [c.name for c in suite.cases if c.name in latest and latest[c.name].status not in ("ok", "unsupported")]
             if failed:
                 print(f"{len(failed)} case(s) failed: {', '.join(failed)} (errors in {run.records_path})", file=sys.stderr)
                 status = 1

@@ -131,6 +131,6 @@ def report_run(tmp_path_factory):
         mp.setattr("sys.stdout", printed)
         assert main(["run", str(suite), "-o", str(root / "run")]) == 1  # 'boom' failed
     run = RunDir(root / "run")
-    records = {r["case"]: r for r in run.records()}
+    records = {r.case: r for r in run.records()}
     page = (run.path / "report.html").read_text()
     return run, records, page, printed.getvalue()

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.model import families, models
 
 
@@ -131,19 +132,19 @@ def save_pipeline(family: str, folder: Path, **kwargs: Any) -> Path:
     return folder
 
 
-def run_records(suite: Path, out: Path) -> tuple[dict[str, dict], Path]:
+def run_records(suite: Path, out: Path) -> tuple[dict[str, CaseRecord], Path]:
     """A suite run here: its records by case, and its run directory."""
     from dqar_bench.measure.records import read_records
     from dqar_bench.run.runner import run_suite
     from dqar_bench.config.suite import load_suite
 
     run = run_suite(load_suite(suite), out, progress=lambda _: None)
-    return {r["case"]: r for r in read_records(run.path / "records.jsonl")}, run.path
+    return {r.case: r for r in read_records(run.path / "records.jsonl")}, run.path
 
 
-def saved_outputs(run: Path, record: dict) -> torch.Tensor:
+def saved_outputs(run: Path, record: CaseRecord) -> torch.Tensor:
     """A case's scored outputs as the run saved them, every seed in order."""
     from safetensors.torch import load_file
 
-    tensors = load_file(str(run / record["outputs_file"]))
+    tensors = load_file(str(run / record.outputs_file))
     return torch.cat([tensors[k] for k in sorted(tensors)])

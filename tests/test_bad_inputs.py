@@ -199,9 +199,9 @@ def test_a_gate_with_the_wrong_number_of_answers_fails_its_case_in_one_line_nami
     registry = load_registry(autoload=False, extra_plugins=(ExtraParts(),))
     suite = load_suite(write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n  - name: s\n    gate: short\n"), registry)
     run = run_suite(suite, tmp_path / "run", registry=registry, progress=lambda line: None)
-    record = {r["case"]: r for r in RunDir(run.path).records()}["s"]
-    assert record["status"] == "failed"
-    assert record["error"] == (
+    record = {r.case: r for r in RunDir(run.path).records()}["s"]
+    assert record.status == "failed"
+    assert record.error == (
         "ValueError: gate 'short' (tests.test_bad_inputs.Short) answered 1 answers at step 1 for 4 blocks; "
         "decide() must return one bool per block"
     )

@@ -23,6 +23,7 @@ from dqar_bench.cli import main
 from dqar_bench.core.world import World
 from dqar_bench.strategy.context_parallel import Parallel, ShardedSequence, context_parallel, parse_parallel, refusal
 from dqar_bench.core.errors import SuiteError
+from dqar_bench.measure.records import RunDir
 from dqar_bench.strategy.signal_scope import LOCAL
 from tests import context_parallel_common as common
 from tests.rank_launch import spawn_ranks, wait_ranks
@@ -201,7 +202,7 @@ def test_a_context_parallel_case_on_one_process_is_recorded_unsupported(write_su
     )
     out = tmp_path / "run"
     assert main(["run", str(suite), "-o", str(out)]) == 0
-    records = {r["case"]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
-    assert records["baseline"]["status"] == "ok" and records["baseline"]["parallel"] is None
-    assert records["fbc"]["status"] == "unsupported" and records["fbc"]["parallel"] == {"ulysses": 2}
-    assert records["fbc"]["error"].startswith("unsupported with ulysses=2: it needs a run of 2 ranks, this one has 1")
+    records = RunDir(out).latest()
+    assert records["baseline"].status == "ok" and records["baseline"].parallel is None
+    assert records["fbc"].status == "unsupported" and records["fbc"].parallel == {"ulysses": 2}
+    assert records["fbc"].error.startswith("unsupported with ulysses=2: it needs a run of 2 ranks, this one has 1")

@@ -55,8 +55,8 @@ SPLIT = ("dqar", "fbc")
 
 def records(run: Path) -> dict[str, dict]:
     found = read_records(run / "records.jsonl")
-    assert len(found) == len({r["case"] for r in found}), "a case recorded twice"  # rank 0 alone records, once
-    return {r["case"]: r for r in found}
+    assert len(found) == len({r.case for r in found}), "a case recorded twice"  # rank 0 alone records, once
+    return {r.case: r for r in found}
 
 
 def outputs(run: Path, case: str) -> dict[int, torch.Tensor]:
@@ -94,58 +94,58 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["data", "shard"])
 def test_a_split_case_runs_every_seed_on_every_rank_and_measures_what_one_process_measures(runs, mode):
     one, two = records(runs["one"]), records(runs[mode])
-    assert all(one[name]["status"] == "ok" for name in one)
+    assert all(one[name].status == "ok" for name in one)
     for name in SPLIT:
         ours, theirs = two[name], one[name]
-        assert ours["status"] == "ok" and ours["parallel"] == {"ulysses": 2} and (ours["rank"], ours["world_size"]) == (0, 2)
-        assert ours["reuse_map"] == theirs["reuse_map"] and any(0 in row for row in ours["reuse_map"][1:])  # same decisions; some reuse, not all
-        assert (ours["reused"], ours["evaluations"], ours["reuse_map_calls"]) == (theirs["reused"], theirs["evaluations"], 2)  # rank 0's counts, not both ranks'
-        assert [(r["rank"], r["seeds"]) for r in ours["ranks"]] == [(0, [0, 1]), (1, [0, 1])]  # the same seeds on both: no seed split
+        assert ours.status == "ok" and ours.parallel == {"ulysses": 2} and (ours.rank, ours.world_size) == (0, 2)
+        assert ours.reuse_map == theirs.reuse_map and any(0 in row for row in ours.reuse_map[1:])  # same decisions; some reuse, not all
+        assert (ours.reused, ours.evaluations, ours.reuse_map_calls) == (theirs.reused, theirs.evaluations, 2)  # rank 0's counts, not both ranks'
+        assert [(r["rank"], r["seeds"]) for r in ours.ranks] == [(0, [0, 1]), (1, [0, 1])]  # the same seeds on both: no seed split
         split, alone = outputs(runs[mode], name), outputs(runs["one"], name)
         assert set(split) == {0, 1} and all(torch.allclose(split[s], alone[s], atol=1e-4, rtol=0) for s in alone)
-        assert ours["quality"]["psnr_db"] == pytest.approx(theirs["quality"]["psnr_db"], abs=1e-3)
+        assert ours.quality["psnr_db"] == pytest.approx(theirs.quality["psnr_db"], abs=1e-3)
         # the whole call's FLOPs: attention splits exactly, what each rank repeats (embedders, modulation) counts per rank
-        assert flops_per_call(theirs) < flops_per_call(ours) < 1.2 * flops_per_call(theirs)
-        assert "each call split over 2 ranks (ulysses)" in ours["parallel_note"] and "one device per rank" in ours["parallel_note"]
+        assert flops_per_call(theirs.flops) < flops_per_call(ours.flops) < 1.2 * flops_per_call(theirs.flops)
+        assert "each call split over 2 ranks (ulysses)" in ours.parallel_note and "one device per rank" in ours.parallel_note
     ring = two["fbc-ring"]
-    assert ring["status"] == "unsupported" and ring["error"].startswith("unsupported with ring=2: ring attention needs an attention backend that returns the log-sum-exp")
+    assert ring.status == "unsupported" and ring.error.startswith("unsupported with ring=2: ring attention needs an attention backend that returns the log-sum-exp")
     table = (runs[mode] / "table.md").read_text()
     assert "| fbc | residual-change(threshold=0.5) / block-residual / none / all [ulysses=2] |" in table and "context parallelism" in table
 
 
 def test_data_parallel_cases_beside_split_ones_keep_their_seed_split_and_one_round_order(runs):
     two, one = records(runs["data"]), records(runs["one"])
-    assert [(r["rank"], r["seeds"]) for r in two["iv"]["ranks"]] == [(0, [0]), (1, [1])]
-    assert two["iv"]["reuse_map"] == one["iv"]["reuse_map"]
+    assert [(r["rank"], r["seeds"]) for r in two["iv"].ranks] == [(0, [0]), (1, [1])]
+    assert two["iv"].reuse_map == one["iv"].reuse_map
     lines = RoundLog(runs["data"] / "rounds.jsonl").entries()
     assert sorted(e["rank"] for e in lines) == [0, 1] and lines[0]["order"] == lines[1]["order"]  # both ranks reach a split case at once
     assert set(lines[0]["order"]) == {"baseline", "iv", "iv3", "dqar", "fbc"}
-    assert two["fbc"]["round_s"] and "ranks" in two["fbc"] and "round_s" not in two["fbc"]["ranks"][0]  # rank 0's time stands for the call
+    assert two["fbc"].round_s and two["fbc"].ranks and "round_s" not in two["fbc"].ranks[0]  # rank 0's time stands for the call
 
 
 def test_shard_cases_does_not_spread_split_cases(runs):
     sharded = records(runs["shard"])
-    assert {name: r["rank"] for name, r in sharded.items()} == {"baseline": 0, "iv": 0, "iv3": 1, "dqar": 0, "fbc": 0, "fbc-ring": 0}
+    assert {name: r.rank for name, r in sharded.items()} == {"baseline": 0, "iv": 0, "iv3": 1, "dqar": 0, "fbc": 0, "fbc-ring": 0}
     lines = RoundLog(runs["shard"] / "rounds.jsonl").entries()
     iv3 = [e for e in lines if "iv3" in e["cases"]]
     assert [e["rank"] for e in iv3] == [1]  # the other cases are still spread: iv3 ran on rank 1
     for name in SPLIT:
-        assert sharded[name]["timing_order"] == "blocked" and "under --shard cases" in sharded[name]["timing_note"]
+        assert sharded[name].timing_order == "blocked" and "under --shard cases" in sharded[name].timing_note
         assert sorted(e["rank"] for e in lines if name in e["cases"]) == [0, 1]  # every rank timed it, together
 
 
 def test_a_model_without_a_context_parallel_plan_is_refused_on_every_rank_and_the_run_goes_on(runs):
     pixart = records(runs["pixart"])
-    assert {name: r["status"] for name, r in pixart.items()} == {
+    assert {name: r.status for name, r in pixart.items()} == {
         "baseline": "ok", "iv": "ok", "iv3": "ok", "dqar": "unsupported", "fbc": "unsupported", "fbc-ring": "unsupported",
     }
     for name in ("dqar", "fbc"):
-        assert pixart[name]["rank"] == 0 and pixart[name]["error"] == (
+        assert pixart[name].rank == 0 and pixart[name].error == (
             "unsupported with ulysses=2: PixArtTransformer2DModel has no context-parallel plan (`_cp_plan`) in diffusers; "
             "context parallelism needs one (FLUX, Wan, LTX, Qwen-Image have it)"
         )
-    assert "PixArtTransformer2DModel has no context-parallel plan" in pixart["fbc-ring"]["error"]
-    assert [(r["rank"], r["seeds"]) for r in pixart["iv"]["ranks"]] == [(0, [0]), (1, [1])]
+    assert "PixArtTransformer2DModel has no context-parallel plan" in pixart["fbc-ring"].error
+    assert [(r["rank"], r["seeds"]) for r in pixart["iv"].ranks] == [(0, [0]), (1, [1])]
     assert "| dqar | dqar(" in (runs["pixart"] / "table.md").read_text()
 
 

@@ -154,17 +154,17 @@ def test_a_hook_case_runs_through_the_runner_next_to_our_pab(write_suite, tmp_pa
     diffusers-hook: {name: taylorseer}
 """)
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0  # unsupported is not a failure
-    records = {r["case"]: r for r in RunDir(tmp_path / "run").records()}
+    records = {r.case: r for r in RunDir(tmp_path / "run").records()}
     ours, theirs = records["pab"], records["diffusers_pab"]
-    assert theirs["status"] == "ok" and theirs["diffusers_hook"]["name"] == "pyramid-attention-broadcast"
-    assert theirs["reused"] == ours["reused"] > 0 and theirs["reuse_map"] == ours["reuse_map"]
-    assert theirs["quality"] == ours["quality"]  # the same bits, so the same distance to the baseline
+    assert theirs.status == "ok" and theirs.diffusers_hook["name"] == "pyramid-attention-broadcast"
+    assert theirs.reused == ours.reused > 0 and theirs.reuse_map == ours.reuse_map
+    assert theirs.quality == ours.quality  # the same bits, so the same distance to the baseline
     refused = records["diffusers_taylorseer"]  # recorded, not a validation error: a suite may list several families
-    assert refused["status"] == "unsupported" and refused["error"].startswith("unsupported on family 'dit': TaylorSeer's default patterns")
+    assert refused.status == "unsupported" and refused.error.startswith("unsupported on family 'dit': TaylorSeer's default patterns")
     table = (tmp_path / "run" / "table.md").read_text()
     assert "diffusers:pyramid-attention-broadcast(spatial_attention_block_skip_range=2)" in table
-    identity = json.dumps(theirs["identity"])
-    assert "diffusers_hook" in identity and "diffusers_hook" not in json.dumps(ours["identity"])
+    identity = json.dumps(theirs.identity)
+    assert "diffusers_hook" in identity and "diffusers_hook" not in json.dumps(ours.identity)
 
 
 def test_plan_names_the_hook_cases_it_cannot_plan(registry, write_suite):

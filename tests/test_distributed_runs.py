@@ -20,7 +20,8 @@ import torch
 from dqar_bench.run.distributed.runs import check_devices, decide, my_cases
 from dqar_bench.core.world import Echo, World
 from dqar_bench.core.errors import DqarError
-from dqar_bench.measure.records import read_records
+from dqar_bench.measure.case_record import CaseRecord
+from dqar_bench.measure.records import RunDir, read_records
 from dqar_bench.measure.rounds import RoundLog
 from tests.rank_launch import spawn_ranks, wait_ranks
 from tests.test_distributed import ENV_VARS, ROOT
@@ -64,8 +65,8 @@ def ranks(argv: list[str], world_size: int = 2, **env: str) -> tuple[list[int], 
     return codes, [err for _, err in outputs], time.perf_counter() - started
 
 
-def records(run: Path) -> dict[str, dict]:
-    return {r["case"]: r for r in read_records(run / "records.jsonl")}
+def records(run: Path) -> dict[str, CaseRecord]:
+    return {r.case: r for r in read_records(run / "records.jsonl")}
 
 
 def assert_same_quality(one: dict[str, dict], other: dict[str, dict], exact: tuple[str, ...] = EXACT) -> None:
@@ -75,10 +76,10 @@ def assert_same_quality(one: dict[str, dict], other: dict[str, dict], exact: tup
         for key in exact:
             assert theirs.get(key) == mine.get(key), (name, key)
         for key in ("fid", "isc_mean", "isc_std"):
-            assert theirs["fidelity"][key] == pytest.approx(mine["fidelity"][key], rel=1e-6), (name, key)
+            assert theirs.fidelity[key] == pytest.approx(mine.fidelity[key], rel=1e-6), (name, key)
         for key in ("kid_mean", "kid_std"):
-            assert theirs["fidelity"][key] == pytest.approx(mine["fidelity"][key], rel=1e-5), (name, key)
-        assert theirs["fidelity"]["n"] == 18
+            assert theirs.fidelity[key] == pytest.approx(mine.fidelity[key], rel=1e-5), (name, key)
+        assert theirs.fidelity["n"] == 18
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def one_process(tmp_path_factory):
     run = run_suite(load_suite(suite_file(tmp, "interleaved"), get_registry()), tmp / "run", progress=lambda line: None)
     print(f"one process: {time.perf_counter() - started:.1f} s")
     found = records(run.path)
-    assert all(r["status"] == "ok" for r in found.values())
+    assert all(r.status == "ok" for r in found.values())
     assert found["iv"]["reused"] > 0 and found["baseline"]["fidelity"]["fid"] > 0
     return found
 
@@ -111,17 +112,17 @@ def test_two_ranks_under_nproc_measure_what_one_process_measures(tmp_path, one_p
     two = records(tmp_path / "run")
     assert_same_quality(one_process, two)
     for name, record in two.items():
-        assert (record["rank"], record["world_size"]) == (0, 2)
-        shares = [(r["rank"], r["seeds"], r["fid_images"]) for r in record["ranks"]]
+        assert (record.rank, record.world_size) == (0, 2)
+        shares = [(r["rank"], r["seeds"], r["fid_images"]) for r in record.ranks]
         assert shares == [(0, [0, 2], 10), (1, [1], 8)]  # seed i and FID call k to rank i mod 2 (calls of 4 images; the fifth, 2, on rank 0)
     # each rank timed every case against the baseline it timed itself, in the same rounds
     lines = RoundLog(tmp_path / "run" / "rounds.jsonl").entries()
     assert sorted((e["rank"], sorted(e["cases"])) for e in lines) == [(0, ["baseline", "iv", "q"]), (1, ["baseline", "iv", "q"])]
-    base = {r["rank"]: r for r in two["baseline"]["ranks"]}
+    base = {r["rank"]: r for r in two["baseline"].ranks}
     for name in ("iv", "q"):
-        for part in two[name]["ranks"]:
+        for part in two[name].ranks:
             assert part["baseline_round_s"] == base[part["rank"]]["round_s"] and part["speedup"] > 0
-        assert two[name]["round_s"] == two[name]["ranks"][0]["round_s"]  # the record's own figures are rank 0's
+        assert two[name].round_s == two[name].ranks[0]["round_s"]  # the record's own figures are rank 0's
 
 
 def test_sharded_cases_give_the_quality_columns_of_an_unsharded_run(tmp_path, one_process):
@@ -130,13 +131,15 @@ def test_sharded_cases_give_the_quality_columns_of_an_unsharded_run(tmp_path, on
     assert codes == [0, 0], errors
     sharded = records(tmp_path / "run")
     assert_same_quality(one_process, sharded)
-    assert {name: r["rank"] for name, r in sharded.items()} == {"baseline": 0, "iv": 0, "q": 1}
+    assert {name: r.rank for name, r in sharded.items()} == {"baseline": 0, "iv": 0, "q": 1}
     # q's speedup pairs with the baseline rank 1 timed beside it, not rank 0's
     lines = {e["round"]: e for e in RoundLog(tmp_path / "run" / "rounds.jsonl").entries()}
-    (mine,) = sharded["q"]["round_ids"]
+    (mine,) = sharded["q"].round_ids
     assert lines[mine]["rank"] == 1 and set(lines[mine]["cases"]) == {"baseline", "q"}
-    assert sharded["q"]["baseline_round_s"] == [sum(lines[mine]["cases"]["baseline"]["calls_s"])]
+    assert sharded["q"].baseline_round_s == [sum(lines[mine]["cases"]["baseline"]["calls_s"])]
     assert (tmp_path / "run" / "outputs").is_dir() and len(list((tmp_path / "run" / "outputs").iterdir())) == 3
+    run = RunDir(tmp_path / "run")  # rank 1's records name its own environment, which rank 0 kept
+    assert all(run.environment_of(r)["torch_threads"] for r in sharded.values())
 
 
 def test_a_dead_rank_leaves_a_run_that_resume_finishes_with_another_number_of_ranks(tmp_path, one_process, capsys):
@@ -149,13 +152,13 @@ def test_a_dead_rank_leaves_a_run_that_resume_finishes_with_another_number_of_ra
     line = errors[0].strip().splitlines()[-1]
     assert line.startswith("error: rank 1 ") and "case 'q' prepared" in line, errors[0]
     kept = records(out)
-    assert {name: r["status"] for name, r in kept.items()} == {"baseline": "ok", "iv": "ok"}  # recorded as they finished
+    assert {name: r.status for name, r in kept.items()} == {"baseline": "ok", "iv": "ok"}  # recorded as they finished
     assert main(["run", str(suite), "--resume", str(out)]) == 0  # one process finishes what two began
     said = capsys.readouterr().out
     assert "baseline: already recorded, skipped" in said and "iv: already recorded, skipped" in said
     finished = records(out)
     assert_same_quality(one_process, finished, tuple(k for k in EXACT if k != "case_key"))  # the key holds the timing order
-    assert finished["q"]["world_size"] == 1 and finished["iv"]["world_size"] == 2
+    assert finished["q"].world_size == 1 and finished["iv"].world_size == 2
 
 
 def test_a_hung_rank_stops_the_run_with_one_line_naming_it(tmp_path):
@@ -171,7 +174,7 @@ def test_a_hung_rank_stops_the_run_with_one_line_naming_it(tmp_path):
             p.wait()
     assert procs[0].returncode == 1, err
     assert err.strip().splitlines()[-1] == "error: rank 1 did not reach 'case 'iv' prepared' within 8 s (it hung or died; see its own output)"
-    assert {name: r["status"] for name, r in records(tmp_path / "run").items()} == {"baseline": "ok"}
+    assert {name: r.status for name, r in records(tmp_path / "run").items()} == {"baseline": "ok"}
 
 
 # --- one process: the pieces ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from dqar_bench.cli import main
 from dqar_bench.core.errors import SuiteError
 from dqar_bench.strategy.execution import Execution, ExecutionOptions, KeyedRunner, _copy, unsupported
 from dqar_bench.core.parts import build_part
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import RunDir
 from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
 from dqar_bench.strategy.storage import Slots
@@ -215,20 +216,20 @@ cases:
 """)
     out = tmp_path / "run"
     assert main(["run", str(path), "-o", str(out)]) == 0  # unsupported is not a failure
-    records = {r["case"]: r for r in RunDir(out).records()}
-    assert records["fora@cudagraph"]["status"] == "unsupported"
-    assert records["fora@cudagraph"]["error"] == "unsupported in cudagraph: needs CUDA"
-    assert records["fora@eager"]["status"] == "ok" and records["fora@eager"]["baseline_case"] == "baseline@eager"
-    assert records["fora@eager"]["execution_mode"] == "eager" and records["fora@eager"]["execution"]["mode"] == "eager"
+    records = {r.case: r for r in RunDir(out).records()}
+    assert records["fora@cudagraph"].status == "unsupported"
+    assert records["fora@cudagraph"].error == "unsupported in cudagraph: needs CUDA"
+    assert records["fora@eager"].status == "ok" and records["fora@eager"].baseline_case == "baseline@eager"
+    assert records["fora@eager"].execution_mode == "eager" and records["fora@eager"].execution["mode"] == "eager"
     table = (out / "table.md").read_text()
     assert "| fora@cudagraph | interval(every=3) / attention-mlp-output / none / all | unsupported in cudagraph: needs CUDA |" in table
     assert "failed" not in table
 
 
 def record(case, mode, samples, baseline):
-    return {"case": case, "status": "ok", "execution_mode": mode, "baseline_case": baseline, "latency_s": samples,
-            "median_s": sorted(samples)[len(samples) // 2], "per_image_s": 0.0, "batch": 1, "steps": 2,
-            "sampler": "ddim", "guidance_scale": 4.0, "device": "cpu", "dtype": "float32", "parts": {}}
+    return CaseRecord.from_json({"case": case, "status": "ok", "execution_mode": mode, "baseline_case": baseline, "latency_s": samples,
+                                 "median_s": sorted(samples)[len(samples) // 2], "per_image_s": 0.0, "batch": 1, "steps": 2,
+                                 "sampler": "ddim", "guidance_scale": 4.0, "device": "cpu", "dtype": "float32", "parts": {}})
 
 
 def test_speedup_is_against_the_baseline_in_the_same_mode():
@@ -254,8 +255,8 @@ def test_records_of_a_mode_expanded_run_resume(write_suite, tmp_path, monkeypatc
     assert sorted(json.loads(line)["case"] for line in lines) == ["baseline@cudagraph", "baseline@eager", "never@cudagraph", "never@eager"]
     assert main(["run", str(path), "--resume", str(out)]) == 0
     assert len(RunDir(out).records()) == 4  # unsupported is an answer: not tried again
-    never = {r["case"]: r for r in RunDir(out).records()}["never@eager"]
-    assert never["quality"]["identical"] is True  # compared with the eager baseline's outputs
+    never = {r.case: r for r in RunDir(out).records()}["never@eager"]
+    assert never.quality["identical"] is True  # compared with the eager baseline's outputs
 
 
 @pytest.mark.parametrize("case", ["baseline", "pab", "fora", "delta_dit", "taylorseer", "full_dqar"])

@@ -314,9 +314,9 @@ def test_a_multi_model_suite_runs_each_model_into_its_own_folder(write_suite, tm
     body += "  - name: fora\n    gate: {name: interval, every: 2}\n    cache: attention-mlp-output\n"
     assert main(["run", str(write_suite(body)), "-o", str(tmp_path / "run")]) == 0
     for model in ("sd3-tiny", "hunyuan-video-tiny"):
-        records = {r["case"]: r for r in RunDir(tmp_path / "run" / model).records()}
-        assert records["fora"]["status"] == "ok" and records["fora"]["model"] == model and records["fora"]["reuse_ratio"] > 0
-        assert records["fora"]["quality"]["space"] == "image"  # decoded by the family's own tiny VAE (video: frame by frame)
+        records = {r.case: r for r in RunDir(tmp_path / "run" / model).records()}
+        assert records["fora"].status == "ok" and records["fora"].model == model and records["fora"].reuse_ratio > 0
+        assert records["fora"].quality["space"] == "image"  # decoded by the family's own tiny VAE (video: frame by frame)
 
 
 @pytest.mark.parametrize("family, mode", [("flux", "cudagraph"), ("wan", "cudagraph")])

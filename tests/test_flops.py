@@ -52,7 +52,7 @@ cases:
     path.write_text(suite_text)
     registry = registry_with_test_parts()
     run = run_suite(load_suite(path, registry), tmp / "run", registry=registry, progress=lambda line: None)
-    return {r["case"]: r for r in RunDir(run.path).records()}, run.path
+    return {r.case: r for r in RunDir(run.path).records()}, run.path
 
 
 def cfg_hidden(tiny):
@@ -69,33 +69,33 @@ def test_interval_removes_exactly_the_flops_of_the_reused_attention_calls(flop_r
         block.attn1(hidden)
     attention = counter.get_total_flops()
     assert attention > 0
-    base, iv = records["baseline"]["flops"]["per_call"], records["iv"]["flops"]["per_call"]
-    assert records["iv"]["reused"] == 3 * 4  # odd steps of 6, every block
-    assert base - iv == records["iv"]["reused"] * attention
-    assert records["never"]["flops"]["per_call"] == base  # computes everything, through the harness
+    base, iv = records["baseline"].flops["per_call"], records["iv"].flops["per_call"]
+    assert records["iv"].reused == 3 * 4  # odd steps of 6, every block
+    assert base - iv == records["iv"].reused * attention
+    assert records["never"].flops["per_call"] == base  # computes everything, through the harness
 
 
 def test_entropy_probe_adds_exactly_its_own_flops(flop_run, tiny):
     records, _ = flop_run
     probed = records["probed"]
-    assert probed["reused"] == 0  # a threshold nothing is below: it only probes
+    assert probed.reused == 0  # a threshold nothing is below: it only probes
     block, hidden = cfg_hidden(tiny)
     with torch.no_grad():
         q, k, _ = project_qkv(block.attn1, hidden)
         _, one_probe = count_flops(lambda: signals.sampled_scores(q, k, 16))
     probes = (STEPS - 1) * 4  # every block, on every step but the last (the next may reuse)
-    extra = probed["flops"]["per_call"] - records["baseline"]["flops"]["per_call"]
+    extra = probed.flops["per_call"] - records["baseline"].flops["per_call"]
     assert one_probe.total > 0 and extra == probes * one_probe.total
-    assert probed["flops"]["by_op"]["aten.bmm"] == probes * one_probe.total  # the probe's matmul is seen as bmm
+    assert probed.flops["by_op"]["aten.bmm"] == probes * one_probe.total  # the probe's matmul is seen as bmm
 
 
 def test_flops_are_in_the_record_table_and_csv(flop_run):
     records, path = flop_run
-    flops = records["iv"]["flops"]
+    flops = records["iv"].flops
     assert set(flops) == {"per_call", "per_seed", "by_op"} and flops["per_seed"] == {"0": flops["per_call"]}
     assert sum(flops["by_op"].values()) == flops["per_call"]
     csv = pd.read_csv(path / "results.csv").set_index("case")
-    base = records["baseline"]["flops"]["per_call"]
+    base = records["baseline"].flops["per_call"]
     assert csv.loc["iv", "tflop_per_call"] == pytest.approx(flops["per_call"] / 1e12)
     assert csv.loc["iv", "flop_speedup"] == pytest.approx(base / flops["per_call"])
     assert csv.loc["never", "flop_speedup"] == 1.0

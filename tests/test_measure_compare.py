@@ -17,6 +17,7 @@ from dqar_bench.model import models
 from dqar_bench.measure import timing
 from dqar_bench.cli import main
 from tests import synthetic
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.views.case_diff import identity_diff
 from dqar_bench.views.compare import EXIT_INCONCLUSIVE, EXIT_REGRESSION, benchmark_entries, compare_runs
 from dqar_bench.core.plugins import load_registry
@@ -93,7 +94,7 @@ def test_noisy_speedups_that_look_slower_are_inconclusive_not_a_regression(tmp_p
     new = write_run(tmp_path / "b", [ratios_record("x", [0.9, 1.0, 1.1, 1.3, 1.36, 1.6, 1.9, 2.2])])
     assert main(["compare", str(base), str(new)]) == EXIT_INCONCLUSIVE == 3
     out = capsys.readouterr().out
-    assert "inconclusive: noisy (new: IQR / median over 25%)" in out and "**REGRESSION**" not in out
+    assert "inconclusive: rounds too spread to judge (new: IQR / median of the per-round figures over 25%)" in out and "**REGRESSION**" not in out
     assert "**inconclusive** (no regression): x" in out and "exit status 3" in out
 
 
@@ -237,13 +238,13 @@ def test_identity_differences_are_printed_and_strict_fails(tmp_path, capsys):
 
 
 def test_identity_labels_name_parts_and_versions():
-    a = {"identity": identity()}
-    b = {"identity": identity(steps=20)}
-    b["identity"]["parts"] = {"gate": {**a["identity"]["parts"]["gate"], "name": "dqar", "version": "0.3.0"},
-                              "cache": {"name": "kv", "params": {}}}
+    a = CaseRecord("x", identity())
+    b = CaseRecord("x", identity(steps=20))
+    b.identity["parts"] = {"gate": {**a.identity["parts"]["gate"], "name": "dqar", "version": "0.3.0"},
+                           "cache": {"name": "kv", "params": {}}}
     assert identity_diff(a, b) == (["gate: interval -> dqar", "gate version: 0.1.0 -> 0.3.0", "steps: 25 -> 20", "cache: (none) -> kv"], True)
-    untouched = {"identity": {"parts": {}}}
-    assert identity_diff(untouched, {"identity": {"parts": {"gate": {"name": "never", "params": {"x": 1}}}}})[0] == [
+    untouched = CaseRecord("x", {"parts": {}})
+    assert identity_diff(untouched, CaseRecord("x", {"parts": {"gate": {"name": "never", "params": {"x": 1}}}}))[0] == [
         "gate: (none) -> never", "gate.x: (none) -> 1"
     ]
 
@@ -271,7 +272,7 @@ def test_user_errors_exit_2_in_one_line(tmp_path, capsys):
 def test_benchmark_entries_include_flops_energy_and_memory_when_recorded():
     rec = record("x", energy={"joules_per_image": 1.5}, memory={"torch_peak_reserved_bytes": 3 * 2**20},
                  latency_s=[0.2, 0.4], flops={"per_call": 2_000_000_000})
-    entries = {e["name"]: e for e in benchmark_entries({"x": rec})}
+    entries = {e["name"]: e for e in benchmark_entries({"x": CaseRecord.from_json(rec)})}
     assert entries["s/x energy per image"]["value"] == 1.5 and entries["s/x energy per image"]["unit"] == "J"
     assert entries["s/x peak memory"]["value"] == 3.0
     assert entries["s/x time per image"]["value"] == pytest.approx(150.0)

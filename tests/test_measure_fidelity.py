@@ -169,11 +169,11 @@ def test_runner_scores_each_case_against_the_baseline_images(write_suite, tmp_pa
     path = write_suite(SUITE.format(extractor=TINY))
     out = tmp_path / "run"
     assert main(["run", str(path), "-o", str(out)]) == 0
-    records = {r["case"]: r for r in RunDir(out).records()}
-    assert records["baseline"]["fidelity"]["reference"] == "this case (the baseline)"
-    assert abs(records["overhead"]["fidelity"]["fid"]) < 1e-6  # the same images as the baseline's
-    assert records["every2"]["fidelity"]["fid"] > 1e-6 and records["every2"]["fidelity"]["n"] == 6
-    assert records["every2"]["evaluations"] == 4 * 2  # the timed call's steps x blocks: FID images are not counted
+    records = {r.case: r for r in RunDir(out).records()}
+    assert records["baseline"].fidelity["reference"] == "this case (the baseline)"
+    assert abs(records["overhead"].fidelity["fid"]) < 1e-6  # the same images as the baseline's
+    assert records["every2"].fidelity["fid"] > 1e-6 and records["every2"].fidelity["n"] == 6
+    assert records["every2"].evaluations == 4 * 2  # the timed call's steps x blocks: FID images are not counted
     assert (out / "fid-reference-features.safetensors").exists()  # apart from the case files in outputs/
     table = (out / "table.md").read_text()
     assert "| FID | IS | KID | images |" in table
@@ -182,8 +182,8 @@ def test_runner_scores_each_case_against_the_baseline_images(write_suite, tmp_pa
         lines = fh.readlines()
     (out / "records.jsonl").write_text("".join(lines[:1]))
     assert main(["run", str(path), "--resume", str(out)]) == 0
-    again = {r["case"]: r for r in RunDir(out).records()}
-    assert again["every2"]["fidelity"]["fid"] == pytest.approx(records["every2"]["fidelity"]["fid"])
+    again = {r.case: r for r in RunDir(out).records()}
+    assert again["every2"].fidelity["fid"] == pytest.approx(records["every2"].fidelity["fid"])
 
 
 def test_run_without_inception_weights_stops_before_any_case(write_suite, tmp_path, monkeypatch, capsys):

@@ -10,6 +10,8 @@ import torch
 
 from dqar_bench.cli import main
 from dqar_bench.measure import environment, rss
+from dqar_bench.measure.case_record import SCHEMA_VERSION, CaseRecord
+from dqar_bench.measure.records import RunDir
 from dqar_bench.views.plot import plot_run
 from dqar_bench.measure.progress import Progress
 from dqar_bench.views.table import render_markdown, results_frame
@@ -17,8 +19,8 @@ from tests.conftest import SMALL_SUITE_HEAD
 
 
 def rec(case, samples, batch=2, **extra):
-    return {"case": case, "status": "ok", "batch": batch, "latency_s": samples, "median_s": sorted(samples)[len(samples) // 2],
-            "per_image_s": sorted(samples)[len(samples) // 2] / batch, "parts": {}, **extra}
+    return CaseRecord.from_json({"case": case, "status": "ok", "batch": batch, "latency_s": samples, "median_s": sorted(samples)[len(samples) // 2],
+                                 "per_image_s": sorted(samples)[len(samples) // 2] / batch, "parts": {}, **extra})
 
 
 def test_frame_statistics_speedup_interval_and_comparability():
@@ -38,22 +40,27 @@ def test_frame_statistics_speedup_interval_and_comparability():
 def test_noisy_case_is_flagged_in_the_table():
     frame = results_frame([rec("baseline", [1.0, 1.0, 1.0, 1.0]), rec("shaky", [0.5, 1.0, 1.0, 1.8])], "baseline")
     table = render_markdown(frame)
-    assert "| unreliable |" in table and "over 10% is flagged noisy" in table
+    assert "| unreliable |" in table and "noise: IQR / median of the case's timed calls: over 10% noisy, over 25% unreliable." in table
 
 
 def test_cpu_run_table_says_na_for_gpu_columns_and_records_rss(write_suite, tmp_path):
     path = write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n  - name: iv\n    gate: {name: interval, every: 2}\n")
     out = tmp_path / "run"
     assert main(["run", str(path), "-o", str(out)]) == 0
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    iv = records[1]
-    assert iv["memory"]["peak_rss_bytes"] > 0 and iv["memory"]["device_used_peak_bytes"] is None
-    assert iv["energy"]["joules_per_image"] is None
-    assert iv["latency"]["n"] == 1 and iv["timer"] == "perf_counter" and len(iv["step_s"][0]) == 6
+    run = RunDir(out)
+    iv = run.records()[1]
+    assert iv.memory["peak_rss_bytes"] > 0 and iv.memory["device_used_peak_bytes"] is None
+    assert iv.energy["joules_per_image"] is None
+    assert iv.latency["n"] == 1 and iv.timer == "perf_counter" and len(iv.step_s[0]) == 6
+    env = run.environment_of(iv)
     for key in ("gpu", "driver", "cuda", "torch", "diffusers", "dqar_bench", "git_commit", "dtype", "attention_backend", "cpu", "seeds", "suite_hash"):
-        assert key in iv["environment"]
-    assert iv["environment"]["suite_hash"] == iv["suite_hash"] and iv["environment"]["seeds"] == [0]
-    assert json.loads((out / "environment.json").read_text())["torch"] == torch.__version__
+        assert key in env
+    assert env["suite_hash"] == iv.suite_hash and env["seeds"] == [0]
+    # stored once for the run: one file, which every record names (no copy in the lines)
+    (kept,) = out.glob("environment*.json")
+    assert json.loads(kept.read_text())["torch"] == torch.__version__
+    lines = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {line["environment"] for line in lines} == {kept.name} and all(line["schema_version"] == SCHEMA_VERSION for line in lines)
     table = (out / "table.md").read_text()
     assert "| baseline | n/a | n/a | n/a | n/a |" in table  # NVML, process, torch allocator, energy
     assert "n/a: no GPU" in table and "LPIPS column left out" in table
@@ -67,7 +74,7 @@ def test_plot_marks_baseline_and_places_identical_cases(tmp_path):
     frame = results_frame([base, same, fast], "baseline")
     assert plot_run(frame, tmp_path / "p.png", "t") == tmp_path / "p.png"
     assert (tmp_path / "p.png").stat().st_size > 1000
-    only_failed = results_frame([{"case": "baseline", "status": "failed", "error": "x"}], "baseline")
+    only_failed = results_frame([CaseRecord.from_json({"case": "baseline", "status": "failed", "error": "x"})], "baseline")
     assert "skipped" in plot_run(only_failed, tmp_path / "q.png")
 
 

@@ -147,24 +147,24 @@ def test_synthetic_model_proves_timer_and_speedup_arithmetic(tmp_path, monkeypat
     clock = synthetic.VirtualClock()
     monkeypatch.setattr(timing, "_clock", clock)
     run = run_fixed_cost(tmp_path, monkeypatch, registry, clock=clock)
-    records = {r["case"]: r for r in RunDir(run.path).records()}
+    records = {r.case: r for r in RunDir(run.path).records()}
     frame = results_frame(list(records.values()), "baseline").set_index("case")
     for case, every in (("baseline", 1), ("every2", 2), ("every3", 3)):
         expected = synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP, every)
         record = records[case]
-        assert len(record["latency_s"]) == 6 and len(record["warmup_s"]) == 1  # warmup kept apart
-        assert record["median_s"] == pytest.approx(expected, rel=0.02)
-        assert record["cold_s"] == pytest.approx(expected, rel=0.02)
+        assert len(record.latency_s) == 6 and len(record.warmup_s) == 1  # warmup kept apart
+        assert record.median_s == pytest.approx(expected, rel=0.02)
+        assert record.cold_s == pytest.approx(expected, rel=0.02)
         assert frame.loc[case, "per_image_ms"] == pytest.approx(expected * 1000 / 2, rel=0.02)
         expected_speedup = synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP) / expected
         assert frame.loc[case, "speedup"] == pytest.approx(expected_speedup, rel=0.02)
         assert frame.loc[case, "speedup_low"] <= frame.loc[case, "speedup"] <= frame.loc[case, "speedup_high"]
-        steps = record["step_s"][0]
+        steps = record.step_s[0]
         assert len(steps) == STEPS
         # steps that compute attention cost B * (attn + mlp), the others B * mlp; step 0 included
         want = [BLOCKS * ((ATTN if i % every == 0 else 0.0) + MLP) for i in range(STEPS)]
         assert steps == pytest.approx(want, rel=0.02)
-    assert records["every2"]["timer"] == "perf_counter"
+    assert records["every2"].timer == "perf_counter"
 
 
 def test_cold_is_the_first_call_of_a_case(tmp_path, monkeypatch, registry):
@@ -188,24 +188,24 @@ def test_cold_is_the_first_call_of_a_case(tmp_path, monkeypatch, registry):
     path = tmp_path / "cold.yaml"
     path.write_text(textwrap.dedent(SUITE.format(model="fixed-cost", steps=STEPS)).replace("warmup: 1", "warmup: 2"))
     run = run_suite(load_suite(path, registry), tmp_path / "run", registry=registry, progress=lambda line: None)
-    records = {r["case"]: r for r in RunDir(run.path).records()}
+    records = {r.case: r for r in RunDir(run.path).records()}
     call = synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP)
     baseline = records["baseline"]
-    assert baseline["cold_s"] == baseline["warmup_s"][0] == pytest.approx(call + 1.0)
-    assert baseline["warmup_s"][1] == pytest.approx(call) and baseline["median_s"] == pytest.approx(call)
+    assert baseline.cold_s == baseline.warmup_s[0] == pytest.approx(call + 1.0)
+    assert baseline.warmup_s[1] == pytest.approx(call) and baseline.median_s == pytest.approx(call)
     every2 = records["every2"]
-    assert every2["cold_s"] == every2["warmup_s"][0] == pytest.approx(synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP, 2))
+    assert every2.cold_s == every2.warmup_s[0] == pytest.approx(synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP, 2))
 
 
 def test_real_clock_times_at_least_the_known_cost(tmp_path, monkeypatch, registry):
     """With real sleeps the figure can only exceed the known cost (by the sampler's own work);
     how close it comes is a speed figure, printed by benchmarks/harness_overhead.py."""
     run = run_fixed_cost(tmp_path, monkeypatch, registry)
-    records = {r["case"]: r for r in RunDir(run.path).records()}
+    records = {r.case: r for r in RunDir(run.path).records()}
     for case, every in (("baseline", 1), ("every2", 2), ("every3", 3)):
         expected = synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP, every)
-        assert min(records[case]["latency_s"]) >= expected * 0.999
-        first, second = records[case]["step_s"][0][:2]
+        assert min(records[case].latency_s) >= expected * 0.999
+        first, second = records[case].step_s[0][:2]
         assert first >= BLOCKS * (ATTN + MLP) * 0.999
         if every > 1:
             assert first > second  # the reuse step skipped its attention

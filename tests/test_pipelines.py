@@ -73,19 +73,19 @@ def test_pipeline_gives_the_lean_outputs(family: str, folders: dict[str, Path], 
     piped, piped_dir = _run(_suite(tmp_path / "piped.yaml", {"pipeline": str(folder)}, family), tmp_path / "piped")
     decode = decoder(models.load_model(lean_model, torch.device("cpu"), torch.float32).vae)  # the same VAE as the pipeline's
     for case in ("baseline", "interval", "snr"):
-        assert lean[case]["status"] == piped[case]["status"] == "ok", (lean[case].get("error"), piped[case].get("error"))
+        assert lean[case].status == piped[case].status == "ok", (lean[case].error, piped[case].error)
         images = _outputs(piped_dir, piped[case])
         expected = decode(_outputs(lean_dir, lean[case]))
         assert images.shape == expected.shape
         diff = float((images - expected).abs().max())
         assert diff <= IMAGE_TOLERANCE, f"{family} {case}: max abs diff {diff}"
-        assert piped[case]["reused"] == lean[case]["reused"]
-    assert piped["interval"]["reused"] > 0 and piped["snr"]["reused"] > 0
-    assert piped["baseline"]["pipeline"] == json.loads((folder / "model_index.json").read_text())["_class_name"]
-    assert "pipeline" not in lean["baseline"]
-    assert piped["baseline"]["identity"]["pipeline"] == str(folder) and "pipeline" not in lean["baseline"]["identity"]
-    assert piped["baseline"]["quality"] is None and piped["interval"]["quality"]["space"] == "image"
-    assert flops_per_call(piped["baseline"]) > flops_per_call(lean["baseline"])  # the same denoising, then the VAE decode
+        assert piped[case].reused == lean[case].reused
+    assert piped["interval"].reused > 0 and piped["snr"].reused > 0
+    assert piped["baseline"].pipeline_class == json.loads((folder / "model_index.json").read_text())["_class_name"]
+    assert lean["baseline"].pipeline_class is None
+    assert piped["baseline"].identity["pipeline"] == str(folder) and "pipeline" not in lean["baseline"].identity
+    assert piped["baseline"].quality is None and piped["interval"].quality["space"] == "image"
+    assert flops_per_call(piped["baseline"].flops) > flops_per_call(lean["baseline"].flops)  # the same denoising, then the VAE decode
 
 
 def test_removing_a_strategy_leaves_the_pipeline_bit_identical(folders: dict[str, Path]) -> None:
@@ -157,10 +157,10 @@ def test_a_suites_prompts_run_through_the_pipeline(tmp_path: Path) -> None:
     l_records, l_dir = _run(lean, tmp_path / "l")
     decode = decoder(models.load_model("wan-tiny", torch.device("cpu"), torch.float32).vae)
     for case in ("baseline", "interval"):
-        assert p_records[case]["status"] == "ok" and p_records[case]["cond_len"] == 8
+        assert p_records[case].status == "ok" and p_records[case].cond_len == 8
         diff = (_outputs(p_dir, p_records[case]) - decode(_outputs(l_dir, l_records[case]))).abs().max()
         assert float(diff) <= IMAGE_TOLERANCE
-    assert p_records["baseline"]["identity"]["conditioning"] == {"prompts": PROMPTS}
+    assert p_records["baseline"].identity["conditioning"] == {"prompts": PROMPTS}
 
 
 def test_a_missing_pipeline_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,8 +185,8 @@ def test_compiled_cases_on_the_pipeline_path_are_unsupported_and_resume_finds_th
     data = yaml.safe_load(suite.read_text())
     suite.write_text(yaml.safe_dump({**data, "execution": ["eager", "compile"], "cases": CASES[:2]}))
     records, _ = _run(suite, tmp_path / "out")
-    assert records["interval@eager"]["status"] == "ok"
-    assert records["interval@compile"]["status"] == "unsupported" and "runs eagerly" in records["interval@compile"]["error"]
+    assert records["interval@eager"].status == "ok"
+    assert records["interval@compile"].status == "unsupported" and "runs eagerly" in records["interval@compile"].error
     again = run_suite(load_suite(suite), tmp_path / "out", resume=True, progress=lambda _: None)  # found by content: nothing reruns
     assert len(read_records(again.path / "records.jsonl")) == len(records)
 

@@ -119,9 +119,9 @@ def test_a_text_suite_runs_through_the_runner(write_suite, tmp_path):
     path = write_suite(PIXART_HEAD + "cases:\n  - name: baseline\n  - name: pab\n    gate: {name: interval, every: 2}\n    scheduler: timestep-window\n")
     out = tmp_path / "run"
     assert main(["run", str(path), "-o", str(out)]) == 0
-    records = {r["case"]: r for r in RunDir(out).records()}
-    assert records["pab"]["status"] == "ok" and records["pab"]["batch"] == 2 and records["pab"]["cond_len"] == 20
-    assert records["pab"]["quality"]["psnr_db"] > 0
+    records = {r.case: r for r in RunDir(out).records()}
+    assert records["pab"].status == "ok" and records["pab"].batch == 2 and records["pab"].cond_len == 20
+    assert records["pab"].quality["psnr_db"] > 0
 
 
 @pytest.mark.parametrize("body, fragment", [

@@ -110,13 +110,13 @@ def test_plan_equals_the_reuse_a_real_run_records(write_suite, tmp_path, registr
     planned = {p.case: p for p in plans}
     out = tmp_path / "run"
     assert main(["run", str(path), "-o", str(out)]) == 0
-    recorded = {r["case"]: r for r in RunDir(out).records()}
+    recorded = {r.case: r for r in RunDir(out).records()}
     for name, plan in planned.items():
         record = recorded[name]
         if plan.exact:
-            assert (plan.reused, plan.evaluations) == (record["reused"], record["evaluations"]), name
+            assert (plan.reused, plan.evaluations) == (record.reused, record.evaluations), name
         else:  # a gate that reads signals: the plan is an upper bound
-            assert record["reused"] <= plan.reused and record["evaluations"] == plan.evaluations, name
+            assert record.reused <= plan.reused and record.evaluations == plan.evaluations, name
     assert {p.case for p in plans if not p.exact} == {"dqar"}
     assert all(planned[n].reused > 0 for n in ("fora", "pab", "taylorseer_diffusers", "delta_dit", "seed", "ramp"))
 

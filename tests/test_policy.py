@@ -155,10 +155,10 @@ def test_suite_case_with_policy_gate_runs(tmp_path: Path, monkeypatch) -> None:
     )
     suite = load_suite(_write_suite(tmp_path / "suite.yaml", cases, steps=4))
     run = run_suite(suite, tmp_path / "run", progress=lambda _: None)
-    records = {r["case"]: r for r in run.records()}
-    assert all(r["status"] == "ok" for r in records.values()), [r.get("error") for r in records.values()]
+    records = {r.case: r for r in run.records()}
+    assert all(r.status == "ok" for r in records.values()), [r.error for r in records.values()]
     # Always safe: every block reuses wherever the cache holds something (steps 1..3 of 4).
-    assert records["always"]["reuse_ratio"] == pytest.approx(3 / 4)
+    assert records["always"].reuse_ratio == pytest.approx(3 / 4)
 
 
 def test_shipped_policy_is_found_by_name_from_any_directory(tmp_path: Path, monkeypatch, capsys) -> None:

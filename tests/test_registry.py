@@ -148,8 +148,8 @@ def test_entry_point_part_runs_in_a_suite(fake_distribution, write_suite, tmp_pa
     from dqar_bench.measure.records import RunDir
 
     odd = RunDir(tmp_path / "run").finished()["odd"]
-    assert odd["parts"]["gate"]["name"] == "every-other"
-    assert odd["reuse_ratio"] == pytest.approx(3 / 6)  # steps 1, 3, 5 of 6 reuse every block
+    assert odd.parts["gate"]["name"] == "every-other"
+    assert odd.reuse_ratio == pytest.approx(3 / 6)  # steps 1, 3, 5 of 6 reuse every block
 
 
 def test_a_misspelled_hook_is_a_plugin_problem_not_silence(tmp_path, fake_distribution):

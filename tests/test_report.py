@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from dqar_bench.cli import main
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import RunDir
 from tests.conftest import REPORT_SUITE as SUITE
 
@@ -54,8 +55,8 @@ def test_every_case_has_a_summary_row_failed_and_unsupported_with_their_reasons(
     _, records, page, _ = report_run
     rows = re.findall(r'<tr [^>]*data-case="([^"]+)"', page)
     assert sorted(rows) == sorted(records)  # every case, once
-    failed = [c for c, r in records.items() if r["status"] == "failed"]
-    unsupported = [c for c, r in records.items() if r["status"] == "unsupported"]
+    failed = [c for c, r in records.items() if r.status == "failed"]
+    unsupported = [c for c, r in records.items() if r.status == "unsupported"]
     assert failed and unsupported
     for case in failed:
         row = _row(page, case)
@@ -71,35 +72,35 @@ def test_every_case_has_a_summary_row_failed_and_unsupported_with_their_reasons(
 def test_reuse_maps_add_up_to_the_recorded_reuse(report_run):
     _, records, page, _ = report_run
     maps = {f["data-case"]: f for f in _figures(page, "rmap")}
-    with_parts = [c for c, r in records.items() if r["status"] == "ok" and r["parts"]]
+    with_parts = [c for c, r in records.items() if r.status == "ok" and r.parts]
     assert sorted(maps) == sorted(with_parts)  # the untouched baseline has none
     for case in with_parts:
         record = records[case]
-        assert record["reuse_map_calls"] == CALLS
-        assert len(record["reuse_map"]) == STEPS and all(len(row) == BLOCKS for row in record["reuse_map"])
-        assert sum(map(sum, record["reuse_map"])) == record["reused"]
-        assert int(maps[case]["data-reused"]) == record["reused"] and int(maps[case]["data-calls"]) == CALLS
+        assert record.reuse_map_calls == CALLS
+        assert len(record.reuse_map) == STEPS and all(len(row) == BLOCKS for row in record.reuse_map)
+        assert sum(map(sum, record.reuse_map)) == record.reused
+        assert int(maps[case]["data-reused"]) == record.reused and int(maps[case]["data-calls"]) == CALLS
         # the drawn cells: one per (block, step), their counts sum to the recorded reuse
         figure = page[page.index(f'data-case="{case}" data-reused'):]
         figure = figure[: figure.index("</figure>")]
         counts = [int(n) for n in re.findall(r'title="step \d+, block \d+: (\d+) of \d+ calls"', figure)]
-        assert len(counts) == STEPS * BLOCKS and sum(counts) == record["reused"]
+        assert len(counts) == STEPS * BLOCKS and sum(counts) == record.reused
     interval = records[next(c for c in records if c.startswith("iv"))]
-    assert interval["reused"] > 0
-    assert interval["reuse_map"] == [[CALLS if step % 2 else 0] * BLOCKS for step in range(STEPS)]
+    assert interval.reused > 0
+    assert interval.reuse_map == [[CALLS if step % 2 else 0] * BLOCKS for step in range(STEPS)]
 
 
 def test_one_picture_per_case_and_seed(report_run):
     _, records, page, _ = report_run
     figures = _figures(page, "sample")
     shown = sorted((f["data-case"], int(f["data-seed"])) for f in figures)
-    ok = [c for c, r in records.items() if r["status"] == "ok"]
+    ok = [c for c, r in records.items() if r.status == "ok"]
     assert shown == sorted((c, s) for c in ok for s in (0, 1))
     diffs = sorted((f["data-diff"], int(f["data-seed"])) for f in _figures(page, "diffmap"))
     assert diffs == sorted((c, s) for c in ok if not c.startswith("baseline") for s in (0, 1))  # against the baseline
     not_shown = re.search(r"Not shown: (.*?)\.</p>", page).group(1)
     for case, record in records.items():
-        if record["status"] != "ok":
+        if record.status != "ok":
             assert case in not_shown
     # dit-tiny has 4-channel latents and no VAE: each picture is a row of 4 channel panels per batch item
     first = re.search(r'data-case="[^"]+" data-seed="0"><img class="(\w+)" src="data:image/png;base64,([^"]+)"', page)
@@ -154,7 +155,7 @@ def test_a_failing_report_never_costs_the_run(write_suite, tmp_path, monkeypatch
     path = write_suite(SUITE.split("cases:")[0] + "cases:\n  - name: baseline\n  - name: iv\n    gate: {name: interval, every: 2}\n")
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0
     assert "report: not written: ValueError: template went missing" in capsys.readouterr().out
-    assert [r["status"] for r in RunDir(tmp_path / "run").records()] == ["ok", "ok"]
+    assert [r.status for r in RunDir(tmp_path / "run").records()] == ["ok", "ok"]
     assert (tmp_path / "run" / "table.md").exists()
 
 
@@ -198,10 +199,10 @@ def test_video_outputs_are_strips_of_frames(tmp_path):
     base = {"suite": "video", "steps": 2, "batch": 2, "seeds": [0], "baseline_case": "baseline", "parts": {},
             "latency_s": [1.0, 1.1, 0.9], "median_s": 1.0, "per_image_s": 0.5, "status": "ok"}
     frames = torch.linspace(-1, 1, 12).view(1, 1, 12, 1, 1).expand(2, 3, 12, 16, 16).contiguous()
-    run.append({**base, "case": "baseline"})
+    run.append(CaseRecord.from_json({**base, "case": "baseline"}))
     run.save_outputs("baseline", {0: frames})
-    run.append({**base, "case": "fast", "latency_s": [0.5, 0.6, 0.4], "median_s": 0.5,
-                "quality": {"psnr_db": 30.0, "space": "latent"}, "parts": {"gate": {"name": "interval", "params": {}}}})
+    run.append(CaseRecord.from_json({**base, "case": "fast", "latency_s": [0.5, 0.6, 0.4], "median_s": 0.5,
+                                     "quality": {"psnr_db": 30.0, "space": "latent"}, "parts": {"gate": {"name": "interval", "params": {}}}}))
     run.save_outputs("fast", {0: frames.flip(2)})
     page = write_report([run.path]).read_text()
     pictures = re.findall(r'data-case="[^"]+" data-seed="0"><img class="\w+" src="data:image/png;base64,([^"]+)"', page)

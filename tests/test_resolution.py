@@ -56,15 +56,15 @@ def test_lean_and_pipeline_paths_sample_at_the_suites_size(family: str, tmp_path
     piped, piped_dir = _run(_suite(tmp_path / "piped.yaml", {"pipeline": str(folder)}, resolution), tmp_path / "piped")
     decode = decoder(models.load_model(name, torch.device("cpu"), torch.float32).vae)
     for case in ("baseline", "interval"):
-        assert lean[case]["status"] == piped[case]["status"] == "ok", (lean[case].get("error"), piped[case].get("error"))
+        assert lean[case].status == piped[case].status == "ok", (lean[case].error, piped[case].error)
         latents = _outputs(lean_dir, lean[case])
         assert tuple(latents.shape) == (2, *shape)
-        assert lean[case]["latent_shape"] == piped[case]["latent_shape"] == list(shape)
-        assert lean[case]["resolution"] == lean[case]["identity"]["resolution"] == resolution
+        assert lean[case].latent_shape == piped[case].latent_shape == list(shape)
+        assert lean[case].resolution == lean[case].identity["resolution"] == resolution
         images, expected = _outputs(piped_dir, piped[case]), decode(latents)
         assert images.shape == expected.shape
         assert float((images - expected).abs().max()) <= IMAGE_TOLERANCE
-    assert piped["interval"]["reused"] == lean["interval"]["reused"] > 0
+    assert piped["interval"].reused == lean["interval"].reused > 0
 
 
 @pytest.mark.parametrize("family", ["flux", "wan", "sd3", "pixart-sigma"])
@@ -87,7 +87,7 @@ def test_a_model_without_a_vae_takes_its_familys_compression() -> None:
 def test_pixart_samples_at_another_size(tmp_path: Path) -> None:
     """Its sin-cos position embedding is recomputed for the larger grid (interpolation_scale)."""
     records, run = _run(_suite(tmp_path / "p.yaml", "pixart-tiny", {"height": 128, "width": 96}), tmp_path / "out")
-    assert records["baseline"]["status"] == "ok" and tuple(_outputs(run, records["baseline"]).shape) == (2, 4, 16, 12)
+    assert records["baseline"].status == "ok" and tuple(_outputs(run, records["baseline"]).shape) == (2, 4, 16, 12)
 
 
 BAD = [

@@ -44,18 +44,18 @@ def test_identity_holds_every_parameter_and_where_each_part_comes_from(write_sui
     path = write_suite(SMALL_SUITE_HEAD + CASES)
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0
     recs = RunDir(tmp_path / "run").latest()
-    identity = recs["iv"]["identity"]
+    identity = recs["iv"].identity
     gate = identity["parts"]["gate"]
     assert gate["name"] == "interval" and gate["params"] == {"every": 2, "anchor": "start"}
-    assert gate["distribution"] == "dqar-bench" and gate["version"] == recs["iv"]["dqar_bench"] and gate["plugin"]
+    assert gate["distribution"] == "dqar-bench" and gate["version"] == recs["iv"].dqar_bench and gate["plugin"]
     assert set(identity["parts"]) == {"scheduler", "gate", "cache", "quantizer"} and identity["parts"]["quantizer"]["name"] == "none"
     for field in ("model", "sampler", "steps", "guidance_scale", "conditioning", "seeds", "dtype", "device_type", "execution",
                   "probe_queries", "dqar_bench"):
         assert field in identity
     assert identity["conditioning"] == {"class_labels": [1, 2]} and identity["device_type"] == "cpu"
-    assert recs["baseline"]["identity"]["parts"] == {}
-    assert len(recs["iv"]["case_key"]) == 64 and recs["iv"]["case_key"] != recs["baseline"]["case_key"]
-    assert recs["iv"]["case_key"] == case_key(identity, recs["iv"]["settings"])
+    assert recs["baseline"].identity["parts"] == {}
+    assert len(recs["iv"].case_key) == 64 and recs["iv"].case_key != recs["baseline"].case_key
+    assert recs["iv"].case_key == case_key(identity, recs["iv"].settings)
     assert differences(identity, {**identity, "steps": 8}) == ["steps"]
     from dqar_bench.config.identity import case_identity
     from dqar_bench.core.plugins import load_registry
@@ -109,11 +109,11 @@ def test_rerun_changed_reruns_just_the_changed_cases(write_suite, tmp_path, caps
     assert main(["run", str(edited), "--resume", str(out), "--rerun-changed"]) == 0
     assert ran == ["baseline (partner)", "iv"]  # the baseline is timed again beside it, for pairing
     latest = RunDir(out).latest()
-    assert latest["iv"]["identity"]["parts"]["gate"]["params"]["every"] == 3 and latest["iv"]["reuse_ratio"] == pytest.approx(2 / 3)
+    assert latest["iv"].identity["parts"]["gate"]["params"]["every"] == 3 and latest["iv"].reuse_ratio == pytest.approx(2 / 3)
     assert len(RunDir(out).records()) == 4
     log = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    for r in latest["iv"]["round_ids"]:
-        assert log[r]["cases"]["baseline"]["case_key"] == latest["baseline"]["case_key"]  # paired with a baseline timed in the same round
+    for r in latest["iv"].round_ids:
+        assert log[r]["cases"]["baseline"]["case_key"] == latest["baseline"].case_key  # paired with a baseline timed in the same round
     assert main(["run", str(edited), "--rerun-changed", "-o", str(tmp_path / "x")]) == 2
     assert "--resume" in one_line(capsys)
 
@@ -125,7 +125,7 @@ def test_a_renamed_case_is_found_by_its_content(write_suite, tmp_path, monkeypat
     assert main(["run", str(write_suite(SMALL_SUITE_HEAD + CASES.replace("name: iv", "name: every-2"), "renamed.yaml")), "--resume", str(out)]) == 0
     assert ran == []
     latest = RunDir(out).latest()
-    assert latest["every-2"]["renamed_from"] == "iv" and latest["every-2"]["case_key"] == latest["iv"]["case_key"]
+    assert latest["every-2"].renamed_from == "iv" and latest["every-2"].case_key == latest["iv"].case_key
     assert "| every-2 |" in (out / "table.md").read_text() and "| iv |" not in (out / "table.md").read_text()
 
 
@@ -145,7 +145,7 @@ def test_exit_status_follows_the_latest_record_and_failed_cases_are_retried(writ
     assert main(["run", str(path), "-o", str(out)]) == 1
     monkeypatch.setattr(case_run, "build_strategy", real)
     assert main(["run", str(path), "--resume", str(out)]) == 0  # failed, then ok: not failed
-    statuses = [(r["case"], r["status"]) for r in RunDir(out).records()]
+    statuses = [(r.case, r.status) for r in RunDir(out).records()]
     assert ("iv", "failed") in statuses and statuses[-1] == ("iv", "ok")
 
 
@@ -233,7 +233,7 @@ def test_output_files_never_collide_whatever_the_case_names(write_suite, tmp_pat
     assert main(["run", str(write_suite(body)), "-o", str(out)]) == 0
     saved = sorted(p.name for p in (out / "outputs").iterdir())
     assert len(saved) == 6 and all(p.endswith(".safetensors") for p in saved)
-    assert {r["outputs_file"] for r in RunDir(out).records()} == {f"outputs/{s}" for s in saved}
+    assert {r.outputs_file for r in RunDir(out).records()} == {f"outputs/{s}" for s in saved}
     assert (out / "fid-reference-features.safetensors").exists() is False  # harness files live outside outputs/
 
 
@@ -266,10 +266,10 @@ def test_nan_outputs_fail_the_case_naming_the_seeds(write_suite, tmp_path):
     run = run_suite(load_suite(write_suite(body), registry), tmp_path / "run", registry=registry, progress=lambda line: None)
     latest = RunDir(run.path).latest()
     broken = latest["broken"]
-    assert broken["status"] == "failed"
-    assert broken["error"].startswith("non-finite outputs: seed 0 has ") and "; seed 1 has " in broken["error"] and "NaN" in broken["error"]
-    assert "traceback" not in broken and not RunDir(run.path).outputs_path("broken").exists()
-    assert latest["iv"]["status"] == "ok"
+    assert broken.status == "failed"
+    assert broken.error.startswith("non-finite outputs: seed 0 has ") and "; seed 1 has " in broken.error and "NaN" in broken.error
+    assert broken.traceback is None and not RunDir(run.path).outputs_path("broken").exists()
+    assert latest["iv"].status == "ok"
     assert "| broken |" in (run.path / "table.md").read_text() and "failed: non-finite outputs" in (run.path / "table.md").read_text()
 
 
@@ -294,5 +294,5 @@ def test_non_finite_timing_fails_the_case(write_suite, tmp_path, monkeypatch):
     path = write_suite(SMALL_SUITE_HEAD + CASES)
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 1
     latest = RunDir(tmp_path / "run").latest()
-    assert latest["iv"]["status"] == "failed" and latest["iv"]["error"] == "non-finite timing (seed 0): nan s"
-    assert latest["baseline"]["status"] == "ok"
+    assert latest["iv"].status == "failed" and latest["iv"].error == "non-finite timing (seed 0): nan s"
+    assert latest["baseline"].status == "ok"

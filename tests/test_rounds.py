@@ -63,7 +63,7 @@ def fixed_cost_run(tmp_path, monkeypatch, order="interleaved", repeats=4, drift_
     path.write_text(textwrap.dedent(FIXED.format(steps=STEPS, repeats=repeats, order=order, extra=extra)))
     registry = registry_with_test_parts()
     run = run_suite(load_suite(path, registry), tmp_path / name, registry=registry, progress=lambda line: None)
-    records = {r["case"]: r for r in RunDir(run.path).records()}
+    records = {r.case: r for r in RunDir(run.path).records()}
     return records, results_frame(list(records.values()), "baseline").set_index("case"), appended
 
 
@@ -77,13 +77,13 @@ def test_drift_halfway_hits_every_case_alike_when_rounds_interleave(tmp_path, mo
     for case, every in (("every2", 2), ("every3", 3)):
         record = records[case]
         # the raw times moved (the machine got twice as slow for the last two rounds) ...
-        assert record["round_s"][3] == pytest.approx(2 * record["round_s"][0])
+        assert record.round_s[3] == pytest.approx(2 * record.round_s[0])
         # ... but every round's ratio against the baseline of that round did not
         assert frame.loc[case, "speedup"] == pytest.approx(expected_speedup(every))
         assert frame.loc[case, "speedup_low"] == pytest.approx(expected_speedup(every))
-        assert record["timing_order"] == "interleaved" and record["rounds"] == 4 and len(record["latency_s"]) == 8
-        assert record["baseline_round_s"] == records["baseline"]["round_s"]
-        assert record["latency_s"][:2] == pytest.approx([record["round_s"][0] / 2] * 2)  # round-major, then seed
+        assert record.timing_order == "interleaved" and record.rounds == 4 and len(record.latency_s) == 8
+        assert record.baseline_round_s == records["baseline"].round_s
+        assert record.latency_s[:2] == pytest.approx([record.round_s[0] / 2] * 2)  # round-major, then seed
     # blocked, the same drift lands on the later cases only, and their speedup is wrong
     _, blocked, _ = fixed_cost_run(tmp_path, monkeypatch, order="blocked", drift_after=6, name="blocked")
     assert blocked.loc["every3", "speedup"] < 0.6 * expected_speedup(3)
@@ -96,7 +96,7 @@ def test_injected_slowdown_lowers_the_paired_speedup_by_exactly_its_cost(tmp_pat
     base = synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP)
     assert frame.loc["never", "speedup"] == pytest.approx(1.0)
     assert frame.loc["slowed", "speedup"] == pytest.approx(base / (base + 0.05))
-    assert records["slowed"]["round_s"] == pytest.approx([2 * (base + 0.05)] * 3)
+    assert records["slowed"].round_s == pytest.approx([2 * (base + 0.05)] * 3)
 
 
 def test_rounds_are_logged_in_a_seeded_order_and_recorded(tmp_path, monkeypatch):
@@ -105,11 +105,11 @@ def test_rounds_are_logged_in_a_seeded_order_and_recorded(tmp_path, monkeypatch)
     log = RoundLog(tmp_path / "run" / "rounds.jsonl").entries()
     assert [e["round"] for e in log] == list(range(6))
     assert [e["order"] for e in log] == [round_order(["baseline", "every2", "every3", "every2-twin"], 0, r) for r in range(6)]
-    assert records["every2"]["case_key"] == records["every2-twin"]["case_key"]
+    assert records["every2"].case_key == records["every2-twin"].case_key
     assert frame.loc["every2-twin", "speedup"] == pytest.approx(frame.loc["every2", "speedup"]) == pytest.approx(expected_speedup(2))
     assert len({tuple(e["order"]) for e in log}) > 1  # shuffled, not one fixed order
-    assert all({name: t["case_key"] for name, t in e["cases"].items()} == {n: r["case_key"] for n, r in records.items()} for e in log)
-    assert all(r["round_seed"] == 0 and r["round_ids"] == list(range(6)) for r in records.values())
+    assert all({name: t["case_key"] for name, t in e["cases"].items()} == {n: r.case_key for n, r in records.items()} for e in log)
+    assert all(r.round_seed == 0 and r.round_ids == list(range(6)) for r in records.values())
     assert round_order(list("abcdef"), 7, 3) == round_order(list("abcdef"), 7, 3) != round_order(list("abcdef"), 8, 3)
 
 
@@ -154,15 +154,15 @@ def test_a_crash_loses_only_the_round_in_flight_and_resume_pairs_new_rounds(tmp_
     monkeypatch.setattr(case_run.CaseRun, "time_round", real)
     suite = load_suite(tmp_path / "run.yaml", registry_with_test_parts())
     run_suite(suite, out, resume=True, registry=registry_with_test_parts(), progress=lambda line: None)
-    records = {r["case"]: r for r in RunDir(out).records()}
+    records = {r.case: r for r in RunDir(out).records()}
     log = {e["round"]: e for e in RoundLog(out / "rounds.jsonl").entries()}
     assert sorted(log) == [0, 1, 2, 3]
-    base_key = records["baseline"]["case_key"]
+    base_key = records["baseline"].case_key
     for record in records.values():
-        assert record["status"] == "ok" and record["round_ids"] == [0, 1, 2, 3]
-        for r in record["round_ids"]:
-            assert log[r]["cases"]["baseline"]["case_key"] == base_key and log[r]["cases"][record["case"]]["case_key"] == record["case_key"]
-        assert len({log[r]["session"] for r in record["round_ids"]}) == 2  # two sessions, each paired within itself
+        assert record.status == "ok" and record.round_ids == [0, 1, 2, 3]
+        for r in record.round_ids:
+            assert log[r]["cases"]["baseline"]["case_key"] == base_key and log[r]["cases"][record.case]["case_key"] == record.case_key
+        assert len({log[r]["session"] for r in record.round_ids}) == 2  # two sessions, each paired within itself
 
 
 def test_model_is_bit_identical_after_interleaved_install_and_removal(write_suite, tmp_path, monkeypatch, tiny):
@@ -200,7 +200,7 @@ cases:
     assert not any("forward" in m.__dict__ for m in tiny.transformer.modules())
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in tiny.transformer.modules())
     records = RunDir(tmp_path / "run").records()
-    assert all(r["status"] == "ok" and r["rounds"] == 3 for r in records)
+    assert all(r.status == "ok" and r.rounds == 3 for r in records)
 
 
 def test_busy_neighbour_halfway_moves_raw_times_not_paired_speedups(write_suite, tmp_path, monkeypatch):
@@ -244,10 +244,10 @@ cases:
         stop.set()
         if thread.is_alive():
             thread.join()
-    before, after = ({r["case"]: r for r in RunDir(run.path).records()} for run in (quiet, loaded))
+    before, after = ({r.case: r for r in RunDir(run.path).records()} for run in (quiet, loaded))
     a = results_frame(list(before.values()), "baseline").set_index("case").loc["iv", "speedup"]
     b = results_frame(list(after.values()), "baseline").set_index("case").loc["iv", "speedup"]
-    rounds = after["baseline"]["round_s"]
+    rounds = after["baseline"].round_s
     shift = np.median(rounds[4:]) / np.median(rounds[:4])
     print(f"raw baseline round time under load: x{shift:.2f}; paired speedup {a:.3f} quiet, {b:.3f} loaded")
     assert abs(math.log(b / a)) < math.log(1.5)  # loose: this machine may be busy besides the thread
@@ -274,12 +274,12 @@ cases:
     records = RunDir(run.path).latest()
     log = RoundLog(run.path / "rounds.jsonl").entries()
     compiled, eager = records["iv@compile"], records["iv@eager"]
-    assert compiled["timing_order"] == "blocked" and "compile mode keeps its compiled programs alive" in compiled["timing_note"]
-    assert eager["timing_order"] == "interleaved" and "timing_note" not in eager
+    assert compiled.timing_order == "blocked" and "compile mode keeps its compiled programs alive" in compiled.timing_note
+    assert eager.timing_order == "interleaved" and eager.timing_note is None
     assert all(len(log_entry["cases"]) == 1 for log_entry in log if log_entry["timing_order"] == "blocked")
     assert [e["order"] for e in log if e["timing_order"] == "interleaved"][0] in (["baseline@eager", "iv@eager"], ["iv@eager", "baseline@eager"])
-    assert compiled["flops"] == eager["flops"]  # counted on an eager call with the strategy installed, in either mode
-    assert compiled["baseline_round_s"] == records["baseline@compile"]["round_s"]  # paired by position
-    assert compiled["quality"]["psnr_db"] == pytest.approx(eager["quality"]["psnr_db"], rel=1e-4)
+    assert compiled.flops == eager.flops  # counted on an eager call with the strategy installed, in either mode
+    assert compiled.baseline_round_s == records["baseline@compile"].round_s  # paired by position
+    assert compiled.quality["psnr_db"] == pytest.approx(eager.quality["psnr_db"], rel=1e-4)
     table = (run.path / "table.md").read_text()
     assert "(blocked)" in table.split("| iv@compile |")[1].split("\n")[0]

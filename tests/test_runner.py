@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pandas as pd
 import pytest
@@ -27,11 +26,12 @@ def test_run_writes_records_csv_and_table(write_suite, tmp_path, capsys):
     assert main(["run", str(path), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     lines = (out / "records.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    assert [r["case"] for r in records] == ["baseline", "overhead", "iv"]
-    assert all(r["status"] == "ok" and len(r["latency_s"]) == 1 for r in records)
-    assert records[1]["quality"]["identical"] is True  # never-reuse goes through the harness, exactly
-    assert records[2]["quality"]["psnr_db"] > 0 and records[2]["reuse_ratio"] == pytest.approx(0.5)
+    records = RunDir(out).records()
+    assert len(records) == len(lines)
+    assert [r.case for r in records] == ["baseline", "overhead", "iv"]
+    assert all(r.status == "ok" and len(r.latency_s) == 1 for r in records)
+    assert records[1].quality["identical"] is True  # never-reuse goes through the harness, exactly
+    assert records[2].quality["psnr_db"] > 0 and records[2].reuse_ratio == pytest.approx(0.5)
     csv = pd.read_csv(out / "results.csv")
     assert list(csv["case"]) == ["baseline", "overhead", "iv"]
     assert csv.loc[csv.case == "baseline", "speedup"].item() == pytest.approx(1.0)
@@ -56,10 +56,10 @@ def test_failing_case_is_recorded_and_suite_goes_on(write_suite, tmp_path, monke
     path = write_suite(SMALL_SUITE_HEAD + CASES)
     out = tmp_path / "run"
     assert main(["run", str(path), "-o", str(out)]) == 1  # a failed case makes the exit non-zero
-    records = {r["case"]: r for r in RunDir(out).records()}
-    assert records["overhead"]["status"] == "failed"
-    assert records["overhead"]["error"] == "RuntimeError: part exploded"
-    assert records["iv"]["status"] == "ok"
+    records = {r.case: r for r in RunDir(out).records()}
+    assert records["overhead"].status == "failed"
+    assert records["overhead"].error == "RuntimeError: part exploded"
+    assert records["iv"].status == "ok"
     assert "failed: RuntimeError: part exploded" in (out / "table.md").read_text()
 
 
@@ -76,7 +76,7 @@ def test_resume_skips_recorded_cases_and_still_compares(write_suite, tmp_path, m
     assert ran == ["baseline (partner)", "overhead", "iv"]  # the baseline is timed again beside them, not recorded again
     finished = RunDir(out).finished()
     assert set(finished) == {"baseline", "overhead", "iv"}
-    assert finished["overhead"]["quality"]["identical"] is True  # baseline outputs came from disk
+    assert finished["overhead"].quality["identical"] is True  # baseline outputs came from disk
 
 
 def prepared(monkeypatch):

@@ -197,15 +197,15 @@ def test_clip_and_lpips_reach_the_records_and_results_csv(tmp_path, clip_dir, ca
                      "cases:\n  - name: baseline\n  - name: interval\n    gate: {name: interval, every: 2}\n")
     out = tmp_path / "run"
     assert main(["run", str(suite), "-o", str(out)]) == 0
-    records = {r["case"]: r for r in RunDir(out).records()}
+    records = {r.case: r for r in RunDir(out).records()}
     for name in ("baseline", "interval"):
-        clip = records[name]["clip"]
+        clip = records[name].clip
         assert clip["n"] == 6 and 0 <= clip["clip_score"] <= 100 and clip["weights"] == str(clip_dir)
-    assert records["interval"]["quality"]["lpips"] > 0 and records["interval"]["quality"]["lpips_note"] is None
-    assert records["interval"]["clip"]["clip_score"] != records["baseline"]["clip"]["clip_score"]
+    assert records["interval"].quality["lpips"] > 0 and records["interval"].quality["lpips_note"] is None
+    assert records["interval"].clip["clip_score"] != records["baseline"].clip["clip_score"]
     rows = {r["case"]: r for r in csv.DictReader((out / "results.csv").open())}
-    assert float(rows["interval"]["clip_score"]) == pytest.approx(records["interval"]["clip"]["clip_score"])
-    assert float(rows["interval"]["lpips"]) == pytest.approx(records["interval"]["quality"]["lpips"])
+    assert float(rows["interval"]["clip_score"]) == pytest.approx(records["interval"].clip["clip_score"])
+    assert float(rows["interval"]["lpips"]) == pytest.approx(records["interval"].quality["lpips"])
     table = (out / "table.md").read_text()
     assert "CLIP score" in table and "LPIPS" in table
     assert "CLIP score" in (out / "report.html").read_text()

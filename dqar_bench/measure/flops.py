@@ -75,10 +75,10 @@ def summarize(per_seed: dict[int, FlopCount]) -> dict[str, Any]:
     }
 
 
-def per_call(record: dict[str, Any]) -> int | None:
-    """A record's FLOPs of one sampling call, or None where it has none (an older record, a
-    failed case): the one reader of `flops.per_call` for tables, summaries and `compare`."""
-    value = (record.get("flops") or {}).get("per_call")
+def per_call(flops: dict[str, Any] | None) -> int | None:
+    """The FLOPs of one sampling call from a record's `flops`, or None where it has none (an
+    older record, a failed case): the one reader of `flops.per_call` for tables, summaries and `compare`."""
+    value = (flops or {}).get("per_call")
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 

@@ -42,6 +42,8 @@ class Instruments:
     device: torch.device = torch.device("cpu")
     progress: Progress = field(default_factory=lambda: Progress(0, show=False))
     environment: dict[str, Any] = field(default_factory=dict)
+    environment_file: str | None = None
+    """The run directory's file that keeps `environment` (records name it)."""
     reference_file: Path | None = None
     """Where the baseline's FID features are kept when its images are the reference (for --resume)."""
 

@@ -1,6 +1,8 @@
 """A run directory: records appended as cases finish, outputs beside them, views derived.
 
-`records.jsonl` gets one line per finished case, flushed and fsynced at once; the timed
+`records.jsonl` gets one line per finished case (a `measure.case_record.CaseRecord`),
+flushed and fsynced at once; the environment is kept once, in `environment-<hash>.json`,
+which the records name; the timed
 rounds go to `rounds.jsonl` as each finishes (`dqar_bench.measure.rounds`), so a crash loses at
 most the round in flight. Outputs (final latents per case) are kept in `outputs/` for
 quality against the baseline, also after a resume; each is fsynced before its atomic
@@ -27,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dqar_bench.core.errors import DqarError
+from dqar_bench.measure.case_record import CaseRecord, environment_file, upgrade
 
 try:
     import fcntl
@@ -85,6 +88,8 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock: IO[bytes] | None = None
+        self._environments: dict[str, dict[str, Any]] = {}
+        """Environments read so far, by file name (an upgraded old record brings its own)."""
 
     @classmethod
     def open(cls, path: str | Path, resume: bool) -> "RunDir":
@@ -131,20 +136,41 @@ class RunDir:
     def fid_reference_path(self) -> Path:
         return self.path / FID_REFERENCE
 
-    def append(self, record: dict[str, Any]) -> None:
-        append_line(self.records_path, record)
+    def append(self, record: CaseRecord) -> None:
+        """The one place a case record is written."""
+        append_line(self.records_path, record.to_json())
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every complete record; a torn last line (a crash mid-write) is ignored."""
-        return read_records(self.records_path)
+    def records(self, path: Path | None = None) -> list[CaseRecord]:
+        """Every complete record (of `records.jsonl`, or of another records file `path`), of any
+        schema version; a torn last line (a crash mid-write) is ignored."""
+        return read_records(path or self.records_path, self._environments)
 
-    def latest(self) -> dict[str, dict[str, Any]]:
+    def latest(self) -> dict[str, CaseRecord]:
         """The latest record of each case, whatever its status."""
-        return {r["case"]: r for r in self.records()}
+        return {r.case: r for r in self.records()}
 
-    def finished(self) -> dict[str, dict[str, Any]]:
+    def finished(self) -> dict[str, CaseRecord]:
         """The latest record of each case that finished without error."""
-        return {r["case"]: r for r in self.records() if r.get("status") == "ok"}
+        return {r.case: r for r in self.records() if r.ok}
+
+    def save_environment(self, environment: dict[str, Any]) -> str:
+        """Keep the environment once for the run (`environment-<hash>.json`); its file name, for records to name."""
+        name = environment_file(environment)
+        self.write_text(name, json.dumps(environment, indent=1) + "\n")
+        self._environments[name] = environment
+        return name
+
+    def environment_of(self, record: CaseRecord) -> dict[str, Any]:
+        """The environment a record ran in; empty when it names none (or its file is gone)."""
+        name = record.environment
+        if not name:
+            return {}
+        if name not in self._environments:
+            path = self.path / name
+            if "/" in name or not path.is_file():
+                return {}
+            self._environments[name] = json.loads(path.read_text(encoding="utf-8"))
+        return self._environments[name]
 
     def outputs_path(self, case: str) -> Path:
         return self.path / "outputs" / outputs_file_name(case)
@@ -214,11 +240,23 @@ def append_line(path: Path, entry: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a `records.jsonl`, in order; a torn or blank line is skipped.
+def read_records(path: Path, environments: dict[str, dict[str, Any]] | None = None) -> list[CaseRecord]:
+    """The records of a `records.jsonl`, in order, each brought to the current schema
+    (`case_record.upgrade`); a torn or blank line is skipped. An old record's inline
+    environment goes to `environments`, by the file name the record now names.
 
     Reading never creates anything, so views (`compare`) can read any run directory."""
-    return read_lines(path, lambda record: "case" in record)
+    out = []
+    for line in read_lines(path, lambda entry: "case" in entry):
+        try:
+            raw, environment = upgrade(line)
+        except ValueError as exc:
+            raise DqarError(f"{path}: case '{line['case']}': {exc}") from None
+        record = CaseRecord.from_json(raw)
+        if environment is not None and environments is not None and record.environment:
+            environments.setdefault(record.environment, environment)
+        out.append(record)
+    return out
 
 
 def read_lines(path: Path, accept: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:

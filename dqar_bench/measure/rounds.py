@@ -34,11 +34,10 @@ from typing import Any
 from dqar_bench.measure.records import append_line, read_lines
 
 
-def paired_ratios(record: dict[str, Any]) -> list[float] | None:
-    """`baseline_round_s[r] / round_s[r]` for every round of a record, or None without usable
-    rounds (none recorded, no complete pairing, a non-finite or zero time): the one rule the
-    table and `compare` use for a paired speedup."""
-    case, baseline = record.get("round_s"), record.get("baseline_round_s")
+def paired_ratios(case: list[float] | None, baseline: list[float] | None) -> list[float] | None:
+    """`baseline[r] / case[r]` for every round (a record's `baseline_round_s` and `round_s`), or
+    None without usable rounds (none recorded, no complete pairing, a non-finite or zero time):
+    the one rule the table and `compare` use for a paired speedup."""
     if not (isinstance(case, list) and isinstance(baseline, list)) or not case or len(case) != len(baseline):
         return None
     if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in case + baseline):

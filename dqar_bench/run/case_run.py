@@ -31,7 +31,6 @@ from typing import Any, Callable
 
 import torch
 
-from dqar_bench import __version__
 from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.diffusers_hooks import DiffusersHook, installed
 from dqar_bench.strategy.context_parallel import context_parallel, whole_call_flops
@@ -40,6 +39,7 @@ from dqar_bench.run.distributed.shares import Share, merge_fid, merge_flops, mer
 from dqar_bench.run.distributed.teams import parallel_note, team_for
 from dqar_bench.core.world import World
 from dqar_bench.strategy.execution import Execution, unsupported
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.classify import class_accuracy
 from dqar_bench.measure.clip_score import clip_score
 from dqar_bench.measure.fidelity import Features, to_uint8
@@ -55,6 +55,7 @@ from dqar_bench.measure.rounds import RoundLog, pair, paired_ratios
 from dqar_bench.model.sampling import Condition, denoise, labels_condition, make_scheduler
 from dqar_bench.strategy.strategy import Strategy
 from dqar_bench.config.part_spec import new_part
+from dqar_bench.config.identity import case_identity
 from dqar_bench.config.suite import Case, Suite
 from dqar_bench.measure.timing import CallTimer
 
@@ -158,37 +159,14 @@ class CaseRun:
         self._share = Share(ctx.world.rank, str(ctx.device))
         self._session_calls = 0
         suite = ctx.suite
-        self.record: dict[str, Any] = {
-            "suite": suite.name,
-            "case": case.name,
-            "description": case.description,
-            "case_key": key,
-            "parts": {kind: {"name": s.name, "params": s.params} for kind, s in case.parts.items()},
-            **({"diffusers_hook": case.hook} if case.hook is not None else {}),
-            "model": suite.model,
-            "sampler": suite.sampler,
-            "steps": suite.steps,
-            "guidance_scale": suite.guidance_scale,
-            "batch": suite.batch,
-            "latent_shape": list(ctx.model.latent_shape),
-            **({"resolution": suite.resolution.as_dict()} if suite.resolution is not None else {}),
-            "cond_len": ctx.condition.cond_len,
-            "execution_mode": case.execution,
-            "parallel": case.parallel.as_dict() if case.parallel is not None else None,
-            "baseline_case": suite.baseline_for(case),
-            "seeds": suite.seeds,
-            "device": str(ctx.device),
-            "rank": ctx.world.rank,
-            "world_size": ctx.world.world_size,
-            "dtype": suite.dtype,
-            "suite_hash": suite.content_hash,
-            "dqar_bench": __version__,
-            "identity": identity,
-            **({"pipeline": type(ctx.model.pipeline).__name__} if ctx.model.pipeline is not None else {}),
-            "settings": settings,
-            "environment": ctx.kit.environment,
-            "started": _now(),
-        }
+        self.record = CaseRecord(
+            case=case.name, identity=identity if identity is not None else case_identity(suite, case, ctx.registry, ctx.device.type), case_key=key,
+            parts={kind: {"name": s.name, "params": s.params} for kind, s in case.parts.items()}, description=case.description, suite=suite.name,
+            baseline_case=suite.baseline_for(case), settings=settings, batch=suite.batch, latent_shape=list(ctx.model.latent_shape),
+            cond_len=ctx.condition.cond_len, device=str(ctx.device), rank=ctx.world.rank, world_size=ctx.world.world_size,
+            suite_hash=suite.content_hash, pipeline_class=type(ctx.model.pipeline).__name__ if ctx.model.pipeline is not None else None,
+            environment=ctx.kit.environment_file, started=_now(),
+        )
         self._scheduler = make_scheduler(suite.sampler, ctx.model.scheduler_config)
         self._meter = CaseMeter(ctx.device, suite.nvml_interval_s)
 
@@ -263,8 +241,8 @@ class CaseRun:
         """The team's shares to its rank 0, which joins them, scores quality and decides the
         case's status for every rank (a failure on one rank fails the case on all)."""
         ctx, team, share = self.ctx, self.team.ranks, self._share
-        share.status, share.error, share.traceback = self.status, self.record.get("error"), self.record.get("traceback")
-        share.cold_s = self.record.get("cold_s")
+        share.status, share.error, share.traceback = self.status, self.record.error, self.record.traceback
+        share.cold_s = self.record.cold_s
         shares = team.gather(share, f"case '{self.case.name}' prepared")
         self._share = Share(ctx.world.rank, str(ctx.device))  # features and outputs are sent: let them go
         decision = None
@@ -273,14 +251,14 @@ class CaseRun:
                 for round_id, timed in part.rounds:
                     ctx.write_round(part.rank, round_id, "blocked", [self.case.name], {self.case.name: timed})
             status, error, trace = settle(shares, team.distributed)
-            if status != self.status or error != self.record.get("error"):
+            if status != self.status or error != self.record.error:
                 self.fail_as(error or "failed", trace)
             elif self.ready and not self.partner:
                 try:
                     self._score(shares, reference)
                 except Exception as exc:
                     self.fail(exc)
-            decision = (self.status, self.record.get("error"))
+            decision = (self.status, self.record.error)
         status, error = team.broadcast(decision, f"status of case '{self.case.name}'")
         if status != self.status:
             self.fail_as(error, None)
@@ -293,8 +271,8 @@ class CaseRun:
         ctx, suite = self.ctx, self.ctx.suite
         counted = standing(shares, self.team.spanning)
         self.outputs = merge_outputs(counted, suite.seeds)
-        self.record.update(merge_reuse([s.reuse for s in counted]))
-        self.record["flops"] = summarize(merge_flops(counted, suite.seeds))
+        self.record.update(**merge_reuse([s.reuse for s in counted]))
+        self.record.flops = summarize(merge_flops(counted, suite.seeds))
         self.record.update(
             quality=_quality(self.outputs, reference, ctx.kit),
             class_accuracy=_class_accuracy(self.outputs, ctx.condition, ctx.kit),
@@ -302,7 +280,7 @@ class CaseRun:
             fidelity=_fidelity(merge_fid(counted), ctx.suite.is_baseline(self.case), ctx.kit),
         )
         if self.team.ranks.distributed:
-            self.record["ranks"] = [
+            self.record.ranks = [
                 {"rank": s.rank, "device": s.device, "seeds": sorted(s.outputs), "fid_images": len(s.fid_indices), "cold_s": s.cold_s}
                 for s in shares
             ]
@@ -382,7 +360,7 @@ class CaseRun:
 
     # -- the record ------------------------------------------------------------------------
 
-    def finish(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    def finish(self, entries: list[dict[str, Any]]) -> CaseRecord:
         """The case's record, from its rounds (the first `repeats` of them) and its baseline's."""
         ctx, suite = self.ctx, self.ctx.suite
         paired = pair(rank_entries(entries, ctx.world.rank), self.round_ids[: suite.repeats], (self.case.name, self.key), self.baseline)
@@ -412,13 +390,13 @@ class CaseRun:
             self._rank_timings(entries)
         if self.team.spanning:
             baseline = suite.case(suite.baseline_for(self.case))
-            record["parallel_note"] = parallel_note(self.case.parallel, baseline.name, baseline.parallel)
+            record.parallel_note = parallel_note(self.case.parallel, baseline.name, baseline.parallel)
         if self.blocked and suite.timing_order == "interleaved":
             why = (
                 f"{self.case.execution} mode keeps its compiled programs alive" if self.case.execution != "eager"
                 else "under --shard cases each rank's rounds hold other cases, and a call split over the ranks needs them all at once"
             )
-            record["timing_note"] = (
+            record.timing_note = (
                 f"timed blocked: {why}, so its repeats ran back to back and its rounds pair with the baseline's by position, not in time"
             )
         self.status = "done"
@@ -426,17 +404,17 @@ class CaseRun:
 
     def _rank_timings(self, entries: list[dict[str, Any]]) -> None:
         """Each rank's own timing figures, paired with the baseline it timed on its own device in the same rounds."""
-        suite, by_rank = self.ctx.suite, {r["rank"]: r for r in self.record.get("ranks") or []}
+        suite, by_rank = self.ctx.suite, {r["rank"]: r for r in self.record.ranks or []}
         for rank in range(self.team.ranks.world_size):
             ids = self.ctx.rounds_of.get((self.case.name, rank), [])[: suite.repeats]
             paired = pair(rank_entries(entries, rank), ids, (self.case.name, self.key), self.baseline)
-            ratios = paired_ratios({"round_s": paired.round_s, "baseline_round_s": paired.baseline_round_s})
+            ratios = paired_ratios(paired.round_s, paired.baseline_round_s)
             by_rank.setdefault(rank, {"rank": rank}).update(
                 round_ids=paired.round_ids, round_s=paired.round_s, baseline_round_s=paired.baseline_round_s,
                 median_s=Measurement.of(paired.latency_s).median if paired.latency_s else None,
                 speedup=float(statistics.median(ratios)) if ratios else None,
             )
-        self.record["ranks"] = [by_rank[r] for r in sorted(by_rank)]
+        self.record.ranks = [by_rank[r] for r in sorted(by_rank)]
 
     def fail(self, exc: BaseException) -> None:
         self.status = "failed"
@@ -444,7 +422,7 @@ class CaseRun:
         error = message if isinstance(exc, NonFinite) else f"{type(exc).__name__}: {message}"
         self.record.update(status="failed", error=error, round_ids=list(self.round_ids), finished=_now())
         if not isinstance(exc, NonFinite):
-            self.record["traceback"] = traceback.format_exc()
+            self.record.traceback = traceback.format_exc()
 
     def _start_together(self, what: str) -> None:
         """A call that spans the ranks starts when every rank is there: its time is the call's, not a wait for the slowest."""
@@ -461,7 +439,7 @@ class CaseRun:
         self.status = "failed"
         self.record.update(status="failed", error=error, round_ids=list(self.round_ids), finished=_now())
         if trace:
-            self.record["traceback"] = trace
+            self.record.traceback = trace
 
     def _call(self, seed: int, forward: Callable[..., torch.Tensor] | None, labels: list[int] | None = None) -> torch.Tensor:
         ctx = self.ctx

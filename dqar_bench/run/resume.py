@@ -15,6 +15,7 @@ from typing import Any
 
 from dqar_bench.core.errors import DqarError
 from dqar_bench.config.identity import differences
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import OutputsError, RunDir
 from dqar_bench.config.suite import Case
 
@@ -25,9 +26,9 @@ SHOWN = 5
 
 @dataclass
 class ResumePlan:
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: dict[str, CaseRecord] = field(default_factory=dict)
     """Case name -> the record that stands for it (already in the run)."""
-    renamed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    renamed: dict[str, CaseRecord] = field(default_factory=dict)
     """Case name -> a finished record of the same content under another name."""
     rerun: list[str] = field(default_factory=list)
     """Changed cases that `--rerun-changed` reruns."""
@@ -45,17 +46,17 @@ def plan_resume(
 ) -> ResumePlan:
     plan = ResumePlan()
     records = run.records()
-    latest = {r["case"]: r for r in records}
-    by_key: dict[str, dict[str, Any]] = {}
+    latest = {r.case: r for r in records}
+    by_key: dict[str, CaseRecord] = {}
     for record in records:
-        if record.get("status") in DONE and record.get("case_key"):
-            by_key[record["case_key"]] = record
+        if record.status in DONE and record.case_key:
+            by_key[record.case_key] = record
     changed: list[str] = []
     for case in cases:
         key = keys[case.name]
         record = latest.get(case.name)
-        if record is not None and record.get("case_key") == key:
-            if record.get("status") in DONE and _usable(run, record, plan):
+        if record is not None and record.case_key == key:
+            if record.status in DONE and _usable(run, record, plan):
                 plan.done[case.name] = record
             continue  # failed (or its outputs are gone): run again
         found = by_key.get(key)
@@ -74,20 +75,20 @@ def plan_resume(
     return plan
 
 
-def _usable(run: RunDir, record: dict[str, Any], plan: ResumePlan) -> bool:
+def _usable(run: RunDir, record: CaseRecord, plan: ResumePlan) -> bool:
     """An ok record counts only while its outputs file reads (quality is computed from it)."""
-    if record.get("status") != "ok":
+    if not record.ok:
         return True
     try:
-        run.load_outputs(record["case"])
+        run.load_outputs(record.case)
     except OutputsError as exc:
-        plan.notes.append(f"{exc}; case '{record['case']}' is run again")
+        plan.notes.append(f"{exc}; case '{record.case}' is run again")
         return False
     return True
 
 
-def _what_changed(record: dict[str, Any], identity: dict[str, Any], settings: dict[str, Any]) -> str:
-    if "identity" not in record:
+def _what_changed(record: CaseRecord, identity: dict[str, Any], settings: dict[str, Any]) -> str:
+    if not record.identity_recorded:
         return "recorded without a case key"
-    diffs = differences(record["identity"], identity) + [f"settings.{d}" for d in differences(record.get("settings", {}), settings)]
+    diffs = differences(record.identity, identity) + [f"settings.{d}" for d in differences(record.settings or {}, settings)]
     return ", ".join(diffs[:4]) + (", ..." if len(diffs) > 4 else "") if diffs else "its key differs"

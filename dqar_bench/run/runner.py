@@ -33,8 +33,8 @@ World of one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
-import json
 import re
 import shutil
 from pathlib import Path
@@ -56,6 +56,7 @@ from dqar_bench.views.plot import plot_run
 from dqar_bench.measure.progress import Progress as ProgressBar
 from dqar_bench.model.models import LoadedModel, load_model
 from dqar_bench.core.plugins import Registry, get_registry
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import RunDir, check_target
 from dqar_bench.model.resolution import set_resolution
 from dqar_bench.views.report import keep_previews, report_run
@@ -172,7 +173,7 @@ def run_case(
     baseline_outputs: dict[int, torch.Tensor] | None,
     kit: Instruments | None = None,
     condition: Condition | None = None,
-) -> tuple[dict[str, Any], dict[int, torch.Tensor] | None]:
+) -> tuple[CaseRecord, dict[int, torch.Tensor] | None]:
     """Measure one case on its own, its repeats timed blocked (benchmarks use it); never
     raises for a failure of the case itself."""
     kit = kit or Instruments(device=device)
@@ -206,7 +207,7 @@ class _Session:
         suite, run, kit, world = self.suite, self.run, self.kit, self.world
         run.write_text("suite.yaml", suite.text)
         kit.environment = environment.collect(self.ctx.device, suite.dtype, suite.seeds, suite.content_hash, self.ctx.model.transformer)
-        run.write_text("environment.json", json.dumps(kit.environment, indent=1) + "\n")
+        kit.environment_file = run.save_environment(kit.environment)  # once per run; records name the file
         kit.reference_file = run.fid_reference_path
         if world.is_main:
             self._adopt_renamed()
@@ -296,9 +297,9 @@ class _Session:
         entries = self.log.entries()
         used: set[tuple[str, int]] = set()  # rounds a record already stands on
         for record in self.run.records():
-            used.update((record["case"], r) for r in record.get("round_ids") or [])
-            for part in record.get("ranks") or []:
-                used.update((record["case"], r) for r in part.get("round_ids") or [])
+            used.update((record.case, r) for r in record.round_ids or [])
+            for part in record.ranks or []:
+                used.update((record.case, r) for r in part.get("round_ids") or [])
         todo = [c for c in self.cases if c.name not in done]
         prior: dict[tuple[str, int], list[int]] = {}  # rounds of an unfinished case (a crash mid-run): resume goes on from them
         if not self.shard:  # a sharded run puts a case on another rank next time: its rounds start afresh
@@ -325,7 +326,7 @@ class _Session:
         references: dict[str, dict[int, torch.Tensor]] = {}
         if self.world.is_main:
             for name in self.plan.done:
-                if self.suite.is_baseline(self.suite.case(name)) and self.plan.done[name].get("status") == "ok":
+                if self.suite.is_baseline(self.suite.case(name)) and self.plan.done[name].ok:
                     references[name] = self.run.load_outputs(name)  # read by plan_resume already
             for name in self.plan.renamed:
                 if self.suite.is_baseline(self.suite.case(name)):
@@ -349,7 +350,7 @@ class _Session:
                 references[case.name] = one.outputs
             if self._records(one) and one.outputs is not None:
                 self.run.save_outputs(case.name, one.outputs)
-                one.record["outputs_file"] = str(self.run.outputs_path(case.name).relative_to(self.run.path))
+                one.record.outputs_file = str(self.run.outputs_path(case.name).relative_to(self.run.path))
                 keep_previews(self.run, case.name, one.outputs, self.kit.decode, say)  # decoded pictures for the report (VAE models)
             if one.blocked and self._records(one):  # its rounds are done (and its baseline's, prepared before it): record it now
                 record = one.finish(self.log.entries())
@@ -373,14 +374,14 @@ class _Session:
             for name in order:
                 result = group[name].time_round()
                 if result is None:  # the case failed in this round
-                    failed[name] = group[name].record["error"]
+                    failed[name] = group[name].record.error or "failed"
                     continue
                 timed[name] = result
             errors = self.ctx.log_round(round_id, "interleaved", order, timed, failed)
             for name, one in group.items():
                 if name in errors:
-                    if one.ready or one.record.get("error") != errors[name]:
-                        one.fail_as(errors[name], one.record.get("traceback"))
+                    if one.ready or one.record.error != errors[name]:
+                        one.fail_as(errors[name], one.record.traceback)
                     if self._records(one):
                         self.run.append(one.record)
                     say(_summary(one.record))
@@ -392,16 +393,16 @@ class _Session:
         copied under the new name (outputs too), so tables and `compare` find it."""
         for name, found in self.plan.renamed.items():
             case = self.suite.case(name)
-            record = {**found, "case": name, "renamed_from": found["case"], "baseline_case": self.suite.baseline_for(case)}
-            if found.get("status") == "ok":
-                shutil.copyfile(self.run.outputs_path(found["case"]), self.run.outputs_path(name))
-                record["outputs_file"] = str(self.run.outputs_path(name).relative_to(self.run.path))
+            record = dataclasses.replace(found, case=name, renamed_from=found.case, baseline_case=self.suite.baseline_for(case))
+            if found.ok:
+                shutil.copyfile(self.run.outputs_path(found.case), self.run.outputs_path(name))
+                record.outputs_file = str(self.run.outputs_path(name).relative_to(self.run.path))
             self.run.append(record)
 
 
 def _write_views(suite: Suite, run: RunDir, progress: Progress) -> None:
     names = {c.name for c in suite.cases}
-    frame = results_frame([r for r in run.records() if r["case"] in names], suite.baseline)
+    frame = results_frame([r for r in run.records() if r.case in names], suite.baseline)
     run.write_text("results.csv", frame.to_csv(index=False))
     table = render_markdown(frame)
     plot = plot_run(frame, run.path / "pareto.png", suite.name)
@@ -426,12 +427,12 @@ def _quiet(line: str) -> None:
     """The progress of a rank other than 0: rank 0 speaks for the run."""
 
 
-def _summary(record: dict[str, Any]) -> str:
-    if record["status"] == "unsupported":
-        return f"    {record['case']}: {record['error']}"
-    if record["status"] != "ok":
-        return f"    {record['case']}: failed: {record['error']}"
-    noise = record["latency"]["noise"]
-    flops = flops_per_call(record)
+def _summary(record: CaseRecord) -> str:
+    if record.status == "unsupported":
+        return f"    {record.case}: {record.error}"
+    if not record.ok:
+        return f"    {record.case}: failed: {record.error}"
+    noise = (record.latency or {}).get("noise")
+    flops = flops_per_call(record.flops)
     extra = f", {flops / 1e12:.4g} TFLOP/call" if flops is not None else ""
-    return f"    {record['case']}: median {record['median_s'] * 1000:.1f} ms/call ({noise}), reuse {record['reuse_ratio']:.1%}{extra}"
+    return f"    {record.case}: median {(record.median_s or 0) * 1000:.1f} ms/call ({noise}), reuse {record.reuse_ratio or 0:.1%}{extra}"

@@ -5,8 +5,9 @@ included, and their plugin, distribution and version; model, sampler, steps, gui
 labels or prompts, seeds, dtype, device type, execution mode and options, probe queries,
 the dqar-bench version). Two records of the same case differ in what they measure when
 any of it differs, so `compare` prints each difference ("steps: 25 -> 20",
-"gate.every: 2 -> 3", "dqar-bench: 0.1.0 -> 0.2.0") and `--strict` fails on them. Records
-written before `identity` existed are compared on the record fields that say the same.
+"gate.every: 2 -> 3", "dqar-bench: 0.1.0 -> 0.2.0") and `--strict` fails on them. A record
+written before `identity` existed gets one rebuilt from its fields on reading
+(`measure.case_record.upgrade`); against it, only what that rebuilt identity says is compared.
 """
 
 from __future__ import annotations
@@ -14,35 +15,25 @@ from __future__ import annotations
 from typing import Any
 
 from dqar_bench.config.identity import MISSING, code_unknown, comparable_changes
-
-IDENTITY_FALLBACK = ("parts", "model", "sampler", "steps", "guidance_scale", "batch", "seeds", "dtype", "device", "execution_mode", "dqar_bench")
-"""What a record without `identity` (an older dqar-bench) says about what its case is."""
+from dqar_bench.measure.case_record import CaseRecord
 
 
-def identity_of(record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """What the case is: the record's `identity`, or (older records) the fields that say it."""
-    identity = record.get("identity")
-    if isinstance(identity, dict):
-        return identity, True
-    return {k: record[k] for k in IDENTITY_FALLBACK if k in record}, False
-
-
-def identity_diff(base: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], bool]:
+def identity_diff(base: CaseRecord, new: CaseRecord) -> tuple[list[str], bool]:
     """'field: base -> new' for every difference in what the case is; and whether both
-    records carried an `identity` (else the record fields of both are compared)."""
-    (a, recorded_a), (b, recorded_b) = identity_of(base), identity_of(new)
-    recorded = recorded_a and recorded_b
-    if not recorded:  # compare like with like
-        a = {k: base[k] for k in IDENTITY_FALLBACK if k in base}
-        b = {k: new[k] for k in IDENTITY_FALLBACK if k in new}
+    records carried an `identity` (else only what the rebuilt one says is compared)."""
+    a, b = base.identity, new.identity
+    recorded = base.identity_recorded and new.identity_recorded
+    if not recorded:  # compare like with like: what a record from before `identity` could say
+        rebuilt = (base if not base.identity_recorded else new).identity
+        a = {k: v for k, v in a.items() if k in rebuilt}
+        b = {k: v for k, v in b.items() if k in rebuilt}
     return [f"{_identity_label(path)}: {_show(va)} -> {_show(vb)}" for path, va, vb in comparable_changes(a, b)], recorded
 
 
-def code_unrecorded(base: dict[str, Any], new: dict[str, Any]) -> bool:
+def code_unrecorded(base: CaseRecord, new: CaseRecord) -> bool:
     """Whether one record has a part code digest the other lacks (written before digests):
     left out of `identity_diff`, as unknown rather than changed."""
-    (a, recorded_a), (b, recorded_b) = identity_of(base), identity_of(new)
-    return recorded_a and recorded_b and bool(code_unknown(a, b))
+    return base.identity_recorded and new.identity_recorded and bool(code_unknown(base.identity, new.identity))
 
 
 def _identity_label(path: tuple[str, ...]) -> str:

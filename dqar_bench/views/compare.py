@@ -40,6 +40,8 @@ from dqar_bench.views import markdown
 from dqar_bench.measure import records
 from dqar_bench.core.errors import DqarError
 from dqar_bench.views.case_diff import code_unrecorded, identity_diff
+from dqar_bench.views.columns import column
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.stats import UNRELIABLE, Measurement, mann_whitney_u, min_detectable_p
 from dqar_bench.measure.rounds import paired_ratios
@@ -120,6 +122,9 @@ class CaseChange:
     flops_new: int | None = None
     reuse_base: float | None = None
     reuse_new: float | None = None
+    noise_base: str | None = None
+    noise_new: str | None = None
+    """The spread of each run's timed calls of the case: `noise` as every table has it (`views.columns`)."""
     identity: list[str] = field(default_factory=list)
     """'field: base -> new' for every difference in what the case is."""
     identity_recorded: bool = True
@@ -160,6 +165,8 @@ class Comparison:
     notes: list[str]
     max_accuracy_drop: float | None = None
     strict: bool = False
+    runs_differ: list[str] = field(default_factory=list)
+    """How the two runs differ in what they ran on ('model: a -> b'): said before anything else."""
 
     @property
     def regressed(self) -> bool:
@@ -176,16 +183,33 @@ class Comparison:
         return EXIT_INCONCLUSIVE if self.inconclusive else EXIT_CLEAN
 
 
-def read_records(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The latest record of each case in a run directory (or a records.jsonl file)."""
+@dataclass
+class RunRecords:
+    """A run as compare reads it: the latest record of each case, and its environment."""
+
+    path: Path
+    latest: dict[str, CaseRecord]
+    environment: dict[str, Any]
+    """Of its first case that names one; empty for a run that recorded none."""
+
+
+def read_run(path: str | Path) -> RunRecords:
+    """The latest record of each case in a run directory (or a records.jsonl file), and its environment."""
     path = Path(path)
     records_path = path / records.RECORDS if path.is_dir() else path
     if not records_path.is_file():
         raise DqarError(f"{path}: no records.jsonl there; give a run directory written by `dqar-bench run`")
-    latest = {record["case"]: record for record in records.read_records(records_path)}
+    run = records.RunDir(records_path.parent)
+    latest = {record.case: record for record in run.records(records_path)}
     if not latest:
         raise DqarError(f"{records_path}: holds no records")
-    return latest
+    environment = next((env for env in map(run.environment_of, latest.values()) if env), {})
+    return RunRecords(path, latest, environment)
+
+
+def read_records(path: str | Path) -> dict[str, CaseRecord]:
+    """The latest record of each case in a run directory (or a records.jsonl file)."""
+    return read_run(path).latest
 
 
 def compare_runs(
@@ -208,14 +232,15 @@ def compare_runs(
         max_fid_rise = Rise(float(max_fid_rise))
     if max_fid_rise is not None and not (math.isfinite(max_fid_rise.amount) and max_fid_rise.amount >= 0):
         raise DqarError(f"option --max-fid-rise: {max_fid_rise.amount} must be a finite number >= 0")
-    base_records, new_records = read_records(base), read_records(new)
-    machines = _machine_differences(base_records, new_records)
+    base_run, new_run = read_run(base), read_run(new)
+    base_records, new_records = base_run.latest, new_run.latest
+    machines = _machine_differences(base_run.environment, new_run.environment)
     judge = _Judge(max_slowdown, alpha, max_quality_drop, max_fid_rise, max_accuracy_drop, strict, machines)
     changes = [
         judge.case(case, base_records.get(case), new_records.get(case))
         for case in list(base_records) + [c for c in new_records if c not in base_records]
     ]
-    notes = _environment_notes(base_records, new_records)
+    notes = _environment_notes(base_run.environment, new_run.environment)
     fallback = [c.case for c in changes if c.timing is not None and c.timing.kind != "speedup"]
     if fallback:
         notes.append(
@@ -230,7 +255,8 @@ def compare_runs(
         )
     if any(not c.identity_recorded for c in changes if c.status == "compared"):
         notes.append("what a case is was read from record fields (no `identity` recorded: an older dqar-bench); part versions and defaults are not compared")
-    return Comparison(Path(base), Path(new), max_slowdown, alpha, max_quality_drop, max_fid_rise, changes, notes, max_accuracy_drop, strict)
+    return Comparison(Path(base), Path(new), max_slowdown, alpha, max_quality_drop, max_fid_rise, changes, notes, max_accuracy_drop, strict,
+                      run_differences(base_run, new_run))
 
 
 @dataclass
@@ -244,7 +270,7 @@ class _Judge:
     machines: list[str] = field(default_factory=list)
     """How the two runs' machines differ ('cpu: A -> B'); raw times across them mean nothing."""
 
-    def case(self, case: str, base: dict[str, Any] | None, new: dict[str, Any] | None) -> CaseChange:
+    def case(self, case: str, base: CaseRecord | None, new: CaseRecord | None) -> CaseChange:
         change = CaseChange(case)
         if base is None or new is None:
             change.status = "only in new" if base is None else "only in base"
@@ -252,8 +278,7 @@ class _Judge:
         change.identity, change.identity_recorded = identity_diff(base, new)
         if self.strict and change.identity:
             change.regressions.append(f"what the case is changed (--strict): {'; '.join(change.identity)}")
-        ok_base, ok_new = base.get("status") == "ok", new.get("status") == "ok"
-        if not (ok_base and ok_new):
+        if not (base.ok and new.ok):
             self._status(change, base, new)
             return change
         broken_new, broken_base = nonfinite_fields(new), nonfinite_fields(base)
@@ -266,21 +291,22 @@ class _Judge:
         self._quality(change, base, new)
         return change
 
-    def _status(self, change: CaseChange, base: dict[str, Any], new: dict[str, Any]) -> None:
-        s_base, s_new = base.get("status"), new.get("status")
+    def _status(self, change: CaseChange, base: CaseRecord, new: CaseRecord) -> None:
+        s_base, s_new = base.status, new.status
         if "unsupported" in (s_base, s_new):
             sides = [side for side, s in (("base", s_base), ("new", s_new)) if s == "unsupported"]
             change.status = "unsupported in " + ("both" if len(sides) == 2 else sides[0])
         elif s_new != "ok" and s_base == "ok":
             change.status = "failed in new"
-            change.regressions.append(f"failed: {new.get('error', '')}")
+            change.regressions.append(f"failed: {new.error or ''}")
         elif s_base != "ok" and s_new == "ok":
             change.status = "failed in base"
             change.changes.append("fixed: it failed in the base run")
         else:
             change.status = "failed in both"
 
-    def _timing(self, change: CaseChange, base: dict[str, Any], new: dict[str, Any]) -> None:
+    def _timing(self, change: CaseChange, base: CaseRecord, new: CaseRecord) -> None:
+        change.noise_base, change.noise_new = _noise(base), _noise(new)
         timing = compare_timing(base, new)
         change.timing = timing
         if timing is None:
@@ -302,28 +328,31 @@ class _Judge:
                 f"too few {unit} ({timing.base.n} and {timing.new.n}: the test cannot reach p < {self.alpha:g}) to call {_timing_change(timing)} slower"
             )
         elif noisy:
-            change.inconclusive.append(f"noisy ({' and '.join(noisy)}: IQR / median over {UNRELIABLE:.0%}); {_timing_change(timing)} not judged")
+            change.inconclusive.append(
+                f"{unit} too spread to judge ({' and '.join(noisy)}: IQR / median of the per-{unit[:-1]} figures over {UNRELIABLE:.0%}); "
+                f"{_timing_change(timing)} not judged"
+            )
         elif timing.p_value < self.alpha:
             change.regressions.append(f"slower: {_timing_change(timing)} (p={timing.p_value:.3g})")
         else:
             change.inconclusive.append(f"{_timing_change(timing)} not significant (p={timing.p_value:.3g})")
 
-    def _work(self, change: CaseChange, base: dict[str, Any], new: dict[str, Any]) -> None:
+    def _work(self, change: CaseChange, base: CaseRecord, new: CaseRecord) -> None:
         """FLOPs and reuse are exact figures: any change counts."""
-        change.flops_base, change.flops_new = flops_per_call(base), flops_per_call(new)
+        change.flops_base, change.flops_new = flops_per_call(base.flops), flops_per_call(new.flops)
         if change.flops_base is not None and change.flops_new is not None and change.flops_new != change.flops_base:
             moved = f"FLOPs per call {_rel(change.flops_new, change.flops_base)} ({change.flops_base:,} -> {change.flops_new:,})"
             (change.regressions if change.flops_new > change.flops_base else change.changes).append(moved)
-        change.reuse_base, change.reuse_new = base.get("reuse_ratio"), new.get("reuse_ratio")
+        change.reuse_base, change.reuse_new = base.reuse_ratio, new.reuse_ratio
         if _finite(change.reuse_base) and _finite(change.reuse_new) and change.reuse_new != change.reuse_base:
             moved = f"reuse {_pct(change.reuse_base)} -> {_pct(change.reuse_new)}"
             (change.regressions if change.reuse_new < change.reuse_base else change.changes).append(moved)
 
-    def _quality(self, change: CaseChange, base: dict[str, Any], new: dict[str, Any]) -> None:
+    def _quality(self, change: CaseChange, base: CaseRecord, new: CaseRecord) -> None:
         change.psnr_base, change.psnr_new = _psnr(base), _psnr(new)
-        change.fid_base = (base.get("fidelity") or {}).get("fid")
-        change.fid_new = (new.get("fidelity") or {}).get("fid")
-        change.accuracy_base, change.accuracy_new = base.get("class_accuracy"), new.get("class_accuracy")
+        change.fid_base = (base.fidelity or {}).get("fid")
+        change.fid_new = (new.fidelity or {}).get("fid")
+        change.accuracy_base, change.accuracy_new = base.class_accuracy, new.class_accuracy
         worse = change.regressions
         if self.max_quality_drop is not None and _both(change.psnr_base, change.psnr_new):
             both_identical = math.isinf(change.psnr_base) and math.isinf(change.psnr_new)  # type: ignore[arg-type]
@@ -337,10 +366,10 @@ class _Judge:
                 worse.append(f"class accuracy {change.accuracy_base:.1%} -> {change.accuracy_new:.1%}")
 
 
-def compare_timing(base: dict[str, Any], new: dict[str, Any]) -> Timing | None:
+def compare_timing(base: CaseRecord, new: CaseRecord) -> Timing | None:
     """Per-round speedups where both records have rounds, else times per image; None when
     a side has no usable samples."""
-    ratios_base, ratios_new = paired_ratios(base), paired_ratios(new)
+    ratios_base, ratios_new = paired_ratios(base.round_s, base.baseline_round_s), paired_ratios(new.round_s, new.baseline_round_s)
     if ratios_base is not None and ratios_new is not None:
         kind, a, b = "speedup", ratios_base, ratios_new
     else:
@@ -352,11 +381,11 @@ def compare_timing(base: dict[str, Any], new: dict[str, Any]) -> Timing | None:
     return Timing(kind, Measurement.of(a), Measurement.of(b), test.p_value, test.method)
 
 
-def nonfinite_fields(record: dict[str, Any]) -> list[str]:
+def nonfinite_fields(record: CaseRecord) -> list[str]:
     """Names of the quality and timing fields that hold a NaN or an infinity."""
     found = []
     for key in QUALITY_FIELDS + TIMING_FIELDS:
-        for path in _nonfinite_paths(record.get(key), key):
+        for path in _nonfinite_paths(getattr(record, key), key):
             found.append(path)
     return found
 
@@ -373,9 +402,9 @@ def _nonfinite_paths(value: Any, path: str) -> list[str]:
 
 def render_comparison(comparison: Comparison) -> str:
     """A markdown table of per-case changes, what changed in each case, the gate's verdict, and notes."""
-    header = [
-        "case", "speedup base -> new", "change", "p (Mann-Whitney U)", "noise base / new", "TFLOP / call base -> new",
-        "reuse base -> new", "PSNR dB base -> new", "accuracy base -> new", "FID base -> new", "verdict",
+    header = [  # named as the run's tables name them (`views.columns`)
+        "case", f"{column('speedup').name} base -> new", "change", "p (Mann-Whitney U)", f"{column('noise').name} base / new",
+        *(f"{column(key).name} base -> new" for key in ("tflop_per_call", "reuse_ratio", "psnr_db", "class_accuracy", "fid")), "verdict",
     ]
     rows = []
     for c in comparison.changes:
@@ -385,7 +414,7 @@ def render_comparison(comparison: Comparison) -> str:
             _timing_cells(t),
             "n/a" if t is None else f"{t.change:+.1%}",
             "n/a" if t is None else f"{t.p_value:.3g}",
-            "n/a" if t is None else f"{t.base.noise} / {t.new.noise}",
+            _pair(c.noise_base, c.noise_new, str),
             _pair(c.flops_base, c.flops_new, lambda v: f"{v / 1e12:.4g}"),
             _pair(c.reuse_base, c.reuse_new, _pct),
             _pair(c.psnr_base, c.psnr_new, _db),
@@ -394,7 +423,11 @@ def render_comparison(comparison: Comparison) -> str:
             c.verdict,
         ])
     table = markdown.table(header, rows, "l" + "r" * 9 + "l")
-    out = [f"Comparing {comparison.base} (base) with {comparison.new} (new)", "", table, ""]
+    out = [f"Comparing {comparison.base} (base) with {comparison.new} (new)", ""]
+    if comparison.runs_differ:
+        out += [f"**The runs are of different {_kinds(comparison.runs_differ)}**: {'; '.join(comparison.runs_differ)}. "
+                "Their cases measure different things, so what follows compares unlike with unlike.", ""]
+    out += [table, ""]
     changed = [c for c in comparison.changes if c.identity]
     if changed:
         lead = "fails with --strict" if not comparison.strict else "each a regression (--strict)"
@@ -405,6 +438,17 @@ def render_comparison(comparison: Comparison) -> str:
     if comparison.notes:
         out += [""] + [f"- {n}" for n in comparison.notes]
     return "\n".join(out)
+
+
+def _kinds(differences: list[str]) -> str:
+    """'models and samplers' for the kinds of difference listed ('model: a -> b', ...); a machine's GPU or CPU counts as its device."""
+    names = {"model": "models", "sampler": "samplers"}
+    kinds = []
+    for line in differences:
+        kind = names.get(line.split(":", 1)[0], "devices")
+        if kind not in kinds:
+            kinds.append(kind)
+    return " and ".join([", ".join(kinds[:-1]), kinds[-1]]) if len(kinds) > 1 else kinds[0]
 
 
 def _verdict_line(comparison: Comparison) -> str:
@@ -435,13 +479,13 @@ def _verdict_line(comparison: Comparison) -> str:
     return f"{verdict} (gate: {'; '.join(gate)}); exit status {comparison.exit_status}"
 
 
-def benchmark_entries(records: dict[str, dict[str, Any]], suite: str | None = None) -> list[dict[str, Any]]:
+def benchmark_entries(records: dict[str, CaseRecord], suite: str | None = None) -> list[dict[str, Any]]:
     """github-action-benchmark "customSmallerIsBetter" entries for one run."""
     entries: list[dict[str, Any]] = []
     for case, record in records.items():
-        if record.get("status") != "ok":
+        if not record.ok:
             continue
-        prefix = f"{suite or record.get('suite', '')}/{case}".lstrip("/")
+        prefix = f"{suite or record.suite}/{case}".lstrip("/")
         per_image = _per_image_measurement(record)
         if per_image is not None:
             ms = per_image.scaled(1000)
@@ -452,21 +496,21 @@ def benchmark_entries(records: dict[str, dict[str, Any]], suite: str | None = No
                 "range": f"± {ms.iqr / 2:.4f}",
                 "extra": f"median of {ms.n} calls; mean {ms.mean:.4f}, p10 {ms.p10:.4f}, p90 {ms.p90:.4f}; noise: {ms.noise}",
             })
-        flops = flops_per_call(record)
+        flops = flops_per_call(record.flops)
         if flops is not None:
             entries.append({"name": f"{prefix} TFLOP per call", "unit": "TFLOP", "value": flops / 1e12, "extra": f"{flops} FLOPs, exact"})
-        energy = (record.get("energy") or {}).get("joules_per_image")
+        energy = (record.energy or {}).get("joules_per_image")
         if energy is not None:
             entries.append({"name": f"{prefix} energy per image", "unit": "J", "value": round(energy, 6)})
-        memory = record.get("memory") or {}
+        memory = record.memory or {}
         peak = memory.get("torch_peak_reserved_bytes") or memory.get("peak_rss_bytes")
         if peak is not None:
             what = "torch reserved" if memory.get("torch_peak_reserved_bytes") else "peak RSS"
             entries.append({"name": f"{prefix} peak memory", "unit": "MiB", "value": round(peak / 2**20, 3), "extra": what})
-        quality = record.get("quality") or {}
+        quality = record.quality or {}
         if quality.get("mse") is not None:
             entries.append({"name": f"{prefix} latent MSE to baseline", "unit": "", "value": quality["mse"]})
-        fid = (record.get("fidelity") or {}).get("fid")
+        fid = (record.fidelity or {}).get("fid")
         if fid is not None:
             entries.append({"name": f"{prefix} FID", "unit": "", "value": fid})
     return entries
@@ -509,20 +553,25 @@ def parse_rise(text: str, option: str = "--max-fid-rise") -> Rise | None:
     return None if value is None else Rise(value)
 
 
-def _per_image(record: dict[str, Any]) -> list[float] | None:
+def _noise(record: CaseRecord) -> str | None:
+    samples = record.latency_s or []
+    return Measurement.of(samples).noise if samples and all(_finite(s) for s in samples) else None
+
+
+def _per_image(record: CaseRecord) -> list[float] | None:
     m = _per_image_measurement(record)
     return list(m.samples) if m is not None else None
 
 
-def _per_image_measurement(record: dict[str, Any]) -> Measurement | None:
-    samples = record.get("latency_s") or []
+def _per_image_measurement(record: CaseRecord) -> Measurement | None:
+    samples = record.latency_s or []
     if not samples or not all(_finite(s) for s in samples):
         return None
-    return Measurement.of(samples).scaled(1.0 / (record.get("batch") or 1))
+    return Measurement.of(samples).scaled(1.0 / (record.batch or 1))
 
 
-def _psnr(record: dict[str, Any]) -> float | None:
-    quality = record.get("quality") or {}
+def _psnr(record: CaseRecord) -> float | None:
+    quality = record.quality or {}
     if quality.get("psnr_db") is None:
         return math.inf if quality.get("identical") else None
     return float(quality["psnr_db"])
@@ -530,18 +579,32 @@ def _psnr(record: dict[str, Any]) -> float | None:
 
 MACHINE_KEYS = ("gpu", "driver", "cuda", "cpu")
 
+RUN_KEYS = ("model", "sampler", "device")
+"""What makes two runs not like for like, whatever their cases are called."""
 
-def _machine_differences(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
-    env_base = next((r.get("environment") for r in base.values() if r.get("environment")), None) or {}
-    env_new = next((r.get("environment") for r in new.values() if r.get("environment")), None) or {}
+
+def run_differences(base: RunRecords, new: RunRecords) -> list[str]:
+    """'model: a -> b' for each of model, sampler and device (and the machine's GPU or CPU)
+    in which the two runs differ: their cases then measure different things."""
+    out = []
+    for key in RUN_KEYS:
+        a, b = _values(base.latest, key), _values(new.latest, key)
+        if a != b:
+            out.append(f"{key}: {a} -> {b}")
+    return out + _machine_differences(base.environment, new.environment)
+
+
+def _values(latest: dict[str, CaseRecord], key: str) -> str:
+    return ", ".join(sorted({str(getattr(r, key)) for r in latest.values()}))
+
+
+def _machine_differences(env_base: dict[str, Any], env_new: dict[str, Any]) -> list[str]:
     if not env_base or not env_new:
         return []
     return [f"{k}: {env_base.get(k)} -> {env_new.get(k)}" for k in MACHINE_KEYS if env_base.get(k) != env_new.get(k)]
 
 
-def _environment_notes(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
-    env_base = next((r.get("environment") for r in base.values() if r.get("environment")), None) or {}
-    env_new = next((r.get("environment") for r in new.values() if r.get("environment")), None) or {}
+def _environment_notes(env_base: dict[str, Any], env_new: dict[str, Any]) -> list[str]:
     if not env_base or not env_new:
         which = " and ".join(n for n, e in (("base", env_base), ("new", env_new)) if not e)
         return [f"the {which} run records no environment (written by an older dqar-bench): settings not compared"]

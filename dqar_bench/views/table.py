@@ -18,20 +18,14 @@ from typing import Any
 import pandas as pd
 
 from dqar_bench.views import markdown
+from dqar_bench.views.columns import FRAME_COLUMNS, IMPLAUSIBLE_SPEEDUP, NOISE_TIP, headers
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.rounds import paired_ratios
-from dqar_bench.measure.stats import NOISY, SPEEDUP_METHOD, UNRELIABLE, Measurement, paired_speedup, speedup
+from dqar_bench.measure.stats import SPEEDUP_METHOD, Measurement, paired_speedup, speedup
 
-COLUMNS = [
-    "case", "status", "parts", "median_ms", "per_image_ms", "speedup", "reuse_ratio", "cache_mib", "psnr_db",
-    "max_abs", "mse", "error", "is_baseline",
-    "n", "mean_ms", "p10_ms", "p90_ms", "iqr_ms", "noise", "speedup_low", "speedup_high", "speedup_note",
-    "cold_ms", "step_ms", "timer",
-    "gpu_peak_mib", "process_mib", "torch_alloc_mib", "torch_reserved_mib", "rss_mib", "rss_scope", "joules_per_image",
-    "memory_note", "process_note", "energy_note",
-    "space", "ssim", "lpips", "lpips_note", "fid", "isc", "kid", "fidelity_n", "fidelity_note", "execution",
-    "class_accuracy", "clip_score", "tflop_per_call", "flop_speedup", "timing_order", "rounds", "speedup_method", "parallel",
-]
+COLUMNS = FRAME_COLUMNS
+"""The frame's columns, in order (`views.columns`: each one's name, unit and meaning)."""
 
 # A speedup compares like with like: these must match between a case and the baseline.
 COMPARABLE = ("batch", "steps", "sampler", "guidance_scale", "device", "dtype", "execution_mode")
@@ -62,25 +56,25 @@ def parallel_label(parallel: dict[str, int] | None) -> str | None:
     return ", ".join(f"{mode}={degree}" for mode, degree in parallel.items())
 
 
-def results_frame(records: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
+def results_frame(records: list[CaseRecord], baseline: str) -> pd.DataFrame:
     """One row per case (its latest record); speedup against the baseline of the same run.
 
     A record names its own baseline (`baseline_case`: the baseline in its execution mode)
     when the suite runs several modes; `baseline` is the fallback for older records.
     """
-    latest: dict[str, dict[str, Any]] = {}
+    latest: dict[str, CaseRecord] = {}
     for record in records:
-        latest[record["case"]] = record
+        latest[record.case] = record
     rows = []
     for record in latest.values():
-        ok = record.get("status") == "ok"
-        own = record.get("baseline_case") or baseline
+        own = record.baseline_case or baseline
         base = latest.get(own)
-        base_ok = base is not None and base.get("status") == "ok" and bool(base.get("latency_s"))
+        base_ok = base is not None and base.ok and bool(base.latency_s)
         row: dict[str, Any] = {c: None for c in COLUMNS}
-        row.update(case=record["case"], status=record.get("status"), parts=parts_label(record.get("parts") or {}, record.get("diffusers_hook")),
-                   error=record.get("error") or "", is_baseline=record["case"] == own,
-                   execution=record.get("execution_mode", "eager"), parallel=parallel_label(record.get("parallel")))
+        row.update(case=record.case, status=record.status, parts=parts_label(record.parts, record.diffusers_hook),
+                   error=record.error or "", is_baseline=record.case == own,
+                   execution=record.execution_mode, parallel=parallel_label(record.parallel))
+        ok = record.ok
         if ok:
             _timing(row, record)
             _speed(row, record, base if base_ok else None, own)
@@ -90,20 +84,20 @@ def results_frame(records: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _timing(row: dict[str, Any], record: dict[str, Any]) -> None:
-    samples = record.get("latency_s") or []
-    batch = record.get("batch") or 1
-    median = record.get("median_s")
+def _timing(row: dict[str, Any], record: CaseRecord) -> None:
+    samples = record.latency_s or []
+    batch = record.batch or 1
+    median = record.median_s
     row.update(
         median_ms=median * 1000 if median is not None else None,
-        per_image_ms=record["per_image_s"] * 1000 if record.get("per_image_s") is not None else None,
-        reuse_ratio=record.get("reuse_ratio"),
-        cache_mib=(record.get("cache_bytes") or 0) / 2**20,
-        timer=record.get("timer"),
-        timing_order=record.get("timing_order"),
-        rounds=record.get("rounds"),
+        per_image_ms=record.per_image_s * 1000 if record.per_image_s is not None else None,
+        reuse_ratio=record.reuse_ratio,
+        cache_mib=(record.cache_bytes or 0) / 2**20,
+        timer=record.timer,
+        timing_order=record.timing_order,
+        rounds=record.rounds,
     )
-    flops = flops_per_call(record)
+    flops = flops_per_call(record.flops)
     if flops is not None:
         row["tflop_per_call"] = flops / 1e12
     if samples:
@@ -111,41 +105,51 @@ def _timing(row: dict[str, Any], record: dict[str, Any]) -> None:
         row.update(n=m.n, mean_ms=m.mean, p10_ms=m.p10, p90_ms=m.p90, iqr_ms=m.iqr, noise=m.noise)
         row["median_ms"] = m.median
         row["per_image_ms"] = m.median / batch
-    if record.get("cold_s") is not None:
-        row["cold_ms"] = record["cold_s"] * 1000
-    steps = [s for call in record.get("step_s") or [] for s in call]
+    if record.cold_s is not None:
+        row["cold_ms"] = record.cold_s * 1000
+    steps = [s for call in record.step_s or [] for s in call]
     if steps:
         row["step_ms"] = Measurement.of(steps).median * 1000
 
 
-def _speed(row: dict[str, Any], record: dict[str, Any], base: dict[str, Any] | None, baseline: str) -> None:
+def _speed(row: dict[str, Any], record: CaseRecord, base: CaseRecord | None, baseline: str) -> None:
     if base is None:
         row["speedup_note"] = f"no finished baseline '{baseline}' in this run"
         return
-    differ = [k for k in COMPARABLE if record.get(k) != base.get(k)]
+    differ = [k for k in COMPARABLE if getattr(record, k) != getattr(base, k)]
     if differ:
         row["speedup_note"] = f"not comparable with '{baseline}': {', '.join(differ)} differ"
         return
-    flops, base_flops = flops_per_call(record), flops_per_call(base)
+    flops, base_flops = flops_per_call(record.flops), flops_per_call(base.flops)
     if flops and base_flops:
         row["flop_speedup"] = base_flops / flops
-    rounds = record.get("round_s")
-    if paired_ratios(record) is not None:
-        s = paired_speedup(record["baseline_round_s"], rounds)
+    rounds = record.round_s
+    if paired_ratios(rounds, record.baseline_round_s) is not None:
+        s = paired_speedup(record.baseline_round_s, rounds)
     elif rounds:
         row["speedup_note"] = f"no rounds of '{baseline}' to pair with"
         return
     else:  # a record from before rounds: both cases' raw samples
-        samples = record.get("latency_s") or []
+        samples = record.latency_s or []
         if not samples:
             return
-        s = speedup(base["latency_s"], samples)
-    row.update(speedup=s.value, speedup_low=s.low, speedup_high=s.high, speedup_method=s.method)
+        s = speedup(base.latency_s, samples)
+    row.update(speedup=s.value, speedup_low=s.low, speedup_high=s.high, speedup_method=s.method, implausible=implausible(record, s.value))
 
 
-def _memory(row: dict[str, Any], record: dict[str, Any]) -> None:
-    memory = record.get("memory") or {}
-    energy = record.get("energy") or {}
+def implausible(record: CaseRecord, value: float) -> str | None:
+    """Why `value` cannot be the speedup of this case, if it cannot: a strategy that reused
+    nothing in its scored calls (a never-reuse case such as `harness_overhead`) computes every
+    block the baseline does, plus its hooks, so it cannot be faster beyond noise."""
+    if value <= IMPLAUSIBLE_SPEEDUP or record.reused != 0 or not (record.parts or record.diffusers_hook):
+        return None
+    return (f"{value:.2f}x is implausible: the case reused nothing (0 of {record.evaluations or 0} block evaluations), so it does "
+            "strictly more work than the baseline; the gain is drift or noise of the machine, not the strategy's")
+
+
+def _memory(row: dict[str, Any], record: CaseRecord) -> None:
+    memory = record.memory or {}
+    energy = record.energy or {}
     row.update(
         gpu_peak_mib=_mib(memory.get("device_used_peak_bytes")),
         process_mib=_mib(memory.get("process_peak_bytes")),
@@ -160,8 +164,8 @@ def _memory(row: dict[str, Any], record: dict[str, Any]) -> None:
     )
 
 
-def _quality(row: dict[str, Any], record: dict[str, Any]) -> None:
-    quality = record.get("quality") or {}
+def _quality(row: dict[str, Any], record: CaseRecord) -> None:
+    quality = record.quality or {}
     if quality:
         row.update(
             psnr_db=math.inf if quality.get("psnr_db") is None and quality.get("identical") else quality.get("psnr_db"),
@@ -172,8 +176,8 @@ def _quality(row: dict[str, Any], record: dict[str, Any]) -> None:
             lpips=quality.get("lpips"),
             lpips_note=quality.get("lpips_note"),
         )
-    row.update(class_accuracy=record.get("class_accuracy"), clip_score=(record.get("clip") or {}).get("clip_score"))
-    fidelity = record.get("fidelity") or {}
+    row.update(class_accuracy=record.class_accuracy, clip_score=(record.clip or {}).get("clip_score"))
+    fidelity = record.fidelity or {}
     if fidelity:
         row.update(fid=fidelity.get("fid"), isc=fidelity.get("isc_mean"), kid=fidelity.get("kid_mean"),
                    fidelity_n=fidelity.get("n"), fidelity_note=fidelity.get("note"))
@@ -194,8 +198,8 @@ def render_markdown(frame: pd.DataFrame) -> str:
 
 
 def _time_table(rows: list[dict[str, Any]]) -> str:
-    header = ["case", "parts (gate / cache / quantizer / scheduler)", "median ms", "mean ms", "p10 ms", "p90 ms", "IQR ms",
-              "noise", "ms / image", "speedup [95% CI]", "TFLOP / call", "FLOP speedup", "reuse", "cache MiB", "PSNR dB"]
+    header = headers("case", "parts", "median_ms", "mean_ms", "p10_ms", "p90_ms", "iqr_ms", "noise", "per_image_ms", "speedup",
+                     "tflop_per_call", "flop_speedup", "reuse_ratio", "cache_mib", "psnr_db")
     lines = _head(header, left=2)
     for row in rows:
         parts = f"{row['parts']} [{row['parallel']}]" if isinstance(row.get("parallel"), str) else row["parts"]
@@ -216,8 +220,7 @@ def _time_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _memory_table(rows: list[dict[str, Any]]) -> str:
-    header = ["case", "GPU used peak MiB (NVML)", "process MiB (NVML)", "torch alloc / reserved MiB", "J / image",
-              "peak RSS MiB", "cold call ms", "step ms (median)"]
+    header = headers("case", "gpu_peak_mib", "process_mib", "torch_alloc_mib", "joules_per_image", "rss_mib", "cold_ms", "step_ms")
     lines = _head(header, left=1)
     for row in rows:
         torch_mem = "n/a" if row["torch_alloc_mib"] is None else f"{row['torch_alloc_mib']:.1f} / {row['torch_reserved_mib']:.1f}"
@@ -234,11 +237,11 @@ def _quality_table(rows: list[dict[str, Any]]) -> str:
     has_fid = any(_present(r["fid"]) or _present(r["isc"]) or _present(r["kid"]) for r in rows)
     has_accuracy = any(_present(r["class_accuracy"]) for r in rows)
     has_clip = any(_present(r["clip_score"]) for r in rows)
-    header = ["case", "PSNR / SSIM on", "PSNR dB", "SSIM", "MSE (latents)", "max abs (latents)"]
-    header += ["LPIPS"] if has_lpips else []
-    header += ["class accuracy"] if has_accuracy else []
-    header += ["CLIP score"] if has_clip else []
-    header += ["FID", "IS", "KID", "images"] if has_fid else []
+    header = headers("case", "space", "psnr_db", "ssim", "mse", "max_abs")
+    header += headers("lpips") if has_lpips else []
+    header += headers("class_accuracy") if has_accuracy else []
+    header += headers("clip_score") if has_clip else []
+    header += headers("fid", "isc", "kid", "fidelity_n") if has_fid else []
     lines = _head(header, left=2)
     for row in rows:
         base = row["is_baseline"]
@@ -271,7 +274,8 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
                      "the whole call's, over all ranks.")
     notes.append("TFLOP / call: exact FLOPs of one sampling call (torch FlopCounterMode: matrix products, convolutions, "
                  "attention; probes included), mean over seeds; FLOP speedup: the baseline's over the case's.")
-    notes.append(f"noise: IQR / median over {NOISY:.0%} is flagged noisy, over {UNRELIABLE:.0%} unreliable.")
+    notes.append(f"noise: {NOISE_TIP}.")
+    notes += [f"{r['case']}: {r['implausible']}." for r in rows if isinstance(r.get("implausible"), str) and r["implausible"]]
     timers = _texts(rows, "timer")
     if timers:
         notes.append(f"timer: {', '.join(timers)}; the cold call is the first warmup call (compilation included, if any).")
@@ -314,6 +318,7 @@ def _speedup(row: dict[str, Any]) -> str:
     if not _present(row["speedup"]):
         return "n/a"
     blocked = " (blocked)" if row.get("timing_order") == "blocked" else ""
+    blocked += " (implausible)" if isinstance(row.get("implausible"), str) and row["implausible"] else ""
     if _present(row["speedup_low"]) and _present(row["speedup_high"]):
         return f"{row['speedup']:.2f}x [{row['speedup_low']:.2f}, {row['speedup_high']:.2f}]{blocked}"
     return f"{row['speedup']:.2f}x{blocked}"

@@ -20,6 +20,7 @@ import torch
 
 from dqar_bench.core.world import Echo, World
 from dqar_bench.core.errors import DqarError
+from dqar_bench.measure.case_record import CaseRecord, environment_file
 
 T = TypeVar("T")
 
@@ -93,14 +94,15 @@ class Outbox:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.records: list[dict[str, Any]] = []
+        self.records: list[CaseRecord] = []
         self.outputs: dict[str, dict[int, torch.Tensor]] = {}
         self.previews: dict[str, tuple[dict[int, torch.Tensor], dict[str, str] | None]] = {}
+        self.environments: dict[str, dict[str, Any]] = {}
 
     fid_reference_path = None
     rounds_path = None
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: CaseRecord) -> None:
         self.records.append(record)
 
     def save_outputs(self, case: str, outputs: dict[int, torch.Tensor]) -> None:
@@ -117,8 +119,15 @@ class Outbox:
     def write_text(self, name: str, text: str) -> None:
         """The run's own files (suite, environment) are rank 0's to write."""
 
+    def save_environment(self, environment: dict[str, Any]) -> str:
+        """This rank's environment, sent with its records (`--shard cases`), for rank 0 to keep;
+        the file name its records give."""
+        name = environment_file(environment)
+        self.environments[name] = environment
+        return name
+
     def contents(self) -> dict[str, Any]:
-        return {"records": self.records, "outputs": self.outputs, "previews": self.previews}
+        return {"records": self.records, "outputs": self.outputs, "previews": self.previews, "environments": self.environments}
 
 
 def deliver(run: Any, log: Any, contents: dict[str, Any], rounds: list[dict[str, Any]]) -> None:
@@ -129,5 +138,7 @@ def deliver(run: Any, log: Any, contents: dict[str, Any], rounds: list[dict[str,
         run.save_outputs(case, outputs)
     for case, (previews, meta) in contents["previews"].items():
         run.save_previews(case, previews, meta)
+    for environment in contents["environments"].values():
+        run.save_environment(environment)
     for record in contents["records"]:
         run.append(record)

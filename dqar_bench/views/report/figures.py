@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.views.plot import plot_run
 from dqar_bench.views.report.markup import esc, figure_png, png_uri
 from dqar_bench.views.report.runs import Run
@@ -23,9 +24,9 @@ def step_medians(step_s: list[list[float]]) -> list[float]:
     return [statistics.median(c[i] for c in calls) * 1000 for i in range(length)]
 
 
-def reuse_share(record: dict) -> list[float] | None:
+def reuse_share(record: CaseRecord) -> list[float] | None:
     """The share of block evaluations reused at each step, over the timed calls (from the reuse map)."""
-    counts, calls = record.get("reuse_map"), record.get("reuse_map_calls")
+    counts, calls = record.reuse_map, record.reuse_map_calls
     if not counts or not calls or not counts[0]:
         return None
     return [sum(row) / (calls * len(row)) for row in counts]
@@ -37,11 +38,11 @@ def timeline_section(runs: list[Run], columns: int = 4) -> str:
     for run in runs:
         by_case = {e.case: e for e in run.entries}
         for entry in run.entries:
-            if not entry.ok or not entry.record.get("step_s"):
+            if not entry.ok or not entry.record.step_s:
                 continue
             base = by_case.get(entry.baseline_case)
-            base_ms = step_medians(base.record.get("step_s") or []) if base is not None and base.ok else []
-            panels.append((entry, step_medians(entry.record["step_s"]), base_ms))
+            base_ms = step_medians(base.record.step_s or []) if base is not None and base.ok else []
+            panels.append((entry, step_medians(entry.record.step_s), base_ms))
     panels = [p for p in panels if p[1]]
     if not panels:
         return '<p class="note">No per-step times in this run (per-step timing is off, or the cases ran compiled or as CUDA graphs).</p>'
@@ -91,7 +92,7 @@ def pareto_section(runs: list[Run]) -> str:
         if len(runs) > 1:
             frame["case"] = [f"{run.label}: {c}" for c in frame["case"]]
         frames.append(frame)
-    title = str(runs[0].first.get("suite") or runs[0].label) if len(runs) == 1 else "runs compared"
+    title = str(runs[0].first.suite or runs[0].label) if len(runs) == 1 else "runs compared"
     with tempfile.TemporaryDirectory() as tmp:
         made = plot_run(pd.concat(frames, ignore_index=True), Path(tmp) / "pareto.png", title)
         if not isinstance(made, Path):

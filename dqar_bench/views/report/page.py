@@ -48,7 +48,7 @@ def write_report(run_dirs: list[str | Path], output: str | Path | None = None, m
 def render(runs: list[Run], max_seeds: int = 4) -> str:
     template = Template(resources.files("dqar_bench.views.report").joinpath("template.html").read_text(encoding="utf-8"))
     first = runs[0].first
-    suite = first.get("suite") or runs[0].label
+    suite = first.suite or runs[0].label
     several = len(runs) > 1
     heading = f"dqar-bench report <span>{esc(suite)}</span>" if not several else f"dqar-bench report <span>{len(runs)} runs compared</span>"
     return template.substitute(
@@ -72,7 +72,7 @@ def render(runs: list[Run], max_seeds: int = 4) -> str:
 
 def _subtitle(runs: list[Run]) -> str:
     if len(runs) > 1:
-        return "Runs: " + "; ".join(f"{r.label} ({r.first.get('suite')})" for r in runs) + ". Each case is compared with the baseline of its own run."
+        return "Runs: " + "; ".join(f"{r.label} ({r.first.suite})" for r in runs) + ". Each case is compared with the baseline of its own run."
     description = _suite_description(runs[0])
     return description or f"Run directory {runs[0].path}"
 
@@ -92,17 +92,17 @@ def _facts(runs: list[Run]) -> str:
     first = runs[0].first
     statuses = [e.status for r in runs for e in r.entries]
     items = [
-        ("model", first.get("model")),
-        ("sampler", f"{first.get('sampler')}, {first.get('steps')} steps"),
-        ("guidance", first.get("guidance_scale")),
-        ("batch", first.get("batch")),
-        ("seeds", ", ".join(str(s) for s in first.get("seeds") or [])),
-        ("device", first.get("device")),
-        ("dtype", first.get("dtype")),
+        ("model", first.model),
+        ("sampler", f"{first.sampler}, {first.steps} steps"),
+        ("guidance", first.guidance_scale),
+        ("batch", first.batch),
+        ("seeds", ", ".join(str(s) for s in first.seeds or [])),
+        ("device", first.device),
+        ("dtype", first.dtype),
         ("cases", f"{statuses.count('ok')} ok"
                   + (f", {statuses.count('failed')} failed" if "failed" in statuses else "")
                   + (f", {statuses.count('unsupported')} unsupported" if "unsupported" in statuses else "")),
-        ("started", (first.get("started") or "").replace("T", " ").split("+")[0]),
+        ("started", (first.started or "").replace("T", " ").split("+")[0]),
     ]
     return "".join(f"<li><b>{esc(k)}</b>{esc(v)}</li>" for k, v in items if v not in (None, ""))
 
@@ -128,7 +128,7 @@ def _environment(runs: list[Run]) -> str:
         if key == "git_commit":
             values = [f"{v}{' (uncommitted changes)' if env.get('git_dirty') else ''}" if v else None for v, env in zip(values, envs)]
         rows.append(f"<tr><td>{esc(label)}</td>" + "".join(f"<td>{esc('' if v is None else v)}</td>" for v in values) + "</tr>")
-    ends = [(r.first.get("started"), r.records[-1].get("finished")) for r in runs]
+    ends = [(r.first.started, r.records[-1].finished) for r in runs]
     rows.append("<tr><td>run</td>" + "".join(f"<td>{esc(a)} to {esc(b)}</td>" for a, b in ends) + "</tr>")
     thead = f"<thead><tr><th></th>{head}</tr></thead>" if head else ""
     return f'<table class="env">{thead}<tbody>{"".join(rows)}</tbody></table>'

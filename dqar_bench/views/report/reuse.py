@@ -27,8 +27,8 @@ def colour(share: float) -> str:
 
 def reuse_map(entry: Entry) -> str:
     """One case's map; the steps run left to right, block 0 (the first) is the top row."""
-    counts = entry.record.get("reuse_map")
-    calls = int(entry.record.get("reuse_map_calls") or 0)
+    counts = entry.record.reuse_map
+    calls = int(entry.record.reuse_map_calls or 0)
     steps = len(counts)
     blocks = len(counts[0]) if steps else 0
     cell = max(6, min(14, 300 // max(steps, 1)))
@@ -40,7 +40,7 @@ def reuse_map(entry: Entry) -> str:
             n = counts[step][block]
             cells.append(f'<i style="background:{colour(n / calls if calls else 0.0)}" title="step {step}, block {block}: {n} of {calls} calls"></i>')
     total = sum(map(sum, counts))
-    ratio = entry.record.get("reuse_ratio")
+    ratio = entry.record.reuse_ratio
     share = f"reuse {ratio:.1%}" if isinstance(ratio, (int, float)) else ""
     grid = (
         f'<div class="rgrid" style="grid-template-columns:{label_width}px repeat({steps},{cell}px);'
@@ -57,9 +57,9 @@ def section(runs: list[Run]) -> str:
     maps, untracked = [], []
     for run in runs:
         for entry in run.entries:
-            if not entry.ok or not (entry.record.get("parts") or entry.record.get("diffusers_hook")):
+            if not entry.ok or not (entry.record.parts or entry.record.diffusers_hook):
                 continue  # the untouched model reuses nothing; failures are in the table
-            if entry.record.get("reuse_map"):
+            if entry.record.reuse_map:
                 maps.append(reuse_map(entry))
             else:
                 untracked.append(esc(entry.label))

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 
 from dqar_bench.core.errors import DqarError
-from dqar_bench.measure.records import RECORDS, RunDir, read_records
+from dqar_bench.measure.case_record import CaseRecord
+from dqar_bench.measure.records import RunDir
 from dqar_bench.views.table import results_frame
 
 
@@ -24,31 +25,34 @@ from dqar_bench.views.table import results_frame
 class Run:
     path: Path
     label: str
-    records: list[dict[str, Any]]
+    records: list[CaseRecord]
     frame: pd.DataFrame
     entries: list["Entry"] = field(default_factory=list)
     dir: RunDir | None = None
 
     @property
-    def first(self) -> dict[str, Any]:
+    def first(self) -> CaseRecord:
         return self.records[0]
 
     @property
     def environment(self) -> dict[str, Any]:
-        return next((r["environment"] for r in self.records if r.get("environment")), {})
+        """The environment the run's first case that names one ran in (kept once per run)."""
+        if self.dir is None:
+            return {}
+        return next((env for env in map(self.dir.environment_of, self.records) if env), {})
 
 
 @dataclass
 class Entry:
     run: Run
-    record: dict[str, Any]
+    record: CaseRecord
     row: dict[str, Any]
     prefix: str = ""
     """`run label: ` when the report shows several runs."""
 
     @property
     def case(self) -> str:
-        return self.record["case"]
+        return self.record.case
 
     @property
     def label(self) -> str:
@@ -56,7 +60,7 @@ class Entry:
 
     @property
     def status(self) -> str:
-        return str(self.record.get("status") or "unknown")
+        return str(self.record.status or "unknown")
 
     @property
     def ok(self) -> bool:
@@ -68,7 +72,7 @@ class Entry:
 
     @property
     def baseline_case(self) -> str:
-        return self.record.get("baseline_case") or "baseline"
+        return self.record.baseline_case or "baseline"
 
     def outputs(self) -> dict[int, torch.Tensor] | None:
         """The case's saved outputs; None where the run has none (or they cannot be read)."""
@@ -95,18 +99,18 @@ def load_runs(paths: list[str | Path], cases: set[str] | None = None) -> list[Ru
         path = Path(given)
         if not path.is_dir():
             raise DqarError(f"{path}: not a directory; give a run directory (one that holds records.jsonl)")
-        records = read_records(path / RECORDS)  # read before RunDir(), which would create folders
+        run_dir = RunDir(path)  # reads only: creates nothing
+        records = run_dir.records()
         if cases is not None:
-            records = [r for r in records if r["case"] in cases]
+            records = [r for r in records if r.case in cases]
         if not records:
             raise DqarError(f"{path}: no records.jsonl with finished cases; is it a run directory of `dqar-bench run`?")
-        baseline = records[0].get("baseline_case") or "baseline"
-        runs.append(Run(path, path.name, records, results_frame(records, baseline)))
+        baseline = records[0].baseline_case or "baseline"
+        runs.append(Run(path, path.name, records, results_frame(records, baseline), dir=run_dir))
     _unique_labels(runs)
     several = len(runs) > 1
     for run in runs:
-        run.dir = RunDir(run.path)
-        latest = {r["case"]: r for r in run.records}
+        latest = {r.case: r for r in run.records}
         rows = {row["case"]: row for row in run.frame.to_dict("records")}
         run.entries = [Entry(run, record, rows[case], f"{run.label}: " if several else "") for case, record in latest.items()]
     return runs

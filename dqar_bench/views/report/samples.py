@@ -45,7 +45,7 @@ def shown(entry: Entry) -> Shown | None:
     if not outputs:
         return None
     sample = next(iter(outputs.values()))
-    decoded_by_vae = (entry.record.get("quality") or {}).get("space") == "image"
+    decoded_by_vae = (entry.record.quality or {}).get("space") == "image"
     if sample.shape[1] in (1, 3) and not decoded_by_vae:
         return Shown("pixels", {seed: shrink(((t.float() + 1) / 2).clamp(0, 1)) for seed, t in outputs.items()})
     return Shown("latents", {seed: t[:MAX_ITEMS].float() for seed, t in outputs.items()})
@@ -132,7 +132,7 @@ def section(runs: list[Run], max_seeds: int = 4) -> str:
     if not drawable:
         why = "no case finished" if not any(e.ok for e in entries) else "the run kept no outputs"
         return f'<p class="note">No images: {why}.</p>'
-    seeds = [int(s) for s in runs[0].first.get("seeds") or sorted(next(iter(drawable.values())).tensors)][:max_seeds]
+    seeds = [int(s) for s in runs[0].first.seeds or sorted(next(iter(drawable.values())).tensors)][:max_seeds]
     by_case = {(e.run.label, e.case): e for e in entries}
     kinds = sorted({item.kind for item in drawable.values()})
     parts = [

@@ -1,8 +1,9 @@
 """The summary table: one row per case, the columns of the results frame that the run has.
 
-Columns come from a known list and show only when the frame has that column with a value
-in some row, so figures another part of the harness adds to the frame (FLOP counts, say)
-appear here once they exist. Failed and unsupported cases keep their row, with the reason.
+Columns come from a known list (their headings and tooltips from the one catalogue,
+`views.columns`) and show only when the frame has that column with a value in some row, so
+figures another part of the harness adds to the frame (FLOP counts, say) appear here once
+they exist. Failed and unsupported cases keep their row, with the reason.
 Each cell carries its raw value in `data-v` for the page's small sort script.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from dqar_bench.views.columns import column
 from dqar_bench.views.report.markup import esc, num, present, psnr
 from dqar_bench.views.report.runs import Entry, Run
 
@@ -26,10 +28,12 @@ def _speedup(value: Any, row: dict[str, Any]) -> str:
     if not present(value):
         return "–"
     low, high = row.get("speedup_low"), row.get("speedup_high")
+    reason = row.get("implausible")
+    flag = f' <b class="err" title="{esc(reason)}">implausible</b>' if isinstance(reason, str) and reason else ""
     if not (present(low) and present(high)) or row.get("is_baseline"):
-        return f"{value:.2f}×"
-    verdict = "faster" if low > 1 else "slower" if high < 1 else "even"
-    return f'<span class="{verdict}">{value:.2f}×</span> <small>[{low:.2f}, {high:.2f}]</small>'
+        return f"{value:.2f}×{flag}"
+    verdict = "even" if flag else "faster" if low > 1 else "slower" if high < 1 else "even"
+    return f'<span class="{verdict}">{value:.2f}×</span> <small>[{low:.2f}, {high:.2f}]</small>{flag}'
 
 
 
@@ -43,28 +47,37 @@ def _noise(value: Any, row: dict[str, Any]) -> str:
     return f'<span class="badge {esc(value)}">{esc(value)}</span>'
 
 
-COLUMNS: list[tuple[str, str, Format, str]] = [
-    # frame column, header, cell format, header tooltip
-    ("speedup", "speedup [95 % CI]", _speedup, "baseline median / case median, same mode; percentile bootstrap interval"),
-    ("flop_speedup", "FLOP speedup", _fmt("{:.2f}×"), "baseline FLOPs / case FLOPs per sampling call"),
-    ("tflop_per_call", "TFLOP / call", _fmt("{:.4g}"), "floating-point operations of one sampling call"),
-    ("per_image_ms", "ms / image", _fmt("{:.2f}"), "median time of one sampling call divided by the batch"),
-    ("noise", "noise", _noise, "IQR / median of the timed calls: over 10 % noisy, over 25 % unreliable"),
-    ("reuse_ratio", "reuse", _fmt("{:.1%}"), "reused block evaluations / all block evaluations of the scored calls (one per seed)"),
-    ("cache_mib", "cache MiB", _fmt("{:.3f}"), "the most bytes the cache held during a call"),
-    ("psnr_db", "PSNR", _psnr, "to the baseline's outputs on the same seeds"),
-    ("ssim", "SSIM", _fmt("{:.4f}"), "to the baseline's outputs on the same seeds"),
-    ("lpips", "LPIPS", _fmt("{:.4f}"), "to the baseline's decoded images"),
-    ("class_accuracy", "class acc.", _fmt("{:.1%}"), "share of outputs a classifier reads as their label"),
-    ("clip_score", "CLIP score", _fmt("{:.2f}"), "image-text agreement"),
-    ("fid", "FID", _fmt("{:.2f}"), "Frechet distance to the reference set"),
-    ("isc", "IS", _fmt("{:.2f}"), "Inception score"),
-    ("kid", "KID", _fmt("{:.4f}"), "kernel inception distance"),
-    ("gpu_peak_mib", "GPU peak MiB", _fmt("{:.0f}"), "NVML device memory peak"),
-    ("torch_alloc_mib", "torch alloc MiB", _fmt("{:.1f}"), "torch allocator peak"),
-    ("joules_per_image", "J / image", _fmt("{:.3f}"), "energy of the timed calls per image"),
-    ("cold_ms", "cold call ms", _fmt("{:.0f}"), "the first warmup call (compilation or capture included)"),
+def _torch_memory(value: Any, row: dict[str, Any]) -> str:
+    reserved = row.get("torch_reserved_mib")
+    return f"{num(value, '{:.1f}')} / {num(reserved, '{:.1f}')}" if present(reserved) else num(value, "{:.1f}")
+
+
+FORMATS: list[tuple[str, Format]] = [
+    # the frame's columns the summary shows, in order, and how each cell reads; headings and
+    # tooltips are the catalogue's (`views.columns`)
+    ("speedup", _speedup),
+    ("flop_speedup", _fmt("{:.2f}×")),
+    ("tflop_per_call", _fmt("{:.4g}")),
+    ("per_image_ms", _fmt("{:.2f}")),
+    ("noise", _noise),
+    ("reuse_ratio", _fmt("{:.1%}")),
+    ("cache_mib", _fmt("{:.3f}")),
+    ("psnr_db", _psnr),
+    ("ssim", _fmt("{:.4f}")),
+    ("lpips", _fmt("{:.4f}")),
+    ("class_accuracy", _fmt("{:.1%}")),
+    ("clip_score", _fmt("{:.2f}")),
+    ("fid", _fmt("{:.2f}")),
+    ("isc", _fmt("{:.2f}")),
+    ("kid", _fmt("{:.4f}")),
+    ("gpu_peak_mib", _fmt("{:.0f}")),
+    ("torch_alloc_mib", _torch_memory),
+    ("joules_per_image", _fmt("{:.3f}")),
+    ("cold_ms", _fmt("{:.0f}")),
 ]
+
+COLUMNS: list[tuple[str, str, Format, str]] = [(key, column(key).header, fmt, column(key).tip) for key, fmt in FORMATS]
+"""(frame column, heading, cell format, tooltip)."""
 
 
 def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, Format, str]]:
@@ -81,7 +94,7 @@ def _sort_value(value: Any) -> str:
 
 
 def _case_cell(entry: Entry) -> str:
-    description = entry.record.get("description") or ""
+    description = entry.record.description or ""
     title = f' title="{esc(description)}"' if description else ""
     status = "" if entry.ok else f' <span class="badge {esc(entry.status)}">{esc(entry.status)}</span>'
     return (
@@ -93,8 +106,8 @@ def _case_cell(entry: Entry) -> str:
 def _notes(entry: Entry) -> str:
     notes = []
     if not entry.ok:
-        notes.append(f'<span class="err">{esc(entry.record.get("error") or entry.status)}</span>')
-    for key in ("speedup_note", "fidelity_note"):
+        notes.append(f'<span class="err">{esc(entry.record.error or entry.status)}</span>')
+    for key in ("speedup_note", "implausible", "fidelity_note"):
         value = entry.row.get(key)
         if isinstance(value, str) and value:
             notes.append(esc(value))
