@@ -59,7 +59,7 @@ def test_an_edit_to_a_built_in_gate_reruns_just_its_case_and_strict_compare_name
     out = tmp_path / "run"
     assert main(["run", str(path), "-o", str(out)]) == 0
     before = RunDir(out).latest()
-    assert before["iv"]["identity"]["parts"]["gate"][CODE_FIELD]
+    assert before["iv"].identity["parts"]["gate"][CODE_FIELD]
     shutil.copytree(out, tmp_path / "before")
     capsys.readouterr()
 
@@ -72,10 +72,10 @@ def test_an_edit_to_a_built_in_gate_reruns_just_its_case_and_strict_compare_name
     assert main(["run", str(path), "--resume", str(out), "--rerun-changed"]) == 0
     assert ran == ["baseline (partner)", "iv"]  # only the edited gate's case (its baseline is timed beside it, for pairing)
     after = RunDir(out).latest()
-    assert after["iv"]["case_key"] != before["iv"]["case_key"]
-    assert after["other"]["case_key"] == before["other"]["case_key"]
-    old_code = before["iv"]["identity"]["parts"]["gate"][CODE_FIELD]
-    new_code = after["iv"]["identity"]["parts"]["gate"][CODE_FIELD]
+    assert after["iv"].case_key != before["iv"].case_key
+    assert after["other"].case_key == before["other"].case_key
+    old_code = before["iv"].identity["parts"]["gate"][CODE_FIELD]
+    new_code = after["iv"].identity["parts"]["gate"][CODE_FIELD]
     assert new_code != old_code
 
     capsys.readouterr()

@@ -65,7 +65,7 @@ def run(
         run_dir = run_suite(one, where, resume=resume, rerun_changed=rerun_changed, registry=registry, progress=progress)
         assert run_dir is not None  # a plain process is rank 0
         names = {c.name for c in one.cases}
-        frame = results_frame([r for r in run_dir.records() if r["case"] in names], one.baseline)
+        frame = results_frame([r for r in run_dir.records() if r.case in names], one.baseline)
         frame.insert(0, "model", one.model)
         frame.attrs["run_dir"] = str(run_dir.path)
         frames.append(frame)
