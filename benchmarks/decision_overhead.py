@@ -17,7 +17,7 @@ is why the sampling time comes from the unwrapped calls). On the CPU the clock i
 process's CPU time, so that other processes competing for the cores (a shared machine,
 CI) do not blur the share. The goal is a share under 5 %.
 
-    python benchmarks/decision_overhead.py [suites/ablations.yaml] [--calls N] [--threads N]
+    python benchmarks/decision_overhead.py [suites/ablations.yaml] [--calls N] [--threads N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -83,10 +83,11 @@ def decision_timers(strategy: Strategy, watch: Stopwatch) -> Iterator[None]:
         signals.EntropyProbe.record = record  # type: ignore[method-assign]
 
 
-def measure(suite_path: str, calls: int) -> list[dict[str, Any]]:
+def measure(suite_path: str, calls: int, device_name: str | None = None) -> list[dict[str, Any]]:
+    """`device_name` (cpu, cuda, cuda:N, auto) overrides the suite's `device`."""
     suite = load_suite(suite_path)
     registry = get_registry()
-    device = resolve_device(suite.device)
+    device = resolve_device(device_name or suite.device)
     model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download)
     scheduler = make_scheduler(suite.sampler, model.scheduler_config)
     rows = []
@@ -137,10 +138,11 @@ def main() -> None:
     parser.add_argument("suite", nargs="?", default="suites/ablations.yaml")
     parser.add_argument("--calls", type=int, default=5, help="sampling calls per case (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: tiny models run fastest on one)")
+    parser.add_argument("--device", help="cpu | cuda | cuda:N | auto (default: the suite's device)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = measure(args.suite, args.calls)
-    where = "wall time, GPU" if resolve_device(load_suite(args.suite).device).type == "cuda" else "CPU time"
+    rows = measure(args.suite, args.calls, args.device)
+    where = "wall time, GPU" if resolve_device(args.device or load_suite(args.suite).device).type == "cuda" else "CPU time"
     print(f"decision overhead, {args.suite} ({args.calls} calls per case, {where}, torch threads {torch.get_num_threads()}; goal < {GOAL:.0%})")
     print(f"{'case':<22} {'gate':<10} {'sampling ms':>12} {'probe ms':>9} {'signals+gate ms':>16} {'share':>7} {'reuse':>6}  goal")
     for r in rows:
