@@ -342,10 +342,13 @@ def step_peers(sizes: Sizes, out: Path, mode: str) -> tuple[dict[str, Any], str,
 # --------------------------------------------------------------------------- step 3: overhead
 
 def _load_benchmark(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    """A script of benchmarks/ (no package) as a module."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules[name]
 
 
 def harness_vs_hand(sizes: Sizes, out: Path) -> dict[str, Any]:
