@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_a_step_cut_short_is_summarised_from_its_records(dry_run):
     figures, text, verdict = check.partial_figures("peers-eager", dry_run)
     done = next(e for e in lines(dry_run) if e["step"] == "peers-eager")
     assert figures["baseline_s_per_image"] == pytest.approx(done["figures"]["baseline_s_per_image"])
-    assert verdict == done["verdict"]
+    assert verdict == done["verdict"] and text in (dry_run / "summary.md").read_text()
 
 
 def test_a_step_past_its_budget_is_killed_and_still_gets_its_line(tmp_path, monkeypatch):
@@ -140,3 +141,23 @@ def test_the_gpu_run_refuses_a_machine_without_cuda_in_one_line(tmp_path):
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().count("\n") == 0 and "--cpu-dry-run" in done.stderr
+
+
+def test_the_export_is_four_whole_files_without_the_outputs(tmp_path):
+    """The device returns at most 8 files from $OUT: the summary, the environment and one tarball."""
+    check = load_check()
+    out, export = tmp_path / "out", tmp_path / "export"
+    run = out / "peers-eager"
+    (run / "outputs").mkdir(parents=True)
+    (run / "outputs" / "baseline-1.safetensors").write_bytes(b"\0" * 1000)
+    (run / "records.jsonl").write_text('{"case": "baseline"}\n')
+    (run / "report.html").write_text("<html>")
+    check.Summary(out).add("timer", "done", 1.0, {}, "text", "goal", "met")
+    (out / "environment.json").write_text("{}")
+    check.export_results(out, export)
+    check.export_results(out, export)  # after every step: replaced, never doubled
+    assert sorted(p.name for p in export.iterdir()) == ["environment.json", "gpu-check.tar.gz", "summary.jsonl", "summary.md"]
+    with tarfile.open(export / "gpu-check.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"gpu-check/summary.md", "gpu-check/peers-eager/records.jsonl"} <= names
+    assert not any("outputs" in n or n.endswith("report.html") for n in names)
