@@ -161,3 +161,11 @@ def test_the_export_is_four_whole_files_without_the_outputs(tmp_path):
         names = set(tar.getnames())
     assert {"gpu-check/summary.md", "gpu-check/peers-eager/records.jsonl"} <= names
     assert not any("outputs" in n or n.endswith("report.html") for n in names)
+
+
+def test_an_overhead_step_cut_short_keeps_the_parts_it_finished(tmp_path):
+    check = load_check()
+    (tmp_path / "overhead.json").write_text(json.dumps({"hooks_by_mode": {"eager": 0.01}, "syncs_per_step": {"baseline": 1.0, "fora (interval)": 3.0}}))
+    figures, text, verdict = check.partial_figures("overhead", tmp_path)
+    assert "fora (interval) 3.00" in text and "runner vs hand loop (eager): not reached" in text and "eager +1.00%" in text
+    assert verdict == "syncs missed (fora (interval))" and "decision" not in figures
