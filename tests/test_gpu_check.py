@@ -102,7 +102,7 @@ def test_a_step_cut_short_is_summarised_from_its_records(dry_run):
 
 def test_a_step_past_its_budget_is_killed_and_still_gets_its_line(tmp_path, monkeypatch):
     check = load_check()
-    monkeypatch.setattr(check, "STEPS", (check.Step("timer", 0.3, "a goal"), check.Step("overhead", 0.3, "another")))
+    monkeypatch.setattr(check, "STEPS", (check.Step("timer", 0.05, "a goal"), check.Step("overhead", 0.05, "another")))  # x4 in a dry run
     assert check.orchestrate(tmp_path, dry=True, only=["timer"]) == 0
     entries = lines(tmp_path)
     assert [e["step"] for e in entries] == ["setup", "timer"]
@@ -113,7 +113,7 @@ def test_a_step_past_its_budget_is_killed_and_still_gets_its_line(tmp_path, monk
 
 def test_past_the_total_time_no_step_starts(tmp_path, monkeypatch):
     check = load_check()
-    monkeypatch.setattr(check, "TOTAL_S", 5)
+    monkeypatch.setattr(check, "TOTAL_S", 1)  # x4 in a dry run: under the 15 s a step needs
     check.orchestrate(tmp_path, dry=True, only=None)
     entries = lines(tmp_path)[1:]
     assert [e["step"] for e in entries] == [s.name for s in check.STEPS]
