@@ -36,6 +36,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -343,11 +344,17 @@ def peers_figures(run: Path, mode: str) -> tuple[dict[str, Any], str, str]:
     return figures, text, "; ".join(verdicts)
 
 
+def fresh(run: Path) -> Path:
+    """A step's run directory, emptied: a step rerun (`--only`) into the same OUT_DIR replaces its run."""
+    shutil.rmtree(run, ignore_errors=True)
+    return run
+
+
 def step_peers(sizes: Sizes, out: Path, mode: str) -> tuple[dict[str, Any], str, str]:
     from dqar_bench.config.suite import load_suite
     from dqar_bench.run.runner import run_suite
 
-    run_suite(load_suite(peers_suite(sizes, out, mode)), out / f"peers-{mode}")
+    run_suite(load_suite(peers_suite(sizes, out, mode)), fresh(out / f"peers-{mode}"))
     return peers_figures(out / f"peers-{mode}", mode)
 
 
@@ -667,7 +674,7 @@ def step_flux(sizes: Sizes, out: Path) -> tuple[dict[str, Any], str, str]:
     shape = {"tokens": (sizes.flux_latent // 2) ** 2, "blocks": [sizes.flux["num_layers"], sizes.flux["num_single_layers"]]}
     share = measure_attention_share(load_suite(path), sizes)
     _replace(out / "flux-attention-share.json", json.dumps({**shape, "attention_share": share}).encode())
-    run_suite(load_suite(path), out / "flux-sized")
+    run_suite(load_suite(path), fresh(out / "flux-sized"))
     return flux_figures(out)
 
 
@@ -694,7 +701,7 @@ def step_ablations(sizes: Sizes, out: Path) -> tuple[dict[str, Any], str, str]:
     from dqar_bench.run.runner import run_suite
 
     path = derived_suite("suites/dit-xl-256.yaml", out, "dit-xl-256", lambda data: _dit_suite(data, sizes, 2))
-    run_suite(load_suite(path), out / "dit-xl-256")
+    run_suite(load_suite(path), fresh(out / "dit-xl-256"))
     return ablation_figures(out / "dit-xl-256")
 
 

@@ -169,3 +169,15 @@ def test_an_overhead_step_cut_short_keeps_the_parts_it_finished(tmp_path):
     figures, text, verdict = check.partial_figures("overhead", tmp_path)
     assert "fora (interval) 3.00" in text and "runner vs hand loop (eager): not reached" in text and "eager +1.00%" in text
     assert verdict == "syncs missed (fora (interval))" and "decision" not in figures
+
+
+@pytest.mark.slow
+def test_a_step_rerun_into_the_same_folder_replaces_its_run(dry_run):
+    """A failed step is rerun on the warm machine with --only into the same OUT_DIR."""
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(dry_run), "--cpu-dry-run", "--only", "peers-cudagraph"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    graph = [e for e in lines(dry_run) if e["step"] == "peers-cudagraph"]
+    assert len(graph) == 2 and all(e["status"] == "done" for e in graph)
+    records = (dry_run / "peers-cudagraph" / "records.jsonl").read_text().splitlines()
+    assert len(records) == len(graph[-1]["figures"]["cases"])  # one run's records, not two
