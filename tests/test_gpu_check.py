@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 import tarfile
@@ -181,3 +182,12 @@ def test_a_step_rerun_into_the_same_folder_replaces_its_run(dry_run):
     assert len(graph) == 2 and all(e["status"] == "done" for e in graph)
     records = (dry_run / "peers-cudagraph" / "records.jsonl").read_text().splitlines()
     assert len(records) == len(graph[-1]["figures"]["cases"])  # one run's records, not two
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_decision_overhead_refuses_a_missing_device_in_one_line():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decision_overhead.py"), str(ROOT / "suites" / "ablations.yaml"),
+                           "--device", "cuda"], capture_output=True, text=True, check=False, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().count("\n") == 0 and "no CUDA device is available" in done.stderr
