@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -38,6 +39,7 @@ from dqar_bench.run.runner import build_strategy, resolve_device
 from dqar_bench.model.sampling import make_scheduler, sample
 from dqar_bench.strategy.strategy import Strategy
 from dqar_bench.config.suite import load_suite
+from dqar_bench.core.errors import DqarError
 
 GOAL = 0.05
 
@@ -141,7 +143,11 @@ def main() -> None:
     parser.add_argument("--device", help="cpu | cuda | cuda:N | auto (default: the suite's device)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = measure(args.suite, args.calls, args.device)
+    try:
+        rows = measure(args.suite, args.calls, args.device)
+    except DqarError as exc:  # a bad suite or device: one line, no traceback
+        print(f"decision_overhead: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     where = "wall time, GPU" if resolve_device(args.device or load_suite(args.suite).device).type == "cuda" else "CPU time"
     print(f"decision overhead, {args.suite} ({args.calls} calls per case, {where}, torch threads {torch.get_num_threads()}; goal < {GOAL:.0%})")
     print(f"{'case':<22} {'gate':<10} {'sampling ms':>12} {'probe ms':>9} {'signals+gate ms':>16} {'share':>7} {'reuse':>6}  goal")

@@ -587,13 +587,14 @@ def register_flux_sized(sizes: Sizes) -> None:
     from diffusers import FluxTransformer2DModel
 
     from dqar_bench.model import families, models
+    from dqar_bench.model.loaded import LoadedModel
 
     def build() -> Any:
         torch.manual_seed(0)
         with torch.device(sizes.device):
             transformer = FluxTransformer2DModel(patch_size=1, **sizes.flux)
         transformer.register_to_config(sample_size=sizes.flux_latent)
-        return models.LoadedModel(FLUX_SIZED, transformer, dict(families.get("flux").scheduler), None, "flux")
+        return LoadedModel(FLUX_SIZED, transformer, dict(families.get("flux").scheduler), None, "flux")
 
     models.BUILTIN_MODELS[FLUX_SIZED] = build
     models.BUILTIN_FAMILIES[FLUX_SIZED] = "flux"
@@ -607,9 +608,9 @@ def measure_attention_share(suite: Any, sizes: Sizes) -> dict[str, float]:
     import torch
 
     from dqar_bench.model import families
-    from dqar_bench.model.conditioning import condition_for
     from dqar_bench.model.models import load_model
     from dqar_bench.model.sampling import denoise, make_scheduler
+    from dqar_bench.model.suite_condition import condition_for
 
     device, dtype = torch.device(suite.device), getattr(torch, suite.dtype)
     cuda = device.type == "cuda"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 import tarfile
@@ -37,7 +38,7 @@ def dry_run(tmp_path_factory):
     """The whole check on the CPU, through the shell wrapper, as a device run would start it."""
     out = tmp_path_factory.mktemp("gpu") / "out"
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--cpu-dry-run"],
-                          capture_output=True, text=True, timeout=900, check=False)
+                          capture_output=True, text=True, timeout=1800, check=False)  # past TOTAL_S x 4
     assert done.returncode == 0, done.stdout + done.stderr
     return out
 
@@ -175,9 +176,18 @@ def test_an_overhead_step_cut_short_keeps_the_parts_it_finished(tmp_path):
 def test_a_step_rerun_into_the_same_folder_replaces_its_run(dry_run):
     """A failed step is rerun on the warm machine with --only into the same OUT_DIR."""
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(dry_run), "--cpu-dry-run", "--only", "peers-cudagraph"],
-                          capture_output=True, text=True, timeout=600, check=False)
+                          capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     graph = [e for e in lines(dry_run) if e["step"] == "peers-cudagraph"]
     assert len(graph) == 2 and all(e["status"] == "done" for e in graph)
     records = (dry_run / "peers-cudagraph" / "records.jsonl").read_text().splitlines()
     assert len(records) == len(graph[-1]["figures"]["cases"])  # one run's records, not two
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_decision_overhead_refuses_a_missing_device_in_one_line():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decision_overhead.py"), str(ROOT / "suites" / "ablations.yaml"),
+                           "--device", "cuda"], capture_output=True, text=True, check=False, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().count("\n") == 0 and "no CUDA device is available" in done.stderr
