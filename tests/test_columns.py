@@ -65,7 +65,7 @@ def test_noise_is_the_spread_of_the_timed_calls_in_the_table_and_in_compare(tmp_
     frame = results_frame(RunDir(base).records(), "baseline").set_index("case")
     for change in comparison.changes:
         assert change.noise_base == change.noise_new == frame.loc[change.case, "noise"]
-    assert "| noise base / new |" in render_comparison(comparison).replace(" | noise base / new | ", "| noise base / new |")
+    assert " | noise base -> new | " in render_comparison(comparison)
 
 
 def test_compare_says_first_that_the_runs_are_of_different_models_and_samplers(capsys):

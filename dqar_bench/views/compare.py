@@ -403,7 +403,7 @@ def _nonfinite_paths(value: Any, path: str) -> list[str]:
 def render_comparison(comparison: Comparison) -> str:
     """A markdown table of per-case changes, what changed in each case, the gate's verdict, and notes."""
     header = [  # named as the run's tables name them (`views.columns`)
-        "case", f"{column('speedup').name} base -> new", "change", "p (Mann-Whitney U)", f"{column('noise').name} base / new",
+        "case", f"{column('speedup').name} base -> new", "change", "p (Mann-Whitney U)", f"{column('noise').name} base -> new",
         *(f"{column(key).name} base -> new" for key in ("tflop_per_call", "reuse_ratio", "psnr_db", "class_accuracy", "fid")), "verdict",
     ]
     rows = []
