@@ -98,6 +98,7 @@ def one_process(tmp_path_factory):
     return found
 
 
+@pytest.mark.distributed
 def test_two_ranks_under_nproc_measure_what_one_process_measures(tmp_path, one_process, monkeypatch, capfd):
     from dqar_bench.cli import main
 
@@ -124,6 +125,7 @@ def test_two_ranks_under_nproc_measure_what_one_process_measures(tmp_path, one_p
         assert two[name]["round_s"] == two[name]["ranks"][0]["round_s"]  # the record's own figures are rank 0's
 
 
+@pytest.mark.distributed
 def test_sharded_cases_give_the_quality_columns_of_an_unsharded_run(tmp_path, one_process):
     codes, errors, wall = ranks(["run", str(suite_file(tmp_path, "interleaved")), "-o", str(tmp_path / "run"), "--shard", "cases"])
     print(f"two ranks, --shard cases: {wall:.1f} s")
@@ -139,6 +141,7 @@ def test_sharded_cases_give_the_quality_columns_of_an_unsharded_run(tmp_path, on
     assert (tmp_path / "run" / "outputs").is_dir() and len(list((tmp_path / "run" / "outputs").iterdir())) == 3
 
 
+@pytest.mark.distributed
 def test_a_dead_rank_leaves_a_run_that_resume_finishes_with_another_number_of_ranks(tmp_path, one_process, capsys):
     from dqar_bench.cli import main
 
@@ -158,6 +161,7 @@ def test_a_dead_rank_leaves_a_run_that_resume_finishes_with_another_number_of_ra
     assert finished["q"]["world_size"] == 1 and finished["iv"]["world_size"] == 2
 
 
+@pytest.mark.distributed
 def test_a_hung_rank_stops_the_run_with_one_line_naming_it(tmp_path):
     suite = tmp_path / "hang.yaml"  # no FID: rank 0 reaches the exchange of case iv at once
     suite.write_text(SUITE.replace("ORDER", "blocked").split("quality:")[0] + "baseline: baseline\ncases:\n  - name: baseline\n  - name: iv\n    gate: {name: interval, every: 2}\n    cache: attention-output\n")

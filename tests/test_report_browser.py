@@ -14,9 +14,10 @@ import pytest
 
 from report_browser import Browser, PageVisit, find_chromium
 
-pytestmark = pytest.mark.skipif(
-    find_chromium() is None, reason="Chromium is not installed: `apt-get install chromium` (.ci/run installs it)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed: `apt-get install chromium` (.ci/run installs it)"),
+]
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
