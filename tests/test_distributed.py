@@ -279,3 +279,21 @@ def test_nproc_keeps_the_exit_status_of_the_first_rank_that_failed(monkeypatch):
     assert launch(2, ["run", "s.yaml"]) == 128 + 9
     monkeypatch.setattr(torchrun, "run", lambda config: None)
     assert launch(2, ["run", "s.yaml"]) == 0
+
+
+def test_nproc_gives_the_ranks_their_threads_so_torchrun_prints_no_banner(monkeypatch):
+    """torchrun prints its 4-line OMP_NUM_THREADS banner only where the variable is unset."""
+    import os
+
+    import torch.distributed.run as torchrun
+
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+    monkeypatch.setattr(torchrun, "run", lambda config: seen.append(os.environ.get("OMP_NUM_THREADS")))
+    assert launch(2, ["run", "s.yaml"], threads=3) == 0
+    assert seen == ["3"] and "OMP_NUM_THREADS" not in os.environ  # this process keeps its own environment
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the user's choice wins
+    assert launch(2, ["run", "s.yaml"], threads=3) == 0
+    assert seen == ["3", "5"] and os.environ["OMP_NUM_THREADS"] == "5"

@@ -108,7 +108,9 @@ def test_two_ranks_under_nproc_measure_what_one_process_measures(tmp_path, one_p
     started = time.perf_counter()
     assert main(["run", str(suite_file(tmp_path, "interleaved")), "-o", str(tmp_path / "run"), "--nproc", "2"]) == 0
     print(f"two ranks (--nproc 2): {time.perf_counter() - started:.1f} s")
-    assert capfd.readouterr().out.count("results: ") == 1  # rank 0 speaks for the run
+    said = capfd.readouterr()
+    assert said.out.count("results: ") == 1  # rank 0 speaks for the run
+    assert "OMP_NUM_THREADS" not in said.err and "*****" not in said.err  # torchrun's banner: the threads are given
     two = records(tmp_path / "run")
     assert_same_quality(one_process, two)
     for name, record in two.items():
