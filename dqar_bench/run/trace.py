@@ -26,6 +26,7 @@ than the quality you want, and judge a policy by running it in a suite.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -186,10 +187,8 @@ def _trace_cases(
                 strategy = Strategy(parts["scheduler"], tracer, parts["cache"], parts["quantizer"], suite.probe_queries)  # type: ignore[arg-type]
                 with adapter_for(model.transformer).install(model.transformer, strategy):
                     for seed in suite.seeds:
-
-                        def planned(calls: int) -> None:
-                            bar.grow(summary.calls + calls * (seeds - done))  # later seeds as costly as this one
-
+                        # the bar counts calls once known: later seeds as costly as this one
+                        planned = functools.partial(_planned, bar, summary.calls, seeds - done)
                         lines, calls = _trace_call(suite, case, model, condition, strategy, tracer, seed, tolerance, max_samples, planned, bar.tick)
                         for line in lines:
                             fh.write(json.dumps(line, allow_nan=False) + "\n")
@@ -205,6 +204,10 @@ def _trace_cases(
         bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _planned(bar: Progress, done_calls: int, seeds_left: int, calls: int) -> None:
+    bar.grow(done_calls + calls * seeds_left)
 
 
 def _trace_call(
