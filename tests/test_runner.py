@@ -37,7 +37,9 @@ def test_run_writes_records_csv_and_table(write_suite, tmp_path, capsys):
     assert csv.loc[csv.case == "baseline", "speedup"].item() == pytest.approx(1.0)
     table = (out / "table.md").read_text()
     assert "| iv | interval(every=2) / attention-output / none / all |" in table
-    assert "| iv |" in printed  # the same table is printed
+    assert "| iv       |" in printed and "speedup [95% CI]" in printed  # the table is printed, padded
+    assert max(len(line) for line in printed.splitlines() if line.startswith("|")) <= 120  # cut to a terminal; table.md has it all
+    assert max(len(line) for line in table.splitlines()) > 120
 
 
 
