@@ -34,6 +34,14 @@ class Run:
         return self.records[0]
 
     @property
+    def setting(self) -> str:
+        """What this run sampled, in its own words: model, sampler and steps (runs compared may differ in each)."""
+        first = self.first
+        steps = first.get("steps")
+        sampler = ", ".join(str(v) for v in (first.get("sampler"), f"{steps} step{'' if steps == 1 else 's'}" if steps is not None else None) if v)
+        return " · ".join(str(v) for v in (first.get("model"), sampler) if v)
+
+    @property
     def environment(self) -> dict[str, Any]:
         return next((r["environment"] for r in self.records if r.get("environment")), {})
 
