@@ -109,6 +109,7 @@ def test_decisions_that_would_differ_are_rank_zeros_on_both(two_ranks):
     assert torch.allclose(one["by-rank"], alone["latents"], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_sharded_scope_on_one_rank_reads_what_the_plain_scope_reads(one_process):
     """The sharding arithmetic (joint text+image positions on FLUX's single-stream blocks, softmax
     statistics, residual sums) on a world of one, through the real model: the plain signals, to 1e-5."""
@@ -137,6 +138,7 @@ def test_sharded_scope_on_one_rank_reads_what_the_plain_scope_reads(one_process)
         assert torch.allclose(latents, one_process[name]["latents"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_one_rank_runs_the_plain_scope_bit_for_bit(one_process):
     """What the runner wraps every case in, without parallelism: nothing changes, the scope stays the plain one."""
     from dqar_bench.model.models import load_model

@@ -124,6 +124,7 @@ def test_records_gather_on_rank_zero_and_decisions_broadcast(two_ranks):
     assert (zero["shard"], one["shard"]) == ([0, 2, 4, 6], [1, 3, 5])
 
 
+@pytest.mark.slow
 def test_fid_images_split_by_sampling_call_are_the_one_process_images(fid_images):
     images, shares, _ = fid_images
     assert fid_batches(FID_COUNT, FID_BATCH, 0, 2) == [0, 2] and fid_batches(FID_COUNT, FID_BATCH, 1, 2) == [1]

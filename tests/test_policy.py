@@ -146,6 +146,7 @@ def test_trace_writes_declared_features_and_trains(tmp_path: Path, capsys) -> No
     assert load_policy(weights).input_size == len(FEATURES)
 
 
+@pytest.mark.slow
 def test_trace_runs_on_the_suites_threads_and_says_how_long_is_left(tmp_path: Path, monkeypatch) -> None:
     import dqar_bench.run.trace as trace
 

@@ -10,6 +10,7 @@ import io
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from dqar_bench.cli import main
@@ -158,6 +159,7 @@ def test_a_failing_report_never_costs_the_run(write_suite, tmp_path, monkeypatch
     assert (tmp_path / "run" / "table.md").exists()
 
 
+@pytest.mark.slow
 def test_a_model_with_a_vae_keeps_decoded_previews(write_suite, tmp_path, monkeypatch):
     """The report of a VAE model shows the pictures decoded at run time: it never needs the model."""
     from diffusers import AutoencoderKL
@@ -230,6 +232,7 @@ def test_reuse_counts_per_step_and_block():
     assert sum(map(sum, stats.reuse_map)) == 5
 
 
+@pytest.mark.slow
 def test_the_runner_s_report_shows_the_cases_of_the_suite_as_run(tmp_path):
     """A run resumed with a case taken out of its suite keeps that case's record; the report the
     runner writes, like its table, shows only the suite's cases."""

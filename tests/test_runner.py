@@ -44,6 +44,7 @@ def test_run_writes_records_csv_and_table(write_suite, tmp_path, capsys):
 
 
 
+@pytest.mark.slow
 def test_failing_case_is_recorded_and_suite_goes_on(write_suite, tmp_path, monkeypatch):
     from dqar_bench.run import case_run
 
@@ -65,6 +66,7 @@ def test_failing_case_is_recorded_and_suite_goes_on(write_suite, tmp_path, monke
     assert "failed: RuntimeError: part exploded" in (out / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_resume_skips_recorded_cases_and_still_compares(write_suite, tmp_path, monkeypatch):
     path = write_suite(SMALL_SUITE_HEAD + CASES)
     out = tmp_path / "run"
