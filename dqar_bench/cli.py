@@ -34,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.rerun_changed and args.resume is None:
         raise DqarError("--rerun-changed reruns the changed cases of a run being resumed; give --resume DIR too")
     if args.nproc is not None:
-        return launch(args.nproc, without_nproc(args.argv))
+        return launch(args.nproc, without_nproc(args.argv), max(s.threads for s in suites))
     from dqar_bench.core.world import DEFAULT_TIMEOUT_S, init_world
     from dqar_bench.run.runner import run_suite
 
@@ -280,7 +280,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def parser() -> argparse.ArgumentParser:
+    from dqar_bench import __version__
+
     p = argparse.ArgumentParser(prog="dqar-bench", description="Benchmark training-free DiT acceleration strategies.")
+    p.add_argument("--version", action="version", version=f"dqar-bench {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a suite and print its comparison table")
     run.add_argument("suite", help="suite YAML file")
@@ -364,16 +367,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Library chatter (deprecation notes, hub warnings) would bury the one-line errors."""
+    """Library chatter (deprecation notes, hub warnings) would bury the one-line errors.
+
+    Through environment variables, which the libraries read when a command first imports
+    them: importing diffusers here to set its verbosity would cost every command seconds
+    of start-up time, `--help` and `plugins` included.
+    """
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     for module in ("huggingface_hub", "diffusers", "torch_fidelity"):
         warnings.filterwarnings("ignore", module=module)
-    try:
-        from diffusers.utils import logging as diffusers_logging
-
-        diffusers_logging.set_verbosity_error()
-    except Exception:
-        pass
 
 
 if __name__ == "__main__":

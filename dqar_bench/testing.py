@@ -21,6 +21,10 @@ harness relies on and cannot check at run time:
 - answers have the right length: a scheduler's mask is [steps, blocks], a gate answers
   once per block, and a gate that declares a `static_pattern` decides exactly by it; a
   quantizer gives back its input's shape and dtype, finite, also for all-zero tensors;
+- the reuse path runs: a gate that reuses nothing with its defaults on a model runs the
+  checks above again with its `CONFORMANCE_PARAMS` (a class attribute: parameters under
+  which it reuses on a tiny model of random weights), which must then reuse at least once;
+  without them the line says that the reuse path went untested, and why;
 - graph safety is honest: unless a part of the assembly declares `cudagraph` in
   `UNSUPPORTED`, the case replays under a CPU stand-in for CUDA graphs (`ReplayedGraphs`:
   recorded tensor operations rerun on the same tensors, no Python) and matches eager over
@@ -202,16 +206,49 @@ def _model_checks(part: type[Part], kind: str, params: dict[str, Any], registry:
         return [CheckResult(f"{model_name}: skipped", True, refusal)]
 
     runs: dict[str, Any] = {}
+    results = _run_checks(bench, part, kind, params, registry, model_name, steps, runs, model_name)
+    if kind == "gate" and runs.get("eager_reused") == 0 and all(r.ok for r in results):
+        results.append(_drive(bench, part, params, registry, model_name, steps))
+        if results[-1].detail.startswith("driven"):
+            driven: dict[str, Any] = {}
+            results += _run_checks(bench, part, kind, {**params, **part.CONFORMANCE_PARAMS}, registry, model_name, steps, driven, f"{model_name}, driven")  # type: ignore[attr-defined]
+            if driven.get("eager_reused") == 0:
+                results.append(CheckResult(f"{model_name}, driven: reuses at least once", False,
+                                           f"CONFORMANCE_PARAMS {part.CONFORMANCE_PARAMS} reused nothing in {steps} steps either"))  # type: ignore[attr-defined]
+    return results
+
+
+def _run_checks(bench: _Bench, part: type[Part], kind: str, params: dict[str, Any], registry: Registry, model_name: str, steps: int,
+                runs: dict[str, Any], title: str) -> list[CheckResult]:
     checks = [
-        (f"{model_name}: outputs finite, state reset per call", lambda: _eager(bench, part, kind, params, registry, steps, runs)),
-        (f"{model_name}: removal leaves the model bit-identical", lambda: _removal(bench, runs)),
-        (f"{model_name}: answers have the right length", lambda: _answers(runs)),
-        (f"{model_name}: cudagraph declaration honest (CPU replay stand-in)", lambda: _replay(bench, part, kind, params, registry, steps, runs)),
+        (f"{title}: outputs finite, state reset per call", lambda: _eager(bench, part, kind, params, registry, steps, runs)),
+        (f"{title}: removal leaves the model bit-identical", lambda: _removal(bench, runs)),
+        (f"{title}: answers have the right length", lambda: _answers(runs)),
+        (f"{title}: cudagraph declaration honest (CPU replay stand-in)", lambda: _replay(bench, part, kind, params, registry, steps, runs)),
     ]
     results = [_check(name, body) for name, body in checks]
     if not all(r.ok for r in results[:2]) or not bench.intact():
         _BENCHES.pop(model_name, None)  # not left as found: the next part gets a fresh model
     return results
+
+
+def _drive(bench: _Bench, part: type[Part], params: dict[str, Any], registry: Registry, model_name: str, steps: int) -> CheckResult:
+    """A gate that reused nothing left its reuse path untested: drive it with `CONFORMANCE_PARAMS`, or say why not.
+
+    Which parameters make a gate reuse on a tiny model of random weights (its entropy,
+    SNR and residual changes are not a trained model's) only its author knows, so the
+    gate declares them; a static pattern with no reuse in it cannot reuse at all.
+    """
+    name = f"{model_name}: reuse path"
+    gate = build_part(part, params)
+    pattern = getattr(gate, "static_pattern", lambda *a: None)(steps, bench.model.num_blocks)
+    if isinstance(pattern, torch.Tensor) and not pattern.any():
+        return CheckResult(name, True, f"not exercised: its static pattern reuses nothing at {steps} steps (a gate that never reuses cannot)")
+    drive = getattr(part, "CONFORMANCE_PARAMS", None)
+    if not drive:
+        return CheckResult(name, True, f"not exercised: it reused nothing in {steps} steps with {'these' if params else 'its default'} parameters "
+                                       "(declare CONFORMANCE_PARAMS = {...} on the gate: parameters under which it reuses on a tiny model)")
+    return CheckResult(name, True, f"driven with {', '.join(f'{k}={v!r}' for k, v in drive.items())} (CONFORMANCE_PARAMS)")
 
 
 def _assembly(part: type[Part], kind: str, params: dict[str, Any], registry: Registry) -> dict[str, Part]:

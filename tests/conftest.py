@@ -134,3 +134,10 @@ def report_run(tmp_path_factory):
     records = {r.case: r for r in run.records()}
     page = (run.path / "report.html").read_text()
     return run, records, page, printed.getvalue()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests that start processes or a browser are slow too, so `-m "not slow"` is the whole fast subset."""
+    for item in items:
+        if item.get_closest_marker("distributed") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dqar_bench.cli import main
 
 HEAD = """\
@@ -30,6 +32,7 @@ def _run(write_suite, tmp_path, body: str, name: str):
     return out
 
 
+@pytest.mark.slow
 def test_reference_baseline_is_accurate_and_a_bad_strategy_is_a_regression(write_suite, tmp_path, capsys):
     base = _run(write_suite, tmp_path, GOOD, "base")
     records = {r["case"]: r for r in map(json.loads, (base / "records.jsonl").read_text().splitlines())}
@@ -51,3 +54,13 @@ def test_reference_baseline_is_accurate_and_a_bad_strategy_is_a_regression(write
     assert "**REGRESSION**" in out and "PSNR" in out and "class accuracy" in out
     assert bad_records["strategy"]["class_accuracy"] < records["strategy"]["class_accuracy"]
     assert "1 regression(s)**: strategy" in out
+
+
+def test_the_committed_reference_run_compared_with_itself_is_clean(capsys):
+    """The gate's fast half: the records CI compares against read, and equal records pass (no sampling)."""
+    from pathlib import Path
+
+    reference = Path(__file__).resolve().parent.parent / "results" / "ci" / "reference" / "digits-dit"
+    assert main(["compare", str(reference), str(reference)]) == 0
+    out = capsys.readouterr().out
+    assert "**no regression**" in out and "REGRESSION" not in out

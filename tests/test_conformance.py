@@ -117,10 +117,30 @@ class NanOnZero(Quantizer):
         return Plain(x / x.abs().max() * x.abs().max())
 
 
+@dataclass
+class Shy(Gate):
+    """Reuse where the step is at least `start` (never, by default, on a few steps)."""
+
+    PLUGIN_NAME = "shy"
+    CONFORMANCE_PARAMS = {"start": 99}  # wrong: still never reuses
+    start: int = field(default=1000, metadata={"help": "first step that may reuse"})
+
+    def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
+        return [ctx.step >= self.start and e for e in eligible]
+
+
+@dataclass
+class Silent(Shy):
+    """As `shy`, with nothing declared to drive it."""
+
+    PLUGIN_NAME = "silent"
+    CONFORMANCE_PARAMS = None  # type: ignore[assignment]
+
+
 class Faulty:
     @hookimpl
     def register_gates(self):
-        return [Counting, Short, Liar, Undocumented, BadMode]
+        return [Counting, Short, Liar, Undocumented, BadMode, Shy, Silent]
 
     @hookimpl
     def register_caches(self):
@@ -146,6 +166,7 @@ def failures(part, models=("dit-tiny",)):
         (BadMode, "registered with a description and parameters", "not execution modes"),
         (ForgetfulSlots, "cudagraph declaration honest (CPU replay stand-in)", "replayed"),
         (NanOnZero, "pack / unpack keep shape, dtype and finiteness", "not finite"),
+        (Shy, "reuses at least once", "reused nothing in 3 steps either"),
     ],
 )
 def test_each_check_catches_its_fault(part, check, detail):
@@ -158,6 +179,18 @@ def test_a_part_that_declares_cudagraph_unsupported_is_not_replayed(registry):
     results = check_part(registry.get("cache", "kv").cls, registry=registry, models=("dit-tiny",))
     [replay] = [r for r in results if "cudagraph" in r.name]
     assert replay.ok and replay.detail.startswith("declared unsupported: cache 'kv'")
+
+
+def test_a_gate_that_reuses_nothing_is_driven_or_says_why_not(registry):
+    results = {r.name: r for r in check_part(registry.get("gate", "dqar").cls, registry=registry, models=("dit-tiny",))}
+    assert results["dit-tiny: outputs finite, state reset per call"].detail.startswith("0 of ")  # its defaults: no reuse on a tiny model
+    driven = results["dit-tiny, driven: outputs finite, state reset per call"]
+    assert driven.ok and not driven.detail.startswith("0 of ") and "block evaluations reused" in driven.detail
+    assert all(r.ok for r in results.values()), [r.line() for r in results.values() if not r.ok]
+    never = {r.name: r for r in check_part(registry.get("gate", "never").cls, registry=registry, models=("dit-tiny",))}
+    assert "a gate that never reuses cannot" in never["dit-tiny: reuse path"].detail
+    silent = {r.name: r for r in check_part(Silent, plugins=(Faulty(),), models=("dit-tiny",))}
+    assert silent["dit-tiny: reuse path"].ok and "declare CONFORMANCE_PARAMS" in silent["dit-tiny: reuse path"].detail
 
 
 def test_check_part_from_the_command_line(capsys):

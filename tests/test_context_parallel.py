@@ -58,6 +58,7 @@ def _close(a: dict, b: dict, tol: float) -> None:
         assert all(math.isclose(u, v, rel_tol=tol, abs_tol=tol) for u, v in zip(x, y)), (key, a, b)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("case", ["dqar", "first-block-cache"])
 def test_two_ranks_read_the_whole_sequence_and_decide_as_one_process(two_ranks, one_process, case):
     reference = one_process[case]
@@ -69,6 +70,7 @@ def test_two_ranks_read_the_whole_sequence_and_decide_as_one_process(two_ranks, 
             _close(theirs, ours, 1e-5)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("case", ["baseline", "dqar", "first-block-cache"])
 def test_a_split_call_counts_the_flops_of_all_its_ranks(two_ranks, one_process, case):
     """Attention is cut exactly in two, so its FLOPs add up to one process's; what every rank
@@ -81,6 +83,7 @@ def test_a_split_call_counts_the_flops_of_all_its_ranks(two_ranks, one_process, 
     assert ours["total"] < theirs["total"] < 1.2 * ours["total"]
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("case", ["baseline", "dqar", "first-block-cache"])
 def test_two_ranks_give_one_process_outputs(two_ranks, one_process, case):
     (_, first), (_, second) = two_ranks
@@ -88,12 +91,14 @@ def test_two_ranks_give_one_process_outputs(two_ranks, one_process, case):
     assert torch.allclose(first[case], one_process[case]["latents"], atol=1e-4, rtol=0)
 
 
+@pytest.mark.distributed
 def test_leaving_context_parallelism_gives_the_model_back(two_ranks, one_process):
     """After every context-parallel case, each rank ran the untouched model once more without it: bit for bit one process's."""
     for _, tensors in two_ranks:
         assert torch.equal(tensors["after"], one_process["baseline"]["latents"])
 
 
+@pytest.mark.distributed
 def test_decisions_that_would_differ_are_rank_zeros_on_both(two_ranks):
     assert [found["agreed"] for found, _ in two_ranks] == [[True, False, True]] * 2
     # a gate that answers by rank: both ranks run rank 0's answer (blocks 0 and 2 from step 2) and finish the call alike
@@ -105,6 +110,7 @@ def test_decisions_that_would_differ_are_rank_zeros_on_both(two_ranks):
     assert torch.allclose(one["by-rank"], alone["latents"], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_sharded_scope_on_one_rank_reads_what_the_plain_scope_reads(one_process):
     """The sharding arithmetic (joint text+image positions on FLUX's single-stream blocks, softmax
     statistics, residual sums) on a world of one, through the real model: the plain signals, to 1e-5."""
@@ -133,6 +139,7 @@ def test_sharded_scope_on_one_rank_reads_what_the_plain_scope_reads(one_process)
         assert torch.allclose(latents, one_process[name]["latents"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_one_rank_runs_the_plain_scope_bit_for_bit(one_process):
     """What the runner wraps every case in, without parallelism: nothing changes, the scope stays the plain one."""
     from dqar_bench.model.models import load_model

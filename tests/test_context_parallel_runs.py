@@ -91,6 +91,7 @@ def runs(tmp_path_factory):
     }
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("mode", ["data", "shard"])
 def test_a_split_case_runs_every_seed_on_every_rank_and_measures_what_one_process_measures(runs, mode):
     one, two = records(runs["one"]), records(runs[mode])
@@ -113,6 +114,7 @@ def test_a_split_case_runs_every_seed_on_every_rank_and_measures_what_one_proces
     assert "| fbc | residual-change(threshold=0.5) / block-residual / none / all [ulysses=2] |" in table and "context parallelism" in table
 
 
+@pytest.mark.distributed
 def test_data_parallel_cases_beside_split_ones_keep_their_seed_split_and_one_round_order(runs):
     two, one = records(runs["data"]), records(runs["one"])
     assert [(r["rank"], r["seeds"]) for r in two["iv"].ranks] == [(0, [0]), (1, [1])]
@@ -123,6 +125,7 @@ def test_data_parallel_cases_beside_split_ones_keep_their_seed_split_and_one_rou
     assert two["fbc"].round_s and two["fbc"].ranks and "round_s" not in two["fbc"].ranks[0]  # rank 0's time stands for the call
 
 
+@pytest.mark.distributed
 def test_shard_cases_does_not_spread_split_cases(runs):
     sharded = records(runs["shard"])
     assert {name: r.rank for name, r in sharded.items()} == {"baseline": 0, "iv": 0, "iv3": 1, "dqar": 0, "fbc": 0, "fbc-ring": 0}
@@ -134,6 +137,7 @@ def test_shard_cases_does_not_spread_split_cases(runs):
         assert sorted(e["rank"] for e in lines if name in e["cases"]) == [0, 1]  # every rank timed it, together
 
 
+@pytest.mark.distributed
 def test_a_model_without_a_context_parallel_plan_is_refused_on_every_rank_and_the_run_goes_on(runs):
     pixart = records(runs["pixart"])
     assert {name: r.status for name, r in pixart.items()} == {

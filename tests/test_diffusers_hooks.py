@@ -19,7 +19,7 @@ import torch
 
 from dqar_bench.model import families
 from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.strategy.diffusers_hooks import HOOKS, DiffusersHook, HookConfigError, check, refusal
+from dqar_bench.strategy.diffusers_hooks import HOOKS, DiffusersHook, HookConfigError, check, refusal, taylorseer_patterns
 from dqar_bench.core.errors import SuiteError
 from dqar_bench.model.models import TINY_MODELS
 from dqar_bench.core.parts import build_part
@@ -105,6 +105,12 @@ def test_refusals_name_the_reason():
     assert refusal("taylorseer", families.get("flux")) is None
     assert "two passes" in refusal("faster-cache", families.get("wan"))
     assert refusal("faster-cache", families.get("wan"), {"is_guidance_distilled": True}) is None
+
+
+def test_taylorseer_patterns_read_from_source_are_the_ones_diffusers_uses():
+    from diffusers.hooks.taylorseer_cache import _TRANSFORMER_BLOCK_IDENTIFIERS
+
+    assert taylorseer_patterns() == tuple(_TRANSFORMER_BLOCK_IDENTIFIERS)
 
 
 HEAD = """\

@@ -74,11 +74,13 @@ def two_ranks(tmp_path_factory, fid_images):
 # --- two ranks ----------------------------------------------------------------------------
 
 
+@pytest.mark.distributed
 def test_ranks_join_one_gloo_world(two_ranks):
     for rank in range(2):
         assert json.loads((two_ranks / f"world-rank{rank}.json").read_text()) == {"rank": rank, "size": 2, "backend": "gloo", "device": "cpu"}
 
 
+@pytest.mark.distributed
 def test_snr_over_a_split_batch_equals_the_unsplit_one(two_ranks):
     latents, x0 = worker.latents_and_x0()
     whole = signals.latent_snr(latents, x0).item()
@@ -89,6 +91,7 @@ def test_snr_over_a_split_batch_equals_the_unsplit_one(two_ranks):
         assert phase(two_ranks, "signals", rank)["snr"] == pytest.approx(whole, rel=1e-6)
 
 
+@pytest.mark.distributed
 def test_entropy_over_sharded_keys_and_heads_equals_the_unsharded_one(two_ranks):
     q, k = worker.attention_inputs()
     whole = signals.attention_entropy(q, k, 16).item()
@@ -104,11 +107,13 @@ def test_entropy_over_sharded_keys_and_heads_equals_the_unsharded_one(two_ranks)
             assert found[name][1] != found[name][1]  # NaN: a block never recorded stays unknown
 
 
+@pytest.mark.distributed
 def test_rank_zero_decides_for_every_rank(two_ranks):
     # rank r proposed [r == 0, r == 1, True]; both run rank 0's
     assert [phase(two_ranks, "signals", r)["decisions"] for r in range(2)] == [[True, False, True]] * 2
 
 
+@pytest.mark.distributed
 def test_records_gather_on_rank_zero_and_decisions_broadcast(two_ranks):
     zero, one = (phase(two_ranks, "collectives", r) for r in range(2))
     assert zero["gathered"] == [{"case": "baseline", "rank": 0}, {"case": "baseline", "rank": 1}]
@@ -119,6 +124,7 @@ def test_records_gather_on_rank_zero_and_decisions_broadcast(two_ranks):
     assert (zero["shard"], one["shard"]) == ([0, 2, 4, 6], [1, 3, 5])
 
 
+@pytest.mark.slow
 def test_fid_images_split_by_sampling_call_are_the_one_process_images(fid_images):
     images, shares, _ = fid_images
     assert fid_batches(FID_COUNT, FID_BATCH, 0, 2) == [0, 2] and fid_batches(FID_COUNT, FID_BATCH, 1, 2) == [1]
@@ -128,6 +134,7 @@ def test_fid_images_split_by_sampling_call_are_the_one_process_images(fid_images
     assert sorted(fid_image_indices(FID_COUNT, FID_BATCH, 0, 2) + fid_image_indices(FID_COUNT, FID_BATCH, 1, 2)) == list(range(FID_COUNT))
 
 
+@pytest.mark.distributed
 def test_fid_of_features_gathered_from_two_ranks_equals_one_process(two_ranks, fid_images):
     one_process = fid_images[2]
     found = phase(two_ranks, "fid", 0)
@@ -140,11 +147,13 @@ def test_fid_of_features_gathered_from_two_ranks_equals_one_process(two_ranks, f
         assert two[key] == pytest.approx(one_process[key], rel=1e-5), key
 
 
+@pytest.mark.distributed
 def test_a_hung_rank_is_named_when_the_barrier_times_out(two_ranks):
     message = phase(two_ranks, "hang", 0)
     assert message == "rank 1 did not reach 'records of case 3' within 1.5 s (it hung or died; see its own output)"
 
 
+@pytest.mark.distributed
 def test_a_dead_rank_is_one_line_on_the_survivor_not_a_hang(tmp_path):
     codes, outputs, wall = start_ranks("die", tmp_path)
     print(f"two gloo ranks, one dies: {wall:.1f} s wall")
@@ -271,3 +280,21 @@ def test_nproc_keeps_the_exit_status_of_the_first_rank_that_failed(monkeypatch):
     assert launch(2, ["run", "s.yaml"]) == 128 + 9
     monkeypatch.setattr(torchrun, "run", lambda config: None)
     assert launch(2, ["run", "s.yaml"]) == 0
+
+
+def test_nproc_gives_the_ranks_their_threads_so_torchrun_prints_no_banner(monkeypatch):
+    """torchrun prints its 4-line OMP_NUM_THREADS banner only where the variable is unset."""
+    import os
+
+    import torch.distributed.run as torchrun
+
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+    monkeypatch.setattr(torchrun, "run", lambda config: seen.append(os.environ.get("OMP_NUM_THREADS")))
+    assert launch(2, ["run", "s.yaml"], threads=3) == 0
+    assert seen == ["3"] and "OMP_NUM_THREADS" not in os.environ  # this process keeps its own environment
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the user's choice wins
+    assert launch(2, ["run", "s.yaml"], threads=3) == 0
+    assert seen == ["3", "5"] and os.environ["OMP_NUM_THREADS"] == "5"

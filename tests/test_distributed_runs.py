@@ -99,6 +99,7 @@ def one_process(tmp_path_factory):
     return found
 
 
+@pytest.mark.distributed
 def test_two_ranks_under_nproc_measure_what_one_process_measures(tmp_path, one_process, monkeypatch, capfd):
     from dqar_bench.cli import main
 
@@ -108,7 +109,9 @@ def test_two_ranks_under_nproc_measure_what_one_process_measures(tmp_path, one_p
     started = time.perf_counter()
     assert main(["run", str(suite_file(tmp_path, "interleaved")), "-o", str(tmp_path / "run"), "--nproc", "2"]) == 0
     print(f"two ranks (--nproc 2): {time.perf_counter() - started:.1f} s")
-    assert capfd.readouterr().out.count("results: ") == 1  # rank 0 speaks for the run
+    said = capfd.readouterr()
+    assert said.out.count("results: ") == 1  # rank 0 speaks for the run
+    assert "OMP_NUM_THREADS" not in said.err and "*****" not in said.err  # torchrun's banner: the threads are given
     two = records(tmp_path / "run")
     assert_same_quality(one_process, two)
     for name, record in two.items():
@@ -125,6 +128,7 @@ def test_two_ranks_under_nproc_measure_what_one_process_measures(tmp_path, one_p
         assert two[name].round_s == two[name].ranks[0]["round_s"]  # the record's own figures are rank 0's
 
 
+@pytest.mark.distributed
 def test_sharded_cases_give_the_quality_columns_of_an_unsharded_run(tmp_path, one_process):
     codes, errors, wall = ranks(["run", str(suite_file(tmp_path, "interleaved")), "-o", str(tmp_path / "run"), "--shard", "cases"])
     print(f"two ranks, --shard cases: {wall:.1f} s")
@@ -142,6 +146,7 @@ def test_sharded_cases_give_the_quality_columns_of_an_unsharded_run(tmp_path, on
     assert all(run.environment_of(r)["torch_threads"] for r in sharded.values())
 
 
+@pytest.mark.distributed
 def test_a_dead_rank_leaves_a_run_that_resume_finishes_with_another_number_of_ranks(tmp_path, one_process, capsys):
     from dqar_bench.cli import main
 
@@ -161,6 +166,7 @@ def test_a_dead_rank_leaves_a_run_that_resume_finishes_with_another_number_of_ra
     assert finished["q"].world_size == 1 and finished["iv"].world_size == 2
 
 
+@pytest.mark.distributed
 def test_a_hung_rank_stops_the_run_with_one_line_naming_it(tmp_path):
     suite = tmp_path / "hang.yaml"  # no FID: rank 0 reaches the exchange of case iv at once
     suite.write_text(SUITE.replace("ORDER", "blocked").split("quality:")[0] + "baseline: baseline\ncases:\n  - name: baseline\n  - name: iv\n    gate: {name: interval, every: 2}\n    cache: attention-output\n")

@@ -187,6 +187,7 @@ def test_unsupported_reasons():
         assert unsupported("cudagraph", cuda, strategy(registry, "never", cache)) is None
 
 
+@pytest.mark.slow
 def test_compiled_peer_matches_eager_with_one_graph_per_pattern(tiny, registry):
     condition = labels_condition([1, 3], tiny.null_class, torch.device("cpu"))
 

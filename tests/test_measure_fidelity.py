@@ -164,6 +164,7 @@ cases:
 """
 
 
+@pytest.mark.slow
 def test_runner_scores_each_case_against_the_baseline_images(write_suite, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(models.BUILTIN_MODELS, "pixel-tiny", build_pixel_dit)
     path = write_suite(SUITE.format(extractor=TINY))

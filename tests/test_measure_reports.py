@@ -13,7 +13,7 @@ from dqar_bench.measure import environment, rss
 from dqar_bench.measure.case_record import SCHEMA_VERSION, CaseRecord
 from dqar_bench.measure.records import RunDir
 from dqar_bench.views.plot import plot_run
-from dqar_bench.measure.progress import Progress
+from dqar_bench.measure.progress import Progress, eta
 from dqar_bench.views.table import render_markdown, results_frame
 from tests.conftest import SMALL_SUITE_HEAD
 
@@ -117,4 +117,18 @@ def test_progress_counts_calls_and_stays_quiet_off_a_terminal(capsys):
     shown.close()
     hidden = Progress(5, show=False)
     hidden.tick()
+    hidden.grow(9)  # no bar: nothing to raise, no error
     assert hidden.wrap(print) is print
+
+
+def test_progress_total_grows_and_eta_reads_in_plain_units():
+    bar = Progress(2, show=True)
+    bar.tick()
+    bar.grow(40)
+    assert bar._bar.total == 40
+    bar.close()
+    assert eta(0, 10, 0.0) == "time left unknown"
+    assert eta(1, 4, 10.0) == "about 30 s left"
+    assert eta(1, 31, 60.0) == "about 30 min left"
+    assert eta(1, 3, 7200.0) == "about 4.0 h left"
+    assert eta(5, 5, 3.0) == "0 s left"

@@ -197,6 +197,7 @@ def test_cold_is_the_first_call_of_a_case(tmp_path, monkeypatch, registry):
     assert every2.cold_s == every2.warmup_s[0] == pytest.approx(synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP, 2))
 
 
+@pytest.mark.slow
 def test_real_clock_times_at_least_the_known_cost(tmp_path, monkeypatch, registry):
     """With real sleeps the figure can only exceed the known cost (by the sampler's own work);
     how close it comes is a speed figure, printed by benchmarks/harness_overhead.py."""

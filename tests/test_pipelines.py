@@ -65,6 +65,7 @@ def _suite(path: Path, model: object, family: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pipeline_gives_the_lean_outputs(family: str, folders: dict[str, Path], tmp_path: Path) -> None:
     folder = folders[family]
@@ -139,6 +140,7 @@ def test_prompts_go_through_the_pipelines_encode_prompt(family: str, tmp_path: P
     assert float((images - decoder(lean.vae)(latents)).abs().max()) <= IMAGE_TOLERANCE
 
 
+@pytest.mark.slow
 def test_a_suites_prompts_run_through_the_pipeline(tmp_path: Path) -> None:
     """The runner's route: `prompts:` on the pipeline path, the same embeddings as a file on the lean path."""
     pytest.importorskip("transformers")
@@ -180,6 +182,7 @@ def test_a_missing_pipeline_is_one_line_and_exit_2(tmp_path: Path, capsys: pytes
     assert len(err) == 1 and "folder.yaml: field 'model.pipeline'" in err[0] and "does not exist" in err[0]
 
 
+@pytest.mark.slow
 def test_compiled_cases_on_the_pipeline_path_are_unsupported_and_resume_finds_the_rest(folders: dict[str, Path], tmp_path: Path) -> None:
     suite = _suite(tmp_path / "modes.yaml", {"pipeline": str(folders["sd3"])}, "sd3")
     data = yaml.safe_load(suite.read_text())

@@ -153,6 +153,7 @@ def test_shipped_peer_suites_validate(name, registry):
     assert suite.cases and all(suite.baseline_for(c) for c in suite.cases)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["compile", "cudagraph"])
 def test_pixart_runs_in_the_strong_modes(pixart, registry, mode):
     """Compiled (Dynamo only, to stay fast) and CUDA graphs (the CPU stand-in of test_execution)."""

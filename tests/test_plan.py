@@ -102,6 +102,7 @@ cases:
 """
 
 
+@pytest.mark.slow
 def test_plan_equals_the_reuse_a_real_run_records(write_suite, tmp_path, registry):
     head = "name: planned\nmodel: dit-tiny\nsampler: {name: ddim, steps: 11, guidance_scale: 4.0}\nclass_labels: [1]\nseeds: [0]\ndevice: cpu\ntiming: {warmup: 0, repeats: 1, per_step: false}\n"
     path = write_suite(head + STATIC_CASES)

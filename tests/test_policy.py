@@ -146,6 +146,29 @@ def test_trace_writes_declared_features_and_trains(tmp_path: Path, capsys) -> No
     assert load_policy(weights).input_size == len(FEATURES)
 
 
+@pytest.mark.slow
+def test_trace_runs_on_the_suites_threads_and_says_how_long_is_left(tmp_path: Path, monkeypatch) -> None:
+    import dqar_bench.run.trace as trace
+
+    seen: list[int] = []
+    real = trace.denoise
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trace, "denoise", counting)
+    path = _write_suite(tmp_path / "suite.yaml", "  - name: reuse\n    cache: attention-output\n", steps=3, seeds="[0, 1]")
+    path.write_text(path.read_text().replace("device: cpu\n", "device: cpu\nthreads: 2\n"))
+    before = torch.get_num_threads()
+    said: list[str] = []
+    summary = trace.trace_suite(load_suite(path), tmp_path / "t.jsonl", max_samples=2, progress=said.append)
+    assert set(seen) == {2} and len(seen) == summary.calls == 2 * (1 + 2)
+    assert torch.get_num_threads() == before  # the caller's setting comes back
+    assert said[0].startswith("tracing 1 case(s) x 2 seed(s) on dit-tiny") and "2 thread(s)" in said[0]
+    assert "(1/2)" in said[1] and "left" in said[1] and "(2/2)" in said[2] and said[2].endswith("0 s left")
+
+
 def test_suite_case_with_policy_gate_runs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     _always_safe(tmp_path / "always.safetensors")

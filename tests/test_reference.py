@@ -25,6 +25,7 @@ def split():
     return load_digits_split()
 
 
+@pytest.mark.slow
 def test_shipped_dit_reaches_documented_class_accuracy(metrics: dict) -> None:
     from reference_training.train import eval_labels, sample_digits
 

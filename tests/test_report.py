@@ -10,6 +10,7 @@ import io
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from dqar_bench.cli import main
@@ -159,6 +160,7 @@ def test_a_failing_report_never_costs_the_run(write_suite, tmp_path, monkeypatch
     assert (tmp_path / "run" / "table.md").exists()
 
 
+@pytest.mark.slow
 def test_a_model_with_a_vae_keeps_decoded_previews(write_suite, tmp_path, monkeypatch):
     """The report of a VAE model shows the pictures decoded at run time: it never needs the model."""
     from diffusers import AutoencoderKL
@@ -231,6 +233,7 @@ def test_reuse_counts_per_step_and_block():
     assert sum(map(sum, stats.reuse_map)) == 5
 
 
+@pytest.mark.slow
 def test_the_runner_s_report_shows_the_cases_of_the_suite_as_run(tmp_path):
     """A run resumed with a case taken out of its suite keeps that case's record; the report the
     runner writes, like its table, shows only the suite's cases."""
@@ -244,3 +247,41 @@ def test_the_runner_s_report_shows_the_cases_of_the_suite_as_run(tmp_path):
     shown = lambda page: set(re.findall(r'data-case="([^"]+)"', page))  # noqa: E731
     assert {"dqar", "fora", "baseline"} <= shown(everything)
     assert shown(some) == {"baseline", "fora"}
+
+
+def test_runs_of_different_models_stand_side_by_side_each_with_its_own_setting(report_run, tmp_path):
+    import json
+    import shutil
+
+    run = report_run[0]
+    other = tmp_path / "flow"
+    shutil.copytree(run.path, other)
+    lines = [json.loads(line) for line in (other / "records.jsonl").read_text().splitlines()]
+    for record in lines:  # as a run of another model, sampler and number of steps would record
+        record.update(model="digits-flow", sampler="flow-euler", steps=1)
+    (other / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "both.html"
+    assert main(["report", str(run.path), str(other), "-o", str(out)]) == 0
+    page = out.read_text()
+    header = page.split("<nav>")[0]
+    cards = dict(re.findall(r'<li class="run" data-run="([^"]+)">(.*?)</ul></li>', header, re.S))
+    assert set(cards) == {"run", "flow"}
+    assert "digits-flow" in cards["flow"] and "flow-euler, 1 step<" in cards["flow"]
+    assert "digits-flow" not in cards["run"] and "dit-tiny" in cards["run"] and f"{STEPS} steps" in cards["run"]
+    images = page.split('id="images"')[1].split("</section>")[0]
+    columns = re.findall(r'<div class="runcol" data-run="([^"]+)"><h4>[^<]*<small>([^<]*)</small>', images)
+    assert ("run", f"dit-tiny · ddim, {STEPS} steps") in columns and ("flow", "digits-flow · flow-euler, 1 step") in columns
+    reuse = page.split('id="reuse"')[1].split("</section>")[0]
+    assert [name for name, _ in re.findall(r'<div class="runcol" data-run="([^"]+)"><h4>[^<]*<small>([^<]*)</small>', reuse)] == ["run", "flow"]
+
+
+def test_plurals_and_no_cuda_on_a_cpu_run(report_run):
+    from dqar_bench.views.report.reuse import reuse_map
+    from dqar_bench.views.report.runs import Entry
+
+    page = report_run[2]
+    assert f"{CALLS} scored calls" in page
+    one = Entry(None, {"case": "iv", "reuse_map": [[0, 1], [1, 1]], "reuse_map_calls": 1, "reuse_ratio": 0.75}, {})  # type: ignore[arg-type]
+    assert "· 1 scored call<" in reuse_map(one)
+    environment = page.split('id="environment"')[1]
+    assert "<td>CUDA</td>" not in environment and "<td>cuDNN</td>" not in environment

@@ -14,9 +14,10 @@ import pytest
 
 from report_browser import Browser, PageVisit, find_chromium
 
-pytestmark = pytest.mark.skipif(
-    find_chromium() is None, reason="Chromium is not installed: `apt-get install chromium` (.ci/run installs it)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed: `apt-get install chromium` (.ci/run installs it)"),
+]
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -96,3 +97,27 @@ def test_the_checks_catch_a_broken_page(browser, tmp_path):
         assert_offline(visit)
     with pytest.raises(AssertionError):
         assert_looks_drawn(visit)
+
+
+def test_at_1280_px_the_case_column_stays_while_the_summary_scrolls_and_runs_stand_side_by_side(browser, report_run, tmp_path):
+    from dqar_bench.views.report import write_report
+
+    run = report_run[0]
+    page = write_report([run.path, run.path], tmp_path / "two.html")  # the same run twice: two columns, "run #1" and "run #2"
+    measure = """(() => {
+        const box = document.querySelector("#summary .scroll");
+        const wide = box.scrollWidth > box.clientWidth;
+        box.scrollLeft = box.scrollWidth;
+        const first = document.querySelector("table.summary tbody tr td").getBoundingClientRect();
+        const second = document.querySelector("table.summary tbody tr td:nth-child(2)").getBoundingClientRect();
+        const columns = Array.from(document.querySelectorAll("#images .runcols")[0].children).map(c => c.getBoundingClientRect());
+        return {wide: wide, caseLeft: first.left - box.getBoundingClientRect().left, covered: second.left < first.right,
+                page: document.documentElement.scrollWidth, tops: columns.map(c => c.top), lefts: columns.map(c => c.left)};
+    })()"""
+    visit = browser.visit(page.as_uri(), width=1280, evaluate=[measure])
+    assert visit.errors == []
+    found = visit.values[0]
+    assert found["page"] <= 1280  # the page itself never scrolls sideways
+    if found["wide"]:  # where the summary is wider than the page, its case column stays at the left edge
+        assert abs(found["caseLeft"]) < 1.5 and found["covered"], found
+    assert len(found["tops"]) == 2 and found["tops"][0] == found["tops"][1] and found["lefts"][0] < found["lefts"][1]

@@ -45,6 +45,7 @@ def _suite(path: Path, model: object, resolution: dict | None, **more: object) -
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(SIZES))
 def test_lean_and_pipeline_paths_sample_at_the_suites_size(family: str, tmp_path: Path) -> None:
     resolution, shape = SIZES[family]

@@ -97,6 +97,7 @@ def test_resume_with_a_changed_step_count_is_refused_in_one_line(write_suite, tm
     assert (out / "records.jsonl").read_text() == before  # nothing run, nothing lost
 
 
+@pytest.mark.slow
 def test_rerun_changed_reruns_just_the_changed_cases(write_suite, tmp_path, capsys, monkeypatch):
     path = write_suite(SMALL_SUITE_HEAD + CASES + "  - name: other\n    gate: never\n")
     out = tmp_path / "run"
@@ -118,6 +119,7 @@ def test_rerun_changed_reruns_just_the_changed_cases(write_suite, tmp_path, caps
     assert "--resume" in one_line(capsys)
 
 
+@pytest.mark.slow
 def test_a_renamed_case_is_found_by_its_content(write_suite, tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main(["run", str(write_suite(SMALL_SUITE_HEAD + CASES)), "-o", str(out)]) == 0
@@ -129,6 +131,7 @@ def test_a_renamed_case_is_found_by_its_content(write_suite, tmp_path, monkeypat
     assert "| every-2 |" in (out / "table.md").read_text() and "| iv |" not in (out / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_exit_status_follows_the_latest_record_and_failed_cases_are_retried(write_suite, tmp_path, monkeypatch):
     from dqar_bench.run import case_run
 
@@ -190,6 +193,7 @@ def test_bad_labels_or_model_leave_no_run_directory(write_suite, tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_locked_directory_is_refused(write_suite, tmp_path, capsys):
     path = write_suite(SMALL_SUITE_HEAD + CASES)
     out = tmp_path / "run"
@@ -204,6 +208,7 @@ def test_a_second_run_into_a_locked_directory_is_refused(write_suite, tmp_path, 
     assert main(["run", str(path), "--resume", str(out)]) == 0  # released: fine again
 
 
+@pytest.mark.slow
 def test_corrupt_outputs_on_resume_are_named_and_their_case_rerun(write_suite, tmp_path, capsys, monkeypatch):
     path = write_suite(SMALL_SUITE_HEAD + CASES)
     out = tmp_path / "run"
@@ -223,6 +228,7 @@ def test_corrupt_outputs_on_resume_are_named_and_their_case_rerun(write_suite, t
     assert f"{RunDir(out).outputs_path('iv')}: missing" in capsys.readouterr().out and ran == ["baseline (partner)", "iv"]
 
 
+@pytest.mark.slow
 def test_output_files_never_collide_whatever_the_case_names(write_suite, tmp_path):
     names = ["a/b", "a b", "a_b", "../../up", "fid-reference-features", "x" * 300]
     files = {outputs_file_name(n) for n in names}
@@ -260,6 +266,7 @@ def test_outputs_are_fsynced_before_their_rename(tmp_path, monkeypatch):
     assert events.index(f"fsync {tmp}") < events.index(f"replace {tmp}")
 
 
+@pytest.mark.slow
 def test_nan_outputs_fail_the_case_naming_the_seeds(write_suite, tmp_path):
     body = SMALL_SUITE_HEAD.replace("seeds: [0]", "seeds: [0, 1]") + CASES + "  - name: broken\n    gate: {name: interval, every: 2}\n    cache: nan-cache\n"
     registry = registry_with_test_parts()

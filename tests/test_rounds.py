@@ -71,6 +71,7 @@ def expected_speedup(every):
     return synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP) / synthetic.expected_call_s(STEPS, BLOCKS, ATTN, MLP, every)
 
 
+@pytest.mark.slow
 def test_drift_halfway_hits_every_case_alike_when_rounds_interleave(tmp_path, monkeypatch):
     records, frame, rounds = fixed_cost_run(tmp_path, monkeypatch, drift_after=2)
     assert len(rounds) == 4 and all(set(e["order"]) == {"baseline", "every2", "every3"} for e in rounds)
@@ -165,6 +166,7 @@ def test_a_crash_loses_only_the_round_in_flight_and_resume_pairs_new_rounds(tmp_
         assert len({log[r]["session"] for r in record.round_ids}) == 2  # two sessions, each paired within itself
 
 
+@pytest.mark.slow
 def test_model_is_bit_identical_after_interleaved_install_and_removal(write_suite, tmp_path, monkeypatch, tiny):
     from dqar_bench.model.sampling import labels_condition, make_scheduler, denoise
 
@@ -203,6 +205,7 @@ cases:
     assert all(r.status == "ok" and r.rounds == 3 for r in records)
 
 
+@pytest.mark.slow
 def test_busy_neighbour_halfway_moves_raw_times_not_paired_speedups(write_suite, tmp_path, monkeypatch):
     """Two runs of one suite; in the second a thread busy with torch work starts after half
     the rounds. Raw times shift under it; the paired speedup stays close to the first run's."""
@@ -257,6 +260,7 @@ cases:
     assert verdict.exit_status in (0, 3), [c.regressions for c in verdict.changes]  # clean or inconclusive, never a regression
 
 
+@pytest.mark.slow
 def test_strong_modes_are_timed_blocked_and_say_so(write_suite, tmp_path, monkeypatch):
     from tests.conftest import SMALL_SUITE_HEAD
 

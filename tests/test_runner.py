@@ -37,11 +37,14 @@ def test_run_writes_records_csv_and_table(write_suite, tmp_path, capsys):
     assert csv.loc[csv.case == "baseline", "speedup"].item() == pytest.approx(1.0)
     table = (out / "table.md").read_text()
     assert "| iv | interval(every=2) / attention-output / none / all |" in table
-    assert "| iv |" in printed  # the same table is printed
+    assert "| iv       |" in printed and "speedup [95% CI]" in printed  # the table is printed, padded
+    assert max(len(line) for line in printed.splitlines() if line.startswith("|")) <= 120  # cut to a terminal; table.md has it all
+    assert max(len(line) for line in table.splitlines()) > 120
 
 
 
 
+@pytest.mark.slow
 def test_failing_case_is_recorded_and_suite_goes_on(write_suite, tmp_path, monkeypatch):
     from dqar_bench.run import case_run
 
@@ -63,6 +66,7 @@ def test_failing_case_is_recorded_and_suite_goes_on(write_suite, tmp_path, monke
     assert "failed: RuntimeError: part exploded" in (out / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_resume_skips_recorded_cases_and_still_compares(write_suite, tmp_path, monkeypatch):
     path = write_suite(SMALL_SUITE_HEAD + CASES)
     out = tmp_path / "run"

@@ -188,6 +188,7 @@ def embeddings_file(path, prompts, n=2):
     return path
 
 
+@pytest.mark.slow
 def test_clip_and_lpips_reach_the_records_and_results_csv(tmp_path, clip_dir, capsys):
     backbone, linear = write_lpips_weights(tmp_path / "lpips", "vgg")
     captions = embeddings_file(tmp_path / "captions.safetensors", PROMPTS[:3])

@@ -29,6 +29,12 @@ class Progress:
                 return
             self._bar = tqdm(total=total, unit="call", file=sys.stderr, leave=False, dynamic_ncols=True)
 
+    def grow(self, total: int) -> None:
+        """A run whose count of calls is known only as it goes (a trace) raises the total here."""
+        if self._bar is not None and total != self._bar.total:
+            self._bar.total = total
+            self._bar.refresh()
+
     def case(self, name: str) -> None:
         if self._bar is not None:
             self._bar.set_description(name)
@@ -53,3 +59,15 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def eta(done: int, total: int, seconds: float) -> str:
+    """The plain-line ETA, for logs and pipes where no bar is drawn: at the mean pace so far."""
+    if done <= 0 or total <= done:
+        return "0 s left" if total <= done else "time left unknown"
+    left = seconds / done * (total - done)
+    if left < 90:
+        return f"about {left:.0f} s left"
+    if left < 5400:
+        return f"about {left / 60:.0f} min left"
+    return f"about {left / 3600:.1f} h left"

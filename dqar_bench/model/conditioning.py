@@ -200,7 +200,7 @@ def t5_condition(
     except Exception as exc:
         raise ModelError(
             f"'{source}' has no loadable text_encoder/tokenizer ({type(exc).__name__}); download the whole checkpoint "
-            f"(`huggingface-cli download {source}`) or give 'prompt_embeddings' instead"
+            f"(`hf download {source}`) or give 'prompt_embeddings' instead"
         ) from None
     encoder.to(device).eval()
     max_tokens = text.max_tokens if text is not None else MAX_CAPTION_TOKENS

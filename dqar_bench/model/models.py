@@ -300,9 +300,9 @@ def offline_problem(name: str, allow_download: bool, pipeline: bool = False) -> 
     if _local_transformer_config(name) is not None and (not pipeline or local_json(name, "model_index.json") is not None):
         return None
     if pipeline:
-        return f"pipeline '{name}' is not in the local Hugging Face cache; download it first (`huggingface-cli download {name}`): the pipeline path never downloads"
+        return f"pipeline '{name}' is not in the local Hugging Face cache; download it first (`hf download {name}`): the pipeline path never downloads"
     return (
-        f"model '{name}' is not available offline; download it first (`huggingface-cli download {name}`) "
+        f"model '{name}' is not available offline; download it first (`hf download {name}`) "
         f"or set `model: {{name: {name}, download: true}}` in the suite"
     )
 
@@ -412,7 +412,7 @@ def _load_checkpoint(name: str, allow_download: bool, dtype: torch.dtype = torch
             raise ModelError(f"model folder '{name}' has no loadable {model_class.__name__} in 'transformer/': {first_line(exc)}") from None
         raise ModelError(
             f"model '{name}' is not available offline; download it first "
-            f"(`huggingface-cli download {name}`) or set `model: {{name: {name}, download: true}}` in the suite"
+            f"(`hf download {name}`) or set `model: {{name: {name}, download: true}}` in the suite"
         ) from None
     return LoadedModel(name, transformer, _scheduler_config(source, offline, family), _load_vae(source, offline), family.name, source)
 

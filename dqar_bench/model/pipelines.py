@@ -105,7 +105,7 @@ def load_pipeline(source: str, device: torch.device, dtype: torch.dtype, text_en
     if index is None:
         raise ModelError(
             f"field 'model.pipeline': '{source}' is not a diffusers pipeline on this machine (no model_index.json in the folder "
-            f"or the local Hugging Face cache); download it first (`huggingface-cli download {source}`); nothing is downloaded here"
+            f"or the local Hugging Face cache); download it first (`hf download {source}`); nothing is downloaded here"
         )
     reason = pipeline_refusal(None, str(index.get("_class_name")))
     if reason:

@@ -65,6 +65,7 @@ from dqar_bench.measure.rounds import RoundLog, round_order, timed_as
 from dqar_bench.model.sampling import Condition
 from dqar_bench.config.suite import Case, Suite
 from dqar_bench.views.table import render_markdown, results_frame
+from dqar_bench.views.terminal import fit_tables
 
 __all__ = ["build_strategy", "check_labels", "default_output_dir", "resolve_device", "run_case", "run_suite"]
 
@@ -408,7 +409,7 @@ def _write_views(suite: Suite, run: RunDir, progress: Progress) -> None:
     plot = plot_run(frame, run.path / "pareto.png", suite.name)
     run.write_text("table.md", f"# {suite.name}\n\n{table}\n")
     progress("")
-    progress(table)
+    progress(fit_tables(table))  # the terminal's share; table.md keeps every column
     progress(f"\nplot: {plot}")
     progress(f"report: {report_run(run, names)}")
     progress(f"results: {run.path}")

@@ -26,6 +26,7 @@ than the quality you want, and judge a policy by running it in a suite.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -44,6 +45,7 @@ from dqar_bench.model.models import LoadedModel, load_model
 from dqar_bench.core.parts import Gate
 from dqar_bench.config.part_spec import new_part
 from dqar_bench.core.plugins import Registry, get_registry
+from dqar_bench.measure.progress import Progress, eta
 from dqar_bench.strategy.policy.features import FEATURES, SIGNALS as POLICY_SIGNALS, feature_rows
 from dqar_bench.run.runner import apply_resolution, check_labels, resolve_device
 from dqar_bench.model.sampling import Condition, denoise, make_scheduler
@@ -143,32 +145,70 @@ def trace_suite(
     chosen = select_cases(suite, cases, progress)
     device = resolve_device(suite.device)
     dtype = getattr(torch, suite.dtype)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(suite.threads)  # as the runner does: many threads on shared cores run many times slower
+    try:
+        return _trace_cases(suite, chosen, output, device, dtype, tolerance, max_samples, registry, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _trace_cases(
+    suite: Suite,
+    chosen: list[Case],
+    output: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    tolerance: float,
+    max_samples: int | None,
+    registry: Registry,
+    progress: Callable[[str], None],
+) -> TraceSummary:
     model = load_model(suite.model, device, dtype, suite.allow_download)
     if suite.resolution is not None:
         apply_resolution(suite, model)
     check_labels(suite, model)
     condition = condition_for(suite, model, device, dtype)
     summary = TraceSummary(cases=[c.name for c in chosen])
+    seeds = len(chosen) * len(suite.seeds)
+    threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
+    progress(f"tracing {len(chosen)} case(s) x {len(suite.seeds)} seed(s) on {suite.model} ({suite.steps} steps{threads}); a line per seed")
+    bar = Progress(seeds)  # in calls once the first reference call has counted the candidates
+    say = bar.wrap(progress)
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", encoding="utf-8") as fh:
-        for case in chosen:
-            parts = {k: new_part(s, registry) for k, s in case.parts.items() if k != "gate"}
-            tracer = _Tracer()
-            strategy = Strategy(parts["scheduler"], tracer, parts["cache"], parts["quantizer"], suite.probe_queries)  # type: ignore[arg-type]
-            with adapter_for(model.transformer).install(model.transformer, strategy):
-                for seed in suite.seeds:
-                    lines, calls = _trace_call(suite, case, model, condition, strategy, tracer, seed, tolerance, max_samples)
-                    for line in lines:
-                        fh.write(json.dumps(line, allow_nan=False) + "\n")
-                    fh.flush()
-                    summary.calls += calls
-                    summary.lines += len(lines)
-                    summary.safe += sum(line["label"] for line in lines)
-                    summary.errors += [line["error"] for line in lines]
-                    progress(f"{case.name} seed {seed}: {len(lines)} candidates, {sum(l['label'] for l in lines)} safe")
+    try:
+        with output.open("w", encoding="utf-8") as fh:
+            done = 0
+            for case in chosen:
+                bar.case(case.name)
+                parts = {k: new_part(s, registry) for k, s in case.parts.items() if k != "gate"}
+                tracer = _Tracer()
+                strategy = Strategy(parts["scheduler"], tracer, parts["cache"], parts["quantizer"], suite.probe_queries)  # type: ignore[arg-type]
+                with adapter_for(model.transformer).install(model.transformer, strategy):
+                    for seed in suite.seeds:
+                        # the bar counts calls once known: later seeds as costly as this one
+                        planned = functools.partial(_planned, bar, summary.calls, seeds - done)
+                        lines, calls = _trace_call(suite, case, model, condition, strategy, tracer, seed, tolerance, max_samples, planned, bar.tick)
+                        for line in lines:
+                            fh.write(json.dumps(line, allow_nan=False) + "\n")
+                        fh.flush()
+                        done += 1
+                        summary.calls += calls
+                        summary.lines += len(lines)
+                        summary.safe += sum(line["label"] for line in lines)
+                        summary.errors += [line["error"] for line in lines]
+                        left = eta(done, seeds, time.perf_counter() - start)
+                        say(f"{case.name} seed {seed} ({done}/{seeds}): {len(lines)} candidates, {sum(l['label'] for l in lines)} safe; {left}")
+    finally:
+        bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _planned(bar: Progress, done_calls: int, seeds_left: int, calls: int) -> None:
+    bar.grow(done_calls + calls * seeds_left)
 
 
 def _trace_call(
@@ -181,7 +221,10 @@ def _trace_call(
     seed: int,
     tolerance: float,
     max_samples: int | None,
+    planned: Callable[[int], None] = lambda calls: None,
+    tick: Callable[[], None] = lambda: None,
 ) -> tuple[list[dict[str, Any]], int]:
+    """One seed's lines; `planned` hears its count of calls once known, `tick` each call done."""
     scheduler = make_scheduler(suite.sampler, model.scheduler_config)
 
     def call() -> torch.Tensor:
@@ -193,12 +236,15 @@ def _trace_call(
     candidates = sorted(tracer.candidates)
     if max_samples is not None and len(candidates) > max_samples:
         candidates = sorted(random.Random(seed).sample(candidates, max_samples))
+    planned(1 + len(candidates))
+    tick()
     scale = max(float(reference.norm()), 1e-12)
     lines = []
     for step, block in candidates:
         tracer.target = (step, block)
         before = strategy.stats.reused
         out = call()
+        tick()
         if strategy.stats.reused - before != 1:
             raise RuntimeError(f"counterfactual at step {step}, block {block} reused {strategy.stats.reused - before} times, expected 1")
         error = float((out - reference).norm()) / scale

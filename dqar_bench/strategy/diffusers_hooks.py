@@ -214,16 +214,56 @@ def refusal(name: str, family: Family, config: Mapping[str, Any] | None = None) 
     if name == "faster-cache" and not config.get("is_guidance_distilled"):
         return f"{FASTER_CACHE_CFG[family.guidance]}; set `is_guidance_distilled: true` to run only its attention cache"
     if name == "taylorseer" and not config.get("cache_identifiers") and not config.get("skip_predict_identifiers"):
-        from diffusers.hooks.taylorseer_cache import _TRANSFORMER_BLOCK_IDENTIFIERS
         import re
 
+        patterns = taylorseer_patterns()
         names = [f"{blocks.attr}.0.{attn}" for blocks in family.blocks for attn in family.attention]
-        if not any(re.fullmatch(p, n) for p in _TRANSFORMER_BLOCK_IDENTIFIERS for n in names):
+        if not any(re.fullmatch(p, n) for p in patterns for n in names):
             return (
-                f"TaylorSeer's default patterns ({', '.join(_TRANSFORMER_BLOCK_IDENTIFIERS)}, re.fullmatch) match none of "
+                f"TaylorSeer's default patterns ({', '.join(patterns)}, re.fullmatch) match none of "
                 f"this family's attention modules ({', '.join(names)}); set `cache_identifiers`"
             )
     return None
+
+
+@functools.cache
+def taylorseer_patterns() -> tuple[str, ...]:
+    """diffusers' default TaylorSeer attention patterns (`_TRANSFORMER_BLOCK_IDENTIFIERS`).
+
+    Read from diffusers' source where they are tuples of strings (joined with +), because
+    importing `diffusers.hooks` costs about 2 s of CPU and `dqar-bench models` (which names
+    this refusal per family) must start in under 3 s; anything else falls back to the import.
+    """
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    def value(node: ast.expr, known: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return value(node.left, known) + value(node.right, known)
+        if isinstance(node, ast.Name):
+            return known[node.id]
+        found = ast.literal_eval(node)
+        if not (isinstance(found, tuple) and all(isinstance(p, str) for p in found)):
+            raise ValueError("not a tuple of strings")
+        return found
+
+    try:
+        spec = importlib.util.find_spec("diffusers")  # a top-level spec: finds the folder, imports nothing
+        folder = (spec.submodule_search_locations or [])[0] if spec else None
+        tree = ast.parse(Path(folder, "hooks", "taylorseer_cache.py").read_text(encoding="utf-8"))  # type: ignore[arg-type]
+        known: dict[str, tuple[str, ...]] = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try:
+                    known[node.targets[0].id] = value(node.value, known)
+                except (KeyError, ValueError, TypeError, SyntaxError):
+                    continue
+        return known["_TRANSFORMER_BLOCK_IDENTIFIERS"]
+    except (OSError, IndexError, KeyError, SyntaxError, TypeError, ValueError):
+        from diffusers.hooks.taylorseer_cache import _TRANSFORMER_BLOCK_IDENTIFIERS
+
+        return tuple(_TRANSFORMER_BLOCK_IDENTIFIERS)
 
 
 class DiffusersHook:

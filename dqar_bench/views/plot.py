@@ -40,6 +40,7 @@ def plot_run(frame: pd.DataFrame, path: Path, title: str = "") -> Path | str:
         return right if math.isinf(value) else value
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    names = []
     for row in rows:
         x = x_of(row)
         if x is None:
@@ -52,7 +53,7 @@ def plot_run(frame: pd.DataFrame, path: Path, title: str = "") -> Path | str:
             if _finite(row.get("speedup_low")) and _finite(row.get("speedup_high")):
                 err = [[max(0.0, y - row["speedup_low"])], [max(0.0, row["speedup_high"] - y)]]
             ax.errorbar([x], [y], yerr=err, fmt="o", color="tab:blue", capsize=3, zorder=2)
-        ax.annotate(row["case"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        names.append(ax.annotate(row["case"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7))
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ticks = [t for t in ax.get_xticks() if t < right - 0.6 * gap]
     ax.set_xticks(ticks + [right])
@@ -65,10 +66,38 @@ def plot_run(frame: pd.DataFrame, path: Path, title: str = "") -> Path | str:
         ax.legend(handles[:1], labels[:1], loc="best", fontsize=8)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
+    _spread(fig, names)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+OFFSETS = [(5, 4), (5, -11), (5, 15), (5, -22), (5, 26), (-8, 4), (-8, -11), (5, -33), (5, 37)]
+"""Where a label may sit beside its point (points, right then left of it), nearest first."""
+
+
+def _spread(fig: object, labels: list) -> None:
+    """Move each label to the first of OFFSETS where it overlaps no label placed before it.
+
+    Cases of similar speed and quality sit close together, and labels at one fixed offset
+    then print over each other. A label that finds no free place keeps its first.
+    """
+    fig.canvas.draw()  # type: ignore[attr-defined]
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    placed = []
+    for label in sorted(labels, key=lambda a: (-a.xy[1], a.xy[0])):
+        for dx, dy in OFFSETS:
+            label.set_horizontalalignment("right" if dx < 0 else "left")
+            label.xyann = (dx, dy)
+            box = label.get_window_extent(renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        else:
+            label.set_horizontalalignment("left")
+            label.xyann = OFFSETS[0]
+            box = label.get_window_extent(renderer)
+        placed.append(box)
 
 
 def _finite(value: object) -> bool:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-from diffusers import DiTTransformer2DModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dqar_bench.core.errors import ModelError
 from dqar_bench.model.reference.network import DigitClassifier
+
+if TYPE_CHECKING:
+    from diffusers import DiTTransformer2DModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FLOW_WEIGHTS_DIR = WEIGHTS_DIR / "digits-flow"
@@ -104,6 +106,8 @@ def _config(weights_dir: Path | None, name: str, source: _Model) -> dict[str, An
 def _load_dit(weights_dir: Path | None, source: _Model) -> DiTTransformer2DModel:
     config_path = _resolve(weights_dir, DIT_CONFIG_FILE, source)
     config = _config(weights_dir, DIT_CONFIG_FILE, source)
+    from diffusers import DiTTransformer2DModel  # here, not at the top: `validate` reads this module's paths, and diffusers costs seconds of start-up time
+
     try:
         model = DiTTransformer2DModel.from_config(config)
     except Exception as exc:
@@ -177,6 +181,7 @@ def load_classifier(weights_dir: Path | None = None, *, path: Path | None = None
         if not weights_path.is_file():
             raise _unusable(weights_path, "is missing")
     tensors, metadata = _read_tensors(weights_path)
+
     try:
         arch = {k: int(metadata[k]) for k in ("resolution", "width", "feature_dim", "num_classes")}
         model = DigitClassifier(**arch)

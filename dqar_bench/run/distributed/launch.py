@@ -40,8 +40,12 @@ def without_nproc(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run `dqar-bench ARGV` as `nproc` ranks here; the exit status of the first rank that failed, else 0."""
+def launch(nproc: int, argv: Sequence[str], threads: int = 1) -> int:
+    """Run `dqar-bench ARGV` as `nproc` ranks here; the exit status of the first rank that failed, else 0.
+
+    The ranks get OMP_NUM_THREADS=`threads` (the suite's) unless the user set it: given
+    explicitly, torchrun does not print its 4-line banner about choosing it for them.
+    """
     if nproc < 1:
         raise DqarError(f"--nproc must be at least 1, got {nproc}")
     if launched_by_torchrun():
@@ -49,12 +53,18 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    given = "OMP_NUM_THREADS" in os.environ
+    if not given:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
         run(parse_args(torchrun_args(nproc, argv)))
     except ChildFailedError as exc:
         _, failure = exc.get_first_failure()
         code = int(failure.exitcode)
         return code if code > 0 else 128 + (-code or signal.SIGTERM)
+    finally:
+        if not given:
+            del os.environ["OMP_NUM_THREADS"]
     return 0
 
 

@@ -25,6 +25,9 @@ class Dqar(Gate):
     PLUGIN_NAME = "dqar"
     SIGNALS = frozenset({ENTROPY, SNR})
 
+    CONFORMANCE_PARAMS = {"threshold": 1e9, "snr_low": 0.0, "snr_high": 1e9, "warmup": 0, "deep_layer_snr_threshold": 0.0}
+    """Wide open, for `dqar_bench.testing`: a tiny model's entropy and SNR are not a trained one's."""
+
     threshold: float = field(default=2.0, metadata={"help": "entropy threshold tau, in nats"})
     snr_low: float = field(default=0.1, metadata={"help": "lower end of the SNR window"})
     snr_high: float = field(default=10.0, metadata={"help": "upper end of the SNR window"})

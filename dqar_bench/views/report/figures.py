@@ -50,6 +50,7 @@ def timeline_section(runs: list[Run], columns: int = 4) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     columns = min(columns, len(panels))
     rows = -(-len(panels) // columns)
@@ -76,6 +77,7 @@ def timeline_section(runs: list[Run], columns: int = 4) -> str:
         ax.set_xlabel("step", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("ms", fontsize=8)
+    axes.flat[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole; the x axis is shared
     fig.tight_layout(h_pad=0.6, w_pad=0.8)
     return (
         '<p class="lede">The median time of each denoising step over the timed calls (the whole batch, classifier-free '

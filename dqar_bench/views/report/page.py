@@ -28,6 +28,9 @@ ENVIRONMENT = [
     ("attention_backend", "attention"), ("suite_hash", "suite hash"),
 ]
 
+GPU_ONLY = {"gpu", "driver", "cuda", "cudnn"}
+"""Environment rows shown only for a run on a CUDA device."""
+
 
 def write_report(run_dirs: list[str | Path], output: str | Path | None = None, max_seeds: int = 4, cases: set[str] | None = None) -> Path:
     """Write one HTML report of the runs (one run, or several compared); return its path.
@@ -89,11 +92,22 @@ def _suite_description(run: Run) -> str:
 
 
 def _facts(runs: list[Run]) -> str:
-    first = runs[0].first
-    statuses = [e.status for r in runs for e in r.entries]
+    """One run: its facts in a row. Several: one card per run, side by side, each with its own model, sampler and steps."""
+    if len(runs) == 1:
+        return "".join(f"<li><b>{esc(k)}</b>{esc(v)}</li>" for k, v in _run_facts(runs[0], [e.status for e in runs[0].entries]))
+    cards = []
+    for run in runs:
+        items = "".join(f"<li><b>{esc(k)}</b>{esc(v)}</li>" for k, v in _run_facts(run, [e.status for e in run.entries]))
+        cards.append(f'<li class="run" data-run="{esc(run.label)}"><h4>{esc(run.label)}</h4><ul class="facts">{items}</ul></li>')
+    return "".join(cards)
+
+
+def _run_facts(run: Run, statuses: list[str]) -> list[tuple[str, str]]:
+    first = run.first
+    steps = first.steps
     items = [
         ("model", first.model),
-        ("sampler", f"{first.sampler}, {first.steps} steps"),
+        ("sampler", f"{first.sampler}, {steps} step{'' if steps == 1 else 's'}"),
         ("guidance", first.guidance_scale),
         ("batch", first.batch),
         ("seeds", ", ".join(str(s) for s in first.seeds or [])),
@@ -104,7 +118,7 @@ def _facts(runs: list[Run]) -> str:
                   + (f", {statuses.count('unsupported')} unsupported" if "unsupported" in statuses else "")),
         ("started", (first.started or "").replace("T", " ").split("+")[0]),
     ]
-    return "".join(f"<li><b>{esc(k)}</b>{esc(v)}</li>" for k, v in items if v not in (None, ""))
+    return [(k, str(v)) for k, v in items if v not in (None, "")]
 
 
 def _table_notes(runs: list[Run]) -> str:
@@ -121,8 +135,11 @@ def _environment(runs: list[Run]) -> str:
     envs = [r.environment for r in runs]
     head = "".join(f"<th>{esc(r.label)}</th>" for r in runs) if len(runs) > 1 else ""
     rows = []
+    on_gpu = [str(r.first.device or env.get("device") or "").startswith("cuda") for r, env in zip(runs, envs)]
     for key, label in ENVIRONMENT:
         values = [env.get(key) for env in envs]
+        if key in GPU_ONLY:  # the installed CUDA says nothing about a run on the CPU
+            values = [v if gpu else None for v, gpu in zip(values, on_gpu)]
         if all(v in (None, "") for v in values):
             continue
         if key == "git_commit":

@@ -49,20 +49,25 @@ def reuse_map(entry: Entry) -> str:
     axis = f'<div class="raxis" style="margin-left:{label_width}px;width:{steps * cell}px"><span>step 0</span><span>{steps - 1}</span></div>'
     return (
         f'<figure class="rmap" data-case="{esc(entry.label)}" data-reused="{total}" data-calls="{calls}">'
-        f"<figcaption><b>{esc(entry.label)}</b><span>{share} · {calls} scored calls</span></figcaption>{grid}{axis}</figure>"
+        f"<figcaption><b>{esc(entry.label)}</b><span>{share} · {calls} scored call{'' if calls == 1 else 's'}</span></figcaption>{grid}{axis}</figure>"
     )
 
 
 def section(runs: list[Run]) -> str:
-    maps, untracked = [], []
+    maps, untracked, columns = [], [], []
     for run in runs:
+        mine = []
         for entry in run.entries:
             if not entry.ok or not (entry.record.parts or entry.record.diffusers_hook):
                 continue  # the untouched model reuses nothing; failures are in the table
             if entry.record.reuse_map:
-                maps.append(reuse_map(entry))
+                mine.append(reuse_map(entry))
             else:
                 untracked.append(esc(entry.label))
+        maps += mine
+        if mine:  # with several runs, one column each, headed with its own model, sampler and steps
+            columns.append(f'<div class="runcol" data-run="{esc(run.label)}"><h4>{esc(run.label)} <small>{esc(run.setting)}</small></h4>'
+                           f'<div class="maps">{"".join(mine)}</div></div>')
     if not maps and not untracked:
         return '<p class="note">No reuse maps: no case with a strategy finished (the untouched model reuses nothing).</p>'
     legend = "".join(f'<i style="background:{colour(x / 10)}"></i>' for x in range(11))
@@ -71,7 +76,7 @@ def section(runs: list[Run]) -> str:
         "A cell's colour is the share of scored calls (one per seed; the timed rounds repeat them) in which that block reused "
         "its cache at that step; hover for the count. Data-dependent gates can differ from seed to seed.</p>",
         f'<div class="legend"><span>never</span><span class="ramp">{legend}</span><span>every call</span></div>',
-        f'<div class="maps">{"".join(maps)}</div>',
+        f'<div class="maps">{"".join(maps)}</div>' if len(runs) == 1 else f'<div class="runcols">{"".join(columns)}</div>',
     ]
     if untracked:
         parts.append(f'<p class="note">No reuse map recorded (a run made before reuse maps were kept): {", ".join(untracked)}.</p>')

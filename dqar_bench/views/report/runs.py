@@ -35,6 +35,14 @@ class Run:
         return self.records[0]
 
     @property
+    def setting(self) -> str:
+        """What this run sampled, in its own words: model, sampler and steps (runs compared may differ in each)."""
+        first = self.first
+        steps = first.steps
+        sampler = ", ".join(str(v) for v in (first.sampler, f"{steps} step{'' if steps == 1 else 's'}" if steps is not None else None) if v)
+        return " · ".join(str(v) for v in (first.model, sampler) if v)
+
+    @property
     def environment(self) -> dict[str, Any]:
         """The environment the run's first case that names one ran in (kept once per run)."""
         if self.dir is None:

@@ -149,7 +149,8 @@ def section(runs: list[Run], max_seeds: int = 4) -> str:
 
 def _seed_row(entries: list[Entry], drawable: dict[str, Shown], by_case: dict[tuple[str, str], Entry], seed: int) -> str:
     """One seed: every case's picture in a row, then (folded) each one's difference to its baseline."""
-    figures, diffs, pictures = [], [], {}
+    figures: list[tuple[Entry, str]] = []
+    diffs, pictures = [], {}
     for entry in entries:
         item = drawable.get(entry.label)
         if item is None:
@@ -160,16 +161,16 @@ def _seed_row(entries: list[Entry], drawable: dict[str, Shown], by_case: dict[tu
             continue
         pictures[entry.label] = picture = compose(image)
         caption = "reference" if entry.is_baseline else f"{speedup(entry.row.get('speedup'))} · {psnr(entry.row.get('psnr_db'))}"
-        figures.append(
+        figures.append((entry, (
             f'<figure class="sample{" base" if entry.is_baseline else ""}" data-case="{esc(entry.label)}" data-seed="{seed}">'
             f'{_img(picture[0], f"{entry.label}, seed {seed}")}'
-            f"<figcaption><b>{esc(entry.label)}</b><span>{esc(caption)}</span></figcaption></figure>"
-        )
+            f"<figcaption><b>{esc(entry.case if entry.prefix else entry.label)}</b><span>{esc(caption)}</span></figcaption></figure>"
+        )))
         if not entry.is_baseline and base is not None and base.label in pictures:
             diff = difference(picture, pictures[base.label])
             if diff is not None:
                 diffs.append((entry.label, diff))
-    row = f'<h3>seed {seed}</h3><div class="strip">{"".join(figures)}</div>'
+    row = f'<h3>seed {seed}</h3>{_by_run(entries, figures)}'
     if not diffs:
         return row
     top = max(_largest(d) for _, d in diffs)
@@ -184,6 +185,23 @@ def _seed_row(entries: list[Entry], drawable: dict[str, Shown], by_case: dict[tu
         f"(black 0, brightest {top:.3f} on the [0, 1] scale of the pictures)</summary>"
         f'<div class="strip">{cells}</div></details>'
     )
+
+
+def _by_run(entries: list[Entry], figures: list[tuple[Entry, str]]) -> str:
+    """One strip; with several runs, one column per run side by side, each headed with its own model, sampler and steps."""
+    runs = list(dict.fromkeys(e.run.label for e in entries))
+    if len(runs) == 1:
+        return f'<div class="strip">{"".join(html for _, html in figures)}</div>'
+    columns = []
+    for label in runs:
+        shown = [(e, html) for e, html in figures if e.run.label == label]
+        if shown:
+            run = shown[0][0].run
+            columns.append(
+                f'<div class="runcol" data-run="{esc(label)}"><h4>{esc(label)} <small>{esc(run.setting)}</small></h4>'
+                f'<div class="strip">{"".join(html for _, html in shown)}</div></div>'
+            )
+    return f'<div class="runcols">{"".join(columns)}</div>'
 
 
 def _largest(diff: np.ndarray) -> float:
