@@ -43,7 +43,7 @@ from dqar_bench.core.errors import DqarError
 from dqar_bench.model.models import LoadedModel, load_model
 from dqar_bench.core.parts import Gate, build_part
 from dqar_bench.core.plugins import Registry, get_registry
-from dqar_bench.strategy.policy.features import FEATURES, SIGNALS as POLICY_SIGNALS, feature_rows
+from dqar_bench.strategy.policy.features import ENTROPY_UNIT, FEATURES, SIGNALS as POLICY_SIGNALS, SNR_SOURCE, feature_rows
 from dqar_bench.run.runner import apply_resolution, check_labels, resolve_device
 from dqar_bench.model.sampling import Condition, denoise, make_scheduler
 from dqar_bench.strategy.strategy import Strategy
@@ -57,6 +57,7 @@ class _Tracer(Gate):
 
     PLUGIN_NAME = "trace"
     SIGNALS = POLICY_SIGNALS
+    snr, entropy = SNR_SOURCE, ENTROPY_UNIT  # the policy gate's forms of the signals
 
     def __init__(self) -> None:
         self.recording = False

@@ -131,6 +131,11 @@ class ShardedSequence(SignalScope):
         self.world, self.layouts = world, layouts
         self.tokens: dict[str, int] = {}
 
+    taps_attention = False  # a rank's SDPA sees its own heads (Ulysses) or keys (ring): rows are projected instead
+
+    def key_count(self, local: int) -> int:
+        return local * self.world.world_size  # every rank holds an equal slice of each stream
+
     def positions(self, local: int, device: torch.device) -> tuple[torch.Tensor, int]:
         """The whole-sequence index of each of this rank's `local` tokens, and the whole length.
 

@@ -148,6 +148,8 @@ class Strategy:
         self._mask: torch.Tensor | None = None
         self._reuse: list[bool] = []
         self._entropy: signals.EntropyProbe | None = None
+        self._tap: signals.SdpaTap | None = None
+        self._snr_from_x0 = signals.SNR in gate.SIGNALS and signals.snr_source(gate) == "x0"
         self._probe: list[bool] = []
         self._num_blocks = 0
         self._ctx: StepContext | None = None
@@ -191,6 +193,11 @@ class Strategy:
         return {"scheduler": self.scheduler, "gate": self.gate, "cache": self.cache, "quantizer": self.quantizer}
 
     @property
+    def wants_x0(self) -> bool:
+        """The sampler's predicted x0 is read (an SNR from x0); otherwise the loop skips it."""
+        return self._snr_from_x0
+
+    @property
     def probes_entropy(self) -> bool:
         return signals.ENTROPY in self.gate.SIGNALS
 
@@ -216,12 +223,15 @@ class Strategy:
         self._reference = None
         self._modulated = None
         if not self.probes_entropy:
-            self._entropy = None
+            self._entropy = self._tap = None
         else:  # the same probe (and buffer) from call to call: a captured CUDA graph writes into it
             if self._entropy is None:
-                self._entropy = signals.EntropyProbe(self.probe_queries)
+                normalised = signals.entropy_unit(self.gate) == "normalised"
+                self._entropy = signals.EntropyProbe(self.probe_queries, normalised)
             self._entropy.reset(num_blocks, device)
             self._entropy.reduce = self.scope.scores_entropy
+            self._entropy.key_count = self.scope.key_count
+            self._tap = signals.SdpaTap(self._entropy) if self.scope.taps_attention else None
         self.gate.reset(num_steps, num_blocks)
         self.quantizer.begin(torch.device(device))
         for each in self.caches.values():
@@ -334,10 +344,25 @@ class Strategy:
             cache.store(slot, out, (q, k, v))
             return out
         if probe:
-            q, k = self.scope.probe_qk(attn, hidden_states, self.probe_queries)
-            self._entropy.record(block, q, k, linear=signals.linear_attention(attn))  # type: ignore[union-attr]
-        out = original(hidden_states, *args, **kwargs)
+            out = self._probed(block, attn, original, hidden_states, args, kwargs)
+        else:
+            out = original(hidden_states, *args, **kwargs)
         cache.store(slot, out, None)
+        return out
+
+    def _probed(self, block: int, attn: torch.nn.Module, original: Callable[..., Any], hidden_states: torch.Tensor, args: tuple, kwargs: dict) -> Any:
+        """The module's own call, its entropy read from the q and k its processor computes
+        (`signals.SdpaTap`); where that cannot be (linear attention, no SDPA call, a
+        compiled forward, a split sequence), from a projection of its input (`probe_qk`)."""
+        linear = signals.linear_attention(attn)
+        if self._tap is not None and not linear and not torch.compiler.is_compiling():
+            out, seen = self._tap.run(block, original, hidden_states, *args, **kwargs)
+            if seen:
+                return out
+        else:
+            out = original(hidden_states, *args, **kwargs)
+        q, k = self.scope.probe_qk(attn, hidden_states, self.probe_queries)
+        self._entropy.record(block, q, k, linear=linear)  # type: ignore[union-attr]
         return out
 
     def output(
@@ -443,18 +468,23 @@ class Strategy:
         values: list[torch.Tensor] = []
         names: list[str] = []
         device = ctx.latents.device
-        if signals.SNR in wanted:
+        if signals.SNR in wanted and self._snr_from_x0:
             names.append(signals.SNR)
             no_x0_yet = ctx.x0 is None  # before the first step: the SNR is undefined
             values.append(torch.tensor(float("nan"), device=device) if no_x0_yet else self.scope.snr(ctx.latents, ctx.x0))
         if signals.LATENT_NORM in wanted:
             names.append(signals.LATENT_NORM)
             values.append(self.scope.latent_norm(ctx.latents))
-        flat = torch.stack([v.float().reshape(()) for v in values]) if values else torch.empty(0, device=device)
-        if self._entropy is not None:
-            flat = torch.cat([flat, self._entropy.entropies()])
-        host = flat.tolist()
+        if values or self._entropy is not None:
+            flat = torch.stack([v.float().reshape(()) for v in values]) if values else torch.empty(0, device=device)
+            if self._entropy is not None:
+                flat = torch.cat([flat, self._entropy.entropies()])
+            host = flat.tolist()
+        else:  # nothing on the device to read: no transfer at all
+            host = []
         out: dict[str, Any] = dict(zip(names, host[: len(names)]))
         if self._entropy is not None:
             out[signals.ENTROPY] = host[len(names):]
+        if signals.SNR in wanted and not self._snr_from_x0:
+            out[signals.SNR] = signals.schedule_snr(ctx.alpha_bar, ctx.sigma)  # a host float: no transfer
         return out
