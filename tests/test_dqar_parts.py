@@ -183,10 +183,10 @@ def test_deep_blocks_need_the_seeds_snr_floor(blocks, first_deep):
 
 
 def test_dqar_gate_needs_warmup_snr_window_and_low_entropy():
-    gate = Dqar()  # tau 0.9 normalised, window [0.1, 10] on the schedule's SNR, warmup 2, deep-block floor 1.0
-    assert (gate.threshold, gate.entropy, gate.snr_low, gate.snr_high, gate.snr, gate.warmup) == (0.9, "normalised", 0.1, 10.0, "schedule", 2)
+    gate = Dqar()  # tau 0.36 normalised (the seed's 2.0 nats / log 256), window [0.1, 10] on the schedule's SNR, warmup 2, deep-block floor 1.0
+    assert (gate.threshold, gate.entropy, gate.snr_low, gate.snr_high, gate.snr, gate.warmup) == (0.36, "normalised", 0.1, 10.0, "schedule", 2)
     gate.reset(20, 3)
-    focused = [0.5, 0.95, 0.5]
+    focused = [0.2, 0.95, 0.2]
     assert gate.decide(ctx(step=1, entropy=focused, snr=1.0), [True] * 3) == [False] * 3  # warmup
     gate.reset(20, 3)
     assert gate.decide(ctx(step=2, entropy=focused, snr=1.0), [True, True, False]) == [True, False, False]

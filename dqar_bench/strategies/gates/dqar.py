@@ -5,8 +5,8 @@ the SNR is inside the window (see `snr`), and never during the first `warmup`
 steps, while the cache holds little but the first, noisiest features; blocks in the
 deepest third also need SNR >= `deep_layer_snr_threshold` (see `snr`). The defaults are
 the seed's window [0.1, 10] (on the schedule's SNR, which the seed's scheduler read), 2
-warmup steps and deep-block floor 1.0; tau 0.9 normalised (the seed's 2.0 nats was set for
-DiT-XL/2, whose entropies sit near log 256 = 5.5, where it never reuses).
+warmup steps and deep-block floor 1.0; tau 0.36 normalised, the seed's 2.0 nats on DiT-XL/2's
+256 keys (2.0 / log 256).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Dqar(Gate):
     PLUGIN_NAME = "dqar"
     SIGNALS = frozenset({ENTROPY, SNR})
 
-    threshold: float = field(default=0.9, metadata={"help": THRESHOLD_HELP})
+    threshold: float = field(default=0.36, metadata={"help": THRESHOLD_HELP})
     snr_low: float = field(default=0.1, metadata={"help": "lower end of the SNR window"})
     snr_high: float = field(default=10.0, metadata={"help": "upper end of the SNR window"})
     entropy: EntropyUnit = field(default="normalised", metadata={"help": UNIT_HELP})

@@ -64,7 +64,7 @@ class Entropy(Gate):
     PLUGIN_NAME = "entropy"
     SIGNALS = frozenset({ENTROPY})
 
-    threshold: float = field(default=0.9, metadata={"help": THRESHOLD_HELP})
+    threshold: float = field(default=0.36, metadata={"help": THRESHOLD_HELP})
     entropy: EntropyUnit = field(default="normalised", metadata={"help": UNIT_HELP})
     adapt_to_length: bool = field(default=False, metadata={"help": "scale tau by sqrt(p / base_length), p = conditioning tokens"})
     base_length: float = field(default=77.0, metadata={"help": "p0 of the adaptation"})
