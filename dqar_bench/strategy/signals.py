@@ -192,13 +192,17 @@ class EntropyProbe:
 
 
 def _apply_mask(scores: torch.Tensor, mask: torch.Tensor, tokens: int, num_queries: int) -> None:
-    """`mask`'s sampled rows applied to `scores` in place, as SDPA applies it to the full map."""
+    """`mask`'s sampled rows applied to `scores` in place, as SDPA applies it to the full map.
+
+    A masked key gets the lowest finite score, not -inf: its weight is still 0, and its
+    term in `-sum p log p` is 0 * (a finite number) = 0 instead of 0 * -inf = NaN."""
     if mask.dim() >= 2 and mask.shape[-2] > 1 and 0 < num_queries < tokens:
         mask = mask.index_select(-2, query_rows(tokens, num_queries, mask.device))
+    lowest = torch.finfo(scores.dtype).min
     if mask.dtype == torch.bool:
-        scores.masked_fill_(~mask, float("-inf"))
+        scores.masked_fill_(~mask, lowest)
     else:
-        scores.add_(mask.to(scores.dtype))
+        scores.add_(mask.to(scores.dtype)).clamp_min_(lowest)
 
 
 class SdpaTap:
