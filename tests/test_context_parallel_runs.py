@@ -44,7 +44,7 @@ cases:
   - {name: iv, gate: {name: interval, every: 2}, cache: attention-output}
   - {name: iv3, gate: {name: interval, every: 3}, cache: attention-output}
   - name: dqar
-    gate: {name: dqar, threshold: 2.34, snr_low: 0.0, snr_high: 1000000000.0, warmup: 1, deep_layer_snr_threshold: 0.0}
+    gate: {name: dqar, threshold: 2.34, entropy: nats, snr_low: 0.0, snr_high: 1000000000.0, warmup: 1, deep_layer_snr_threshold: 0.0}
     cache: attention-output
     parallel: {ulysses: 2}
   - {name: fbc, gate: {name: residual-change, threshold: 0.5}, cache: block-residual, parallel: {ulysses: 2}}

@@ -242,6 +242,7 @@ def context_parallel(
     hooked = {m: "_diffusers_hook" in m.__dict__ for m in transformer.modules()}
     backends = {m: m.processor._attention_backend for m in transformer.modules() if hasattr(getattr(m, "processor", None), "_attention_backend")}
     scope = ShardedSequence(world, LAYOUTS[family])
+    previous = strategy.scope if strategy is not None else None  # put back on leaving
 
     def read_tokens(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         scope.tokens = _stream_tokens(family, transformer, args, kwargs)
@@ -270,7 +271,7 @@ def context_parallel(
         for handle in handles:
             handle.remove()
         if strategy is not None:
-            strategy.scope = LOCAL
+            strategy.scope = previous if previous is not None else LOCAL
         if getattr(transformer, "_parallel_config", None) is not None:
             remove_context_parallel(transformer, transformer._cp_plan)
             transformer._parallel_config = None

@@ -53,5 +53,13 @@ class SignalScope:
         return decisions
 
 
+class ProjectedProbe(SignalScope):
+    """The whole tensors, the probe projecting its own query rows and keys from each
+    attention's input (`probe_qk`, the seed's form) as a split model's ranks do: what a
+    context-parallel call is compared with on one process."""
+
+    taps_attention = False
+
+
 LOCAL = SignalScope()
 """The scope of every strategy until something splits its model."""

@@ -151,6 +151,8 @@ class Strategy:
         self._tap: signals.SdpaTap | None = None
         self._snr_from_x0 = signals.SNR in gate.SIGNALS and signals.snr_source(gate) == "x0"
         self._probe: list[bool] = []
+        self._store: list[bool] = []
+        self._skips_stores = bool(getattr(type(cache), "STORES_LAST_COMPUTE_ONLY", False))
         self._num_blocks = 0
         self._ctx: StepContext | None = None
         self._decide_after = gate.DECIDES_AFTER_BLOCK
@@ -258,6 +260,7 @@ class Strategy:
         self._branch, self._offset = 0, 0
         self._reuse = [False] * self._num_blocks
         self._probe = self._probing(ctx.step)
+        self._store = self._storing(ctx.step)
         if self._decide_after is not None:
             return  # decided in `block`, once block k has computed
         eligible = self._eligible(ctx.step)
@@ -292,7 +295,19 @@ class Strategy:
 
     def graph_key(self) -> tuple:
         """Everything that changes the operations of this step's forward: one CUDA graph each."""
-        return (self._branch, tuple(self._reuse), tuple(self._probe), *(each.graph_key() for each in self.caches.values()))
+        return (self._branch, tuple(self._reuse), tuple(self._probe), tuple(self._store), *(each.graph_key() for each in self.caches.values()))
+
+    def _storing(self, step: int) -> list[bool]:
+        """Blocks whose compute at `step` is stored: for a cache that gives back the last
+        compute only, those the scheduler lets reuse at the next step. A block that may not
+        reuse next computes again then, and stores then if it may reuse after; so a reuse
+        always finds its block's last compute, and no pack is made that nothing reads."""
+        assert self._mask is not None
+        if not self._skips_stores:
+            return [True] * self._num_blocks
+        if step + 1 >= len(self._mask):
+            return [False] * self._num_blocks
+        return self._mask[step + 1].tolist()
 
     def _probing(self, step: int) -> list[bool]:
         """Blocks to probe if they compute now: those the scheduler lets reuse at the next step.
@@ -341,13 +356,15 @@ class Strategy:
             if probe:
                 self._entropy.record(block, q, k)  # type: ignore[union-attr]
             out = attend(attn, q, k, v, hidden_states)
-            cache.store(slot, out, (q, k, v))
+            if self._store[block]:
+                cache.store(slot, out, (q, k, v))
             return out
         if probe:
             out = self._probed(block, attn, original, hidden_states, args, kwargs)
         else:
             out = original(hidden_states, *args, **kwargs)
-        cache.store(slot, out, None)
+        if self._store[block]:
+            cache.store(slot, out, None)
         return out
 
     def _probed(self, block: int, attn: torch.nn.Module, original: Callable[..., Any], hidden_states: torch.Tensor, args: tuple, kwargs: dict) -> Any:
@@ -383,7 +400,8 @@ class Strategy:
         if self._reuse[block]:
             return cache.reuse(slot, module, hidden_states)
         out = original(hidden_states, *args, **kwargs)
-        cache.store(slot, out, None)
+        if self._store[block]:
+            cache.store(slot, out, None)
         return out
 
     @property
@@ -415,10 +433,13 @@ class Strategy:
                 return streams + held.to(streams.dtype)
             return streams_map(lambda s, r: s + r.to(s.dtype), streams, held)
         out = compute()
-        residual = out - streams if single else streams_map(torch.sub, out, streams)
-        cache.store(slot, residual, None)
-        if index == self._decide_after and self._branch == 0:
-            self._decide_mid_forward(index, first_tensor(residual))
+        deciding = index == self._decide_after and self._branch == 0
+        if self._store[index] or deciding:
+            residual = out - streams if single else streams_map(torch.sub, out, streams)
+            if self._store[index]:
+                cache.store(slot, residual, None)
+            if deciding:
+                self._decide_mid_forward(index, first_tensor(residual))
         return out
 
     def _decide_mid_forward(self, index: int, residual: torch.Tensor) -> None:

@@ -20,11 +20,12 @@ from typing import Literal
 import torch
 
 from dqar_bench import Quantizer, hookimpl
-from dqar_bench.strategies.quantizers.scaled import NonFiniteCounter, Scaled, scales_for
+from dqar_bench.strategies.quantizers.scaled import NonFiniteCounter, Scaled
 
 CODE_MAX = 127.0
 NAN_CODE = -128
 """Where a NaN or inf was: the one int8 code the symmetric range leaves unused."""
+TINY = torch.finfo(torch.float32).tiny
 
 
 @dataclass
@@ -65,14 +66,19 @@ class Int8(Quantizer):
           in place; no finite value reaches -128, so counting that code counts them.
         """
         x = x.detach()
-        view, keep = self._groups(x)
-        dims = tuple(d for d in range(view.ndim) if d not in keep)
+        if self.mode == "per_tensor" and x.ndim:  # the common case, without the grouping's call
+            view, dims = x, tuple(range(x.ndim))
+        else:
+            view, keep = self._groups(x)
+            dims = tuple(d for d in range(view.ndim) if d not in keep)
         magnitude = torch.nan_to_num(view, 0.0, 0.0, 0.0).abs_()
         amax = magnitude.amax(dim=dims, keepdim=True) if dims else magnitude
-        scales = scales_for(amax, CODE_MAX)
+        scales = (amax.to(torch.float32) / CODE_MAX).clamp_min_(TINY)  # `scales_for`, inline
         codes = torch.div(view, scales).round_().nan_to_num_(NAN_CODE, NAN_CODE, NAN_CODE).to(torch.int8)
         count = (codes == NAN_CODE).sum()
-        self._nonfinite.add(count)
+        total = self._nonfinite.total
+        if total is not None:
+            total.add_(count)
         return Scaled(codes, scales, x.dtype, x.shape, count, NAN_CODE)
 
     def _groups(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
