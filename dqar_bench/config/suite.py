@@ -24,6 +24,7 @@ from dqar_bench.model import families
 from dqar_bench.strategy.context_parallel import Parallel, parse_parallel
 from dqar_bench.core.errors import DqarError, ModelError, SuiteError
 from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
+from dqar_bench.measure.timing import CLOCKS
 from dqar_bench.measure.fid_stats import parse_fid_config
 from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
 from dqar_bench.strategy.execution import MODES, ExecutionOptions
@@ -50,7 +51,7 @@ CASE_KEYS = ("name", "description", *KINDS, "sweep", "execution", "parallel", "d
 COMPILE_KEYS = ("backend", "mode", "max_graphs")
 TEXT_KEYS = ("prompt_lengths", "prompts", "prompt_embeddings")
 SAMPLER_KEYS = ("name", "steps", "guidance_scale")
-TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms", "order", "round_seed")
+TIMING_KEYS = ("warmup", "repeats", "per_step", "nvml_interval_ms", "order", "round_seed", "clock")
 TIMING_ORDERS = ("interleaved", "blocked")
 QUALITY_KEYS = ("fid", "reference", "metrics", "feature_extractor", "inception_weights", "lpips", "clip", "classifier")
 LPIPS_KEYS = ("backbone", "net", "linear")
@@ -151,6 +152,8 @@ class Suite:
     """Seed of the case order in each round."""
     resolution: Resolution | None = None
     """The size to sample at (`dqar_bench.model.resolution`); None: the model's own size."""
+    clock: str = "wall"
+    """What times a call (`dqar_bench.measure.timing.CLOCKS`): 'wall', or 'cpu' (the process's CPU time)."""
 
     @property
     def prompt_texts(self) -> list[str] | None:
@@ -307,6 +310,9 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     if timing_order not in TIMING_ORDERS:
         raise r.error(f"field 'timing.order': '{timing_order}' is not one of {', '.join(TIMING_ORDERS)}{_suggest(timing_order, TIMING_ORDERS)}")
     round_seed = r.get(timing, "round_seed", int, default=0, field="timing.round_seed")
+    clock = r.get(timing, "clock", str, default="wall", field="timing.clock")
+    if clock not in CLOCKS:
+        raise r.error(f"field 'timing.clock': '{clock}' is not one of {', '.join(CLOCKS)} (cpu: the process's CPU time, for a busy CPU)")
     if not (math.isfinite(nvml_interval_ms) and nvml_interval_ms > 0):
         raise r.error("field 'timing.nvml_interval_ms' must be > 0 (milliseconds between NVML samples)")
     # Files a run needs on this machine are checked only where the model itself can run here;
@@ -382,7 +388,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         path, name, model_name, allow_download, sampler, steps, guidance, labels, seeds, device, dtype,
         warmup, repeats, baseline, probe_queries, cases, digest, r.get(data, "description", str, default=""),
         quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
-        execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, pipeline=pipeline, resolution=resolution, **text,
+        execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, pipeline=pipeline, resolution=resolution, clock=clock, **text,
     )
 
 

@@ -231,7 +231,7 @@ class CaseRun:
         transformer = ctx.model.transformer
         execution = Execution(mode, transformer, self.strategy, suite.execution_options)
         # per-step marks are a forward pre-hook: eager only (a compiled or replayed forward runs no hooks)
-        timer = CallTimer(ctx.device, transformer if suite.per_step and mode == "eager" else None)
+        timer = CallTimer(ctx.device, transformer if suite.per_step and mode == "eager" else None, clock=suite.clock)
         warmup: list[float] = []
         try:
             with adapter_for(transformer).install(transformer, self.strategy), installed(self.hook, transformer), self._parallel(), execution as forward, self._meter:
@@ -356,7 +356,7 @@ class CaseRun:
         transformer = ctx.model.transformer
         try:
             execution = Execution(self.case.execution, transformer, self.strategy, suite.execution_options)
-            timer = CallTimer(ctx.device, transformer if suite.per_step and self.case.execution == "eager" else None)
+            timer = CallTimer(ctx.device, transformer if suite.per_step and self.case.execution == "eager" else None, clock=suite.clock)
             with adapter_for(transformer).install(transformer, self.strategy), installed(self.hook, transformer), self._parallel(), execution as forward, timer, self._meter.timed_section():
                 timed = self._time_seeds(timer, forward)
         except Exception as exc:
