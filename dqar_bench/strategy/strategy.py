@@ -153,6 +153,9 @@ class Strategy:
         self._probe: list[bool] = []
         self._store: list[bool] = []
         self._skips_stores = bool(getattr(type(cache), "STORES_LAST_COMPUTE_ONLY", False))
+        self.lean_stores = True
+        """Skip the stores no reuse can read (`_storing`); off under compiled and graph
+        execution, where a store pattern that changes by step would be one more program."""
         self._num_blocks = 0
         self._ctx: StepContext | None = None
         self._decide_after = gate.DECIDES_AFTER_BLOCK
@@ -303,7 +306,7 @@ class Strategy:
         reuse next computes again then, and stores then if it may reuse after; so a reuse
         always finds its block's last compute, and no pack is made that nothing reads."""
         assert self._mask is not None
-        if not self._skips_stores:
+        if not (self._skips_stores and self.lean_stores):
             return [True] * self._num_blocks
         if step + 1 >= len(self._mask):
             return [False] * self._num_blocks
