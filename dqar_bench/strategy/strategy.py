@@ -298,7 +298,8 @@ class Strategy:
 
     def graph_key(self) -> tuple:
         """Everything that changes the operations of this step's forward: one CUDA graph each."""
-        return (self._branch, tuple(self._reuse), tuple(self._probe), tuple(self._store), *(each.graph_key() for each in self.caches.values()))
+        # no store pattern: compiled and graph execution turn lean stores off (every compute stores)
+        return (self._branch, tuple(self._reuse), tuple(self._probe), *(each.graph_key() for each in self.caches.values()))
 
     def _storing(self, step: int) -> list[bool]:
         """Blocks whose compute at `step` is stored: for a cache that gives back the last
