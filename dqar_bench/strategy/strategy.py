@@ -200,7 +200,7 @@ class Strategy:
     @property
     def wants_x0(self) -> bool:
         """The sampler's predicted x0 is read (an SNR from x0); otherwise the loop skips it."""
-        return self._snr_from_x0
+        return signals.SNR in self.gate.SIGNALS and signals.snr_source(self.gate) == "x0"
 
     @property
     def probes_entropy(self) -> bool:
@@ -221,6 +221,7 @@ class Strategy:
     ) -> None:
         """Start a sampling call: fresh mask, gate state and an empty cache (one set of entries per branch)."""
         self._mask = schedule_mask(self.scheduler, num_steps, num_blocks, timesteps)
+        self._snr_from_x0 = self.wants_x0
         self._num_blocks = num_blocks
         self.stats.begin_call(num_steps, num_blocks)
         self._branches, self._branch, self._offset = branches, 0, 0
