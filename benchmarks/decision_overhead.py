@@ -29,14 +29,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 from dqar_bench.config.suite import load_suites
-from dqar_bench.core.parts import build_part
 from dqar_bench.core.plugins import get_registry
 from dqar_bench.model.conditioning import condition_for
 from dqar_bench.model.models import DIT_XL_CONFIG, LoadedModel, _random_dit, load_model

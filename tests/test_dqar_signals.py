@@ -40,7 +40,7 @@ class Recorder(Gate):
 
 
 def _strategy(registry, gate: Gate, probe_queries: int = 16) -> Strategy:
-    part = lambda kind, name: build_part(registry.get(kind, name).cls, {})  # noqa: E731
+    part = lambda kind, name: build_part(registry.get(kind, name).cls, {})
     return Strategy(part("scheduler", "all"), gate, part("cache", "attention-output"), part("quantizer", "none"), probe_queries)
 
 
@@ -173,7 +173,7 @@ def test_the_probe_reads_the_entropy_of_the_attention_the_model_computes(registr
     else:
         condition = synthetic_captions([6, 12], model.text_width, CPU, torch.float32, model.spec.text, model.pooled_width, model.text_length)
     steps, blocks = 8, model.num_blocks
-    scheduler = lambda: make_scheduler(model.spec.sampler, model.scheduler_config)  # noqa: E731
+    scheduler = lambda: make_scheduler(model.spec.sampler, model.scheduler_config)
 
     full = FullAttention()
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", full)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from dqar_bench.core.parts import build_part
-from dqar_bench.model.sampling import labels_condition, make_scheduler, denoise
+from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
 from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.strategy import Strategy, schedule_mask
 
@@ -19,7 +19,7 @@ PACKAGE = str(Path(__file__).resolve().parent.parent / "dqar_bench")
 
 
 def _full_dqar(registry, skips: bool = True) -> Strategy:
-    part = lambda kind, name, **params: build_part(registry.get(kind, name).cls, params)  # noqa: E731
+    part = lambda kind, name, **params: build_part(registry.get(kind, name).cls, params)
     s = Strategy(
         part("scheduler", "step", layer_fraction=1.0, warmup=0.1),
         part("gate", "interval", every=2),

@@ -254,8 +254,9 @@ def probe_qk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries and keys of `attn` on its own input `x`, [batch, heads, tokens, head_dim], for the probe.
 
-    For attention the harness does not compute itself (joint text-image attention, rotary
-    embeddings), the probe projects the module's `hidden_states` input with its own
+    The fallback where the processor's own SDPA call cannot be read (`SdpaTap`: linear
+    attention, a processor without SDPA, a compiled forward, a sequence split over ranks):
+    the probe projects the module's `hidden_states` input with its own
     `to_q`/`to_k` and query/key norms, without rotary embeddings and without the text
     tokens a joint processor appends: the image tokens' attention among themselves (on
     FLUX's single-stream blocks, whose input is the joint sequence, over text and image

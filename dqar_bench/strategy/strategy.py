@@ -3,7 +3,9 @@
 The sampler calls `before_step` once per denoising step; that is where the gate decides,
 for every block at once, from signals gathered in one host transfer. The adapter routes
 each block's self-attention through `attention`, which either gives back the cache or
-computes (and stores, and probes if the gate needs entropy); a cache whose target is
+computes (and probes if the gate needs entropy, reading the q and k the block's own
+attention forms; and stores, where the scheduler lets the block reuse at the next step:
+a cache that gives back the last compute needs no other store); a cache whose target is
 `"attention+mlp"` also gets each feed-forward through `output`, one whose target is
 `"cross-attention"` gets each block's cross-attention there instead of its self-attention
 (PAB's cross-attention broadcast, over its own range), and one whose target is `"block"`
