@@ -1,162 +1,227 @@
-"""How much of the sampling time goes into deciding: entropy probes, signals and gates.
+"""What DQAR pays for deciding and caching, against what its reuse saves, on two clocks.
 
-For every case of a suite whose gate reads signals (the DQAR cases), it times plain
-sampling calls, then runs the same calls again with timers wrapped around the two
-places where deciding happens, from the outside, so the hot path carries no timer in
-normal runs:
+Every figure is taken on both clocks at once: wall time (`time.perf_counter`) and this
+process's CPU time (`time.process_time`, what `timing: {clock: cpu}` times). On a CPU
+shared with other jobs, wall ratios spread with the load; CPU-time ratios of calls
+interleaved in one process hold within a few percent. Calls of the cases being compared
+alternate (baseline, case, baseline, case, ...) so drift hits them alike.
 
-- `Strategy.before_step`: the scheduler's mask row, the signals computed (the entropies
-  of every block from the probe's buffer, the latent SNR) and moved to the host (the one
-  sync per step), and the gate's decisions;
-- `dqar_bench.strategy.signals.EntropyProbe.record`: the probe's share inside a computing block
-  (sampled scores written to the buffer), on compute steps only.
+Regions inside a call are timed by wrapping them from the outside (the hot path carries
+no timer in normal runs): `Strategy.before_step` (mask row, signals gathered and moved to
+the host once, the gate's decision), `EntropyProbe.record` (the probe's share inside a
+computing block), and the quantizer's pack and unpack.
 
-On a GPU each timed region is fenced by `torch.cuda.synchronize()` so that it measures
-its own work and not the queue in front of it (the fences slow those calls down, which
-is why the sampling time comes from the unwrapped calls). On the CPU the clock is the
-process's CPU time, so that other processes competing for the cores (a shared machine,
-CI) do not blur the share. The goal is a share under 5 %.
+Targets (issue 18), printed with a verdict:
 
-    python benchmarks/decision_overhead.py [suites/ablations.yaml] [--calls N] [--threads N] [--device cuda]
+1. `harness_overhead` (every block hooked, cached, never reused) at least 0.98x of the
+   baseline on digits-dit (suites/ablations.yaml) and flux-tiny (suites/peers-flow.yaml);
+2. on digits-dit, full_dqar's probe + quantizer + harness cost at most half of what its
+   reuse saves (reused block calls x the mean time of an attention call);
+3. on 4 blocks of a DiT-XL/2-shaped model (random weights, 256 tokens, 10 DDIM steps, one
+   class label with CFG), full_dqar's decision cost (before_step + probe) at most 1 % of
+   a call.
+
+    python benchmarks/decision_overhead.py [--rounds N] [--threads N] [--skip-xl]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from dqar_bench.config.suite import load_suites
+from dqar_bench.core.plugins import get_registry
+from dqar_bench.model.suite_condition import condition_for
+from dqar_bench.model.loaded import LoadedModel
+from dqar_bench.model.models import DIT_XL_CONFIG, _random_dit, load_model
+from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
+from dqar_bench.run.runner import build_strategy
+from dqar_bench.strategies.quantizers.scaled import Scaled
 from dqar_bench.strategy import signals
 from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.model.models import load_model
-from dqar_bench.core.plugins import get_registry
-from dqar_bench.run.runner import build_strategy, resolve_device
-from dqar_bench.model.sampling import make_scheduler, sample
 from dqar_bench.strategy.strategy import Strategy
-from dqar_bench.config.suite import load_suite
-from dqar_bench.core.errors import DqarError
 
-GOAL = 0.05
-
-
-def clock(device: torch.device) -> Callable[[], float]:
-    """Wall time on a GPU (fenced by syncs), this process's CPU time on the CPU."""
-    return time.perf_counter if device.type == "cuda" else time.process_time
+ROOT = Path(__file__).resolve().parent.parent
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 class Stopwatch:
-    """Accumulated seconds per region; fenced on a GPU."""
+    """Accumulated seconds per region, on both clocks."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.clock = clock(device)
-        self.seconds: dict[str, float] = {}
+    def __init__(self) -> None:
+        self.seconds: dict[str, dict[str, float]] = {}
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if self.cuda:
-                torch.cuda.synchronize()
-            start = self.clock()
+            starts = {c: clock() for c, clock in CLOCKS.items()}
             try:
                 return fn(*args, **kwargs)
             finally:
-                if self.cuda:
-                    torch.cuda.synchronize()
-                self.seconds[name] = self.seconds.get(name, 0.0) + self.clock() - start
+                into = self.seconds.setdefault(name, {c: 0.0 for c in CLOCKS})
+                for c, clock in CLOCKS.items():
+                    into[c] += clock() - starts[c]
 
         return timed
 
+    def get(self, name: str, clock: str) -> float:
+        return self.seconds.get(name, {}).get(clock, 0.0)
+
 
 @contextmanager
-def decision_timers(strategy: Strategy, watch: Stopwatch) -> Iterator[None]:
-    """Timers on this strategy's decision points; everything is put back on exit."""
-    record = signals.EntropyProbe.record
+def part_timers(strategy: Strategy, watch: Stopwatch) -> Iterator[None]:
+    """Timers on the strategy's decision points and its quantizer; everything put back on exit."""
+    record, unpack = signals.EntropyProbe.record, Scaled.unpack
     strategy.before_step = watch.wrap("signals+gate", strategy.before_step)  # type: ignore[method-assign]
     signals.EntropyProbe.record = watch.wrap("probe", record)  # type: ignore[method-assign]
+    strategy.quantizer.pack = watch.wrap("quantizer", strategy.quantizer.pack)  # type: ignore[method-assign]
+    Scaled.unpack = watch.wrap("quantizer", unpack)  # type: ignore[method-assign]
     try:
         yield
     finally:
-        del strategy.before_step
-        signals.EntropyProbe.record = record  # type: ignore[method-assign]
+        del strategy.before_step, strategy.quantizer.pack
+        signals.EntropyProbe.record, Scaled.unpack = record, unpack  # type: ignore[method-assign]
 
 
-def measure(suite_path: str, calls: int, device_name: str | None = None) -> list[dict[str, Any]]:
-    """`device_name` (cpu, cuda, cuda:N, auto) overrides the suite's `device`."""
-    suite = load_suite(suite_path)
+class Bench:
+    """One model, one sampling setting, strategies called in alternation."""
+
+    def __init__(self, model: LoadedModel, condition: Any, sampler: str, steps: int, guidance: float) -> None:
+        self.model, self.condition, self.sampler, self.steps, self.guidance = model, condition, sampler, steps, guidance
+
+    def call(self, strategy: Strategy | None) -> dict[str, float]:
+        scheduler = make_scheduler(self.sampler, self.model.scheduler_config)
+        transformer = self.model.transformer
+        with adapter_for(transformer).install(transformer, strategy):
+            starts = {c: clock() for c, clock in CLOCKS.items()}
+            denoise(transformer, scheduler, self.condition, 0, self.steps, self.guidance, strategy)
+            return {c: clock() - starts[c] for c, clock in CLOCKS.items()}
+
+    def interleaved(self, cases: dict[str, Strategy | None], rounds: int) -> dict[str, dict[str, float]]:
+        """Median seconds per call of each case on each clock; one warm call each first."""
+        for strategy in cases.values():
+            self.call(strategy)
+        times: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+        for _ in range(rounds):
+            for name, strategy in cases.items():
+                times[name].append(self.call(strategy))
+        return {name: {c: statistics.median(t[c] for t in ts) for c in CLOCKS} for name, ts in times.items()}
+
+
+def suite_bench(path: str) -> tuple[Bench, Any]:
+    suite = load_suites(ROOT / path)[0]
+    model = load_model(suite.model, torch.device("cpu"), getattr(torch, suite.dtype))
+    condition = condition_for(suite, model, torch.device("cpu"), getattr(torch, suite.dtype))
+    return Bench(model, condition, suite.sampler, suite.steps, suite.guidance_scale), suite
+
+
+def harness_target(path: str, rounds: int) -> list[str]:
+    bench, suite = suite_bench(path)
     registry = get_registry()
-    device = resolve_device(device_name or suite.device)
-    model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download)
-    scheduler = make_scheduler(suite.sampler, model.scheduler_config)
-    rows = []
-    for case in suite.cases:
-        if case.untouched or not registry.get("gate", case.parts["gate"].name).cls.SIGNALS:
-            continue
-        strategy = build_strategy(case, registry, suite.probe_queries)
-        assert strategy is not None
+    cases = {"baseline": None, "harness_overhead": build_strategy(suite.case("harness_overhead"), registry, suite.probe_queries)}
+    t = bench.interleaved(cases, rounds)
+    lines = []
+    for c in CLOCKS:
+        ratio = t["baseline"][c] / t["harness_overhead"][c]
+        lines.append(f"  {suite.model:<11} {c:<4}: baseline {t['baseline'][c] * 1e3:8.2f} ms, harness_overhead {t['harness_overhead'][c] * 1e3:8.2f} ms"
+                     f" -> {ratio:.3f}x  (target >= 0.98x: {'ok' if ratio >= 0.98 else 'MISSED'})")
+    return lines
 
-        def call(seed: int) -> None:
-            sample(model.transformer, scheduler, suite.class_labels, seed, suite.steps,
-                   suite.guidance_scale, model.null_class, observer=strategy)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
 
-        seeds = [suite.seeds[i % len(suite.seeds)] for i in range(calls)]
-        with adapter_for(model.transformer).install(model.transformer, strategy):
-            for seed in suite.seeds[: max(suite.warmup, 1)]:
-                call(seed)
-            plain = []
-            now = clock(device)
-            for seed in seeds:
-                start = now()
-                call(seed)
-                plain.append(now() - start)
-            watch = Stopwatch(device)
-            strategy.reset_stats()
-            with decision_timers(strategy, watch):
-                for seed in seeds:
-                    call(seed)
-        sampling = statistics.median(plain)
-        probe = watch.seconds.get("probe", 0.0) / calls
-        gate = watch.seconds.get("signals+gate", 0.0) / calls
-        rows.append({
-            "case": case.name,
-            "gate": case.parts["gate"].name,
-            "sampling_ms": sampling * 1000,
-            "probe_ms": probe * 1000,
-            "gate_ms": gate * 1000,
-            "share": (probe + gate) / sampling,
-            "reuse": strategy.stats.reuse_ratio,
-        })
-    return rows
+def attention_call_seconds(bench: Bench) -> dict[str, float]:
+    """Mean seconds of one self-attention module call in the untouched model, each clock."""
+    watch = Stopwatch()
+    modules = [block.attn1 for block in bench.model.transformer.transformer_blocks]
+    for m in modules:
+        m.forward = watch.wrap("attention", m.forward)
+    calls = [0]
+    counter = [m.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1)) for m in modules]
+    try:
+        bench.call(None)
+    finally:
+        for m in modules:
+            del m.forward
+        for h in counter:
+            h.remove()
+    return {c: watch.get("attention", c) / calls[0] for c in CLOCKS}
+
+
+def cost_target(rounds: int) -> list[str]:
+    bench, suite = suite_bench("suites/ablations.yaml")
+    registry = get_registry()
+    full = build_strategy(suite.case("full_dqar"), registry, suite.probe_queries)
+    cases = {"baseline": None, "harness_overhead": build_strategy(suite.case("harness_overhead"), registry, suite.probe_queries), "full_dqar": full}
+    t = bench.interleaved(cases, rounds)
+    assert full is not None
+    full.reset_stats()
+    watch = Stopwatch()
+    with part_timers(full, watch):
+        for _ in range(rounds):
+            bench.call(full)
+    reused = full.stats.reused / rounds
+    attention = attention_call_seconds(bench)
+    lines = [f"  digits-dit full_dqar: {reused:.0f} block reuses per call (reuse {full.stats.reuse_ratio:.1%})"]
+    for c in CLOCKS:
+        probe = watch.get("probe", c) / rounds
+        gate = watch.get("signals+gate", c) / rounds
+        quant = watch.get("quantizer", c) / rounds
+        harness = max(t["harness_overhead"][c] - t["baseline"][c], 0.0)
+        saved = reused * attention[c]
+        cost = probe + gate + quant + harness
+        share = cost / saved if saved else float("inf")
+        lines.append(
+            f"  {c:<4}: saved {saved * 1e3:6.2f} ms (attention call {attention[c] * 1e6:.0f} us); probe {probe * 1e3:.2f} + signals+gate {gate * 1e3:.2f}"
+            f" + quantizer {quant * 1e3:.2f} + harness {harness * 1e3:.2f} = {cost * 1e3:.2f} ms = {share:.2f} of the saving"
+            f" (target <= 0.5: {'ok' if share <= 0.5 else 'MISSED'}); full_dqar {t['baseline'][c] / t['full_dqar'][c]:.3f}x of the baseline"
+        )
+    return lines
+
+
+def xl_target(rounds: int) -> list[str]:
+    config = {**DIT_XL_CONFIG, "num_layers": 4}
+    model = _random_dit("dit-xl-2-256-4-blocks-random", **config)
+    bench = Bench(model, labels_condition([207], model.null_class, torch.device("cpu")), "ddim", 10, 4.0)
+    suite = load_suites(ROOT / "suites/dit-xl-256.yaml")[0]
+    registry = get_registry()
+    case = suite.case("full_dqar")
+    full = build_strategy(case, registry, suite.probe_queries)
+    assert full is not None
+    plain = bench.interleaved({"full_dqar": full}, rounds)["full_dqar"]
+    watch = Stopwatch()
+    full.reset_stats()
+    with part_timers(full, watch):
+        for _ in range(rounds):
+            bench.call(full)
+    lines = [f"  DiT-XL/2-shaped, 4 blocks, 256 tokens, 10 DDIM steps, CFG, 1 label: full_dqar (suites/dit-xl-256.yaml) reuse {full.stats.reuse_ratio:.1%}"]
+    for c in CLOCKS:
+        decision = (watch.get("probe", c) + watch.get("signals+gate", c)) / rounds
+        share = decision / plain[c]
+        lines.append(f"  {c:<4}: call {plain[c] * 1e3:8.1f} ms, decision {decision * 1e3:.2f} ms = {share:.2%} (target <= 1 %: {'ok' if share <= 0.01 else 'MISSED'})")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", nargs="?", default="suites/ablations.yaml")
-    parser.add_argument("--calls", type=int, default=5, help="sampling calls per case (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: tiny models run fastest on one)")
-    parser.add_argument("--device", help="cpu | cuda | cuda:N | auto (default: the suite's device)")
+    parser.add_argument("--skip-xl", action="store_true", help="leave out the DiT-XL/2-shaped target (the slowest)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    try:
-        rows = measure(args.suite, args.calls, args.device)
-    except DqarError as exc:  # a bad suite or device: one line, no traceback
-        print(f"decision_overhead: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    where = "wall time, GPU" if resolve_device(args.device or load_suite(args.suite).device).type == "cuda" else "CPU time"
-    print(f"decision overhead, {args.suite} ({args.calls} calls per case, {where}, torch threads {torch.get_num_threads()}; goal < {GOAL:.0%})")
-    print(f"{'case':<22} {'gate':<10} {'sampling ms':>12} {'probe ms':>9} {'signals+gate ms':>16} {'share':>7} {'reuse':>6}  goal")
-    for r in rows:
-        verdict = "ok" if r["share"] < GOAL else "OVER"
-        print(f"{r['case']:<22} {r['gate']:<10} {r['sampling_ms']:>12.1f} {r['probe_ms']:>9.2f} "
-              f"{r['gate_ms']:>16.2f} {r['share']:>7.2%} {r['reuse']:>6.1%}  {verdict}")
-    if not rows:
-        print("(no case of this suite has a gate that reads signals)")
+    print(f"decision overhead on the CPU, torch threads {torch.get_num_threads()}, {args.rounds} interleaved rounds; wall = perf_counter, cpu = process_time")
+    print("1. harness_overhead against the baseline")
+    for path in ("suites/ablations.yaml", "suites/peers-flow.yaml"):
+        print("\n".join(harness_target(path, args.rounds)))
+    print("2. full_dqar's cost against what its reuse saves (digits-dit, suites/ablations.yaml)")
+    print("\n".join(cost_target(args.rounds)))
+    if not args.skip_xl:
+        print("3. full_dqar's decision cost on a DiT-XL/2-shaped model")
+        print("\n".join(xl_target(max(1, args.rounds // 2))))
 
 
 if __name__ == "__main__":

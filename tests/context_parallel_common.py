@@ -24,10 +24,14 @@ def cases() -> dict[str, Strategy | None]:
     from dqar_bench.strategies.quantizers.none import NoQuantization
     from dqar_bench.strategies.schedulers.all import AllBlocks
 
-    dqar = Dqar(threshold=ENTROPY_THRESHOLD, snr_low=0.0, snr_high=1e9, warmup=1, deep_layer_snr_threshold=0.0)
+    from dqar_bench.strategy.signal_scope import ProjectedProbe
+
+    dqar = Dqar(threshold=ENTROPY_THRESHOLD, entropy="nats", snr="x0", snr_low=0.0, snr_high=1e9, warmup=1, deep_layer_snr_threshold=0.0)
+    probed = Strategy(AllBlocks(), dqar, AttentionOutput(), NoQuantization(), PROBE_QUERIES)
+    probed.scope = ProjectedProbe()  # ranks probe by projection (their SDPA sees a part); so does the one-process reference
     return {
         "baseline": None,
-        "dqar": Strategy(AllBlocks(), dqar, AttentionOutput(), NoQuantization(), PROBE_QUERIES),
+        "dqar": probed,
         "first-block-cache": Strategy(AllBlocks(), ResidualChange(threshold=RESIDUAL_THRESHOLD), BlockResidual(), NoQuantization()),
     }
 

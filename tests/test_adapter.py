@@ -85,6 +85,7 @@ def test_gate_sees_context_and_signals(tiny, registry):
     seen = []
     s = strategy(registry)
     s.gate.SIGNALS = frozenset({"snr", "latent_norm", "entropy"})
+    s.gate.snr = "x0"  # the seed's SNR, from the sampler's x0 (the default, the schedule's, needs no x0)
 
     def decide(ctx, eligible):
         seen.append((ctx.step, ctx.num_steps, ctx.x0 is not None, dict(ctx.signals)))

@@ -60,8 +60,25 @@ def test_entropy_is_the_mean_over_the_sampled_rows_only():
     assert signals.attention_entropy(q, k, num_queries=3).item() == pytest.approx(math.log(tokens) * 2 / 3, abs=1e-5)
 
 
+def test_normalised_entropy_is_nats_over_log_keys_per_buffer():
+    """One scale for blocks with different key counts: uniform is 1 whatever N, and each
+    buffer is divided by the log of its own key count."""
+    nats, unit = signals.EntropyProbe(4, normalised=False), signals.EntropyProbe(4)
+    q16, k16 = torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8)
+    q46, k46 = torch.randn(1, 2, 46, 8), torch.randn(1, 2, 46, 8)
+    for probe in (nats, unit):
+        probe.reset(3, torch.device("cpu"))
+        probe.record(0, q16, k16)
+        probe.record(1, q46, k46)
+        probe.record(2, torch.zeros(1, 2, 46, 8), k46)  # uniform over 46 keys
+    h, n = nats.entropies().tolist(), unit.entropies().tolist()
+    assert n[0] == pytest.approx(h[0] / math.log(16), rel=1e-6)
+    assert n[1] == pytest.approx(h[1] / math.log(46), rel=1e-6)
+    assert n[2] == pytest.approx(1.0, abs=1e-6) and h[2] == pytest.approx(math.log(46), abs=1e-5)
+
+
 def test_entropy_probe_keeps_each_blocks_last_compute_and_nan_for_the_others():
-    probe = signals.EntropyProbe(num_queries=4)
+    probe = signals.EntropyProbe(num_queries=4, normalised=False)
     probe.reset(3, torch.device("cpu"))
     assert all(math.isnan(h) for h in probe.entropies().tolist())  # nothing recorded yet
     q_uniform, k = torch.zeros(2, 2, 16, 8), torch.randn(2, 2, 16, 8)
@@ -93,7 +110,7 @@ def test_linear_attention_entropy_is_that_of_the_relu_kernel_weights():
     weights = torch.einsum("bihd,bjhd->bhij", rq, rk)
     p = weights / weights.sum(-1, keepdim=True)
     by_hand = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1).mean()
-    probe = signals.EntropyProbe(num_queries=0)
+    probe = signals.EntropyProbe(num_queries=0, normalised=False)
     probe.reset(1, torch.device("cpu"))
     probe.record(0, q, k, linear=True)
     assert probe.entropies()[0].item() == pytest.approx(by_hand.item(), rel=1e-5)
@@ -118,7 +135,7 @@ def ctx(step=5, entropy=None, snr=1.0, cond_len=1):
 
 
 def test_entropy_gate_reuses_only_focused_eligible_blocks():
-    gate = Entropy(threshold=2.0)
+    gate = Entropy(threshold=2.0, entropy="nats")
     gate.reset(20, 4)
     # below tau and eligible / above tau / never measured (NaN) / below tau but not eligible
     decided = gate.decide(ctx(entropy=[1.5, 2.5, NAN, 1.9]), [True, True, True, False])
@@ -128,8 +145,8 @@ def test_entropy_gate_reuses_only_focused_eligible_blocks():
 
 def test_entropy_threshold_adapts_to_the_conditioning_length_only_when_asked():
     entropies = [2.5, 3.9, 4.1, 1.0]
-    plain = Entropy(threshold=2.0)
-    adaptive = Entropy(threshold=2.0, adapt_to_length=True, base_length=77)
+    plain = Entropy(threshold=2.0, entropy="nats")
+    adaptive = Entropy(threshold=2.0, entropy="nats", adapt_to_length=True, base_length=77)
     for gate in (plain, adaptive):
         gate.reset(20, 4)
     # p = 4 * 77: tau(p) = 2 * sqrt(4) = 4
@@ -166,10 +183,10 @@ def test_deep_blocks_need_the_seeds_snr_floor(blocks, first_deep):
 
 
 def test_dqar_gate_needs_warmup_snr_window_and_low_entropy():
-    gate = Dqar()  # tau 2.0, window [0.1, 10], warmup 2, deep-block floor 1.0 (SNR 1.0 below passes it)
-    assert (gate.threshold, gate.snr_low, gate.snr_high, gate.warmup) == (2.0, 0.1, 10.0, 2)
+    gate = Dqar()  # tau 0.36 normalised (the seed's 2.0 nats / log 256), window [0.1, 10] on the schedule's SNR, warmup 2, deep-block floor 1.0
+    assert (gate.threshold, gate.entropy, gate.snr_low, gate.snr_high, gate.snr, gate.warmup) == (0.36, "normalised", 0.1, 10.0, "schedule", 2)
     gate.reset(20, 3)
-    focused = [1.0, 3.0, 1.0]
+    focused = [0.2, 0.95, 0.2]
     assert gate.decide(ctx(step=1, entropy=focused, snr=1.0), [True] * 3) == [False] * 3  # warmup
     gate.reset(20, 3)
     assert gate.decide(ctx(step=2, entropy=focused, snr=1.0), [True, True, False]) == [True, False, False]
@@ -178,7 +195,7 @@ def test_dqar_gate_needs_warmup_snr_window_and_low_entropy():
 
 
 def test_max_reuse_forces_a_compute_after_a_run_of_reuse():
-    gate = Entropy(threshold=2.0, max_reuse=2)
+    gate = Entropy(threshold=2.0, entropy="nats", max_reuse=2)
     gate.reset(20, 2)
     runs = [gate.decide(ctx(step=s, entropy=[1.0, 3.0]), [True, True])[0] for s in range(1, 8)]
     assert runs == [True, True, False, True, True, False, True]
@@ -201,6 +218,8 @@ def test_max_reuse_forces_a_compute_after_a_run_of_reuse():
         (Dqar, {"warmup": -1}, "warmup"),
         (Dqar, {"base_length": 0.0}, "base_length"),
         (Dqar, {"deep_layer_snr_threshold": -1.0}, "deep_layer_snr_threshold"),
+        (Entropy, {"threshold": 2.0}, r"must be in \(0, 1\] for normalised entropy"),
+        (Dqar, {"threshold": 1.5}, r"must be in \(0, 1\] for normalised entropy.*entropy: nats"),
     ],
 )
 def test_gate_parameters_out_of_range_are_refused(cls, params, message):

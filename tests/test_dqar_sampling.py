@@ -148,7 +148,7 @@ class Watch:
 def test_dpm_solver_runs_a_dqar_strategy_and_its_x0_and_snr_use_the_schedulers_alphas(tiny, registry):
     s = strategy(
         registry,
-        ("dqar", {"threshold": 2.76, "warmup": 1, "max_reuse": 2}),
+        ("dqar", {"threshold": 2.76, "entropy": "nats", "snr": "x0", "warmup": 1, "max_reuse": 2}),
         "attention-output",
         ("int8", {}),
         ("step", {"layer_fraction": 1.0}),

@@ -43,14 +43,15 @@ RUNS = {  # model/sampler: steps, guidance
 CASES = {
     "baseline": None,
     "interval": (("interval", {"every": 2}), "attention-output", "none", "all"),
-    "dqar": (("dqar", {"threshold": 2.76, "warmup": 1, "max_reuse": 2}), "attention-output", "int8", ("step", {"layer_fraction": 1.0})),
+    # the stored latents were made with the seed's signal forms (entropy in nats, SNR from x0)
+    "dqar": (("dqar", {"threshold": 2.76, "entropy": "nats", "snr": "x0", "warmup": 1, "max_reuse": 2}), "attention-output", "int8", ("step", {"layer_fraction": 1.0})),
     "kv": (("interval", {"every": 2}), "kv", ("int8", {"mode": "per_head"}), "all"),
     "fora": (("interval", {"every": 3}), "attention-mlp-output", "none", "all"),
     "taylorseer": (("warmup-interval", {"every": 3, "warmup": 2}), ("forecast", {"order": 2}), "none", "all"),
     "fbc": (("residual-change", {"threshold": 0.3}), "block-residual", "none", "all"),
     "delta": (("interval", {"every": 2}), "block-residual", "fp8", "front-rear"),
     # the deep-block SNR floor came after the stored latents: off, so the rule is the old one
-    "snr": (("snr", {"snr_low": 0.05, "snr_high": 20.0, "deep_layer_snr_threshold": 0.0}), "attention-output", "none", "all"),
+    "snr": (("snr", {"snr_low": 0.05, "snr_high": 20.0, "snr": "x0", "deep_layer_snr_threshold": 0.0}), "attention-output", "none", "all"),
     "policy": (("policy", {"weights": "dit-tiny", "threshold": 0.5}), "attention-output", "none", "all"),
     "pab": (("interval", {"every": 2}), "attention-output", ("int8", {"mode": "per_channel"}), "timestep-window"),
 }

@@ -104,7 +104,7 @@ def test_the_entropy_gate_adapts_to_the_prompt_length_for_real(pixart, registry)
     seen = {}
     reuse = {}
     for lengths in ([8, 8], [8, 20]):
-        s = strategy(registry, ("entropy", {"threshold": 7.0, "adapt_to_length": True}))
+        s = strategy(registry, ("entropy", {"threshold": 7.0, "entropy": "nats", "adapt_to_length": True}))
         decide = s.gate.decide
         s.gate.decide = lambda ctx, eligible, s=s, decide=decide: seen.setdefault(tuple(lengths), set()).add(ctx.cond_len) or decide(ctx, eligible)
         run(pixart, synthetic_captions(lengths, 64, CPU, torch.float32), s)

@@ -97,7 +97,7 @@ cases:
     cache: kv
     scheduler: {name: linear, layer_fraction: 1.0, warmup: 0.3}
   - name: dqar
-    gate: {name: dqar, threshold: 2.72, warmup: 1}
+    gate: {name: dqar, threshold: 0.981, warmup: 1}
     scheduler: {name: step, layer_fraction: 1.0}
 """
 

@@ -58,6 +58,7 @@ class TimingSpec(_Spec):
     nvml_interval_ms: float = Field(10.0, gt=0, description="Milliseconds between NVML power samples.")
     order: Literal["interleaved", "blocked"] = Field("interleaved", description="Repeats in rounds of every case, or each case's back to back.")
     round_seed: int = Field(0, description="Seed of the case order in each round.")
+    clock: Literal["wall", "cpu"] = Field("wall", description="What times a call: wall clock, or the process's CPU time (steadier on a busy CPU).")
 
 
 class FidSpec(_Spec):

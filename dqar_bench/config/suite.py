@@ -29,6 +29,7 @@ from dqar_bench.model import families
 from dqar_bench.strategy.context_parallel import Parallel, parse_parallel
 from dqar_bench.core.errors import DqarError, ModelError, SuiteError
 from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
+from dqar_bench.measure.timing import CLOCKS
 from dqar_bench.measure.fid_stats import parse_fid_config
 from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
 from dqar_bench.strategy.execution import MODES, ExecutionOptions
@@ -148,6 +149,8 @@ class Suite:
     spec: SuiteSpec | None = field(default=None, compare=False, repr=False)
     """The suite file as written, typed and nested (`dqar_bench.config.schema`); the fields
     above are what validation derived from it (defaults filled in, cases expanded, paths resolved)."""
+    clock: str = "wall"
+    """What times a call (`dqar_bench.measure.timing.CLOCKS`): 'wall', or 'cpu' (the process's CPU time)."""
 
     @property
     def prompt_texts(self) -> list[str] | None:
@@ -317,6 +320,9 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     if timing_order not in TIMING_ORDERS:
         raise r.error(f"field 'timing.order': '{timing_order}' is not one of {', '.join(TIMING_ORDERS)}{_suggest(timing_order, TIMING_ORDERS)}")
     round_seed = r.get(timing, "round_seed", int, default=default(TimingSpec, "round_seed"), field="timing.round_seed")
+    clock = r.get(timing, "clock", str, default="wall", field="timing.clock")
+    if clock not in CLOCKS:
+        raise r.error(f"field 'timing.clock': '{clock}' is not one of {', '.join(CLOCKS)} (cpu: the process's CPU time, for a busy CPU)")
     if not (math.isfinite(nvml_interval_ms) and nvml_interval_ms > 0):
         raise r.error("field 'timing.nvml_interval_ms' must be > 0 (milliseconds between NVML samples)")
     # Files a run needs on this machine are checked only where the model itself can run here;
@@ -394,6 +400,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
         execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, pipeline=pipeline, resolution=resolution,
         text=text_of_file, spec=_typed(r, data), **text,
+
     )
 
 

@@ -346,11 +346,12 @@ class StepHooks:
 
     def _step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         scheduler = self._scheduler
-        prediction = prediction_of(scheduler)
-        latents, pred = self._sampler_layout(sample), self._sampler_layout(model_output)
-        sigma = scheduler.sigmas[self.step] if prediction == "flow" else None
-        alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(latents.device) if prediction != "flow" else None  # one value moved, not the table
-        self.x0 = predicted_x0(prediction, latents, pred, alpha_bar, sigma).to(latents.dtype)
+        if getattr(self.observer, "wants_x0", True):  # a strategy whose gates never read x0 pays nothing for it
+            prediction = prediction_of(scheduler)
+            latents, pred = self._sampler_layout(sample), self._sampler_layout(model_output)
+            sigma = scheduler.sigmas[self.step] if prediction == "flow" else None
+            alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(latents.device) if prediction != "flow" else None  # one value moved, not the table
+            self.x0 = predicted_x0(prediction, latents, pred, alpha_bar, sigma).to(latents.dtype)
         out = self._original_step(model_output, timestep, sample, *args, **kwargs)
         self.observer.after_step()
         self.step += 1

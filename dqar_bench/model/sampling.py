@@ -256,6 +256,7 @@ def denoise(
         return conv.from_model(out, shape)
 
     x0: torch.Tensor | None = None
+    wants_x0 = observer is not None and getattr(observer, "wants_x0", True)  # only a gate reading x0 pays for it
     for step, t in enumerate(timesteps):
         sigma = scheduler.sigmas[step] if flow else None
         if observer is not None:
@@ -276,7 +277,7 @@ def denoise(
             if mode == "cfg-batch":
                 cond, uncond = pred.chunk(2)
                 pred = uncond + guidance_scale * (cond - uncond)
-        if observer is not None:  # the untouched baseline pays for nothing it does not use
+        if wants_x0:  # the untouched baseline, and gates that never read x0, pay for nothing they do not use
             x0 = predicted_x0(prediction, latents, pred, alphas_cumprod[t] if alphas_cumprod is not None else None, sigma).to(dtype)
         latents = scheduler.step(pred, t, latents).prev_sample
         if observer is not None:

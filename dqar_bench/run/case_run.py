@@ -47,7 +47,7 @@ from dqar_bench.measure.flops import FlopCount, count_flops, summarize
 from dqar_bench.measure.instruments import Instruments, fid_image_indices, generate_images
 from dqar_bench.measure.meter import CaseMeter
 from dqar_bench.measure.stats import Measurement
-from dqar_bench.model.models import LoadedModel
+from dqar_bench.model.loaded import LoadedModel
 from dqar_bench.model.pipelines import EAGER_ONLY, call_pipeline
 from dqar_bench.core.plugins import Registry
 from dqar_bench.measure.quality import compare_outputs
@@ -209,7 +209,7 @@ class CaseRun:
         transformer = ctx.model.transformer
         execution = Execution(mode, transformer, self.strategy, suite.execution_options)
         # per-step marks are a forward pre-hook: eager only (a compiled or replayed forward runs no hooks)
-        timer = CallTimer(ctx.device, transformer if suite.per_step and mode == "eager" else None)
+        timer = CallTimer(ctx.device, transformer if suite.per_step and mode == "eager" else None, clock=suite.clock)
         warmup: list[float] = []
         try:
             with adapter_for(transformer).install(transformer, self.strategy), installed(self.hook, transformer), self._parallel(), execution as forward, self._meter:
@@ -334,7 +334,7 @@ class CaseRun:
         transformer = ctx.model.transformer
         try:
             execution = Execution(self.case.execution, transformer, self.strategy, suite.execution_options)
-            timer = CallTimer(ctx.device, transformer if suite.per_step and self.case.execution == "eager" else None)
+            timer = CallTimer(ctx.device, transformer if suite.per_step and self.case.execution == "eager" else None, clock=suite.clock)
             with adapter_for(transformer).install(transformer, self.strategy), installed(self.hook, transformer), self._parallel(), execution as forward, timer, self._meter.timed_section():
                 timed = self._time_seeds(timer, forward)
         except Exception as exc:

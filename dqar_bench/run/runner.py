@@ -54,7 +54,8 @@ from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.instruments import Instruments, build_instruments, load_features
 from dqar_bench.views.plot import plot_run
 from dqar_bench.measure.progress import Progress as ProgressBar
-from dqar_bench.model.models import LoadedModel, load_model
+from dqar_bench.model.loaded import LoadedModel
+from dqar_bench.model.models import load_model
 from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import RunDir, check_target

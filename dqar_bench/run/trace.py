@@ -41,12 +41,13 @@ from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.errors import DqarError
-from dqar_bench.model.models import LoadedModel, load_model
+from dqar_bench.model.loaded import LoadedModel
+from dqar_bench.model.models import load_model
 from dqar_bench.core.parts import Gate
 from dqar_bench.config.part_spec import new_part
 from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.measure.progress import Progress, eta
-from dqar_bench.strategy.policy.features import FEATURES, SIGNALS as POLICY_SIGNALS, feature_rows
+from dqar_bench.strategy.policy.features import ENTROPY_UNIT, FEATURES, SIGNALS as POLICY_SIGNALS, SNR_SOURCE, feature_rows
 from dqar_bench.run.runner import apply_resolution, check_labels, resolve_device
 from dqar_bench.model.sampling import Condition, denoise, make_scheduler
 from dqar_bench.strategy.strategy import Strategy
@@ -60,6 +61,7 @@ class _Tracer(Gate):
 
     PLUGIN_NAME = "trace"
     SIGNALS = POLICY_SIGNALS
+    snr, entropy = SNR_SOURCE, ENTROPY_UNIT  # the policy gate's forms of the signals
 
     def __init__(self) -> None:
         self.recording = False

@@ -131,6 +131,11 @@ class ShardedSequence(SignalScope):
         self.world, self.layouts = world, layouts
         self.tokens: dict[str, int] = {}
 
+    taps_attention = False  # a rank's SDPA sees its own heads (Ulysses) or keys (ring): rows are projected instead
+
+    def key_count(self, local: int) -> int:
+        return local * self.world.world_size  # every rank holds an equal slice of each stream
+
     def positions(self, local: int, device: torch.device) -> tuple[torch.Tensor, int]:
         """The whole-sequence index of each of this rank's `local` tokens, and the whole length.
 
@@ -237,6 +242,7 @@ def context_parallel(
     hooked = {m: "_diffusers_hook" in m.__dict__ for m in transformer.modules()}
     backends = {m: m.processor._attention_backend for m in transformer.modules() if hasattr(getattr(m, "processor", None), "_attention_backend")}
     scope = ShardedSequence(world, LAYOUTS[family])
+    previous = strategy.scope if strategy is not None else None  # put back on leaving
 
     def read_tokens(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         scope.tokens = _stream_tokens(family, transformer, args, kwargs)
@@ -265,7 +271,7 @@ def context_parallel(
         for handle in handles:
             handle.remove()
         if strategy is not None:
-            strategy.scope = LOCAL
+            strategy.scope = previous if previous is not None else LOCAL
         if getattr(transformer, "_parallel_config", None) is not None:
             remove_context_parallel(transformer, transformer._cp_plan)
             transformer._parallel_config = None

@@ -90,6 +90,9 @@ class Execution:
     def __enter__(self) -> Forward:
         if self.mode == "eager":
             return plain_forward(self.transformer)
+        if self.strategy is not None:  # one program per reuse pattern: stores that vary by step would add programs
+            self.strategy.lean_stores = False
+            self._stack.callback(setattr, self.strategy, "lean_stores", True)
         if self.strategy is not None and self.mode == "cudagraph":
             self.strategy.pinned = True
             self._stack.callback(setattr, self.strategy, "pinned", False)

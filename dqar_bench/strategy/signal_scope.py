@@ -21,6 +21,14 @@ from dqar_bench.strategy import signals
 class SignalScope:
     """The whole tensors, on this process: every method is the plain signal of `dqar_bench.strategy.signals`."""
 
+    taps_attention = True
+    """The probe reads q and k from the processor's own SDPA call (`signals.SdpaTap`); a scope
+    whose ranks each see part of an attention projects its own rows instead (`probe_qk`)."""
+
+    def key_count(self, local: int) -> int:
+        """The keys a probed row attends over, from the `local` keys this process holds."""
+        return local
+
     def probe_qk(self, attn: torch.nn.Module, x: torch.Tensor, num_queries: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The probe's query rows and all keys of `attn` on its input `x` (`signals.probe_qk`)."""
         return signals.probe_qk(attn, x, num_queries)
@@ -43,6 +51,14 @@ class SignalScope:
     def agree(self, decisions: list[bool]) -> list[bool]:
         """The decisions every process of the sampling call runs: on one process, its own."""
         return decisions
+
+
+class ProjectedProbe(SignalScope):
+    """The whole tensors, the probe projecting its own query rows and keys from each
+    attention's input (`probe_qk`, the seed's form) as a split model's ranks do: what a
+    context-parallel call is compared with on one process."""
+
+    taps_attention = False
 
 
 LOCAL = SignalScope()

@@ -7,7 +7,8 @@ tensor and moves it to the host once per step (at most one synchronisation per s
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import math
+from typing import Any, Callable
 
 import torch
 
@@ -20,6 +21,33 @@ RESIDUAL_CHANGE = "residual_change"
 MODULATION_CHANGE = "modulation_change"
 """The relative L1 change of block 0's timestep-modulated input since the previous step (TeaCache)."""
 KNOWN = frozenset({SNR, LATENT_NORM, ENTROPY, RESIDUAL_CHANGE, MODULATION_CHANGE})
+
+SNR_SOURCES = ("schedule", "x0")
+"""Where a gate's SNR comes from: the noise schedule at the step (the default, the same
+number for the same noise level on every family), or the seed's estimate from the
+sampler's predicted x0 (`latent_snr`)."""
+ENTROPY_UNITS = ("normalised", "nats")
+"""How a gate's entropy is scaled: `H / log(N_keys)` in [0, 1] (the default, one threshold
+across blocks, resolutions and models), or the seed's nats."""
+
+
+def schedule_snr(alpha_bar: float, sigma: float | None = None) -> float:
+    """The noise schedule's SNR at a step: `((1 - sigma) / sigma)^2` for flow matching
+    (x_t = (1 - sigma) x0 + sigma noise), else `alpha_bar / (1 - alpha_bar)`; inf where the
+    noise is gone. A host float: no device work, no synchronisation."""
+    if sigma is not None:
+        return ((1.0 - sigma) / sigma) ** 2 if sigma > 0 else math.inf
+    return alpha_bar / (1.0 - alpha_bar) if alpha_bar < 1 else math.inf
+
+
+def snr_source(gate: object) -> str:
+    """The SNR source a gate asked for (`snr` parameter; 'schedule' when it has none)."""
+    return getattr(gate, "snr", SNR_SOURCES[0])
+
+
+def entropy_unit(gate: object) -> str:
+    """The entropy unit a gate asked for (`entropy` parameter; 'normalised' when it has none)."""
+    return getattr(gate, "entropy", ENTROPY_UNITS[0])
 
 
 def latent_snr(latents: torch.Tensor, x0: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -45,12 +73,14 @@ def attention_entropy(q: torch.Tensor, k: torch.Tensor, num_queries: int = 16) -
     return scores_entropy(sampled_scores(q, k, num_queries).unsqueeze(0))[0]
 
 
-def sampled_scores(q: torch.Tensor, k: torch.Tensor, num_queries: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled attention scores `q k^T / sqrt(d)` of the sampled query rows, [..., rows, keys]."""
+def sampled_scores(
+    q: torch.Tensor, k: torch.Tensor, num_queries: int, out: torch.Tensor | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """Scaled attention scores `q k^T * scale` (default `1 / sqrt(d)`) of the sampled query rows, [..., rows, keys]."""
     tokens = q.shape[-2]
     if 0 < num_queries < tokens:
         q = q.index_select(-2, query_rows(tokens, num_queries, q.device))
-    return torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2), out=out)
+    return torch.matmul(q * (q.shape[-1] ** -0.5 if scale is None else scale), k.transpose(-1, -2), out=out)
 
 
 def sampled_log_kernel(q: torch.Tensor, k: torch.Tensor, num_queries: int) -> torch.Tensor:
@@ -96,15 +126,20 @@ class EntropyProbe:
     never written reads NaN. The buffer is kept, refilled with NaN, from call to call while
     the shapes stay the same, so a captured CUDA graph can keep writing into it.
 
-    Blocks whose attention has another shape (FLUX's single-stream blocks attend over the
-    text and image tokens, its dual-stream blocks' probe over the image tokens) get a buffer
-    of their own; `entropies` merges them, each block having a value in one of them only.
+    Blocks whose attention has another shape get a buffer of their own; `entropies` merges
+    them, each block having a value in one of them only. Normalised (the default), each
+    buffer's entropies are divided by the log of its key count, so blocks that attend over
+    different numbers of keys read on one scale: 1 is uniform attention, 0 one key.
     """
 
-    def __init__(self, num_queries: int = 16) -> None:
+    def __init__(self, num_queries: int = 16, normalised: bool = True) -> None:
         self.num_queries = num_queries
+        self.normalised = normalised
+        """Entropies divided by log(N_keys), N_keys the keys each row attends over (`key_count`)."""
         self.reduce: Callable[[torch.Tensor], torch.Tensor] = scores_entropy
         """Scores to entropies: `scores_entropy`, or its reduction over ranks that each hold some keys."""
+        self.key_count: Callable[[int], int] = int
+        """The keys a row attends over, from the keys one buffer holds (more where ranks each hold some)."""
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._num_blocks = 0
         self._device: torch.device | None = None
@@ -118,11 +153,16 @@ class EntropyProbe:
             else:
                 self._buffers[key].fill_(float("nan"))
 
-    def record(self, block: int, q: torch.Tensor, k: torch.Tensor, linear: bool = False) -> None:
+    def record(
+        self, block: int, q: torch.Tensor, k: torch.Tensor, linear: bool = False,
+        scale: float | None = None, mask: torch.Tensor | None = None,
+    ) -> None:
         """Keep the sampled scores of `block`'s self-attention (q, k: [batch, heads, tokens, head_dim]).
 
         `linear`: the block attends with a ReLU kernel (`linear_attention`); its scores are
         then `log(relu(q) relu(k)^T)`, whose softmax is the kernel's normalised weights.
+        `scale` and `mask` are what the attention was called with (SDPA's meaning: a bool
+        mask keeps the keys where it is True, a float mask is added to the scores).
         """
         rows = min(self.num_queries, q.shape[-2]) if self.num_queries > 0 else q.shape[-2]
         shape = (self._num_blocks, *q.shape[:-2], rows, k.shape[-2])
@@ -133,7 +173,9 @@ class EntropyProbe:
         if linear:
             scores[block] = sampled_log_kernel(q, k, self.num_queries)
         else:
-            sampled_scores(q, k, self.num_queries, out=scores[block])
+            sampled_scores(q, k, self.num_queries, out=scores[block], scale=scale)
+        if mask is not None:
+            _apply_mask(scores[block], mask, q.shape[-2], self.num_queries)
 
     def entropies(self) -> torch.Tensor:
         """One float32 entropy per block, NaN for a block not recorded in this call."""
@@ -142,8 +184,69 @@ class EntropyProbe:
         merged: torch.Tensor | None = None
         for scores in self._buffers.values():
             each = self.reduce(scores)
+            keys = self.key_count(scores.shape[-1])
+            if self.normalised and keys > 1:
+                each = each / math.log(keys)
             merged = each if merged is None else torch.fmax(merged, each)  # NaN where a block is not in this buffer
         return merged  # type: ignore[return-value]
+
+
+def _apply_mask(scores: torch.Tensor, mask: torch.Tensor, tokens: int, num_queries: int) -> None:
+    """`mask`'s sampled rows applied to `scores` in place, as SDPA applies it to the full map.
+
+    A masked key gets the lowest finite score, not -inf: its weight is still 0, and its
+    term in `-sum p log p` is 0 * (a finite number) = 0 instead of 0 * -inf = NaN."""
+    if mask.dim() >= 2 and mask.shape[-2] > 1 and 0 < num_queries < tokens:
+        mask = mask.index_select(-2, query_rows(tokens, num_queries, mask.device))
+    lowest = torch.finfo(scores.dtype).min
+    if mask.dtype == torch.bool:
+        scores.masked_fill_(~mask, lowest)
+    else:
+        scores.add_(mask.to(scores.dtype)).clamp_min_(lowest)
+
+
+class SdpaTap:
+    """Reads the q and k a block's own attention processor hands to SDPA: no second projection.
+
+    A processor the harness does not replace (joint text-image attention, rotary embeddings,
+    Wan's, SD3's) forms its queries and keys, with their norms, rotary embeddings and
+    text tokens, and calls `torch.nn.functional.scaled_dot_product_attention` (directly, or
+    through diffusers' native attention backend). `run` swaps that function for the one
+    call of the module it runs, records the sampled scores of the first SDPA call into the
+    probe (all keys: on joint attention the text and image keys every query attends to;
+    the query rows sampled evenly over the joint sequence), and puts the function back.
+    The model computes exactly what it would (the real SDPA runs on the same tensors).
+    Returns whether it saw an SDPA call, so a processor that never calls it (linear
+    attention, custom kernels) can be probed another way.
+    """
+
+    def __init__(self, probe: EntropyProbe) -> None:
+        self.probe = probe
+        self._block = -1
+        self._real = torch.nn.functional.scaled_dot_product_attention
+
+    def run(self, block: int, call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, bool]:
+        """`call(*args, **kwargs)` with `block`'s SDPA recorded; its output and whether SDPA ran."""
+        functional = torch.nn.functional
+        self._real = real = functional.scaled_dot_product_attention
+        self._block = block
+        functional.scaled_dot_product_attention = self._sdpa
+        try:
+            out = call(*args, **kwargs)
+        finally:
+            functional.scaled_dot_product_attention = real
+        seen, self._block = self._block == -1, -1
+        return out, seen
+
+    def _sdpa(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._block >= 0:
+            k = key
+            if k.shape[-3] != query.shape[-3]:  # grouped-query attention: each key head serves several query heads
+                k = k.repeat_interleave(query.shape[-3] // k.shape[-3], dim=-3)
+            scale = kwargs.get("scale", args[2] if len(args) > 2 else None)
+            self.probe.record(self._block, query, k, scale=scale, mask=attn_mask)
+            self._block = -1
+        return self._real(query, key, value, attn_mask, *args, **kwargs)
 
 
 def probe_qk(
@@ -151,8 +254,9 @@ def probe_qk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries and keys of `attn` on its own input `x`, [batch, heads, tokens, head_dim], for the probe.
 
-    For attention the harness does not compute itself (joint text-image attention, rotary
-    embeddings), the probe projects the module's `hidden_states` input with its own
+    The fallback where the processor's own SDPA call cannot be read (`SdpaTap`: linear
+    attention, a processor without SDPA, a compiled forward, a sequence split over ranks):
+    the probe projects the module's `hidden_states` input with its own
     `to_q`/`to_k` and query/key norms, without rotary embeddings and without the text
     tokens a joint processor appends: the image tokens' attention among themselves (on
     FLUX's single-stream blocks, whose input is the joint sequence, over text and image

@@ -11,7 +11,7 @@ The copy costs one elementwise kernel per store, which is why it is only done pi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Hashable, Iterator, TypeVar
 
 import torch
 
@@ -141,6 +141,10 @@ class SlotCache(Cache):
     """
 
     UNSUPPORTED = {}
+    STORES_LAST_COMPUTE_ONLY: ClassVar[bool] = True
+    """What it gives back is its block's last compute and nothing older, so a compute after
+    which the scheduler lets the block reuse at no step before its next compute need not be
+    stored at all (`Strategy` skips those stores)."""
 
     _held: Slots[int] = field(default_factory=Slots, init=False, repr=False)
     _live: set[int] = field(default_factory=set, init=False, repr=False)
@@ -156,10 +160,19 @@ class SlotCache(Cache):
         self._live.update(b for b, c in enumerate(computes) if c)
 
     def store(self, block: int, out: Any, qkv: tuple[torch.Tensor, ...] | None) -> None:
-        self._held.put(block, pack(self.quantizer, out), self.pinned)
+        # the hot path of every computing block: the common case (one tensor, eager) without
+        # the general helpers' calls
+        packed = self.quantizer.pack(out) if type(out) is not tuple else pack(self.quantizer, out)
+        if self.pinned:
+            self._held.put(block, packed, True)
+        else:
+            self._held._held[block] = packed
 
     def reuse(self, block: int, module: torch.nn.Module, hidden_states: torch.Tensor) -> Any:
-        return unpack(self._held[block], hidden_states.dtype)
+        packed = self._held._held[block]
+        if type(packed) is not tuple:
+            return packed.unpack().to(hidden_states.dtype)
+        return unpack(packed, hidden_states.dtype)
 
     def nbytes(self) -> int:
         return self._held.nbytes()

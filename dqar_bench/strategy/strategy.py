@@ -3,7 +3,9 @@
 The sampler calls `before_step` once per denoising step; that is where the gate decides,
 for every block at once, from signals gathered in one host transfer. The adapter routes
 each block's self-attention through `attention`, which either gives back the cache or
-computes (and stores, and probes if the gate needs entropy); a cache whose target is
+computes (and probes if the gate needs entropy, reading the q and k the block's own
+attention forms; and stores, where the scheduler lets the block reuse at the next step:
+a cache that gives back the last compute needs no other store); a cache whose target is
 `"attention+mlp"` also gets each feed-forward through `output`, one whose target is
 `"cross-attention"` gets each block's cross-attention there instead of its self-attention
 (PAB's cross-attention broadcast, over its own range), and one whose target is `"block"`
@@ -148,7 +150,14 @@ class Strategy:
         self._mask: torch.Tensor | None = None
         self._reuse: list[bool] = []
         self._entropy: signals.EntropyProbe | None = None
+        self._tap: signals.SdpaTap | None = None
+        self._snr_from_x0 = signals.SNR in gate.SIGNALS and signals.snr_source(gate) == "x0"
         self._probe: list[bool] = []
+        self._store: list[bool] = []
+        self._skips_stores = bool(getattr(type(cache), "STORES_LAST_COMPUTE_ONLY", False))
+        self.lean_stores = True
+        """Skip the stores no reuse can read (`_storing`); off under compiled and graph
+        execution, where a store pattern that changes by step would be one more program."""
         self._num_blocks = 0
         self._ctx: StepContext | None = None
         self._decide_after = gate.DECIDES_AFTER_BLOCK
@@ -191,6 +200,11 @@ class Strategy:
         return {"scheduler": self.scheduler, "gate": self.gate, "cache": self.cache, "quantizer": self.quantizer}
 
     @property
+    def wants_x0(self) -> bool:
+        """The sampler's predicted x0 is read (an SNR from x0); otherwise the loop skips it."""
+        return signals.SNR in self.gate.SIGNALS and signals.snr_source(self.gate) == "x0"
+
+    @property
     def probes_entropy(self) -> bool:
         return signals.ENTROPY in self.gate.SIGNALS
 
@@ -209,6 +223,7 @@ class Strategy:
     ) -> None:
         """Start a sampling call: fresh mask, gate state and an empty cache (one set of entries per branch)."""
         self._mask = schedule_mask(self.scheduler, num_steps, num_blocks, timesteps)
+        self._snr_from_x0 = self.wants_x0
         self._num_blocks = num_blocks
         self.stats.begin_call(num_steps, num_blocks)
         self._branches, self._branch, self._offset = branches, 0, 0
@@ -216,12 +231,15 @@ class Strategy:
         self._reference = None
         self._modulated = None
         if not self.probes_entropy:
-            self._entropy = None
+            self._entropy = self._tap = None
         else:  # the same probe (and buffer) from call to call: a captured CUDA graph writes into it
             if self._entropy is None:
-                self._entropy = signals.EntropyProbe(self.probe_queries)
+                normalised = signals.entropy_unit(self.gate) == "normalised"
+                self._entropy = signals.EntropyProbe(self.probe_queries, normalised)
             self._entropy.reset(num_blocks, device)
             self._entropy.reduce = self.scope.scores_entropy
+            self._entropy.key_count = self.scope.key_count
+            self._tap = signals.SdpaTap(self._entropy) if self.scope.taps_attention else None
         self.gate.reset(num_steps, num_blocks)
         self.quantizer.begin(torch.device(device))
         for each in self.caches.values():
@@ -248,6 +266,7 @@ class Strategy:
         self._branch, self._offset = 0, 0
         self._reuse = [False] * self._num_blocks
         self._probe = self._probing(ctx.step)
+        self._store = self._storing(ctx.step)
         if self._decide_after is not None:
             return  # decided in `block`, once block k has computed
         eligible = self._eligible(ctx.step)
@@ -282,7 +301,20 @@ class Strategy:
 
     def graph_key(self) -> tuple:
         """Everything that changes the operations of this step's forward: one CUDA graph each."""
+        # no store pattern: compiled and graph execution turn lean stores off (every compute stores)
         return (self._branch, tuple(self._reuse), tuple(self._probe), *(each.graph_key() for each in self.caches.values()))
+
+    def _storing(self, step: int) -> list[bool]:
+        """Blocks whose compute at `step` is stored: for a cache that gives back the last
+        compute only, those the scheduler lets reuse at the next step. A block that may not
+        reuse next computes again then, and stores then if it may reuse after; so a reuse
+        always finds its block's last compute, and no pack is made that nothing reads."""
+        assert self._mask is not None
+        if not (self._skips_stores and self.lean_stores):
+            return [True] * self._num_blocks
+        if step + 1 >= len(self._mask):
+            return [False] * self._num_blocks
+        return self._mask[step + 1].tolist()
 
     def _probing(self, step: int) -> list[bool]:
         """Blocks to probe if they compute now: those the scheduler lets reuse at the next step.
@@ -331,13 +363,30 @@ class Strategy:
             if probe:
                 self._entropy.record(block, q, k)  # type: ignore[union-attr]
             out = attend(attn, q, k, v, hidden_states)
-            cache.store(slot, out, (q, k, v))
+            if self._store[block]:
+                cache.store(slot, out, (q, k, v))
             return out
         if probe:
-            q, k = self.scope.probe_qk(attn, hidden_states, self.probe_queries)
-            self._entropy.record(block, q, k, linear=signals.linear_attention(attn))  # type: ignore[union-attr]
-        out = original(hidden_states, *args, **kwargs)
-        cache.store(slot, out, None)
+            out = self._probed(block, attn, original, hidden_states, args, kwargs)
+        else:
+            out = original(hidden_states, *args, **kwargs)
+        if self._store[block]:
+            cache.store(slot, out, None)
+        return out
+
+    def _probed(self, block: int, attn: torch.nn.Module, original: Callable[..., Any], hidden_states: torch.Tensor, args: tuple, kwargs: dict) -> Any:
+        """The module's own call, its entropy read from the q and k its processor computes
+        (`signals.SdpaTap`); where that cannot be (linear attention, no SDPA call, a
+        compiled forward, a split sequence), from a projection of its input (`probe_qk`)."""
+        linear = signals.linear_attention(attn)
+        if self._tap is not None and not linear and not torch.compiler.is_compiling():
+            out, seen = self._tap.run(block, original, hidden_states, *args, **kwargs)
+            if seen:
+                return out
+        else:
+            out = original(hidden_states, *args, **kwargs)
+        q, k = self.scope.probe_qk(attn, hidden_states, self.probe_queries)
+        self._entropy.record(block, q, k, linear=linear)  # type: ignore[union-attr]
         return out
 
     def output(
@@ -358,7 +407,8 @@ class Strategy:
         if self._reuse[block]:
             return cache.reuse(slot, module, hidden_states)
         out = original(hidden_states, *args, **kwargs)
-        cache.store(slot, out, None)
+        if self._store[block]:
+            cache.store(slot, out, None)
         return out
 
     @property
@@ -390,10 +440,13 @@ class Strategy:
                 return streams + held.to(streams.dtype)
             return streams_map(lambda s, r: s + r.to(s.dtype), streams, held)
         out = compute()
-        residual = out - streams if single else streams_map(torch.sub, out, streams)
-        cache.store(slot, residual, None)
-        if index == self._decide_after and self._branch == 0:
-            self._decide_mid_forward(index, first_tensor(residual))
+        deciding = index == self._decide_after and self._branch == 0
+        if self._store[index] or deciding:
+            residual = out - streams if single else streams_map(torch.sub, out, streams)
+            if self._store[index]:
+                cache.store(slot, residual, None)
+            if deciding:
+                self._decide_mid_forward(index, first_tensor(residual))
         return out
 
     def _decide_mid_forward(self, index: int, residual: torch.Tensor) -> None:
@@ -443,18 +496,23 @@ class Strategy:
         values: list[torch.Tensor] = []
         names: list[str] = []
         device = ctx.latents.device
-        if signals.SNR in wanted:
+        if signals.SNR in wanted and self._snr_from_x0:
             names.append(signals.SNR)
             no_x0_yet = ctx.x0 is None  # before the first step: the SNR is undefined
             values.append(torch.tensor(float("nan"), device=device) if no_x0_yet else self.scope.snr(ctx.latents, ctx.x0))
         if signals.LATENT_NORM in wanted:
             names.append(signals.LATENT_NORM)
             values.append(self.scope.latent_norm(ctx.latents))
-        flat = torch.stack([v.float().reshape(()) for v in values]) if values else torch.empty(0, device=device)
-        if self._entropy is not None:
-            flat = torch.cat([flat, self._entropy.entropies()])
-        host = flat.tolist()
+        if values or self._entropy is not None:
+            flat = torch.stack([v.float().reshape(()) for v in values]) if values else torch.empty(0, device=device)
+            if self._entropy is not None:
+                flat = torch.cat([flat, self._entropy.entropies()])
+            host = flat.tolist()
+        else:  # nothing on the device to read: no transfer at all
+            host = []
         out: dict[str, Any] = dict(zip(names, host[: len(names)]))
         if self._entropy is not None:
             out[signals.ENTROPY] = host[len(names):]
+        if signals.SNR in wanted and not self._snr_from_x0:
+            out[signals.SNR] = signals.schedule_snr(ctx.alpha_bar, ctx.sigma)  # a host float: no transfer
         return out

@@ -1,10 +1,12 @@
 """Gate `dqar`: the DQAR seed's decision, entropy and SNR together after a few warmup steps.
 
 A block reuses when its attention is focused (entropy below tau(p), see `entropy`) and
-the latent SNR is inside the window (see `snr`), and never during the first `warmup`
+the SNR is inside the window (see `snr`), and never during the first `warmup`
 steps, while the cache holds little but the first, noisiest features; blocks in the
 deepest third also need SNR >= `deep_layer_snr_threshold` (see `snr`). The defaults are
-the seed's: tau 2.0, window [0.1, 10], 2 warmup steps, deep-block floor 1.0.
+the seed's window [0.1, 10] (on the schedule's SNR, which the seed's scheduler read), 2
+warmup steps and deep-block floor 1.0; tau 0.36 normalised, the seed's 2.0 nats on DiT-XL/2's
+256 keys (2.0 / log 256).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from dataclasses import dataclass, field
 
 from dqar_bench import Gate, StepContext, hookimpl
 from dqar_bench.strategy.signals import ENTROPY, SNR
-from dqar_bench.strategies.gates.entropy import check_entropy_params, entropy_threshold, focused
-from dqar_bench.strategies.gates.snr import DEEP_HELP, check_deep_threshold, check_window, deep_floor, in_window
+from dqar_bench.strategies.gates.entropy import THRESHOLD_HELP, UNIT_HELP, EntropyUnit, check_entropy_params, entropy_threshold, focused
+from dqar_bench.strategies.gates.snr import DEEP_HELP, SOURCE_HELP, SnrSource, check_deep_threshold, check_window, deep_floor, in_window
 from dqar_bench.strategies.gates.streaks import Streaks
 
 
@@ -25,12 +27,14 @@ class Dqar(Gate):
     PLUGIN_NAME = "dqar"
     SIGNALS = frozenset({ENTROPY, SNR})
 
-    CONFORMANCE_PARAMS = {"threshold": 1e9, "snr_low": 0.0, "snr_high": 1e9, "warmup": 0, "deep_layer_snr_threshold": 0.0}
-    """Wide open, for `dqar_bench.testing`: a tiny model's entropy and SNR are not a trained one's."""
+    CONFORMANCE_PARAMS = {"threshold": 1.0, "snr_low": 0.0, "snr_high": 1e9, "warmup": 0, "deep_layer_snr_threshold": 0.0}
+    """Wide open, for `dqar_bench.testing`: a tiny model's signals are not a trained one's (normalised entropy is at most 1)."""
 
-    threshold: float = field(default=2.0, metadata={"help": "entropy threshold tau, in nats"})
+    threshold: float = field(default=0.36, metadata={"help": THRESHOLD_HELP})
     snr_low: float = field(default=0.1, metadata={"help": "lower end of the SNR window"})
     snr_high: float = field(default=10.0, metadata={"help": "upper end of the SNR window"})
+    entropy: EntropyUnit = field(default="normalised", metadata={"help": UNIT_HELP})
+    snr: SnrSource = field(default="schedule", metadata={"help": SOURCE_HELP})
     warmup: int = field(default=2, metadata={"help": "steps from the start with no reuse"})
     adapt_to_length: bool = field(default=False, metadata={"help": "scale tau by sqrt(p / base_length)"})
     base_length: float = field(default=77.0, metadata={"help": "p0 of the adaptation"})
@@ -40,7 +44,7 @@ class Dqar(Gate):
     _streaks: Streaks = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        check_entropy_params(self.threshold, self.base_length)
+        check_entropy_params(self.threshold, self.base_length, self.entropy)
         check_window(self.snr_low, self.snr_high)
         check_deep_threshold(self.deep_layer_snr_threshold)
         if self.warmup < 0:

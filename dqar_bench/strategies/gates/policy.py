@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from dqar_bench import Gate, StepContext, hookimpl
 from dqar_bench.core.errors import DqarError
-from dqar_bench.strategy.policy.features import SIGNALS as POLICY_SIGNALS, feature_rows
+from dqar_bench.strategy.policy.features import ENTROPY_UNIT, SIGNALS as POLICY_SIGNALS, SNR_SOURCE, feature_rows
 from dqar_bench.strategy.policy.model import WEIGHTS_DIR, PolicyMLP, load_policy
 
 SUFFIX = ".safetensors"
@@ -33,6 +34,8 @@ class Policy(Gate):
 
     PLUGIN_NAME = "policy"
     SIGNALS = POLICY_SIGNALS
+    snr: ClassVar[str] = SNR_SOURCE  # the signals' forms its features were traced on
+    entropy: ClassVar[str] = ENTROPY_UNIT
 
     weights: str = field(default="dit-tiny", metadata={"help": "shipped policy name (dit-tiny, digits-dit) or .safetensors file (relative: from the current directory)"})
     threshold: float = field(default=0.5, metadata={"help": "reuse where P(safe) is above this, in (0, 1)"})

@@ -1,21 +1,28 @@
-"""Gate `snr`: reuse only in the middle of the trajectory, where the latent SNR is moderate.
+"""Gate `snr`: reuse only in the middle of the trajectory, where the SNR is moderate.
 
-SNR = ||x0_hat||^2 / (||x_t - x0_hat||^2 + eps) from the sampler's predicted clean sample
-(`dqar_bench.strategy.signals.latent_snr`). Early (low SNR) the layout is still being decided and
-features move fast; late (high SNR) the fine detail is drawn and small errors show. In
-between, attention changes slowly and reuse is cheapest.
+`snr: schedule` (the default) reads the noise schedule's SNR at the step: `alpha_bar /
+(1 - alpha_bar)` for epsilon and v-prediction, `((1 - sigma) / sigma)^2` for flow matching
+(`dqar_bench.strategy.signals.schedule_snr`), so equal noise gives equal SNR on every
+family. `snr: x0` reads the estimate the DQAR seed's code computes from the sampler's
+predicted clean sample, `||x0_hat||^2 / (||x_t - x0_hat||^2 + eps)`
+(`dqar_bench.strategy.signals.latent_snr`); it tracks the model's prediction, not the
+noise level (on flow models it reads 0.44 at sigma 0.98 where the schedule's is 0.0005).
+Early (low SNR) the layout is still being decided and features move fast; late (high
+SNR) the fine detail is drawn and small errors show. In between, attention changes
+slowly and reuse is cheapest.
 
 `deep_layer_snr_threshold` is the DQAR seed's extra rule for deep blocks (its
 `LayerScheduler.can_reuse`, `SchedulerConfig.deep_layer_snr_threshold`, default 1.0): a
 block in the deepest third (index >= 2L // 3 of L blocks) reuses only while the SNR is at
-least that high, because deep blocks draw detail and stay unstable longer. The seed takes
-its SNR from the noise schedule (alpha_bar / (1 - alpha_bar) at the step's timestep); this
-gate reads the latent SNR above, so the same number cuts at a different step.
+least that high, because deep blocks draw detail and stay unstable longer. The seed's
+scheduler takes that SNR from the noise schedule (alpha_bar / (1 - alpha_bar)), as this
+gate does by default.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dqar_bench import Gate, StepContext, hookimpl
 from dqar_bench.strategy.signals import SNR
@@ -42,6 +49,10 @@ def check_deep_threshold(threshold: float) -> None:
 DEEP_HELP = "blocks in the deepest third (index >= 2L // 3) reuse only while SNR >= this (the seed's rule; 0 = off)"
 
 
+SnrSource = Literal["schedule", "x0"]
+SOURCE_HELP = "schedule: the noise schedule's SNR at the step (the default); x0: the seed's estimate from predicted x0"
+
+
 def check_window(low: float, high: float) -> None:
     if not low >= 0:
         raise ValueError(f"parameter 'snr_low' must be >= 0, got {low}")
@@ -51,13 +62,14 @@ def check_window(low: float, high: float) -> None:
 
 @dataclass
 class Snr(Gate):
-    """Reuse every eligible block while the latent SNR lies inside [snr_low, snr_high]."""
+    """Reuse every eligible block while the SNR lies inside [snr_low, snr_high]."""
 
     PLUGIN_NAME = "snr"
     SIGNALS = frozenset({SNR})
 
     snr_low: float = field(default=0.1, metadata={"help": "lower end of the reuse window"})
     snr_high: float = field(default=10.0, metadata={"help": "upper end of the reuse window"})
+    snr: SnrSource = field(default="schedule", metadata={"help": SOURCE_HELP})
     max_reuse: int = field(default=0, metadata={"help": "compute after this many reuse steps in a row (0 = no cap)"})
     deep_layer_snr_threshold: float = field(default=1.0, metadata={"help": DEEP_HELP})
 

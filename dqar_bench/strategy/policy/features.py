@@ -31,6 +31,9 @@ from dqar_bench.core.context import StepContext
 
 FEATURES: tuple[str, ...] = ("entropy", "log_snr", "latent_rms", "t", "block")
 SIGNALS: frozenset[str] = frozenset({signals.ENTROPY, signals.SNR, signals.LATENT_NORM})
+SNR_SOURCE, ENTROPY_UNIT = "x0", "nats"
+"""The signals' forms the shipped policies were traced on (the seed's): a gate or tracer
+reading these features sets its `snr` and `entropy` to them (`signals.snr_source`)."""
 NUM_TRAIN_TIMESTEPS = 1000
 MIN_SNR = 1e-12
 
