@@ -45,6 +45,14 @@ class Part:
     """Execution modes (`dqar_bench.strategy.execution.MODES`) this part cannot run in, each with a
     one-line reason; a case using it in such a mode is recorded as unsupported, not run."""
 
+    def refusal_on(self, family: Any) -> str | None:
+        """Why this part, with its parameters, cannot run on `family` (one line), or None.
+
+        For what the class alone cannot know: a default fitted to another family's checkpoint
+        (MagCache's ratios, TeaCache's rescale polynomial). A case refused here is recorded as
+        unsupported on that family, with this reason."""
+        return None
+
     @classmethod
     def describe(cls) -> str:
         doc = (cls.__doc__ or "").strip()
@@ -119,6 +127,13 @@ class Gate(Part):
         """Per block, reuse at this step? One answer per entry of `eligible`; the harness
         keeps an answer only where the block is eligible (scheduler mask and cache)."""
         raise NotImplementedError
+
+    def decide_branches(self, ctx: StepContext, eligible: list[bool], branches: int) -> list[list[bool]]:
+        """Per CFG branch (two-pass guidance: conditional, then unconditional), reuse at this step?
+
+        The rule is one decision for every branch (`decide`, asked once); a gate whose
+        reference keeps state per branch (MagCache on Wan) answers each on its own."""
+        return [self.decide(ctx, eligible)] * branches
 
     def static_pattern(self, num_steps: int, num_blocks: int) -> torch.Tensor | None:
         """The gate's answers when they depend on nothing but the step and the block.

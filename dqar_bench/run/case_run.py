@@ -212,6 +212,9 @@ class CaseRun:
                 reason = EAGER_ONLY
             if not reason and self.hook is not None:
                 reason, where = self.hook.refusal(ctx.model.spec, self.case.execution), f"on family '{ctx.model.spec.name}'"
+            if not reason and self.strategy is not None:
+                reason = next(filter(None, (p.refusal_on(ctx.model.spec) for p in self.strategy.parts.values())), None)
+                where = f"on family '{ctx.model.spec.name}'"
             if not reason and self.case.parallel is not None:
                 model = ctx.model
                 reason = parallel_refusal(self.case.parallel, model.transformer, model.family, ctx.world, self.case.execution, getattr(torch, suite.dtype))

@@ -16,7 +16,8 @@ block. What a module gives may be a tuple: a joint attention returns its image a
 outputs, a two-stream block its image and text residuals; caches store and give back the
 tuple (`dqar_bench.strategy.storage.pack`). A model run as two passes per step (classifier-free
 guidance with separate conditional and unconditional calls) tells the strategy which
-branch runs (`branch`): each branch keeps its own cache entries, both follow one decision.
+branch runs (`branch`): each branch keeps its own cache entries, and both follow one
+decision unless the gate answers per branch (`Gate.decide_branches`, MagCache on Wan).
 
 A gate may instead decide once block k of the current forward has computed
 (`Gate.DECIDES_AFTER_BLOCK`, FirstBlockCache): `block` measures the residual change there
@@ -147,6 +148,8 @@ class Strategy:
         self.stats = ReuseStats(count_nonfinite=quantizer.nonfinite)
         self._mask: torch.Tensor | None = None
         self._reuse: list[bool] = []
+        self._reuses: list[list[bool]] = []
+        """Per branch, this step's reuse; `_reuse` is the running branch's."""
         self._entropy: signals.EntropyProbe | None = None
         self._probe: list[bool] = []
         self._num_blocks = 0
@@ -213,6 +216,7 @@ class Strategy:
         self.stats.begin_call(num_steps, num_blocks)
         self._branches, self._branch, self._offset = branches, 0, 0
         self._reuse = [False] * num_blocks
+        self._reuses = [self._reuse] * branches
         self._reference = None
         self._modulated = None
         if not self.probes_entropy:
@@ -231,6 +235,8 @@ class Strategy:
     def branch(self, index: int) -> None:
         """The next forward is branch `index` of this step (two-pass guidance: 0 conditional, 1 unconditional)."""
         self._branch, self._offset = index, index * self._num_blocks
+        if index < len(self._reuses):
+            self._reuse = self._reuses[index]
 
     def reset_stats(self) -> None:
         self.stats = ReuseStats(count_nonfinite=self.quantizer.nonfinite, nonfinite_before=self.quantizer.nonfinite())
@@ -247,14 +253,19 @@ class Strategy:
         self._ctx = ctx
         self._branch, self._offset = 0, 0
         self._reuse = [False] * self._num_blocks
+        self._reuses = [self._reuse] * self._branches
         self._probe = self._probing(ctx.step)
         if self._decide_after is not None:
             return  # decided in `block`, once block k has computed
         eligible = self._eligible(ctx.step)
         if any(eligible):
             ctx.signals = self._gather_signals(ctx)
-            decided = self._decide(ctx, eligible)
-            self._reuse = self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)])
+            if self._branches == 1:
+                answers = [self._decide(ctx, eligible)]
+            else:
+                answers = self.gate.decide_branches(ctx, eligible, self._branches)
+            self._reuses = [self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)]) for decided in answers]
+            self._reuse = self._reuses[0]
         self._begin_caches(ctx.step)
 
     def _decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
@@ -270,13 +281,14 @@ class Strategy:
         return list(decided)
 
     def _begin_caches(self, step: int) -> None:
-        computes = [not r for r in self._reuse] * self._branches
+        computes = [not r for reuse in self._reuses for r in reuse]
         for each in self.caches.values():
             each.begin_step(step, computes)
 
     def after_step(self) -> None:
         assert self._ctx is not None, "before_step() must be called before after_step()"
-        self.stats.count_step(self._ctx.step, self._reuse)
+        # a block counts as reused at a step where any branch reused it (as diffusers' hooks are counted)
+        self.stats.count_step(self._ctx.step, [any(each) for each in zip(*self._reuses)])
         held = sum(each.nbytes() for each in self.caches.values())
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, held)
 
@@ -412,6 +424,7 @@ class Strategy:
         ctx.signals = {signals.RESIDUAL_CHANGE: change}
         decided = self._decide(ctx, eligible) if any(eligible) else [False] * len(eligible)
         self._reuse = self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)])
+        self._reuses = [self._reuse] * self._branches
         if not any(self._reuse):
             self._reference = residual.detach()
         self._begin_caches(ctx.step)
@@ -433,6 +446,7 @@ class Strategy:
         ctx.signals = {signals.MODULATION_CHANGE: change}
         decided = self._decide(ctx, eligible) if any(eligible) else [False] * len(eligible)
         self._reuse = self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)])
+        self._reuses = [self._reuse] * self._branches
         self._begin_caches(ctx.step)
 
     def _gather_signals(self, ctx: StepContext) -> dict[str, Any]:

@@ -1,0 +1,106 @@
+"""The peers' official per-model policies, against loops written here from the official code.
+
+MagCache: `MagCache4FLUX/magcache_flux.py` lines 326-338 (with its "never step 11 of 28"
+rule) and `MagCache4Wan2.1/magcache_generate.py` lines 277-292 (one accumulator per CFG
+branch over interleaved ratios, strict `<`, retention counted in calls), Zehong-Ma/MagCache
+at df81cb18. TeaCache: `TeaCache4Wan2.1/teacache_generate.py` lines 519-550 and 881-894
+(ali-vilab/TeaCache at 7c10efc4). The ratios and signals are measured on the tiny model of
+the family in the test itself, so nothing recorded elsewhere is compared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dqar_bench.core.parts import build_part
+from dqar_bench.model import families
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.strategy import Strategy
+from dqar_bench.strategies.gates.magnitude import FLUX_MAG_RATIOS, Magnitude, magnitude_ratios
+from dqar_bench.testing import _Bench
+
+
+def assemble(registry, gate, cache="block-residual") -> Strategy:
+    def part(kind, spec):
+        name, params = (spec, {}) if isinstance(spec, str) else spec
+        return build_part(registry.get(kind, name).cls, params)
+
+    return Strategy(part("scheduler", "all"), part("gate", gate), part("cache", cache), part("quantizer", "none"))
+
+
+def official_flux(mag_ratios, num_steps, thresh=0.24, K=5, retention_ratio=0.1):
+    """MagCache4FLUX's loop (lines 326-338), its ratios resampled by its nearest_interp."""
+    scale = (len(mag_ratios) - 1) / (num_steps - 1)
+    ratios = np.array(mag_ratios)[np.round(np.arange(num_steps) * scale).astype(int)]
+    acc_ratio, acc_steps, acc_err, out = 1.0, 0, 0.0, []
+    for cnt in range(num_steps):
+        skip = False
+        if cnt >= int(retention_ratio * num_steps + 0.5):
+            acc_ratio *= ratios[cnt]
+            acc_steps += 1
+            acc_err += np.abs(1 - acc_ratio)
+            if acc_err <= thresh and acc_steps <= K and np.round(cnt * ((28 - 1) / (num_steps - 1))).astype(int) != 11:
+                skip = True
+            else:
+                acc_ratio, acc_steps, acc_err = 1.0, 0, 0.0
+        out.append(skip)
+    return out
+
+
+@pytest.mark.parametrize("steps", [28, 20, 50])
+def test_magcache_defaults_skip_as_the_official_flux_script(steps):
+    ours = Magnitude().skips(steps)
+    assert ours == official_flux(FLUX_MAG_RATIOS, steps) and any(ours)
+    protected = int(np.round(11 * (steps - 1) / 27))  # the step that maps to 11 of 28 (exactly, at these counts)
+    assert not ours[protected]
+    assert Magnitude(protected_steps=[]).skips(28)[11]  # without the rule, step 11 of 28 skips
+
+
+def official_wan(interleaved, num_calls, thresh=0.12, K=2, retention_ratio=0.2):
+    """MagCache4Wan2.1's loop (lines 277-292) over its 2n calls: skip per call."""
+    acc_ratio, acc_steps, acc_err, out = [1.0, 1.0], [0, 0], [0.0, 0.0], []
+    for cnt in range(num_calls):
+        skip = False
+        if cnt >= int(num_calls * retention_ratio):
+            b = cnt % 2
+            acc_ratio[b] *= interleaved[cnt]
+            acc_steps[b] += 1
+            acc_err[b] += np.abs(1 - acc_ratio[b])
+            if acc_err[b] < thresh and acc_steps[b] <= K:
+                skip = True
+            else:
+                acc_err[b], acc_steps[b], acc_ratio[b] = 0, 0, 1.0
+        out.append(skip)
+    return out
+
+
+def test_magcache_on_wan_keeps_ratios_and_accumulators_per_cfg_branch(registry):
+    bench = _Bench.load("wan-tiny")
+    transformer, steps = bench.model.transformer, 12
+    cond, uncond = magnitude_ratios(transformer, lambda: bench.call(None, 0, steps), branches=2)
+    mixed = magnitude_ratios(transformer, lambda: bench.call(None, 0, steps))
+    assert len(cond) == len(uncond) == steps and cond[0] == uncond[0] == 1.0
+    assert len(mixed) == 2 * steps and mixed != [r for pair in zip(cond, uncond) for r in pair]  # the old, mixed ratios differ
+    # the official calibration's list: [1.0]*2 + [c1, u1, c2, u2, ...]; its loop at its argparse defaults
+    interleaved = [r for pair in zip(cond, uncond) for r in pair]
+    calls = official_wan(interleaved, 2 * steps, thresh=0.12, K=2, retention_ratio=0.2)
+    settings = {"mag_ratios": [cond, uncond], "threshold": 0.12, "max_skip_steps": 2, "retention_ratio": 0.2, "strict": True, "protected_steps": []}
+    gate = Magnitude(**settings)
+    assert gate.branch_skips(steps) == [calls[0::2], calls[1::2]] and any(calls)
+    # the run: each branch reuses at the steps the official loop skips it
+    strategy = assemble(registry, ("magnitude", settings))
+    seen: list[list[bool]] = []
+    after = strategy.after_step
+    strategy.after_step = lambda: (seen.append([any(r) for r in strategy._reuses]), after())[1]
+    with adapter_for(transformer).install(transformer, strategy):
+        bench.call(strategy, 0, steps)
+    assert seen == [[c, u] for c, u in zip(calls[0::2], calls[1::2])]
+
+
+def test_magcache_refuses_another_familys_default_ratios():
+    gate = Magnitude()
+    assert gate.refusal_on(families.get("flux")) is None
+    assert "FLUX.1-dev's published ratios" in gate.refusal_on(families.get("wan"))
+    assert Magnitude(mag_ratios="flux").refusal_on(families.get("wan")) is None
+    assert Magnitude(mag_ratios=[1.0, 0.9]).refusal_on(families.get("sd3")) is None
