@@ -41,7 +41,7 @@ GATES = {
     "dqar": ("dqar", {"threshold": 50.0, "warmup": 1, "snr_low": 0.0, "snr_high": 1e9}),
     "policy": ("policy", {"threshold": 0.01}),
     "residual-change": ("residual-change", {"threshold": 1e9}),
-    "teacache": ("teacache", {"threshold": 1e9}),
+    "teacache": ("teacache", {"threshold": 1e9, "warmup": 1}),  # Wan's official 5 warm-up steps exceed these runs
     "magnitude": ("magnitude", {"threshold": 1e9, "retention_ratio": 0.0}),
 }
 CACHES = {name: name for name in ("attention-output", "kv", "attention-mlp-output", "cross-attention-output", "block-residual", "forecast", "faster-attention")}

@@ -104,3 +104,106 @@ def test_magcache_refuses_another_familys_default_ratios():
     assert "FLUX.1-dev's published ratios" in gate.refusal_on(families.get("wan"))
     assert Magnitude(mag_ratios="flux").refusal_on(families.get("wan")) is None
     assert Magnitude(mag_ratios=[1.0, 0.9]).refusal_on(families.get("sd3")) is None
+
+
+def official_teacache_wan(inputs, coefficients, thresh, ret_steps, cutoff_steps):
+    """TeaCache4Wan2.1's decision (lines 519-550) over the 2n calls: compute per call."""
+    acc, previous, out = [0.0, 0.0], [None, None], []
+    for cnt, inp in enumerate(inputs):
+        b = cnt % 2
+        if cnt < ret_steps or cnt >= cutoff_steps:
+            calc, acc[b] = True, 0.0
+        else:
+            acc[b] += np.poly1d(coefficients)(((inp - previous[b]).abs().mean() / previous[b].abs().mean()).cpu().item())
+            calc = not acc[b] < thresh
+            if calc:
+                acc[b] = 0.0
+        previous[b] = inp.clone()
+        out.append(calc)
+    return out
+
+
+@pytest.mark.parametrize("mode", [None, "e"])
+def test_teacache_on_wan_skips_as_the_official_script_in_each_mode(registry, mode):
+    """Retention mode (use_ret_steps: e0, ret_steps 5*2, cutoff 2n; lines 881-887) and `e` mode
+    (ret_steps 1*2, cutoff 2n - 2; lines 888-894), each at its fit, on wan-tiny."""
+    bench = _Bench.load("wan-tiny")
+    transformer, steps = bench.model.transformer, 12
+    wan = families.get("wan")
+    fit = wan.modulation if mode is None else wan.modulation_modes["e"]
+    inputs: list = []
+    if mode is None:  # e0: block 0's temb argument
+        handle = transformer.blocks[0].register_forward_pre_hook(lambda m, a, k: inputs.append(k.get("temb", a[2] if len(a) > 2 else None)), with_kwargs=True)
+    else:  # e: the time embedding, before the per-block projection
+        handle = transformer.condition_embedder.time_embedder.register_forward_hook(lambda m, a, out: inputs.append(out))
+    try:
+        bench.call(None, 0, steps)
+    finally:
+        handle.remove()
+    assert len(inputs) == 2 * steps and all(x is not None for x in inputs)
+    ret, cutoff = (5 * 2, 2 * steps) if mode is None else (1 * 2, 2 * steps - 2)
+    changes = [((inputs[c] - inputs[c - 2]).abs().mean() / inputs[c - 2].abs().mean()).item() for c in range(2, 2 * steps, 2)]
+    rescaled = [float(np.poly1d(fit.coefficients)(x)) for x in changes]
+    if mode is None:
+        # the published default (--teacache_thresh 0.2); the 1.3B e0 fit is negative at every change of this
+        # random model, so every step after the 5 retained ones skips, the last one too
+        thresh = 0.2
+        assert all(r < 0 for r in rescaled)
+    else:  # between the rescaled changes (all positive here), so that the loop both skips and computes
+        thresh = float(np.median(rescaled)) * 1.5
+    calls = official_teacache_wan(inputs, fit.coefficients, thresh, ret, cutoff)
+    assert calls[0::2] == calls[1::2]  # both branches see the same e0 / e: one decision is the reference's
+    strategy = assemble(registry, ("teacache", {"threshold": thresh, **({"mode": mode} if mode else {})}))
+    with adapter_for(transformer).install(transformer, strategy):
+        bench.call(strategy, 0, steps)
+    ours = [any(row) for row in strategy.stats.reuse_map]
+    assert ours == [not c for c in calls[0::2]]
+    if mode is None:  # FLUX's policy (1 warm-up step, last forced) would skip 1..10 here
+        assert ours == [False] * 5 + [True] * (steps - 5)
+    else:
+        assert not ours[0] and not ours[-1] and any(ours) and not all(ours[1:-1])
+
+
+def test_teacache_on_cogvideox_takes_the_fit_of_its_structure(registry):
+    """Rotary embeddings: CogVideoX-5b's fit (teacache_sample_video.py line 11); none: 2b's (line 10);
+    and on cogvideox-tiny (rotary) the gate skips the steps of the reference's loop (lines 71-81)."""
+    cog = families.get("cogvideox")
+    assert cog.modulation_for(None, {"use_rotary_positional_embeddings": True}).coefficients[0] == pytest.approx(-1.53880483e03)
+    assert cog.modulation_for(None, {"use_rotary_positional_embeddings": False}).coefficients[0] == pytest.approx(-3.10658903e01)
+    assert cog.modulation_for(None, {"use_rotary_positional_embeddings": True, "patch_size_t": 2}).coefficients[0] == pytest.approx(2.50210439e02)
+    bench = _Bench.load("cogvideox-tiny")
+    transformer, steps = bench.model.transformer, 10
+    assert transformer.config.use_rotary_positional_embeddings
+    coefficients = cog.modulation_for(None, dict(transformer.config)).coefficients
+    emb: list = []
+    handle = transformer.transformer_blocks[0].register_forward_pre_hook(lambda m, a, k: emb.append(k.get("temb", a[2] if len(a) > 2 else None)), with_kwargs=True)
+    try:
+        bench.call(None, 0, steps)
+    finally:
+        handle.remove()
+    changes = [((emb[t] - emb[t - 1]).abs().mean() / emb[t - 1].abs().mean()).item() for t in range(1, steps)]
+    thresh = float(np.median([abs(np.poly1d(coefficients)(x)) for x in changes])) * 1.5
+    acc, skips = 0.0, []
+    for cnt in range(steps):
+        if cnt == 0 or cnt == steps - 1:
+            calc, acc = True, 0.0
+        else:
+            acc += np.poly1d(coefficients)(changes[cnt - 1])
+            calc = not acc < thresh
+            acc = 0.0 if calc else acc
+        skips.append(not calc)
+    strategy = assemble(registry, ("teacache", {"threshold": thresh}))
+    with adapter_for(transformer).install(transformer, strategy):
+        bench.call(strategy, 0, steps)
+    assert strategy.gate.rescale == tuple(coefficients)
+    assert [any(row) for row in strategy.stats.reuse_map] == skips and any(skips) and not skips[-1]
+
+
+def test_teacache_refuses_a_family_without_a_published_fit_unless_given_one():
+    from dqar_bench.strategies.gates.teacache import TeaCache
+
+    assert "publishes no rescale fit for family 'sd3'" in TeaCache().refusal_on(families.get("sd3"))
+    assert TeaCache(coefficients=[1.0, 0.0]).refusal_on(families.get("sd3")) is None
+    assert TeaCache().refusal_on(families.get("flux")) is None
+    assert "no TeaCache mode 'e'" in TeaCache(mode="e").refusal_on(families.get("flux"))
+    assert TeaCache(mode="e").refusal_on(families.get("wan")) is None

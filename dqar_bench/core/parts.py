@@ -116,9 +116,16 @@ class Gate(Part):
     which a family names (`Family.modulation`; a family without it refuses the gate).
     One host sync per step either way."""
 
-    def bind_family(self, family: Any) -> None:
-        """Called when the strategy is installed on a model of `family` (`dqar_bench.model.families.Family`),
-        for a gate whose defaults are per family (TeaCache's rescale coefficients)."""
+    def bind_family(self, family: Any, config: Any = None) -> None:
+        """Called when the strategy is installed on a model of `family` (`dqar_bench.model.families.Family`)
+        whose config is `config` (a mapping, or None), for a gate whose defaults are per family or
+        per checkpoint (TeaCache's rescale coefficients)."""
+
+    def modulation(self, family: Any, config: Any = None) -> Any:
+        """The block-0 modulation a gate that decides at block 0's entry (`DECIDES_AFTER_BLOCK = -1`)
+        reads on `family`: the family's default, with the fit for `config` (`Family.modulation_for`);
+        or why there is none (one line)."""
+        return family.modulation_for(None, config)
 
     def reset(self, num_steps: int, num_blocks: int) -> None:
         """Called at the start of every sampling call; state lives here and is reset here."""

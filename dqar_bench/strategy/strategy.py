@@ -166,13 +166,13 @@ class Strategy:
         """Where signals are measured and decisions agreed: this process's whole tensors, or a
         model split across ranks (context parallelism sets it while installed)."""
 
-    def bind(self, uses: dict[str, set[int]], own_attention: bool = True, family: Any = None) -> None:
+    def bind(self, uses: dict[str, set[int]], own_attention: bool = True, family: Any = None, config: Any = None) -> None:
         """The adapter's layout: which blocks have a module in each cache slot (`attention`,
         `mlp`, `mlp/1`, ...), and whether the harness's own attention path is exact for this
         model (else probes project Q and K on the side). Slots beyond the first of a site get
-        their own copy of the cache. The gate learns the model's family (`Gate.bind_family`)."""
+        their own copy of the cache. The gate learns the model's family and config (`Gate.bind_family`)."""
         if family is not None:
-            self.gate.bind_family(family)
+            self.gate.bind_family(family, config)
         for key in uses:
             if key not in self.caches:
                 extra = copy.deepcopy(self._pristine)
