@@ -113,9 +113,9 @@ class Magnitude(StaticGate):
     def refusal_on(self, family: Any) -> str | None:
         if self.mag_ratios is None and getattr(family, "name", "flux") != "flux":
             return (
-                f"gate 'magnitude' without 'mag_ratios' uses FLUX.1-dev's published ratios, another family's fit; "
-                f"calibrate this model (dqar_bench.strategies.gates.magnitude.magnitude_ratios) and give 'mag_ratios' "
-                f"(or 'mag_ratios: flux' to run FLUX's anyway)"
+                "gate 'magnitude' without 'mag_ratios' uses FLUX.1-dev's published ratios, another family's fit; "
+                "calibrate this model (dqar_bench.strategies.gates.magnitude.magnitude_ratios) and give 'mag_ratios' "
+                "(or 'mag_ratios: flux' to run FLUX's anyway)"
             )
         return None
 
