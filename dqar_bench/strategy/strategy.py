@@ -194,6 +194,11 @@ class Strategy:
         return {"scheduler": self.scheduler, "gate": self.gate, "cache": self.cache, "quantizer": self.quantizer}
 
     @property
+    def cfg_cache(self) -> Any:
+        """The cache's guidance-level part the sampler drives (FasterCache's CFG cache), or None."""
+        return getattr(self.cache, "cfg", None)
+
+    @property
     def probes_entropy(self) -> bool:
         return signals.ENTROPY in self.gate.SIGNALS
 
