@@ -207,3 +207,38 @@ def test_teacache_refuses_a_family_without_a_published_fit_unless_given_one():
     assert TeaCache().refusal_on(families.get("flux")) is None
     assert "no TeaCache mode 'e'" in TeaCache(mode="e").refusal_on(families.get("flux"))
     assert TeaCache(mode="e").refusal_on(families.get("wan")) is None
+
+
+def test_a_fit_of_another_family_is_recorded_unsupported_with_its_reason(write_suite, tmp_path):
+    """peers-flow's rule: MagCache with FLUX's ratios and TeaCache without a published fit do not run on SD3."""
+    from dqar_bench.cli import main
+    from dqar_bench.measure.records import RunDir
+
+    path = write_suite("""\
+name: fits
+model: sd3-tiny
+sampler: {name: flow-euler, steps: 3, guidance_scale: 4.0}
+prompt_lengths: [8]
+seeds: [0]
+device: cpu
+dtype: float32
+timing: {warmup: 0, repeats: 1}
+baseline: baseline
+cases:
+  - name: baseline
+  - name: magcache
+    gate: magnitude
+    cache: block-residual
+  - name: teacache
+    gate: teacache
+    cache: block-residual
+  - name: teacache_raw
+    gate: {name: teacache, coefficients: [1.0, 0.0], threshold: 0.3}
+    cache: block-residual
+""")
+    assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0
+    records = {r["case"]: r for r in RunDir(tmp_path / "run").records()}
+    assert records["magcache"]["status"] == "unsupported"
+    assert records["magcache"]["error"].startswith("unsupported on family 'sd3': gate 'magnitude' without 'mag_ratios'")
+    assert records["teacache"]["status"] == "unsupported" and "publishes no rescale fit for family 'sd3'" in records["teacache"]["error"]
+    assert records["teacache_raw"]["status"] == "ok"
