@@ -157,6 +157,7 @@ class Strategy:
         self._decide_after = gate.DECIDES_AFTER_BLOCK
         self._reference: torch.Tensor | None = None
         self._modulated: torch.Tensor | None = None
+        self._entry: torch.Tensor | None = None
         self._uses: dict[str, set[int]] | None = None
         self._own_attention = True
         self._branches = 1
@@ -401,6 +402,8 @@ class Strategy:
         if index == 0 and self._decide_after == -1 and self._branch == 0:
             assert modulated is not None, "the adapter passes block 0's modulated input to a gate that reads it"
             self._decide_at_entry(modulated())
+        if index == 0 and self._decide_after and self._decide_after > 0 and self._branch == 0:
+            self._entry = first_tensor(streams)  # DBCache's Fn > 1: the change of blocks 0..k together
         if self._reuse[index]:
             held = cache.reuse(slot, module, first_tensor(streams))
             if single:
@@ -410,13 +413,16 @@ class Strategy:
         residual = out - streams if single else streams_map(torch.sub, out, streams)
         cache.store(slot, residual, None)
         if index == self._decide_after and self._branch == 0:
-            self._decide_mid_forward(index, first_tensor(residual))
+            measured = first_tensor(residual) if index == 0 else first_tensor(out) - self._entry
+            self._entry = None
+            self._decide_mid_forward(index, measured)
         return out
 
     def _decide_mid_forward(self, index: int, residual: torch.Tensor) -> None:
         """The gate's decision for blocks after `index`, from this forward's residual there.
 
-        The reference is block `index`'s residual at the last step where every later block
+        The residual is block 0's (k = 0), or that of blocks 0..k together (DBCache's Fn
+        blocks). The reference is that residual at the last step where every later block
         computed, as in FirstBlockCache: the change accumulates over reused steps.
         """
         ctx = self._ctx
