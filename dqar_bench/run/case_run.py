@@ -33,6 +33,7 @@ import torch
 
 from dqar_bench import __version__
 from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.cache_dit import CacheDitHook
 from dqar_bench.strategy.diffusers_hooks import DiffusersHook, installed
 from dqar_bench.strategy.context_parallel import context_parallel, whole_call_flops
 from dqar_bench.strategy.context_parallel import refusal as parallel_refusal
@@ -150,8 +151,8 @@ class CaseRun:
         self.blocked = blocked
         self.round_ids: list[int] = list(prior_rounds or [])
         self.strategy: Strategy | None = None
-        self.hook = DiffusersHook(case.hook) if case.hook is not None else None
-        """diffusers' own cache hook, for a `diffusers-hook` case (then there is no strategy)."""
+        self.hook = (CacheDitHook if case.hook.get("name") == "cache-dit" else DiffusersHook)(case.hook) if case.hook is not None else None
+        """diffusers' own cache hook (`diffusers-hook` case) or cache-dit (`cache-dit` case); then there is no strategy."""
         self.outputs: dict[int, torch.Tensor] | None = None
         self.status = "pending"
         self.team = team_for(case.parallel, ctx.world, ctx.team)
