@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -73,7 +73,8 @@ class Adapter:
         installation = Installation(strategy)
         if strategy is None:
             return installation
-        config = dict(getattr(model, "config", None) or {})
+        raw = getattr(model, "config", None)  # diffusers' FrozenDict, or a plain namespace on a synthetic model
+        config = dict(raw) if isinstance(raw, Mapping) else dict(vars(raw)) if raw is not None else {}
         reason = self.refusal(type(strategy.cache)) or self.refusal(type(strategy.gate))
         if reason:
             raise NotImplementedError(reason)
