@@ -104,7 +104,10 @@ def test_refusals_name_the_reason():
     assert refusal("taylorseer", families.get("dit"), {"cache_identifiers": [r"transformer_blocks\.\d+\.attn1"]}) is None
     assert refusal("taylorseer", families.get("flux")) is None
     assert "two passes" in refusal("faster-cache", families.get("wan"))
-    assert refusal("faster-cache", families.get("wan"), {"is_guidance_distilled": True}) is None
+    # on two passes per step `is_guidance_distilled` would make the hook extrapolate one branch from the other
+    assert "from the other's outputs" in refusal("faster-cache", families.get("wan"), {"is_guidance_distilled": True})
+    assert "is_guidance_distilled" not in refusal("faster-cache", families.get("wan"))
+    assert refusal("faster-cache", families.get("sd3"), {"is_guidance_distilled": True}) is None
 
 
 def test_taylorseer_patterns_read_from_source_are_the_ones_diffusers_uses():

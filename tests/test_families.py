@@ -41,7 +41,8 @@ GATES = {
     "dqar": ("dqar", {"threshold": 1.0, "warmup": 1, "snr_low": 0.0, "snr_high": 1e9}),
     "policy": ("policy", {"threshold": 0.01}),
     "residual-change": ("residual-change", {"threshold": 1e9}),
-    "teacache": ("teacache", {"threshold": 1e9}),
+    "dbcache": ("dbcache", {"threshold": 1e9, "fn": 1, "bn": 1, "warmup": 1}),
+    "teacache": ("teacache", {"threshold": 1e9, "warmup": 1}),  # Wan's official 5 warm-up steps exceed these runs
     "magnitude": ("magnitude", {"threshold": 1e9, "retention_ratio": 0.0}),
 }
 CACHES = {name: name for name in ("attention-output", "kv", "attention-mlp-output", "cross-attention-output", "block-residual", "forecast", "faster-attention")}
@@ -58,7 +59,7 @@ def _assembly(kind: str, name: str) -> dict[str, object]:
     parts: dict[str, object] = {"scheduler": "all", "gate": ("interval", {"every": 2}), "cache": "attention-output", "quantizer": "none"}
     if kind == "gate":
         parts["gate"] = GATES[name]
-        if name in ("residual-change", "teacache", "magnitude"):
+        if name in ("residual-change", "dbcache", "teacache", "magnitude"):
             parts["cache"] = "block-residual"
     elif kind == "cache":
         parts["cache"] = CACHES[name]

@@ -124,9 +124,9 @@ def test_teacache_and_magcache_need_a_block_cache(registry, write_suite):
 
 
 def test_magcache_skips_as_the_reference_loop():
-    gate = Magnitude(threshold=0.24, max_skip_steps=5, retention_ratio=0.1)
+    gate = Magnitude(threshold=0.24, max_skip_steps=5, retention_ratio=0.1, protected_steps=[])
     skips = gate.skips(28)
-    # the reference script's loop over FLUX's ratios (without its FLUX-only "never step 11" rule)
+    # the reference script's loop over FLUX's ratios, without its "never step 11" rule (tests/test_peer_policies.py has it)
     ratio, count, err, ref = 1.0, 0, 0.0, []
     for cnt in range(28):
         skip = False
@@ -149,7 +149,7 @@ def test_magcache_skips_the_steps_diffusers_hook_skips(registry):
     transformer = bench.model.transformer
     steps = 20
     settings = {"threshold": 0.3, "max_skip_steps": 3, "retention_ratio": 0.2}
-    ours = assemble(registry, ("magnitude", settings))
+    ours = assemble(registry, ("magnitude", {**settings, "protected_steps": []}))
     with adapter_for(transformer).install(transformer, ours):
         mine = bench.call(ours, 0, steps)
     hook = DiffusersHook(check({"name": "mag-cache", **settings, "mag_ratios": "flux"}, steps))

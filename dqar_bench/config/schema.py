@@ -135,6 +135,7 @@ class CaseSpec(_Spec):
     execution: Mode | list[Mode] | None = None
     parallel: ParallelSpec | None = None
     diffusers_hook: dict[str, Any] | None = Field(None, alias="diffusers-hook", description="One of diffusers' cache hooks, {name, ...its config}, instead of parts.")
+    cache_dit: dict[str, Any] | None = Field(None, alias="cache-dit", description="The cache-dit library's cache on the model, {name, ...its options}, instead of parts (the `cache-dit` extra).")
 
 
 class SuiteSpec(_Spec):

@@ -700,7 +700,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
         raise r.error(f"cases[{index}]: field 'name' is missing; give the case a name")
     where = f"case '{name}'"
     r.check_keys(raw, CASE_KEYS, "", where)
-    if "diffusers-hook" in raw:
+    if "diffusers-hook" in raw or "cache-dit" in raw:
         return [_hook_case(r, raw, where, steps)]
     specs: dict[str, PartSpec] = {}
     for kind in KINDS:
@@ -733,14 +733,16 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
 
 
 def _hook_case(r: "_Reader", raw: dict, where: str, steps: int) -> Case:
-    """A case that runs one of diffusers' own cache hooks instead of dqar-bench parts."""
-    from dqar_bench.strategy.diffusers_hooks import HookConfigError, check
+    """A case that runs one of diffusers' own cache hooks, or cache-dit, instead of dqar-bench parts."""
+    from dqar_bench.strategy import cache_dit, diffusers_hooks
+    from dqar_bench.strategy.diffusers_hooks import HookConfigError
 
-    mixed = [k for k in (*KINDS, "sweep") if k in raw]
+    key = "cache-dit" if "cache-dit" in raw else "diffusers-hook"
+    mixed = [k for k in (*KINDS, "sweep", "diffusers-hook") if k in raw and k != key]
     if mixed:
-        raise r.error(f"{where}: fields 'diffusers-hook' and '{mixed[0]}': a case runs either diffusers' hook or dqar-bench parts; split it into two cases")
+        raise r.error(f"{where}: fields '{key}' and '{mixed[0]}': a case runs one of diffusers' hook, cache-dit or dqar-bench parts; split it")
     try:
-        hook = check(raw["diffusers-hook"], steps)
+        hook = (cache_dit.check if key == "cache-dit" else diffusers_hooks.check)(raw[key], steps)
     except HookConfigError as exc:
         raise r.error(f"{where}: {exc}") from None
     description = r.get(raw, "description", str, default="", field=f"description' of case '{raw['name']}")

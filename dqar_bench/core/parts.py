@@ -45,6 +45,14 @@ class Part:
     """Execution modes (`dqar_bench.strategy.execution.MODES`) this part cannot run in, each with a
     one-line reason; a case using it in such a mode is recorded as unsupported, not run."""
 
+    def refusal_on(self, family: Any) -> str | None:
+        """Why this part, with its parameters, cannot run on `family` (one line), or None.
+
+        For what the class alone cannot know: a default fitted to another family's checkpoint
+        (MagCache's ratios, TeaCache's rescale polynomial). A case refused here is recorded as
+        unsupported on that family, with this reason."""
+        return None
+
     @classmethod
     def describe(cls) -> str:
         doc = (cls.__doc__ or "").strip()
@@ -108,9 +116,16 @@ class Gate(Part):
     which a family names (`Family.modulation`; a family without it refuses the gate).
     One host sync per step either way."""
 
-    def bind_family(self, family: Any) -> None:
-        """Called when the strategy is installed on a model of `family` (`dqar_bench.model.families.Family`),
-        for a gate whose defaults are per family (TeaCache's rescale coefficients)."""
+    def bind_family(self, family: Any, config: Any = None) -> None:
+        """Called when the strategy is installed on a model of `family` (`dqar_bench.model.families.Family`)
+        whose config is `config` (a mapping, or None), for a gate whose defaults are per family or
+        per checkpoint (TeaCache's rescale coefficients)."""
+
+    def modulation(self, family: Any, config: Any = None) -> Any:
+        """The block-0 modulation a gate that decides at block 0's entry (`DECIDES_AFTER_BLOCK = -1`)
+        reads on `family`: the family's default, with the fit for `config` (`Family.modulation_for`);
+        or why there is none (one line)."""
+        return family.modulation_for(None, config)
 
     def reset(self, num_steps: int, num_blocks: int) -> None:
         """Called at the start of every sampling call; state lives here and is reset here."""
@@ -119,6 +134,13 @@ class Gate(Part):
         """Per block, reuse at this step? One answer per entry of `eligible`; the harness
         keeps an answer only where the block is eligible (scheduler mask and cache)."""
         raise NotImplementedError
+
+    def decide_branches(self, ctx: StepContext, eligible: list[bool], branches: int) -> list[list[bool]]:
+        """Per CFG branch (two-pass guidance: conditional, then unconditional), reuse at this step?
+
+        The rule is one decision for every branch (`decide`, asked once); a gate whose
+        reference keeps state per branch (MagCache on Wan) answers each on its own."""
+        return [self.decide(ctx, eligible)] * branches
 
     def static_pattern(self, num_steps: int, num_blocks: int) -> torch.Tensor | None:
         """The gate's answers when they depend on nothing but the step and the block.

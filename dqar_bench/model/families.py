@@ -30,6 +30,7 @@ no entry matches fails in one line that says so.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -80,6 +81,9 @@ class Text:
     """Constant inputs of every call (PixArt's `added_cond_kwargs` with no micro-conditions)."""
 
 
+NO_FIT = "none published: the raw relative L1 change"
+
+
 @dataclass(frozen=True)
 class Modulation:
     """Where block 0 of a family modulates its input by the timestep: TeaCache's signal.
@@ -94,7 +98,27 @@ class Modulation:
     module: str
     recipe: str
     coefficients: tuple[float, ...] = (1.0, 0.0)
-    source: str = "none published: the raw relative L1 change"
+    source: str = NO_FIT
+    warmup: int = 1
+    """Leading steps the official script computes with this fit (its `ret_steps`)."""
+    compute_last: bool = True
+    """The official script computes the last step with this fit (its `cutoff_steps`)."""
+    fits: tuple[tuple[str, tuple[float, ...], str], ...] = ()
+    """(config field, coefficients, source): the first fit whose field the model's config sets
+    replaces `coefficients` (CogVideoX: the reference picks its fit by checkpoint; here by the
+    structure that tells those checkpoints apart)."""
+
+    @property
+    def fitted(self) -> bool:
+        """TeaCache publishes a rescale fit for this family (else the identity stands in)."""
+        return self.source != NO_FIT
+
+    def resolved(self, config: Mapping[str, Any] | None) -> "Modulation":
+        """This modulation with the fit chosen for a model of `config`."""
+        for key, coefficients, source in self.fits:
+            if config and config.get(key):
+                return dataclasses.replace(self, coefficients=coefficients, source=source, fits=())
+        return self
 
 
 @dataclass(frozen=True)
@@ -130,6 +154,9 @@ class Family:
     names: tuple[str, ...] = ()
     """Lower-case substrings of checkpoint ids that suggest this family when no config is on disk."""
     modulation: Modulation | str = "the family entry names no block-0 modulation (Family.modulation)"
+    modulation_modes: Mapping[str, Modulation] = field(default_factory=dict)
+    """Other official TeaCache modes of the family, by name (Wan: `e`, the time embedding with
+    its own fit); TeaCache's `mode` picks one, `modulation` is the default."""
     """Block 0's timestep modulation (`Modulation`), or why the family has none: a gate that
     reads it (TeaCache) is refused there with that reason."""
 
@@ -141,6 +168,18 @@ class Family:
     def video(self) -> bool:
         """Its latents have frames: [batch, channels, frames, h, w]."""
         return self.inputs in ("video", "frames-first")
+
+    def modulation_for(self, mode: str | None, config: Mapping[str, Any] | None = None) -> Modulation | str:
+        """The block-0 modulation TeaCache reads in `mode` (None: the default) on a model of
+        `config`, with its fit chosen; or why there is none (one line)."""
+        if mode is None:
+            chosen = self.modulation
+        elif mode in self.modulation_modes:
+            chosen = self.modulation_modes[mode]
+        else:
+            modes = ", ".join(self.modulation_modes) or "none"
+            return f"family '{self.name}' has no TeaCache mode '{mode}' (its other official modes: {modes}); remove 'mode'"
+        return chosen.resolved(config) if isinstance(chosen, Modulation) else chosen
 
     def refusal(self, part: type) -> str | None:
         """Why a part cannot run on this family (one line), or None. Read from the class only."""
@@ -285,7 +324,7 @@ FAMILIES: tuple[Family, ...] = (
         names=("flux",),
         modulation=Modulation(
             "norm1", "ada-norm-zero", (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01),
-            "TeaCache4FLUX (FLUX.1-dev)",
+            "TeaCache4FLUX (FLUX.1-dev; teacache_flux.py line 113; lines 109-116: first and last steps computed)",
         ),
     ),
     Family(
@@ -303,10 +342,20 @@ FAMILIES: tuple[Family, ...] = (
         scheduler=flow_schedule(3.0),
         latent_size=(21, 60, 104),
         names=("wan",),
+        # ali-vilab/TeaCache@7c10efc4, TeaCache4Wan2.1/teacache_generate.py: line 520 picks the input
+        # (e0 with use_ret_steps, else e), lines 881-894 the T2V-1.3B fits and ret_steps / cutoff_steps
         modulation=Modulation(
             "norm1", "timestep-embedding", (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02),
-            "TeaCache4Wan2.1 (T2V-1.3B, use_ret_steps: e0, the blocks' temb; the reference then computes the first 5 steps)",
+            "TeaCache4Wan2.1 retention mode (T2V-1.3B, use_ret_steps: e0, the blocks' temb; teacache_generate.py lines 881-887: "
+            "first 5 steps computed, the last not forced)",
+            warmup=5, compute_last=False,
         ),
+        modulation_modes={"e": Modulation(
+            "condition_embedder.time_embedder", "model-output",
+            (2.39676752e03, -1.31110545e03, 2.01331979e02, -8.29855975e00, 1.37887774e-01),
+            "TeaCache4Wan2.1 e mode (T2V-1.3B, the time embedding e; teacache_generate.py lines 888-894: first step computed, "
+            "the last forced)",
+        )},
     ),
     Family(
         name="cogvideox",
@@ -320,7 +369,16 @@ FAMILIES: tuple[Family, ...] = (
         names=("cogvideox",),
         modulation=Modulation(
             "norm1", "timestep-embedding", (-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00, -3.61568434e-03),
-            "TeaCache4CogVideoX1.5 (CogVideoX-2b; the time embedding emb, the blocks' temb)",
+            "TeaCache4CogVideoX1.5 (CogVideoX-2b, no rotary embeddings; teacache_sample_video.py line 10; the time embedding "
+            "emb, the blocks' temb)",
+            # ali-vilab/TeaCache@7c10efc4, TeaCache4CogVideoX1.5/teacache_sample_video.py lines 9-14: CogVideoX1.5
+            # (temporal patches) and CogVideoX-5b (rotary embeddings) have their own fits
+            fits=(
+                ("patch_size_t", (2.50210439e02, -1.65061612e02, 3.57804877e01, -7.81551492e-01, 3.58559703e-02),
+                 "TeaCache4CogVideoX1.5 (CogVideoX1.5-5B: temporal patches; teacache_sample_video.py line 13)"),
+                ("use_rotary_positional_embeddings", (-1.53880483e03, 8.43202495e02, -1.34363087e02, 7.97131516e00, -5.23162339e-02),
+                 "TeaCache4CogVideoX1.5 (CogVideoX-5b: rotary embeddings; teacache_sample_video.py line 11)"),
+            ),
         ),
     ),
     Family(
@@ -343,7 +401,7 @@ FAMILIES: tuple[Family, ...] = (
         names=("hunyuanvideo", "hunyuan-video"),
         modulation=Modulation(
             "norm1", "ada-norm-zero", (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02),
-            "TeaCache4HunyuanVideo (HunyuanVideo 720p)",
+            "TeaCache4HunyuanVideo (HunyuanVideo 720p; teacache_sample_video.py line 102; line 98: first and last steps computed)",
         ),
     ),
     Family(

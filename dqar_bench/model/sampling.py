@@ -9,7 +9,9 @@ latent layout, packing, timestep scaling) and how it is guided:
 - `cfg-batch`: the conditional and unconditional branches run as one batch (DiTPipeline,
   PixArt, SD3, CogVideoX);
 - `cfg-separate`: two model calls per step (WanPipeline); the observer is told which
-  branch runs, so each keeps its own cache entries;
+  branch runs, so each keeps its own cache entries; an observer with a `cfg_cache`
+  (FasterCache's, `dqar_bench.strategies.caches.faster_cfg`) may have the unconditional
+  call skipped and its output rebuilt from the conditional one;
 - `embedded`: the guidance scale is a model input and there is no unconditional pass
   (FLUX.1-dev, HunyuanVideo).
 
@@ -263,11 +265,17 @@ def denoise(
             observer.before_step(step_context(scheduler, step, host_timesteps, latents, x0, condition.cond_len, prediction))
         if mode == "cfg-separate":
             model_input = _scale(scheduler, latents, t)
+            cfg = getattr(observer, "cfg_cache", None)  # FasterCache's CFG cache: the unconditional pass rebuilt
+            skip = cfg is not None and cfg.skips(step, host_timesteps[step])
             predictions = []
-            for index, inputs in enumerate(branches):
+            for index, inputs in enumerate(branches[:1] if skip else branches):
                 if observer is not None and hasattr(observer, "branch"):
                     observer.branch(index)
                 predictions.append(run(model_input, t, inputs))
+            if skip:
+                predictions.append(cfg.approximate(predictions[0], host_timesteps[step]))
+            elif cfg is not None:
+                cfg.observe(*predictions)
             cond, uncond = predictions
             pred = uncond + guidance_scale * (cond - uncond)
         else:

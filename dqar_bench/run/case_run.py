@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.cache_dit import CacheDitHook
 from dqar_bench.strategy.diffusers_hooks import DiffusersHook, installed
 from dqar_bench.strategy.context_parallel import context_parallel, whole_call_flops
 from dqar_bench.strategy.context_parallel import refusal as parallel_refusal
@@ -151,8 +152,8 @@ class CaseRun:
         self.blocked = blocked
         self.round_ids: list[int] = list(prior_rounds or [])
         self.strategy: Strategy | None = None
-        self.hook = DiffusersHook(case.hook) if case.hook is not None else None
-        """diffusers' own cache hook, for a `diffusers-hook` case (then there is no strategy)."""
+        self.hook = (CacheDitHook if case.hook.get("name") == "cache-dit" else DiffusersHook)(case.hook) if case.hook is not None else None
+        """diffusers' own cache hook (`diffusers-hook` case) or cache-dit (`cache-dit` case); then there is no strategy."""
         self.outputs: dict[int, torch.Tensor] | None = None
         self.status = "pending"
         self.team = team_for(case.parallel, ctx.world, ctx.team)
@@ -190,6 +191,9 @@ class CaseRun:
                 reason = EAGER_ONLY
             if not reason and self.hook is not None:
                 reason, where = self.hook.refusal(ctx.model.spec, self.case.execution), f"on family '{ctx.model.spec.name}'"
+            if not reason and self.strategy is not None:
+                reason = next(filter(None, (p.refusal_on(ctx.model.spec) for p in self.strategy.parts.values())), None)
+                where = f"on family '{ctx.model.spec.name}'"
             if not reason and self.case.parallel is not None:
                 model = ctx.model
                 reason = parallel_refusal(self.case.parallel, model.transformer, model.family, ctx.world, self.case.execution, getattr(torch, suite.dtype))

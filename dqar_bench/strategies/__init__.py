@@ -21,6 +21,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "dqar_bench.strategies.gates.snr",
     "dqar_bench.strategies.gates.dqar",
     "dqar_bench.strategies.gates.policy",
+    "dqar_bench.strategies.gates.dbcache",
     "dqar_bench.strategies.gates.residual_change",
     "dqar_bench.strategies.gates.warmup_interval",
     "dqar_bench.strategies.gates.teacache",

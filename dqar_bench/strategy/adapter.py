@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from dqar_bench.model.families import Blocks, Family, Modulation, family_of
-from dqar_bench.strategy.modulation import reader
+from dqar_bench.strategy.modulation import reader, tap
 from dqar_bench.core.parts import Part
 from dqar_bench.strategy.strategy import SITES, Strategy
 
@@ -30,6 +30,8 @@ class Installation:
     def __init__(self, strategy: Strategy | None) -> None:
         self.strategy = strategy
         self._patched: list[torch.nn.Module] = []
+        self.hooks: list[Any] = []
+        """Hook handles the installation added (a `model-output` modulation tap)."""
 
     def patch(self, module: torch.nn.Module, forward: Callable[..., Any]) -> None:
         if "forward" in module.__dict__:
@@ -41,6 +43,9 @@ class Installation:
         for module in self._patched:
             del module.forward
         self._patched.clear()
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks.clear()
         if self.strategy is not None:
             self.strategy.unbind()
 
@@ -68,6 +73,8 @@ class Adapter:
         installation = Installation(strategy)
         if strategy is None:
             return installation
+        raw = getattr(model, "config", None)  # diffusers' FrozenDict, or a plain namespace on a synthetic model
+        config = dict(raw) if isinstance(raw, Mapping) else dict(vars(raw)) if raw is not None else {}
         reason = self.refusal(type(strategy.cache)) or self.refusal(type(strategy.gate))
         if reason:
             raise NotImplementedError(reason)
@@ -81,9 +88,14 @@ class Adapter:
                     uses.setdefault("block", set()).add(index)
                     forward = BlockForward(strategy, "block", index, block, spec.returns)
                     if index == 0 and strategy.reads_modulation:
-                        assert isinstance(self.family.modulation, Modulation), self.family.modulation
-                        m = self.family.modulation
-                        forward.modulation = reader(block, forward.original, m.module, m.recipe)
+                        m = strategy.gate.modulation(self.family, config)
+                        if not isinstance(m, Modulation):
+                            raise NotImplementedError(m)
+                        if m.recipe == "model-output":
+                            forward.modulation, handle = tap(model, m.module)
+                            installation.hooks.append(handle)
+                        else:
+                            forward.modulation = reader(block, forward.original, m.module, m.recipe)
                     plan.append((block, forward))
                     continue
                 route = strategy.attention if site == "attention" else strategy.output
@@ -94,7 +106,7 @@ class Adapter:
                     key = site if j == 0 else f"{site}/{j}"
                     uses.setdefault(key, set()).add(index)
                     plan.append((module, functools.partial(route, key, index, module, module.forward)))
-        strategy.bind(uses, self.family.own_attention, self.family)
+        strategy.bind(uses, self.family.own_attention, self.family, config)
         try:
             for module, forward in plan:
                 installation.patch(module, forward)

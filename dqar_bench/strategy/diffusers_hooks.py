@@ -63,11 +63,15 @@ FASTER_CACHE_CFG = {
         "FasterCache's CFG cache takes the second half of a batched CFG call as the conditional one (diffusers' pipelines "
         "put the unconditional half first, the harness the conditional half)"
     ),
-    "cfg-separate": "FasterCache's CFG cache needs CFG in one batch; this family runs CFG as two passes",
+    "cfg-separate": (
+        "this family runs CFG as two passes: diffusers' FasterCache keeps one attention history per module across "
+        "model calls, so it would extrapolate each branch from the other's outputs, and its CFG cache needs CFG in one batch"
+    ),
     "embedded": "this family has no CFG pass (a guidance embedding)",
 }
-"""Why FasterCache's CFG cache cannot run on a family's guidance mode; its attention cache
-runs everywhere with `is_guidance_distilled: true`, which a suite must then set."""
+"""Why FasterCache's CFG cache cannot run on a family's guidance mode. Its attention cache runs
+with `is_guidance_distilled: true` where one model call makes a step (CFG in one batch, or a
+guidance embedding); with two passes per step nothing of the hook runs right."""
 
 UNREGISTERED = {"sana": (
     "diffusers' TransformerBlockRegistry has no entry for SanaTransformerBlock, and its block-level hooks read a block's "
@@ -211,7 +215,13 @@ def refusal(name: str, family: Family, config: Mapping[str, Any] | None = None) 
     config = config or {}
     if name in HOOKS and family.name in HOOKS[name].refusals:
         return HOOKS[name].refusals[family.name]
+    if name == "faster-cache" and family.guidance == "cfg-separate":
+        # `is_guidance_distilled` is no way out here: the block hook keeps one history per attention module
+        # across model calls, so with two calls per step it extrapolates each branch from the other's outputs
+        return f"{FASTER_CACHE_CFG['cfg-separate']}; use cache 'faster-attention' (with 'cfg_every' for the CFG cache) instead"
     if name == "faster-cache" and not config.get("is_guidance_distilled"):
+        if family.guidance == "embedded":
+            return f"{FASTER_CACHE_CFG['embedded']}; set `is_guidance_distilled: true` (true of this family) to run its attention cache"
         return f"{FASTER_CACHE_CFG[family.guidance]}; set `is_guidance_distilled: true` to run only its attention cache"
     if name == "taylorseer" and not config.get("cache_identifiers") and not config.get("skip_predict_identifiers"):
         import re

@@ -17,7 +17,11 @@ Recipes, by the block class they read:
   `scale_shift_table + timestep` (PixArt's `ada_norm_single`);
 - `timestep-embedding`: the block's `temb` argument itself, the timestep embedding the
   block modulates with (TeaCache4Wan2.1 with `use_ret_steps` reads `e0`, which is Wan's
-  per-block `temb`; TeaCache4CogVideoX reads `emb`, CogVideoX's `temb`).
+  per-block `temb`; TeaCache4CogVideoX reads `emb`, CogVideoX's `temb`);
+- `model-output`: the output, in the current forward, of a module of the transformer that
+  runs before the blocks (`module` is its path on the transformer): TeaCache4Wan2.1 without
+  `use_ret_steps` reads `e`, the time embedding before its per-block projection, which no
+  block receives (`tap`).
 """
 
 from __future__ import annotations
@@ -67,3 +71,20 @@ def reader(block: torch.nn.Module, original: Callable[..., Any], module: str, re
         return run(block, module, bound)
 
     return modulated
+
+
+def tap(model: torch.nn.Module, path: str) -> tuple[Callable[[tuple, dict], torch.Tensor], Any]:
+    """A reader of `model.<path>`'s output in the current forward (recipe `model-output`), and
+    the hook handle that feeds it (the caller removes it with the installation)."""
+    held: list[torch.Tensor] = []
+
+    def keep(module: torch.nn.Module, args: tuple, out: Any) -> None:
+        held[:] = [out[0] if isinstance(out, tuple) else out]
+
+    handle = model.get_submodule(path).register_forward_hook(keep)
+
+    def modulated(args: tuple, kwargs: dict) -> torch.Tensor:
+        assert held, f"{path} did not run before block 0"
+        return held[0]
+
+    return modulated, handle

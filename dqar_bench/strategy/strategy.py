@@ -18,7 +18,8 @@ block. What a module gives may be a tuple: a joint attention returns its image a
 outputs, a two-stream block its image and text residuals; caches store and give back the
 tuple (`dqar_bench.strategy.storage.pack`). A model run as two passes per step (classifier-free
 guidance with separate conditional and unconditional calls) tells the strategy which
-branch runs (`branch`): each branch keeps its own cache entries, both follow one decision.
+branch runs (`branch`): each branch keeps its own cache entries, and both follow one
+decision unless the gate answers per branch (`Gate.decide_branches`, MagCache on Wan).
 
 A gate may instead decide once block k of the current forward has computed
 (`Gate.DECIDES_AFTER_BLOCK`, FirstBlockCache): `block` measures the residual change there
@@ -149,6 +150,8 @@ class Strategy:
         self.stats = ReuseStats(count_nonfinite=quantizer.nonfinite)
         self._mask: torch.Tensor | None = None
         self._reuse: list[bool] = []
+        self._reuses: list[list[bool]] = []
+        """Per branch, this step's reuse; `_reuse` is the running branch's."""
         self._entropy: signals.EntropyProbe | None = None
         self._tap: signals.SdpaTap | None = None
         self._snr_from_x0 = signals.SNR in gate.SIGNALS and signals.snr_source(gate) == "x0"
@@ -163,6 +166,7 @@ class Strategy:
         self._decide_after = gate.DECIDES_AFTER_BLOCK
         self._reference: torch.Tensor | None = None
         self._modulated: torch.Tensor | None = None
+        self._entry: torch.Tensor | None = None
         self._uses: dict[str, set[int]] | None = None
         self._own_attention = True
         self._branches = 1
@@ -172,13 +176,13 @@ class Strategy:
         """Where signals are measured and decisions agreed: this process's whole tensors, or a
         model split across ranks (context parallelism sets it while installed)."""
 
-    def bind(self, uses: dict[str, set[int]], own_attention: bool = True, family: Any = None) -> None:
+    def bind(self, uses: dict[str, set[int]], own_attention: bool = True, family: Any = None, config: Any = None) -> None:
         """The adapter's layout: which blocks have a module in each cache slot (`attention`,
         `mlp`, `mlp/1`, ...), and whether the harness's own attention path is exact for this
         model (else probes project Q and K on the side). Slots beyond the first of a site get
-        their own copy of the cache. The gate learns the model's family (`Gate.bind_family`)."""
+        their own copy of the cache. The gate learns the model's family and config (`Gate.bind_family`)."""
         if family is not None:
-            self.gate.bind_family(family)
+            self.gate.bind_family(family, config)
         for key in uses:
             if key not in self.caches:
                 extra = copy.deepcopy(self._pristine)
@@ -205,6 +209,11 @@ class Strategy:
         return signals.SNR in self.gate.SIGNALS and signals.snr_source(self.gate) == "x0"
 
     @property
+    def cfg_cache(self) -> Any:
+        """The cache's guidance-level part the sampler drives (FasterCache's CFG cache), or None."""
+        return getattr(self.cache, "cfg", None)
+
+    @property
     def probes_entropy(self) -> bool:
         return signals.ENTROPY in self.gate.SIGNALS
 
@@ -228,6 +237,7 @@ class Strategy:
         self.stats.begin_call(num_steps, num_blocks)
         self._branches, self._branch, self._offset = branches, 0, 0
         self._reuse = [False] * num_blocks
+        self._reuses = [self._reuse] * branches
         self._reference = None
         self._modulated = None
         if not self.probes_entropy:
@@ -249,6 +259,8 @@ class Strategy:
     def branch(self, index: int) -> None:
         """The next forward is branch `index` of this step (two-pass guidance: 0 conditional, 1 unconditional)."""
         self._branch, self._offset = index, index * self._num_blocks
+        if index < len(self._reuses):
+            self._reuse = self._reuses[index]
 
     def reset_stats(self) -> None:
         self.stats = ReuseStats(count_nonfinite=self.quantizer.nonfinite, nonfinite_before=self.quantizer.nonfinite())
@@ -265,6 +277,7 @@ class Strategy:
         self._ctx = ctx
         self._branch, self._offset = 0, 0
         self._reuse = [False] * self._num_blocks
+        self._reuses = [self._reuse] * self._branches
         self._probe = self._probing(ctx.step)
         self._store = self._storing(ctx.step)
         if self._decide_after is not None:
@@ -272,8 +285,12 @@ class Strategy:
         eligible = self._eligible(ctx.step)
         if any(eligible):
             ctx.signals = self._gather_signals(ctx)
-            decided = self._decide(ctx, eligible)
-            self._reuse = self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)])
+            if self._branches == 1:
+                answers = [self._decide(ctx, eligible)]
+            else:
+                answers = self.gate.decide_branches(ctx, eligible, self._branches)
+            self._reuses = [self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)]) for decided in answers]
+            self._reuse = self._reuses[0]
         self._begin_caches(ctx.step)
 
     def _decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
@@ -289,13 +306,14 @@ class Strategy:
         return list(decided)
 
     def _begin_caches(self, step: int) -> None:
-        computes = [not r for r in self._reuse] * self._branches
+        computes = [not r for reuse in self._reuses for r in reuse]
         for each in self.caches.values():
             each.begin_step(step, computes)
 
     def after_step(self) -> None:
         assert self._ctx is not None, "before_step() must be called before after_step()"
-        self.stats.count_step(self._ctx.step, self._reuse)
+        # a block counts as reused at a step where any branch reused it (as diffusers' hooks are counted)
+        self.stats.count_step(self._ctx.step, [any(each) for each in zip(*self._reuses)])
         held = sum(each.nbytes() for each in self.caches.values())
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, held)
 
@@ -434,6 +452,8 @@ class Strategy:
         if index == 0 and self._decide_after == -1 and self._branch == 0:
             assert modulated is not None, "the adapter passes block 0's modulated input to a gate that reads it"
             self._decide_at_entry(modulated())
+        if index == 0 and self._decide_after and self._decide_after > 0 and self._branch == 0:
+            self._entry = first_tensor(streams)  # DBCache's Fn > 1: the change of blocks 0..k together
         if self._reuse[index]:
             held = cache.reuse(slot, module, first_tensor(streams))
             if single:
@@ -446,13 +466,16 @@ class Strategy:
             if self._store[index]:
                 cache.store(slot, residual, None)
             if deciding:
-                self._decide_mid_forward(index, first_tensor(residual))
+                measured = first_tensor(residual) if index == 0 else first_tensor(out) - self._entry
+                self._entry = None
+                self._decide_mid_forward(index, measured)
         return out
 
     def _decide_mid_forward(self, index: int, residual: torch.Tensor) -> None:
         """The gate's decision for blocks after `index`, from this forward's residual there.
 
-        The reference is block `index`'s residual at the last step where every later block
+        The residual is block 0's (k = 0), or that of blocks 0..k together (DBCache's Fn
+        blocks). The reference is that residual at the last step where every later block
         computed, as in FirstBlockCache: the change accumulates over reused steps.
         """
         ctx = self._ctx
@@ -465,6 +488,7 @@ class Strategy:
         ctx.signals = {signals.RESIDUAL_CHANGE: change}
         decided = self._decide(ctx, eligible) if any(eligible) else [False] * len(eligible)
         self._reuse = self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)])
+        self._reuses = [self._reuse] * self._branches
         if not any(self._reuse):
             self._reference = residual.detach()
         self._begin_caches(ctx.step)
@@ -486,6 +510,7 @@ class Strategy:
         ctx.signals = {signals.MODULATION_CHANGE: change}
         decided = self._decide(ctx, eligible) if any(eligible) else [False] * len(eligible)
         self._reuse = self.scope.agree([bool(d) and e for d, e in zip(decided, eligible)])
+        self._reuses = [self._reuse] * self._branches
         self._begin_caches(ctx.step)
 
     def _gather_signals(self, ctx: StepContext) -> dict[str, Any]:

@@ -35,7 +35,8 @@ def parts_label(parts: dict[str, Any], hook: dict[str, Any] | None = None) -> st
     """`gate / cache / quantizer / scheduler` with parameters, or `diffusers:<hook>(config)`; the untouched model says so."""
     if hook:
         inner = ", ".join(f"{k}={v}" for k, v in (hook.get("config") or {}).items())
-        return f"diffusers:{hook['name']}({inner})" if inner else f"diffusers:{hook['name']}"
+        library = "" if hook["name"] == "cache-dit" else "diffusers:"  # a `cache-dit` case is labelled by its library
+        return f"{library}{hook['name']}({inner})" if inner else f"{library}{hook['name']}"
     if not parts:
         return "(untouched model)"
     labels = []

@@ -18,11 +18,12 @@ The first computation fills both. With the `interval` gate (N = 2) and the
 step inside the window, always outside it (diffusers' defaults: N = 2, -1 < t < 681,
 w = 0.5; the Latte script: every 2nd step from step 16 of 50, w = 0.5).
 
-What is not here: FasterCache's CFG cache (the unconditional branch approximated from the
-conditional one by low / high frequency deltas, `unconditional_batch_skip_range`) acts
-on the guidance branches, not on a block, and dqar-bench's parts have no site there; run
-diffusers' own hook as a case (`diffusers-hook: {name: faster-cache}`) for it. The authors'
-code and diffusers both use a constant w = 0.5.
+FasterCache's CFG cache (the unconditional branch rebuilt from the conditional one by low /
+high frequency deltas) is `cfg_every` here (`dqar_bench.strategies.caches.faster_cfg`,
+diffusers' `FasterCacheDenoiserHook` rules and constants; FasterCache's setting: 5). The
+sampler skips the unconditional call where CFG runs as two passes (Wan); with CFG in one
+batch or a guidance embedding the part refuses the family when `cfg_every` is set
+(`refusal_on`). The authors' code and diffusers both use a constant w = 0.5.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Literal
 import torch
 
 from dqar_bench import Cache, hookimpl
+from dqar_bench.strategies.caches.faster_cfg import FasterCfg
 from dqar_bench.strategy.storage import pack, streams_map, unpack
 
 
@@ -50,14 +52,42 @@ class FasterAttention(Cache):
         metadata={"help": "computed: the last two computed outputs (the authors' code); outputs: the last two given, extrapolations too (diffusers' hook)"},
     )
 
+    cfg_every: int = field(default=0, metadata={"help": "CFG cache: compute the unconditional pass every N-th step inside cfg_window, rebuild it otherwise (FasterCache / diffusers: 5); 0: off"})
+    cfg_window: list[float] = field(default_factory=lambda: [-1.0, 641.0], metadata={"help": "timesteps strictly inside which the CFG cache may skip (diffusers: -1, 641)"})
+    alpha_low: float = field(default=1.1, metadata={"help": "CFG cache: factor on the low-frequency delta per skipped step inside low_window (diffusers: 1.1)"})
+    alpha_high: float = field(default=1.1, metadata={"help": "CFG cache: factor on the high-frequency delta per skipped step inside high_window (diffusers: 1.1)"})
+    low_window: list[float] = field(default_factory=lambda: [99.0, 901.0], metadata={"help": "timesteps where alpha_low applies (diffusers: 99, 901)"})
+    high_window: list[float] = field(default_factory=lambda: [-1.0, 301.0], metadata={"help": "timesteps where alpha_high applies (diffusers: -1, 301)"})
+
     _held: dict[int, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.weight != self.weight:
             raise ValueError("parameter 'weight' must be a number, got NaN")
+        if self.cfg_every < 0:
+            raise ValueError(f"parameter 'cfg_every' must be >= 0 (0: no CFG cache), got {self.cfg_every}")
+        for name in ("cfg_window", "low_window", "high_window"):
+            if len(getattr(self, name)) != 2:
+                raise ValueError(f"parameter '{name}' must be two timesteps [low, high], got {getattr(self, name)}")
+        self.cfg: FasterCfg | None = None
+        if self.cfg_every:
+            self.cfg = FasterCfg(
+                self.cfg_every, tuple(self.cfg_window), self.alpha_low, self.alpha_high, tuple(self.low_window), tuple(self.high_window)
+            )
+
+    def refusal_on(self, family: Any) -> str | None:
+        if self.cfg is not None and family.guidance != "cfg-separate":
+            how = {"cfg-batch": "CFG in one batch", "embedded": "a guidance embedding (no unconditional pass)"}.get(family.guidance, family.guidance)
+            return (
+                f"cache 'faster-attention' with 'cfg_every': the CFG cache skips the unconditional pass where CFG runs as two "
+                f"passes; family '{family.name}' has {how}; set 'cfg_every: 0' for the attention reuse alone"
+            )
+        return None
 
     def clear(self) -> None:
         self._held = {}
+        if self.cfg is not None:
+            self.cfg.reset()
 
     def holds(self, block: int) -> bool:
         return block in self._held
