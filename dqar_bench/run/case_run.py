@@ -176,6 +176,7 @@ class CaseRun:
             "execution_mode": case.execution,
             "parallel": case.parallel.as_dict() if case.parallel is not None else None,
             "baseline_case": suite.baseline_for(case),
+            "baseline_key": baseline[1] if baseline is not None else None,
             "seeds": suite.seeds,
             "device": str(ctx.device),
             "rank": ctx.world.rank,

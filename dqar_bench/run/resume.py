@@ -6,6 +6,14 @@ tried again. A case recorded under the same name with a different key has change
 resume is refused with one line naming those cases and what differs, unless
 `--rerun-changed` asks to rerun just them. A case under a new name whose key matches a
 finished record is that record, renamed.
+
+A kept record's paired figures (quality against the baseline's outputs, FID against its
+images, speedup against its rounds) stand only while its case is paired with the same
+baseline: the baseline's name and key it was recorded with (`baseline_case`,
+`baseline_key`) must be those of the suite's baseline for it now. A swapped or edited
+baseline makes every such record a changed case, refused with the reason like any other
+change, or rerun under `--rerun-changed` (timings cannot be recomputed from stored
+outputs, so re-pairing in place would be half a fix).
 """
 
 from __future__ import annotations
@@ -42,7 +50,9 @@ def plan_resume(
     identities: dict[str, dict[str, Any]],
     settings: dict[str, Any],
     rerun_changed: bool = False,
+    baselines: dict[str, str] | None = None,
 ) -> ResumePlan:
+    """What this resume keeps and reruns; `baselines` maps each case to its baseline's name now."""
     plan = ResumePlan()
     records = run.records()
     latest = {r["case"]: r for r in records}
@@ -54,12 +64,18 @@ def plan_resume(
     for case in cases:
         key = keys[case.name]
         record = latest.get(case.name)
+        paired_with = baselines.get(case.name) if baselines else None
         if record is not None and record.get("case_key") == key:
-            if record.get("status") in DONE and _usable(run, record, plan):
-                plan.done[case.name] = record
+            if record.get("status") in DONE:
+                moved = _pairing_changed(record, paired_with, keys, latest)
+                if moved:
+                    changed.append(f"{case.name} ({moved})")
+                    plan.rerun.append(case.name)
+                elif _usable(run, record, plan):
+                    plan.done[case.name] = record
             continue  # failed (or its outputs are gone): run again
         found = by_key.get(key)
-        if found is not None and _usable(run, found, plan):
+        if found is not None and not _pairing_changed(found, paired_with, keys, latest) and _usable(run, found, plan):
             plan.renamed[case.name] = found
             continue
         if record is not None:
@@ -72,6 +88,22 @@ def plan_resume(
             f"pass --rerun-changed to rerun just those, or start a new run with --output"
         )
     return plan
+
+
+def _pairing_changed(record: dict[str, Any], baseline: str | None, keys: dict[str, str], latest: dict[str, dict[str, Any]]) -> str | None:
+    """Why a finished record's paired figures no longer hold (None: they do).
+
+    A record written before `baseline_key` was kept is taken as paired with the latest
+    record of its baseline's name (what that run scored it against)."""
+    if baseline is None or record.get("status") != "ok":
+        return None  # nothing paired: an unsupported case has no figures
+    then = record.get("baseline_case")
+    then_key = record.get("baseline_key") or (latest.get(then) or {}).get("case_key")
+    if then_key == keys[baseline]:
+        return None
+    if then != baseline:
+        return f"paired with baseline '{then}' when recorded, now with '{baseline}'"
+    return f"its baseline '{baseline}' changed since its quality and speedup were measured against it"
 
 
 def _usable(run: RunDir, record: dict[str, Any], plan: ResumePlan) -> bool:

@@ -123,7 +123,7 @@ def run_suite(
         check_target(path, resume)
         if resume:
             run = RunDir.open(path, resume=True)  # the directory exists: lock it first
-        return path, plan_resume(run, cases, keys, identities, settings, rerun_changed) if run is not None else ResumePlan()
+        return path, plan_resume(run, cases, keys, identities, settings, rerun_changed, {c.name: suite.baseline_for(c) for c in cases}) if run is not None else ResumePlan()
 
     try:
         path, plan = decide(world, open_resumed, "the run directory")
