@@ -36,7 +36,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,6 +46,7 @@ from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.run.distributed.runs import Outbox, check_devices, decide, deliver, my_cases, together
 from dqar_bench.run.distributed.shares import rank_entries
 from dqar_bench.core.world import World
+from dqar_bench.core.files import read_bytes, write_atomic
 from dqar_bench.core.errors import DqarError, ModelError, SuiteError
 from dqar_bench.config.identity import case_identity, case_key, measurement_settings
 from dqar_bench.measure import environment
@@ -394,7 +394,7 @@ class _Session:
             case = self.suite.case(name)
             record = {**found, "case": name, "renamed_from": found["case"], "baseline_case": self.suite.baseline_for(case)}
             if found.get("status") == "ok":
-                shutil.copyfile(self.run.outputs_path(found["case"]), self.run.outputs_path(name))
+                write_atomic(self.run.outputs_path(name), read_bytes(self.run.outputs_path(found["case"]), self.run.path), self.run.path)
                 record["outputs_file"] = str(self.run.outputs_path(name).relative_to(self.run.path))
             self.run.append(record)
 

@@ -9,10 +9,13 @@ skipped with a note.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import pandas as pd
+
+from dqar_bench.core.files import write_atomic
 
 
 def plot_run(frame: pd.DataFrame, path: Path, title: str = "") -> Path | str:
@@ -66,8 +69,10 @@ def plot_run(frame: pd.DataFrame, path: Path, title: str = "") -> Path | str:
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    write_atomic(path, png.getvalue())
     return path
 
 

@@ -8,6 +8,7 @@ its own run and execution mode.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from dqar_bench.core.errors import DqarError
 from dqar_bench.measure.records import RECORDS, RunDir, read_records
+from dqar_bench.views.report.previews import checked_previews
 from dqar_bench.views.table import results_frame
 
 
@@ -28,6 +30,13 @@ class Run:
     frame: pd.DataFrame
     entries: list["Entry"] = field(default_factory=list)
     dir: RunDir | None = None
+    skipped: list[str] = field(default_factory=list)
+    """One line per file of the run that could not be used (said once, on stderr, as it is met)."""
+
+    def skip(self, line: str) -> None:
+        if line not in self.skipped:
+            self.skipped.append(line)
+            print(f"report: {line}", file=sys.stderr)
 
     @property
     def first(self) -> dict[str, Any]:
@@ -71,18 +80,26 @@ class Entry:
         return self.record.get("baseline_case") or "baseline"
 
     def outputs(self) -> dict[int, torch.Tensor] | None:
-        """The case's saved outputs; None where the run has none (or they cannot be read)."""
+        """The case's saved outputs; None where the run has none (or they cannot be read:
+        a FIFO, a link or a damaged file is named in one line and skipped)."""
         from dqar_bench.measure.records import OutputsError
 
         assert self.run.dir is not None
         try:
             return self.run.dir.load_outputs(self.case)
-        except OutputsError:
+        except OutputsError as exc:
+            if not str(exc).endswith(": missing"):
+                self.run.skip(f"outputs of case '{self.case}' not shown: {exc}")
             return None
 
     def previews(self) -> tuple[dict[int, torch.Tensor], dict[str, str]] | None:
+        """The previews kept at run time; None where there are none or they cannot be used (named once, skipped)."""
         assert self.run.dir is not None
-        return self.run.dir.load_previews(self.case)
+        try:
+            return checked_previews(self.run.dir.load_previews(self.case))
+        except Exception as exc:  # noqa: BLE001 - a damaged picture costs the picture, never the report
+            self.run.skip(f"previews of case '{self.case}' not shown: {one_line(exc)}")
+            return None
 
 
 def load_runs(paths: list[str | Path], cases: set[str] | None = None) -> list[Run]:
@@ -110,6 +127,11 @@ def load_runs(paths: list[str | Path], cases: set[str] | None = None) -> list[Ru
         rows = {row["case"]: row for row in run.frame.to_dict("records")}
         run.entries = [Entry(run, record, rows[case], f"{run.label}: " if several else "") for case, record in latest.items()]
     return runs
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _unique_labels(runs: list[Run]) -> None:
