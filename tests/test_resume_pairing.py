@@ -6,6 +6,7 @@ is shown as current."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dqar_bench.cli import main
 from dqar_bench.measure.records import RunDir
@@ -56,3 +57,24 @@ def test_an_unchanged_suite_still_resumes_without_rerunning(write_suite, tmp_pat
     ran = prepared(monkeypatch)
     assert main(["run", str(path), "--resume", str(out)]) == 0
     assert ran == []
+
+
+@pytest.mark.parametrize("data", [b"\x00\x00\xc0\x7f", b"\x00\x00\x80\x3f"], ids=["nan", "finite"])
+def test_outputs_whose_data_changed_under_an_intact_header_are_rerun(write_suite, tmp_path, capsys, monkeypatch, data):
+    from tests.test_resume import prepared
+
+    path = write_suite(SMALL_SUITE_HEAD + CASES)
+    out = tmp_path / "run"
+    assert main(["run", str(path), "-o", str(out)]) == 0
+    capsys.readouterr()
+    file = RunDir(out).outputs_path("baseline")
+    raw = bytearray(file.read_bytes())
+    raw[-4:] = data  # the last float32 of the data: the header still reads
+    file.write_bytes(bytes(raw))
+    RunDir(out).load_outputs("baseline")  # it loads: only its content is wrong
+    ran = prepared(monkeypatch)
+    assert main(["run", str(path), "--resume", str(out)]) == 0
+    assert f"{file}: " in capsys.readouterr().out and ran == ["baseline"]
+    latest = RunDir(out).latest()
+    assert latest["baseline"]["outputs_sha256"] != latest["iv"]["outputs_sha256"]
+    assert torch.isfinite(RunDir(out).load_outputs("baseline")[0]).all()

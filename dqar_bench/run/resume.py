@@ -18,8 +18,11 @@ outputs, so re-pairing in place would be half a fix).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from dqar_bench.core.errors import DqarError
 from dqar_bench.config.identity import differences
@@ -107,15 +110,35 @@ def _pairing_changed(record: dict[str, Any], baseline: str | None, keys: dict[st
 
 
 def _usable(run: RunDir, record: dict[str, Any], plan: ResumePlan) -> bool:
-    """An ok record counts only while its outputs file reads (quality is computed from it)."""
+    """An ok record counts only while its outputs file reads and holds what was recorded
+    (quality is computed from it): its digest, where the record has one, and finite values."""
     if record.get("status") != "ok":
         return True
     try:
-        run.load_outputs(record["case"])
+        outputs = run.load_outputs(record["case"])
     except OutputsError as exc:
         plan.notes.append(f"{exc}; case '{record['case']}' is run again")
         return False
+    path = run.outputs_path(record["case"])
+    recorded = record.get("outputs_sha256")
+    if recorded is not None and recorded != outputs_digest(outputs):
+        plan.notes.append(f"{path}: its data changed since it was recorded (sha256 differs); case '{record['case']}' is run again")
+        return False
+    if not all(bool(torch.isfinite(t).all()) for t in outputs.values()):
+        plan.notes.append(f"{path}: holds NaN or inf, which no recorded case has; case '{record['case']}' is run again")
+        return False
     return True
+
+
+def outputs_digest(outputs: dict[int, torch.Tensor]) -> str:
+    """sha256 of a case's outputs as saved (float32, by seed): recorded with the case, so a
+    resume sees data changed under an intact header."""
+    digest = hashlib.sha256()
+    for seed in sorted(outputs):
+        t = outputs[seed].detach().float().cpu().contiguous()
+        digest.update(f"{seed}:{tuple(t.shape)}:".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _what_changed(record: dict[str, Any], identity: dict[str, Any], settings: dict[str, Any]) -> str:

@@ -59,7 +59,7 @@ from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.measure.records import RunDir, check_target
 from dqar_bench.model.resolution import set_resolution
 from dqar_bench.views.report import keep_previews, report_run
-from dqar_bench.run.resume import ResumePlan, plan_resume
+from dqar_bench.run.resume import ResumePlan, outputs_digest, plan_resume
 from dqar_bench.measure.rounds import RoundLog, round_order, timed_as
 from dqar_bench.model.sampling import Condition
 from dqar_bench.config.suite import Case, Suite
@@ -350,6 +350,7 @@ class _Session:
             if self._records(one) and one.outputs is not None:
                 self.run.save_outputs(case.name, one.outputs)
                 one.record["outputs_file"] = str(self.run.outputs_path(case.name).relative_to(self.run.path))
+                one.record["outputs_sha256"] = outputs_digest(one.outputs)
                 keep_previews(self.run, case.name, one.outputs, self.kit.decode, say)  # decoded pictures for the report (VAE models)
             if one.blocked and self._records(one):  # its rounds are done (and its baseline's, prepared before it): record it now
                 record = one.finish(self.log.entries())
