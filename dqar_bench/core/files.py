@@ -6,7 +6,8 @@ outputs file belongs (which blocks a plain `open` forever). So:
 
 - a file is written whole to a fresh temporary file created in its own directory
   (`O_CREAT | O_EXCL | O_NOFOLLOW`: never an existing name, never through a link), fsynced,
-  then renamed over its name; a failed write (a full disk) removes the temporary file;
+  then renamed over its name; a failed write (a full disk) removes the temporary file,
+  leaves the old file as it was, and is one line;
 - a file is appended to only when it is a regular file reached without a link;
 - a file is read only when it is a regular file reached without a link (opened
   non-blocking, so a FIFO is seen for what it is instead of waiting for a writer);
@@ -41,13 +42,19 @@ def write_atomic(path: str | Path, data: bytes | str, inside: str | Path | None 
     check_no_links(path, inside)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = _open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fd = _open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:  # a folder that is not writable, or missing
+        raise DqarError(f"{path}: not written ({exc.strerror or exc}); choose a path in a writable folder") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota: the old file stands, no temporary file is left
+        tmp.unlink(missing_ok=True)
+        raise DqarError(f"{path}: not written ({exc.strerror or exc}); free some space or choose another path, and run again") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

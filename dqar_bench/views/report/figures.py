@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dqar_bench.views.plot import plot_run
+from dqar_bench.views.plot import plain, plot_run
 from dqar_bench.views.report.markup import esc, figure_png, png_uri
 from dqar_bench.views.report.runs import Run
 
@@ -63,7 +63,7 @@ def timeline_section(runs: list[Run], columns: int = 4) -> str:
         if base_ms and not entry.is_baseline:
             ax.plot(range(len(base_ms)), base_ms, color="#94a3b8", linewidth=1.0, zorder=1)
         ax.plot(range(len(ms)), ms, color="black" if entry.is_baseline else "#1d4ed8", linewidth=1.4, zorder=2)
-        ax.set_title(f"{entry.label}  (median {statistics.median(ms):.1f} ms)", fontsize=8.5, loc="left")
+        ax.set_title(plain(f"{entry.label}  (median {statistics.median(ms):.1f} ms)"), fontsize=8.5, loc="left")
         ax.set_ylim(0, top)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.25, linewidth=0.6)
