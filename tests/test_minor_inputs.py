@@ -103,3 +103,34 @@ def test_the_pickle_refusal_names_the_refused_call(tmp_path, protocol):
     path.write_bytes(pickle.dumps({"w": Calls()}, protocol=protocol))
     with pytest.raises(DqarError, match=r"not plain weights \(it calls posix\.system\)"):
         check_weights_file(path, "field 'quality.inception_weights'")
+
+
+@pytest.mark.parametrize(("field", "value"), [("seeds", "0,1"), ("reuse_map", "lots"), ("median_s", "fast"), ("quality", {"psnr_db": "high"})])
+def test_a_malformed_record_is_left_out_of_the_report_in_one_line(finished, capsys, field, value):  # noqa: F811
+    import json
+
+    _, out = finished
+    lines = (out / "records.jsonl").read_text().splitlines()
+    record = json.loads(lines[-1])
+    record[field] = value
+    (out / "records.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(record)]) + "\n")
+    assert main(["report", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"record of case '{record['case']}' left out: field '{field}" in err and err.count("\n") == 1, err
+
+
+def test_a_long_reuse_map_is_drawn_in_bounded_columns(finished, capsys):  # noqa: F811
+    import json
+
+    from dqar_bench.views.report.reuse import MAX_COLUMNS
+
+    _, out = finished
+    lines = (out / "records.jsonl").read_text().splitlines()
+    record = json.loads(lines[-1])
+    assert record["case"] == "iv"
+    record.update(reuse_map=[[1, 0]] * 100_000, reuse_map_calls=1, step_s=None)
+    (out / "records.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(record)]) + "\n")
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert page.count('title="steps ') == 2 * MAX_COLUMNS and 'data-reused="100000"' in page
+    assert len(page) < 2_000_000

@@ -113,6 +113,7 @@ def load_runs(paths: list[str | Path], cases: set[str] | None = None) -> list[Ru
         if not path.is_dir():
             raise DqarError(f"{path}: not a directory; give a run directory (one that holds records.jsonl)")
         records = read_records(path / RECORDS)  # read before RunDir(), which would create folders
+        records = [r for r in records if _well_formed(r, path)]
         if cases is not None:
             records = [r for r in records if r["case"] in cases]
         if not records:
@@ -127,6 +128,52 @@ def load_runs(paths: list[str | Path], cases: set[str] | None = None) -> list[Ru
         rows = {row["case"]: row for row in run.frame.to_dict("records")}
         run.entries = [Entry(run, record, rows[case], f"{run.label}: " if several else "") for case, record in latest.items()]
     return runs
+
+
+NUMBERS = ("median_s", "per_image_s", "reuse_ratio", "cold_s", "class_accuracy", "reused", "evaluations")
+NUMBER_LISTS = ("latency_s", "round_s", "baseline_round_s", "warmup_s")
+
+
+def _well_formed(record: dict[str, Any], path: Path) -> bool:
+    """Whether a record has the shape a run writes, in the fields the report reads; one that
+    does not (numbers as text, a reuse map that is no grid) is named on stderr and left out."""
+    problem = _malformed(record)
+    if problem:
+        print(f"report: {path / RECORDS}: record of case {str(record.get('case'))[:80]!r} left out: {problem}", file=sys.stderr)
+    return problem is None
+
+
+def _malformed(record: dict[str, Any]) -> str | None:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(record.get("case"), str):
+        return "field 'case' is not text"
+    seeds = record.get("seeds")
+    if seeds is not None and not (isinstance(seeds, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+        return "field 'seeds' is not a list of integers"
+    for key in NUMBERS:
+        if record.get(key) is not None and not number(record[key]):
+            return f"field '{key}' is not a number"
+    for key in NUMBER_LISTS:
+        value = record.get(key)
+        if value is not None and not (isinstance(value, list) and all(number(x) for x in value)):
+            return f"field '{key}' is not a list of numbers"
+    for key in ("reuse_map", "step_s"):
+        grid = record.get(key)
+        if grid is not None and not (isinstance(grid, list) and all(isinstance(row, list) and all(number(x) for x in row) for row in grid)):
+            return f"field '{key}' is not a grid of numbers"
+    grid = record.get("reuse_map")
+    if grid and (len({len(row) for row in grid}) != 1 or not isinstance(record.get("reuse_map_calls"), int)):
+        return "field 'reuse_map' is not a full grid with an integer 'reuse_map_calls'"
+    for key in ("quality", "fidelity", "latency", "flops"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            return f"field '{key}' is not a mapping"
+    quality = record.get("quality") or {}
+    for key in ("psnr_db", "ssim", "lpips", "mse", "image_mse"):
+        if quality.get(key) is not None and not number(quality[key]):
+            return f"field 'quality.{key}' is not a number"
+    return None
 
 
 def one_line(exc: BaseException) -> str:
