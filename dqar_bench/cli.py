@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dqar_bench.config.suite import load_suites
 
     if args.rank_timeout is not None and not 0 < args.rank_timeout <= MAX_RANK_TIMEOUT_S:  # inf and nan too: a timer takes neither
-        raise DqarError(f"--rank-timeout must be a number of seconds > 0 and <= {MAX_RANK_TIMEOUT_S} (a week), got {args.rank_timeout:g}")
+        raise DqarError(f"--rank-timeout must be a positive number of seconds up to {MAX_RANK_TIMEOUT_S} (a week), got {args.rank_timeout:g}")
     suites = load_suites(args.suite, inception_weights=args.inception_weights)  # a bad suite is one line here, not one per rank
     for suite in suites:
         problem = offline_problem(suite.model, suite.allow_download, suite.pipeline)

@@ -71,7 +71,7 @@ def test_a_damaged_preview_costs_its_pictures_not_the_report(finished, capsys, d
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])
 def test_rank_timeout_must_be_a_usable_number_of_seconds(write_suite, capsys, value):
     assert main(["run", str(write_suite(SMALL_SUITE_HEAD + CASES)), "--rank-timeout", value]) == 2
-    assert "--rank-timeout must be a number of seconds > 0" in one_line(capsys)
+    assert "--rank-timeout must be a positive number of seconds up to 604800 (a week)" in one_line(capsys)
 
 
 @pytest.mark.parametrize("steps", ["0", "-3", "2000"])
