@@ -14,6 +14,11 @@ from typing import Any, Callable
 
 from dqar_bench.core.errors import DqarError
 
+MAX_RANK_TIMEOUT_S = 7 * 24 * 3600
+"""A week: longer than any collective should wait, and within what torch's timers take (inf overflows them)."""
+MAX_CHECK_STEPS = 1000
+"""`check-part --steps` at most: the tiny models' schedules have 1000 training steps."""
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     """A suite file of several models runs one suite per model, into `<output>/<model>/`."""
@@ -24,8 +29,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dqar_bench.model.models import offline_problem
     from dqar_bench.config.suite import load_suites
 
-    if args.rank_timeout is not None and not args.rank_timeout > 0:
-        raise DqarError(f"--rank-timeout must be a positive number of seconds, got {args.rank_timeout:g}")
+    if args.rank_timeout is not None and not 0 < args.rank_timeout <= MAX_RANK_TIMEOUT_S:  # inf and nan too: a timer takes neither
+        raise DqarError(f"--rank-timeout must be a positive number of seconds up to {MAX_RANK_TIMEOUT_S} (a week), got {args.rank_timeout:g}")
     suites = load_suites(args.suite, inception_weights=args.inception_weights)  # a bad suite is one line here, not one per rank
     for suite in suites:
         problem = offline_problem(suite.model, suite.allow_download, suite.pipeline)
@@ -88,6 +93,8 @@ def cmd_check_part(args: argparse.Namespace) -> int:
     from dqar_bench.core.plugins import get_registry
     from dqar_bench.testing import check_part, find_part
 
+    if not 1 <= args.steps <= MAX_CHECK_STEPS:
+        raise DqarError(f"--steps: {args.steps} is not a step count the tiny models can sample; give 1 to {MAX_CHECK_STEPS} (their schedules have 1000 training steps)")
     registry = get_registry()
     cls = find_part(registry, args.name, args.kind)
     results = check_part(cls, registry=registry, steps=args.steps)
@@ -206,8 +213,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from dqar_bench.core.files import write_atomic
     from dqar_bench.views import compare
 
+    if args.json and (Path(args.json).is_dir() or not Path(args.json).parent.is_dir()):
+        why = "is a directory" if Path(args.json).is_dir() else f"its folder {Path(args.json).parent} does not exist"
+        raise DqarError(f"--json {args.json}: {why}; give the path of a file to write in an existing folder")
     comparison = compare.compare_runs(
         args.base,
         args.new,
@@ -220,7 +231,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     print(compare.render_comparison(comparison))
     if args.json:
-        Path(args.json).write_text(json.dumps(compare.benchmark_entries(compare.read_records(args.new)), indent=1) + "\n")
+        write_atomic(Path(args.json), json.dumps(compare.benchmark_entries(compare.read_records(args.new)), indent=1) + "\n")
         print(f"\nbenchmark JSON (customSmallerIsBetter): {args.json}")
     return comparison.exit_status
 

@@ -254,4 +254,4 @@ def test_a_rank_timeout_must_be_positive(tmp_path, capsys):
     from dqar_bench.cli import main
 
     assert main(["run", str(tmp_path / "s.yaml"), "--rank-timeout", "0"]) == 2
-    assert capsys.readouterr().err == "error: --rank-timeout must be a positive number of seconds, got 0\n"
+    assert capsys.readouterr().err == "error: --rank-timeout must be a positive number of seconds up to 604800 (a week), got 0\n"

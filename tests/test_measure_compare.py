@@ -183,7 +183,7 @@ def test_quality_defaults_and_overrides(tmp_path):
     assert main(["compare", str(base), str(worse), "--max-quality-drop", "off", "--max-fid-rise", "off", "--max-accuracy-drop", "off"]) == 0
 
 
-def test_non_finite_quality_or_timing_is_a_regression_and_in_base_inconclusive(tmp_path, capsys):
+def test_non_finite_quality_in_either_run_or_new_timing_is_a_regression_and_base_timing_inconclusive(tmp_path, capsys):
     base = write_run(tmp_path / "a", [record("q", 1.5, psnr=30.0), record("t", 1.5, seed=1), record("b", 1.5, seed=2, psnr=float("nan"))])
     new = write_run(tmp_path / "b", [
         record("q", 1.5, seed=3, psnr=float("nan")),
@@ -193,10 +193,10 @@ def test_non_finite_quality_or_timing_is_a_regression_and_in_base_inconclusive(t
     by_case = {c.case: c for c in compare_runs(base, new).changes}
     assert by_case["q"].regressions == ["non-finite quality.psnr_db"]
     assert by_case["t"].regressions == ["non-finite cold_s"]
-    assert by_case["b"].inconclusive == ["the base run holds non-finite quality.psnr_db, so it is no reference"]
+    assert by_case["b"].regressions == ["failed quality measurement: base quality.psnr_db non-finite"]  # issue 23: either run
     assert main(["compare", str(base), str(new)]) == 1
-    only_b = write_run(tmp_path / "c", [record("b", 1.5, seed=5, psnr=30.0)])
-    assert main(["compare", str(base), str(only_b)]) == 3  # nothing regressed; "b" cannot be judged
+    only_t = write_run(tmp_path / "c", [record("t", 1.5, seed=5)])
+    assert main(["compare", str(new), str(only_t)]) == 3  # a non-finite base timing: "t" cannot be judged
 
 
 def test_failed_and_one_sided_cases(tmp_path):

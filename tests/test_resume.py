@@ -262,7 +262,10 @@ def test_outputs_are_fsynced_before_their_rename(tmp_path, monkeypatch):
         final = run.save_outputs("x", {0: torch.ones(2)})
     finally:
         run.close()
-    tmp = str(final) + ".tmp"
+    replaced = [e for e in events if e.startswith("replace ")]
+    assert len(replaced) == 1
+    tmp = replaced[0].removeprefix("replace ")
+    assert Path(tmp).parent == final.parent and Path(tmp).name.endswith(".tmp")  # made beside its final name
     assert events.index(f"fsync {tmp}") < events.index(f"replace {tmp}")
 
 

@@ -48,7 +48,7 @@ def check_weights_file(path: str | Path, what: str) -> None:
         if _is_safetensors(path):
             return
         raise DqarError(
-            f"{what}: {path} is refused: it is not plain weights ({_unpickler_detail(exc)}), and a pickle that builds "
+            f"{what}: {path} is refused: it is not plain weights ({_unpickler_detail(exc, path)}), and a pickle that builds "
             f"other objects can run code when loaded; {SAFE_FORMATS}"
         ) from None
     except Exception as exc:  # a truncated zip, an empty file, ...
@@ -93,12 +93,46 @@ def _read_safetensors_header(path: Path) -> None:
         handle.keys()
 
 
-def _unpickler_detail(exc: BaseException) -> str:
-    """torch's message, cut to what the unpickler refused ("Unsupported global: GLOBAL io.open")."""
+def _unpickler_detail(exc: BaseException, path: Path | None = None) -> str:
+    """What the file would have called (`it calls posix.system`), read from its pickle
+    opcodes; else torch's message, cut to what the unpickler refused."""
+    called = _refused_globals(path) if path is not None else []
+    if called:
+        return "it calls " + ", ".join(called[:3]) + (f" and {len(called) - 3} more" if len(called) > 3 else "")
     text = str(exc)
     match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\s+was not an allowed global|\n\n|$)", text, re.S)
     detail = " ".join(match.group(1).split()) if match else _first_line(exc)
     return detail[:160]
+
+
+def _refused_globals(path: Path) -> list[str]:
+    """The globals a pickle (bare, or `data.pkl` in torch's zip) names that torch's weights-only
+    unpickler does not allow, in order; found by reading opcodes, never by unpickling."""
+    import pickletools
+    import zipfile
+
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+        allowed = set(_get_allowed_globals())
+        found: list[str] = []
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING", "BINSTRING", "STRING"):
+                strings.append(str(arg))
+            elif op.name in ("GLOBAL", "STACK_GLOBAL"):
+                name = str(arg).replace(" ", ".") if op.name == "GLOBAL" else ".".join(strings[-2:])
+                if name not in allowed and not name.startswith("torch.") and name not in found:
+                    found.append(name)
+        return found
+    except Exception:  # noqa: BLE001 - a pickle too broken to scan: torch's own words stand
+        return []
 
 
 def _first_line(exc: BaseException) -> str:

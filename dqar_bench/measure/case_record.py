@@ -49,6 +49,8 @@ class CaseRecord:
     description: str = ""
     suite: str = ""
     baseline_case: str | None = None
+    baseline_key: str | None = None
+    """The case key of the baseline this record's paired figures were measured against (resume checks it)."""
     settings: dict[str, Any] | None = None
     """The measurement settings the key hashes with the identity (timing, quality, threads)."""
     identity_recorded: bool = True
@@ -74,6 +76,8 @@ class CaseRecord:
     error: str | None = None
     traceback: str | None = None
     outputs_file: str | None = None
+    outputs_sha256: str | None = None
+    """sha256 of the outputs as saved (`run.resume.outputs_digest`): a resume sees data changed under an intact header."""
 
     # preparation: warmup, scored calls
     execution: dict[str, Any] | None = None

@@ -8,6 +8,11 @@ statistics of an image folder are made once with `dqar-bench fid-stats FOLDER` a
 next to it, tagged with the feature extractor that made them, so statistics of another
 extractor are refused in one line instead of giving a meaningless distance.
 
+Statistics are checked when read (`check_statistics`): `mu` a vector of the extractor's
+features, `sigma` a square matrix of that size, every value finite, `sigma` symmetric and
+positive semi-definite within a tolerance. A covariance that is not PSD gives a negative
+"distance" (-6.4e7 was seen) and a NaN mean a NaN one; both would be recorded as figures.
+
 The suite names them as `quality.fid: {num_images: N, reference_stats: PATH}`
 (`parse_fid_config`); a plain `quality.fid: N` keeps its meaning.
 """
@@ -15,6 +20,7 @@ The suite names them as `quality.fid: {num_images: N, reference_stats: PATH}`
 from __future__ import annotations
 
 import difflib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +29,17 @@ import numpy as np
 import torch
 
 from dqar_bench.core.errors import DqarError, SuiteError
+from dqar_bench.core.files import write_atomic
 
 FID_KEYS = ("num_images", "reference_stats")
+SYMMETRY_TOL = 1e-6
+"""Largest |sigma - sigma^T| allowed, relative to the largest |sigma|: `np.cov` is exactly
+symmetric, and a float32 copy of it still is (rounding is per entry, alike on both sides)."""
+PSD_TOL = 1e-6
+"""How far below zero sigma's smallest eigenvalue may fall, relative to its largest variance.
+A covariance of fewer images than features is singular: its zero eigenvalues come out at
+about -1e-15 of the largest in float64 and -1e-8 after a float32 round trip (measured on
+100 x 2048 Gaussian features); 1e-6 is above both and far below a broken matrix."""
 
 
 @dataclass(frozen=True)
@@ -76,34 +91,85 @@ def _count(value: Any, field: str, error: Any) -> int:
     return value
 
 
-def read_statistics(path: str | Path, feature_extractor: str | None = None) -> dict[str, np.ndarray]:
-    """`mu` and `sigma` (float64) of a statistics file, refused if another extractor made it."""
+def read_statistics(path: str | Path, feature_extractor: str | None = None, features: int | None = None) -> dict[str, np.ndarray]:
+    """`mu` and `sigma` (float64) of a statistics file, checked (`check_statistics`; `features`:
+    the extractor's feature count, where known), refused if another extractor made it."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DqarError(f"FID reference statistics: no file at {path}; make it with `dqar-bench fid-stats FOLDER` or point the suite at an existing .npz")
     try:
-        data = np.load(path)
+        data = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise DqarError(f"FID reference statistics: {path} is not a readable .npz ({exc})") from None
+        raise DqarError(f"FID reference statistics: {path} is not a readable .npz ({_first_line(exc)})") from None
     with data:
         if "mu" not in data or "sigma" not in data:
             raise DqarError(f"field 'quality.reference': {path} has no 'mu' and 'sigma' arrays (FID statistics)")
-        made_by = str(data["feature_extractor"]) if "feature_extractor" in data else None
+        try:
+            made_by = str(data["feature_extractor"]) if "feature_extractor" in data else None
+            mu, sigma = np.asarray(data["mu"], dtype=np.float64), np.asarray(data["sigma"], dtype=np.float64)
+        except Exception as exc:  # pickled objects (refused, never loaded), text, a damaged member
+            raise DqarError(f"FID reference statistics {path}: unreadable arrays ({_first_line(exc)}); {REMAKE}") from None
         if feature_extractor is not None and made_by is not None and made_by != feature_extractor:
             raise DqarError(
                 f"FID reference statistics {path} were made with feature extractor '{made_by}', the run uses '{feature_extractor}'; "
                 f"make them again with `dqar-bench fid-stats FOLDER --feature-extractor {feature_extractor}`"
             )
-        return {"mu": np.asarray(data["mu"], dtype=np.float64), "sigma": np.asarray(data["sigma"], dtype=np.float64)}
+    check_statistics(mu, sigma, path, features)
+    return {"mu": mu, "sigma": sigma}
+
+
+REMAKE = "make them again with `dqar-bench fid-stats FOLDER`"
+
+
+def check_statistics(mu: np.ndarray, sigma: np.ndarray, path: str | Path, features: int | None = None) -> None:
+    """Refuse (one line) statistics no Frechet distance can be computed from."""
+    where = f"FID reference statistics {path}"
+    if mu.ndim != 1 or mu.size == 0:
+        raise DqarError(f"{where}: 'mu' has shape {mu.shape}, not a vector of features; {REMAKE}")
+    if features is not None and mu.size != features:
+        raise DqarError(f"{where}: {mu.size} features, the feature extractor gives {features}; {REMAKE} with the run's extractor")
+    if sigma.shape != (mu.size, mu.size):
+        raise DqarError(f"{where}: 'sigma' has shape {sigma.shape}, not ({mu.size}, {mu.size}) for {mu.size} features; {REMAKE}")
+    for name, value in (("mu", mu), ("sigma", sigma)):
+        bad = int(value.size - np.isfinite(value).sum())
+        if bad:
+            raise DqarError(f"{where}: '{name}' holds {bad} NaN or infinite value(s); {REMAKE}")
+    scale = float(np.abs(sigma).max())
+    skew = float(np.abs(sigma - sigma.T).max())
+    if skew > SYMMETRY_TOL * scale:
+        raise DqarError(f"{where}: 'sigma' is not symmetric (largest |sigma - sigma^T| = {skew:.3g}, largest |sigma| = {scale:.3g}); {REMAKE}")
+    jitter = PSD_TOL * max(float(np.diag(sigma).max()), 0.0) + np.finfo(np.float64).tiny
+    try:  # sigma + jitter*I has a Cholesky factor iff sigma's smallest eigenvalue is above -jitter (cheaper than eigenvalues)
+        np.linalg.cholesky(sigma + jitter * np.eye(mu.size))
+    except np.linalg.LinAlgError:
+        raise DqarError(f"{where}: 'sigma' is not positive semi-definite (an eigenvalue below -{jitter:.3g}), so it is no covariance; {REMAKE}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def write_statistics(path: str | Path, stats: dict[str, np.ndarray], feature_extractor: str, num_images: int, source: str) -> Path:
     """Write statistics atomically, tagged with what made them."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, mu=stats["mu"], sigma=stats["sigma"], feature_extractor=feature_extractor, num_images=num_images, source=source)
-    tmp.replace(path)
-    return path
+    data = io.BytesIO()
+    np.savez(data, mu=stats["mu"], sigma=stats["sigma"], feature_extractor=feature_extractor, num_images=num_images, source=source)
+    return write_atomic(Path(path), data.getvalue())
+
+
+def _cache_holds(target: Path, feature_extractor: str, count: int) -> bool:
+    """Whether `target` holds sound statistics of `count` images by `feature_extractor`; a
+    damaged or tampered cache does not, and is made again."""
+    if not target.is_file():
+        return False
+    try:
+        with np.load(target, allow_pickle=False) as old:
+            if str(old["feature_extractor"]) != feature_extractor or int(old["num_images"]) != count:
+                return False
+        read_statistics(target, feature_extractor)
+    except Exception:  # noqa: BLE001 - anything wrong with a cache means: make it again
+        return False
+    return True
 
 
 def cached_path(folder: str | Path, feature_extractor: str) -> Path:
@@ -131,10 +197,15 @@ def folder_statistics(
         raise DqarError(f"fid-stats: {folder} is not a folder of images")
     files = image_files(folder, "fid-stats")
     target = Path(output).expanduser() if output is not None else cached_path(folder, feature_extractor)
-    if target.is_file():
-        with np.load(target) as old:
-            if str(old.get("feature_extractor", "")) == feature_extractor and int(old.get("num_images", -1)) == len(files):
-                return target
+    if target.is_dir():
+        raise DqarError(f"fid-stats -o {target}: is a directory; give the path of a .npz file to write")
+    if not target.parent.is_dir():
+        raise DqarError(f"fid-stats -o {target}: the folder {target.parent} does not exist; create it or choose another path")
+    if _cache_holds(target, feature_extractor, len(files)):
+        return target
+    if len(files) < 2:
+        raise DqarError(f"fid-stats: {folder} holds {len(files)} image; a covariance needs at least 2 (FID-50K uses 50,000)")
     extractor = Extractor(feature_extractor, weights_path, ("fid",), device)
     stats = fid_statistics(extractor.features(image_dataset(files))[extractor.layers["fid"]])
+    check_statistics(stats["mu"], stats["sigma"], f"made from {folder}")
     return write_statistics(target, stats, feature_extractor, len(files), str(folder.resolve()))

@@ -29,6 +29,9 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
 METRICS = ("fid", "kid", "isc")
 WEIGHTS_OPTION = "'quality.inception_weights' in the suite (or --inception-weights PATH)"
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Larger images are refused before they are decoded: a decompression bomb is a small file
+that decodes to gigabytes, and FID images are a few hundred pixels a side."""
 
 # Feature extractors that register themselves when their module is imported.
 PROVIDERS = {"dqar-digits-classifier": "dqar_bench.model.reference.classifier"}
@@ -235,7 +238,8 @@ class Fidelity:
                 f"reference statistics have {self._ref_stats['mu'].shape[0]} features, feature extractor "
                 f"'{self.name}' gives {stats['mu'].shape[0]}: the statistics were made with another extractor"
             )
-        return float(fid_statistics_to_metric(stats, self._ref_stats, False)["frechet_inception_distance"])
+        fid = float(fid_statistics_to_metric(stats, self._ref_stats, False)["frechet_inception_distance"])
+        return checked_fid(fid, stats, self._ref_stats)
 
     def _kid(self, features: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
         from torch_fidelity.metric_kid import kid_features_to_metric
@@ -260,7 +264,8 @@ class Fidelity:
         if path.is_file() and path.suffix == ".npz":
             from dqar_bench.measure.fid_stats import read_statistics
 
-            return str(path), None, read_statistics(path, self.name)
+            layer = self.layers.get("fid", "")
+            return str(path), None, read_statistics(path, self.name, int(layer) if layer.isdigit() else None)
         if path.is_dir():
             files = image_files(path)
             return f"{path} ({len(files)} images)", *self._with_stats(self.features(image_dataset(files)))
@@ -288,9 +293,61 @@ def image_files(folder: Path, what: str = "field 'quality.reference'") -> list[s
 
 
 def image_dataset(files: list[str]) -> Dataset:
-    from torch_fidelity.datasets import ImagesPathDataset
+    return ImageFiles(files)
 
-    return ImagesPathDataset(files)
+
+class ImageFiles(Dataset):
+    """Images of a folder as torch-fidelity reads them (RGB uint8, CHW), with every file that
+    cannot be one named in one line: not an image, broken, of another size than the first,
+    or over `MAX_IMAGE_PIXELS` (refused before decoding)."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+        self.size: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        path = self.files[index]
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DqarError(f"{path}: {width}x{height} pixels, over the limit of {MAX_IMAGE_PIXELS:,} (a decompression bomb?); resize or remove it")
+                rgb = img.convert("RGB")
+        except DqarError:
+            raise
+        except Image.DecompressionBombError:
+            raise DqarError(f"{path}: over the limit of {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); resize or remove it") from None
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DqarError(f"{path}: not a readable image ({text}); remove or replace it") from None
+        if self.size is None:
+            self.size = rgb.size
+        elif rgb.size != self.size:
+            first = "x".join(map(str, self.size))
+            raise DqarError(f"{path}: {width}x{height} pixels, the images before it are {first}; FID needs images of one size, resize them")
+        return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+
+
+FID_ROUNDING = 1e-6
+"""A distance may come out below zero by rounding alone (identical sets give a tiny negative
+of the variances' scale); beyond this fraction of trace(sigma_1) + trace(sigma_2) it is not rounding."""
+
+
+def checked_fid(fid: float, stats: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    """The FID, or a one-line error: a NaN, infinite or negative distance is a failed measurement, never a value."""
+    scale = float(np.trace(stats["sigma"]) + np.trace(reference["sigma"]))
+    if not np.isfinite(fid):
+        raise DqarError(f"FID is {fid}: a failed measurement (non-finite features or statistics), not recorded as a value")
+    if fid < 0:
+        if fid < -FID_ROUNDING * max(scale, 1.0):
+            raise DqarError(f"FID is {fid:.6g}, below zero: a failed measurement (a covariance that is not positive semi-definite), not recorded as a value")
+        return 0.0
+    return fid
 
 
 def _float64(stats: dict[str, Any]) -> dict[str, np.ndarray]:

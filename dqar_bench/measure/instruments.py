@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from dqar_bench.core.errors import DqarError
+from dqar_bench.core.files import read_bytes, write_atomic
 from dqar_bench.measure.fidelity import Extractor, Features, Fidelity, ensure_registered, to_uint8
 from dqar_bench.measure.progress import Progress
 from dqar_bench.measure.clip_score import ClipScorer, load_clip
@@ -156,10 +157,8 @@ def generate_images(
 
 
 def save_features(path: Path, features: Features) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
-    tmp.replace(path)
+    write_atomic(path, save({k: v.contiguous() for k, v in features.items()}))
 
 
 def load_features(path: Path) -> dict[str, torch.Tensor] | None:
-    return load_file(str(path)) if path.exists() else None
+    return load(read_bytes(path)) if path.exists() or path.is_symlink() else None

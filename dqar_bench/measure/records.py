@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from dqar_bench.core.errors import DqarError
 from dqar_bench.measure.case_record import CaseRecord, environment_file, upgrade
+from dqar_bench.core.files import UnsafeFile, check_tree, open_append, read_bytes, read_text, write_atomic
 
 try:
     import fcntl
@@ -96,6 +96,7 @@ class RunDir:
         """Make (or reopen, on resume) the directory and take its lock for this run."""
         run = cls(path)
         run.path.mkdir(parents=True, exist_ok=True)
+        check_tree(run.path, ("outputs", "previews"))  # no link or FIFO where the run writes or reads
         run._take_lock()
         try:
             if not resume and (run.records() or _nonempty(run.rounds_path)):
@@ -107,7 +108,7 @@ class RunDir:
         return run
 
     def _take_lock(self) -> None:
-        fh = open(self.path / LOCK, "a+b")
+        fh = open_append(self.path / LOCK)
         if fcntl is not None:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,20 +178,17 @@ class RunDir:
 
     def save_outputs(self, case: str, outputs: dict[int, torch.Tensor]) -> Path:
         path = self.outputs_path(case)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({f"seed_{seed}": t.detach().float().cpu().contiguous() for seed, t in outputs.items()}, str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync(path.parent)
-        return path
+        return write_atomic(path, save({f"seed_{seed}": t.detach().float().cpu().contiguous() for seed, t in outputs.items()}), self.path)
 
     def load_outputs(self, case: str) -> dict[int, torch.Tensor]:
         """The case's saved outputs; `OutputsError` (naming the file) if missing or unreadable."""
         path = self.outputs_path(case)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise OutputsError(f"{path}: missing")
         try:
-            return {int(k.split("_", 1)[1]): v for k, v in load_file(str(path)).items()}
+            return {int(k.split("_", 1)[1]): v for k, v in load(read_bytes(path, self.path)).items()}
+        except UnsafeFile as exc:
+            raise OutputsError(str(exc)) from None
         except Exception as exc:
             raise OutputsError(f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})") from None
 
@@ -198,29 +196,22 @@ class RunDir:
         """Small uint8 images of a case's outputs per seed (decoded at run time), for the report."""
         path = self._previews_path(case)
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({f"seed_{seed}": t.contiguous() for seed, t in previews.items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        write_atomic(path, save({f"seed_{seed}": t.contiguous() for seed, t in previews.items()}, metadata=meta), self.path)
 
     def load_previews(self, case: str) -> tuple[dict[int, torch.Tensor], dict[str, str]] | None:
         """The previews saved for `case` and their metadata, or None when the run kept none."""
         path = self._previews_path(case)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return None
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-            return {int(k.split("_", 1)[1]): fh.get_tensor(k) for k in fh.keys()}, meta
+        data = read_bytes(path, self.path)
+        meta = (json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}) if len(data) >= 8 else {}  # the safetensors header
+        return {int(k.split("_", 1)[1]): v for k, v in load(data).items()}, meta
 
     def _previews_path(self, case: str) -> Path:
         return self.path / "previews" / outputs_file_name(case)
 
     def write_text(self, name: str, text: str) -> Path:
-        path = self.path / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        _fsync(tmp)
-        os.replace(tmp, path)
-        return path
+        return write_atomic(self.path / name, text, self.path)
 
 
 class OutputsError(Exception):
@@ -230,7 +221,7 @@ def append_line(path: Path, entry: dict[str, Any]) -> None:
     """One JSON line appended and fsynced, so a crash loses at most the line in flight; a
     torn last line (a crash mid-write) is left as it is and the new line starts fresh."""
     line = json.dumps(entry, default=_plain) + "\n"
-    with open(path, "a+b") as fh:
+    with open_append(path) as fh:
         if fh.tell() > 0:
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) != b"\n":
@@ -262,10 +253,10 @@ def read_records(path: Path, environments: dict[str, dict[str, Any]] | None = No
 def read_lines(path: Path, accept: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file that `accept` takes, in order; a torn or blank
     line (a crash mid-write) is skipped, and a missing file has none."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(path).splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
@@ -277,14 +268,6 @@ def read_lines(path: Path, accept: Callable[[dict[str, Any]], bool]) -> list[dic
 
 def _nonempty(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _plain(value: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from dqar_bench.core.errors import ModelError
 from dqar_bench.model import families
 from dqar_bench.model.families import Family
 from dqar_bench.model.sampling import latents_shape, num_blocks
@@ -97,18 +98,24 @@ def config_int(transformer: torch.nn.Module, key: str) -> int | None:
 
 
 def local_json(name: str, file: str) -> dict[str, Any] | None:
-    """`file` of checkpoint `name` from a folder or the local Hugging Face cache; None if not on disk
-    or not a JSON object (nothing is downloaded)."""
+    """`file` of checkpoint `name` from a folder or the local Hugging Face cache; None where it is
+    not on disk (nothing is downloaded), a one-line `ModelError` where it is but is not a JSON
+    object (never taken for missing)."""
     path = Path(name).expanduser() / file
     try:
         if not path.exists():
             from huggingface_hub import hf_hub_download
 
             path = Path(hf_hub_download(name, file, local_files_only=True))
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else None
     except Exception:
         return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({first_line(exc)}); fix it or download the checkpoint again") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: holds {type(data).__name__}, not a JSON object; fix it or download the checkpoint again")
+    return data
 
 
 def first_line(exc: BaseException) -> str:

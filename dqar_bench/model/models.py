@@ -17,6 +17,7 @@ unless the suite allows a download.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -406,15 +407,30 @@ def _load_checkpoint(name: str, allow_download: bool, dtype: torch.dtype = torch
     model_class = getattr(diffusers, family.classes[0])
     try:
         with weights_only_loads():  # a checkpoint's .bin pickles are read as data, never run
-            transformer = model_class.from_pretrained(source, subfolder="transformer", local_files_only=offline, torch_dtype=dtype)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        if is_local:
-            raise ModelError(f"model folder '{name}' has no loadable {model_class.__name__} in 'transformer/': {first_line(exc)}") from None
+            transformer, info = model_class.from_pretrained(
+                source, subfolder="transformer", local_files_only=offline, torch_dtype=dtype, output_loading_info=True)
+    except (OSError, ValueError, EnvironmentError, RuntimeError) as exc:
+        if is_local or not isinstance(exc, OSError):  # wrong-shape tensors, a refused pickle: the files are there
+            raise ModelError(f"model '{name}' has no loadable {model_class.__name__} in 'transformer/': {first_line(exc)}") from None
         raise ModelError(
             f"model '{name}' is not available offline; download it first "
             f"(`hf download {name}`) or set `model: {{name: {name}, download: true}}` in the suite"
         ) from None
-    return LoadedModel(name, transformer, _scheduler_config(source, offline, family), _load_vae(source, offline), family.name, source)
+    _check_loading(name, "transformer", info)
+    return LoadedModel(name, transformer, _scheduler_config(source, offline, family), _load_vae(name, source, offline), family.name, source)
+
+
+def _check_loading(name: str, part: str, info: dict[str, Any]) -> None:
+    """A checkpoint whose weights do not fill the model is refused: missing tensors would stay
+    at their random start (every case then fails as "non-finite outputs", or worse, runs)."""
+    missing, mismatched = list(info.get("missing_keys") or []), list(info.get("mismatched_keys") or [])
+    if missing:
+        raise ModelError(
+            f"model '{name}': '{part}/' weights lack {len(missing)} tensor(s) the model needs (e.g. {sorted(missing)[0]}); "
+            f"the checkpoint is incomplete: download or save it again"
+        )
+    if mismatched:
+        raise ModelError(f"model '{name}': '{part}/' weights have {len(mismatched)} tensor(s) of the wrong shape (e.g. {mismatched[0][0]}); the checkpoint does not match its config")
 
 
 def _scheduler_config(source: str, offline: bool, family: Family) -> dict[str, Any]:
@@ -425,19 +441,28 @@ def _scheduler_config(source: str, offline: bool, family: Family) -> dict[str, A
         if not path.exists():
             path = Path(hf_hub_download(source, "scheduler/scheduler_config.json", local_files_only=offline))
         config = json.loads(path.read_text())
-        return {k: v for k, v in config.items() if not k.startswith("_")}
     except Exception:
         return dict(family.scheduler)
+    shift = config.get("shift")
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift) or shift <= 0):
+        raise ModelError(f"{path}: field 'shift' is {shift!r}; a flow schedule's shift must be a number > 0 (1 leaves the schedule as it is)")
+    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def _load_vae(source: str, offline: bool) -> torch.nn.Module | None:
-    """The checkpoint's VAE, of the class its config names (AutoencoderKL, AutoencoderKLWan, ...)."""
-    try:
-        import diffusers
+def _load_vae(name: str, source: str, offline: bool) -> torch.nn.Module | None:
+    """The checkpoint's VAE, of the class its config names (AutoencoderKL, AutoencoderKLWan, ...);
+    None only where the checkpoint has none. A VAE that is there but does not load is refused:
+    dropped, quality would move to the latents under a note saying the model has no VAE."""
+    import diffusers
 
-        config = local_json(source, "vae/config.json") or {}
-        vae_class = getattr(diffusers, str(config.get("_class_name", "AutoencoderKL")), diffusers.AutoencoderKL)
-        with weights_only_loads():
-            return vae_class.from_pretrained(source, subfolder="vae", local_files_only=offline)
-    except Exception:
+    config = local_json(source, "vae/config.json")
+    if config is None:
         return None
+    vae_class = getattr(diffusers, str(config.get("_class_name", "AutoencoderKL")), diffusers.AutoencoderKL)
+    try:
+        with weights_only_loads():
+            vae, info = vae_class.from_pretrained(source, subfolder="vae", local_files_only=offline, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - whatever stops it, the one line says what
+        raise ModelError(f"model '{name}': its VAE in 'vae/' does not load ({type(exc).__name__}: {first_line(exc)[:200]}); fix or remove 'vae/'") from None
+    _check_loading(name, "vae", info)
+    return vae

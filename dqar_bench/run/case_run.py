@@ -166,7 +166,7 @@ class CaseRun:
             baseline_case=suite.baseline_for(case), settings=settings, batch=suite.batch, latent_shape=list(ctx.model.latent_shape),
             cond_len=ctx.condition.cond_len, device=str(ctx.device), rank=ctx.world.rank, world_size=ctx.world.world_size,
             suite_hash=suite.content_hash, pipeline_class=type(ctx.model.pipeline).__name__ if ctx.model.pipeline is not None else None,
-            environment=ctx.kit.environment_file, started=_now(),
+            environment=ctx.kit.environment_file, started=_now(), baseline_key=baseline[1] if baseline is not None else None,
         )
         self._scheduler = make_scheduler(suite.sampler, ctx.model.scheduler_config)
         self._meter = CaseMeter(ctx.device, suite.nvml_interval_s)

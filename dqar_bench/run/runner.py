@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,6 +46,7 @@ from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.run.distributed.runs import Outbox, check_devices, decide, deliver, my_cases, together
 from dqar_bench.run.distributed.shares import rank_entries
 from dqar_bench.core.world import World
+from dqar_bench.core.files import read_bytes, write_atomic
 from dqar_bench.core.errors import DqarError, ModelError, SuiteError
 from dqar_bench.config.identity import case_identity, case_key, measurement_settings
 from dqar_bench.measure import environment
@@ -61,7 +61,7 @@ from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import RunDir, check_target
 from dqar_bench.model.resolution import set_resolution
 from dqar_bench.views.report import keep_previews, report_run
-from dqar_bench.run.resume import ResumePlan, plan_resume
+from dqar_bench.run.resume import ResumePlan, outputs_digest, plan_resume
 from dqar_bench.measure.rounds import RoundLog, round_order, timed_as
 from dqar_bench.model.sampling import Condition
 from dqar_bench.config.suite import Case, Suite
@@ -126,7 +126,7 @@ def run_suite(
         check_target(path, resume)
         if resume:
             run = RunDir.open(path, resume=True)  # the directory exists: lock it first
-        return path, plan_resume(run, cases, keys, identities, settings, rerun_changed) if run is not None else ResumePlan()
+        return path, plan_resume(run, cases, keys, identities, settings, rerun_changed, {c.name: suite.baseline_for(c) for c in cases}) if run is not None else ResumePlan()
 
     try:
         path, plan = decide(world, open_resumed, "the run directory")
@@ -353,6 +353,7 @@ class _Session:
             if self._records(one) and one.outputs is not None:
                 self.run.save_outputs(case.name, one.outputs)
                 one.record.outputs_file = str(self.run.outputs_path(case.name).relative_to(self.run.path))
+                one.record.outputs_sha256 = outputs_digest(one.outputs)
                 keep_previews(self.run, case.name, one.outputs, self.kit.decode, say)  # decoded pictures for the report (VAE models)
             if one.blocked and self._records(one):  # its rounds are done (and its baseline's, prepared before it): record it now
                 record = one.finish(self.log.entries())
@@ -397,7 +398,7 @@ class _Session:
             case = self.suite.case(name)
             record = dataclasses.replace(found, case=name, renamed_from=found.case, baseline_case=self.suite.baseline_for(case))
             if found.ok:
-                shutil.copyfile(self.run.outputs_path(found.case), self.run.outputs_path(name))
+                write_atomic(self.run.outputs_path(name), read_bytes(self.run.outputs_path(found.case), self.run.path), self.run.path)
                 record.outputs_file = str(self.run.outputs_path(name).relative_to(self.run.path))
             self.run.append(record)
 

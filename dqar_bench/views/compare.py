@@ -17,8 +17,9 @@ Each case is judged on what can be trusted about it:
   reuse is a regression, with no tolerance; the other direction is reported as a change.
 - **Quality** is gated by default: PSNR to each run's own baseline down by more than 1 dB,
   class accuracy down by more than 2 points, FID up by more than 50 % (see docs/ci.md for
-  why 50 %). Any NaN or inf in the new run's quality or timing is a regression; in the
-  base run it makes the case inconclusive (it is no reference).
+  why 50 %). Any NaN or inf in the new run's quality or timing is a regression; so is a NaN,
+  inf or impossible quality value (a negative FID, an accuracy above 1) in either run,
+  named by its column; a non-finite timing in the base run makes the case inconclusive.
 - **What each case is** (`identity`: parts with every parameter and their plugin's
   version, model, sampler, steps, seeds, dtype, mode, dqar-bench version) is compared
   field by field and the differences printed; `strict` makes any difference fail.
@@ -286,7 +287,11 @@ class _Judge:
         broken_new, broken_base = nonfinite_fields(new), nonfinite_fields(base)
         if broken_new:
             change.regressions.append(f"non-finite {', '.join(broken_new)}")
-        if broken_base:
+        impossible = [f"base {f} non-finite" for f in broken_base if f.startswith(QUALITY_FIELDS)]
+        impossible += [f"{side} {f}" for side, r in (("base", base), ("new", new)) for f in impossible_quality(r)]
+        if impossible:  # a quality figure that cannot be is a failed measurement, whichever run holds it
+            change.regressions.append(f"failed quality measurement: {', '.join(impossible)}")
+        elif broken_base:
             change.inconclusive.append(f"the base run holds non-finite {', '.join(broken_base)}, so it is no reference")
         self._timing(change, base, new)
         self._work(change, base, new)
@@ -389,6 +394,23 @@ def nonfinite_fields(record: CaseRecord) -> list[str]:
     for key in QUALITY_FIELDS + TIMING_FIELDS:
         for path in _nonfinite_paths(getattr(record, key), key):
             found.append(path)
+    return found
+
+
+IMPOSSIBLE = {"fidelity.fid": (0.0, math.inf), "class_accuracy": (0.0, 1.0), "quality.ssim": (-1.0, 1.0), "quality.lpips": (0.0, math.inf)}
+"""The range each quality figure can hold; a value outside it is a failed measurement (a FID of -6.4e7 is no improvement)."""
+
+
+def impossible_quality(record: CaseRecord) -> list[str]:
+    """Quality columns of a record holding a value no measurement can give (`IMPOSSIBLE`)."""
+    found = []
+    for field_path, (low, high) in IMPOSSIBLE.items():
+        head, *rest = field_path.split(".")
+        value: Any = getattr(record, head, None)
+        for key in rest:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and not low <= value <= high:
+            found.append(f"{field_path} = {value:g}, impossible")
     return found
 
 

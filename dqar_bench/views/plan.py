@@ -79,7 +79,8 @@ class CasePlan:
 def geometry(suite: Suite) -> Geometry:
     """Blocks and timesteps of the suite's model and sampler, without loading weights."""
     from dqar_bench.model import families
-    from dqar_bench.model.models import BUILTIN_MODELS, DIT_SCHEDULER_CONFIG, _local_transformer_config, _scheduler_config, model_family
+    from dqar_bench.model.loaded import DIT_SCHEDULER_CONFIG
+    from dqar_bench.model.models import BUILTIN_MODELS, _local_transformer_config, _scheduler_config, model_family
     from dqar_bench.model.sampling import make_scheduler
 
     if suite.model in BUILTIN_MODELS:

@@ -9,10 +9,13 @@ skipped with a note.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import pandas as pd
+
+from dqar_bench.core.files import write_atomic
 
 
 def plot_run(frame: pd.DataFrame, path: Path, title: str = "") -> Path | str:
@@ -53,14 +56,14 @@ def plot_run(frame: pd.DataFrame, path: Path, title: str = "") -> Path | str:
             if _finite(row.get("speedup_low")) and _finite(row.get("speedup_high")):
                 err = [[max(0.0, y - row["speedup_low"])], [max(0.0, row["speedup_high"] - y)]]
             ax.errorbar([x], [y], yerr=err, fmt="o", color="tab:blue", capsize=3, zorder=2)
-        names.append(ax.annotate(row["case"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7))
+        names.append(ax.annotate(plain(row["case"]), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7))
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ticks = [t for t in ax.get_xticks() if t < right - 0.6 * gap]
     ax.set_xticks(ticks + [right])
     ax.set_xticklabels([f"{t:g}" for t in ticks] + ["identical"])
     ax.set_xlabel("PSNR to the baseline, dB (higher: closer)")
     ax.set_ylabel("speedup over the baseline (x)")
-    ax.set_title(f"{title}: speed against quality" if title else "speed against quality")
+    ax.set_title(plain(f"{title}: speed against quality" if title else "speed against quality"))
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(handles[:1], labels[:1], loc="best", fontsize=8)
@@ -68,8 +71,10 @@ def plot_run(frame: pd.DataFrame, path: Path, title: str = "") -> Path | str:
     fig.tight_layout()
     _spread(fig, names)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    write_atomic(path, png.getvalue())
     return path
 
 
@@ -98,6 +103,12 @@ def _spread(fig: object, labels: list) -> None:
             label.xyann = OFFSETS[0]
             box = label.get_window_extent(renderer)
         placed.append(box)
+
+
+def plain(label: str) -> str:
+    """A name as plain text in a figure: matplotlib reads `$...$` as math and fails the whole
+    figure on what it cannot parse (a case named `$\\frac{$`); `\\$` is a literal dollar."""
+    return str(label).replace("$", r"\$")
 
 
 def _finite(value: object) -> bool:

@@ -9,9 +9,13 @@ from pathlib import Path
 import pandas as pd
 
 from dqar_bench.measure.case_record import CaseRecord
-from dqar_bench.views.plot import plot_run
+from dqar_bench.views.plot import plain, plot_run
 from dqar_bench.views.report.markup import esc, figure_png, png_uri
 from dqar_bench.views.report.runs import Run
+
+
+MAX_PANELS = 48
+"""Cases drawn in the per-step figure at most: a bounded figure (the table holds every case)."""
 
 
 def step_medians(step_s: list[list[float]]) -> list[float]:
@@ -44,6 +48,8 @@ def timeline_section(runs: list[Run], columns: int = 4) -> str:
             base_ms = step_medians(base.record.step_s or []) if base is not None and base.ok else []
             panels.append((entry, step_medians(entry.record.step_s), base_ms))
     panels = [p for p in panels if p[1]]
+    left_out = len(panels) - MAX_PANELS
+    panels = panels[:MAX_PANELS]  # a bounded figure, whatever the number of cases
     if not panels:
         return '<p class="note">No per-step times in this run (per-step timing is off, or the cases ran compiled or as CUDA graphs).</p>'
     import matplotlib
@@ -55,7 +61,10 @@ def timeline_section(runs: list[Run], columns: int = 4) -> str:
     columns = min(columns, len(panels))
     rows = -(-len(panels) // columns)
     top = 1.08 * max(max(ms + base) for _, ms, base in panels)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 1.9 * rows + 0.3), sharex=True, sharey=True, squeeze=False)
+    # one scale set on each panel, not shared axes: matplotlib propagates every limit over all shared
+    # axes, which made the report's time grow with the square of the number of cases
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 1.9 * rows + 0.3), squeeze=False)
+    right = max(len(ms) for _, ms, _ in panels) - 0.5
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (entry, ms, base_ms) in zip(axes.flat, panels):
@@ -65,8 +74,10 @@ def timeline_section(runs: list[Run], columns: int = 4) -> str:
         if base_ms and not entry.is_baseline:
             ax.plot(range(len(base_ms)), base_ms, color="#94a3b8", linewidth=1.0, zorder=1)
         ax.plot(range(len(ms)), ms, color="black" if entry.is_baseline else "#1d4ed8", linewidth=1.4, zorder=2)
-        ax.set_title(f"{entry.label}  (median {statistics.median(ms):.1f} ms)", fontsize=8.5, loc="left")
+        ax.set_title(plain(f"{entry.label}  (median {statistics.median(ms):.1f} ms)"), fontsize=8.5, loc="left")
         ax.set_ylim(0, top)
+        ax.set_xlim(-0.5, right)
+        ax.tick_params(labelbottom=False, labelleft=any(ax is first for first in axes[:, 0]))
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.25, linewidth=0.6)
         for side in ("top", "right"):
@@ -84,6 +95,7 @@ def timeline_section(runs: list[Run], columns: int = 4) -> str:
         "guidance included): each case in blue over its baseline in grey, on one scale. The shading is the share of "
         "blocks that reused at that step (full height: all of them), so a reuse should show as a dip.</p>"
         f'<img class="figure" src="{png_uri(figure_png(fig))}" alt="per-step time of each case">'
+        + (f'<p class="note">The first {MAX_PANELS} cases are drawn; {left_out} more are in the table.</p>' if left_out > 0 else "")
     )
 
 

@@ -8,12 +8,12 @@ job, or opened offline.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from importlib import resources
 from pathlib import Path
 from string import Template
 
 from dqar_bench import __version__
+from dqar_bench.core.files import write_atomic
 from dqar_bench.measure.stats import NOISY, SPEEDUP_METHOD, UNRELIABLE
 from dqar_bench.views.report import figures, reuse, samples, summary
 from dqar_bench.views.report.markup import esc
@@ -42,10 +42,7 @@ def write_report(run_dirs: list[str | Path], output: str | Path | None = None, m
     path = Path(output) if output else (runs[0].path if len(runs) == 1 else Path(".")) / "report.html"
     page = render(runs, max_seeds)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, page)
 
 
 def render(runs: list[Run], max_seeds: int = 4) -> str:

@@ -29,6 +29,7 @@ PIXEL_BUDGET = 4 * 128 * 128
 images, one 8-frame 128 px video), at least one."""
 
 Decode = Callable[[torch.Tensor], torch.Tensor]
+Previews = tuple[dict[int, torch.Tensor], dict[str, str]]
 
 
 def decoded_previews(outputs: dict[int, torch.Tensor], decode: Decode) -> dict[int, torch.Tensor]:
@@ -48,6 +49,20 @@ def keep_previews(run: RunDir, case: str, outputs: dict[int, torch.Tensor], deco
         run.save_previews(case, decoded_previews(outputs, decode), {"space": "image"})
     except Exception as exc:  # noqa: BLE001 - the measured case is already on disk
         say(f"    previews not saved: {type(exc).__name__}: {exc}".splitlines()[0])
+
+
+def checked_previews(kept: Previews | None) -> Previews | None:
+    """Previews as `save_previews` writes them, or ValueError saying what is wrong: a run
+    directory travels, and a damaged file must cost its pictures, not the report."""
+    if kept is None:
+        return None
+    tensors, meta = kept
+    for seed, t in tensors.items():
+        if t.dtype != torch.uint8 or t.dim() not in (4, 5) or t.shape[1] not in (1, 3) or 0 in t.shape:
+            raise ValueError(f"seed {seed}: {tuple(t.shape)} {t.dtype}, not uint8 [items, 1 or 3, (frames,) height, width]")
+        if max(t.shape[-2:]) > MAX_SIDE or t.shape[0] > MAX_ITEMS or (t.dim() == 5 and t.shape[2] > MAX_FRAMES):
+            raise ValueError(f"seed {seed}: {tuple(t.shape)} is larger than a preview is made ({MAX_ITEMS} items, {MAX_SIDE} px)")
+    return (tensors, meta) if tensors else None
 
 
 def shrink(images: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,10 @@ from __future__ import annotations
 from dqar_bench.views.report.markup import esc
 from dqar_bench.views.report.runs import Entry, Run
 
+MAX_COLUMNS = 200
+"""Columns a map draws at most: longer schedules are drawn in bins of consecutive steps, so
+the page stays small whatever the step count (a 100,000-step map made a 214 MB page)."""
+
 RAMP = ((0.0, (241, 245, 249)), (0.5, (96, 165, 250)), (1.0, (30, 58, 138)))
 """Colour stops from never (light grey) to every call (deep blue)."""
 
@@ -29,16 +33,21 @@ def reuse_map(entry: Entry) -> str:
     """One case's map; the steps run left to right, block 0 (the first) is the top row."""
     counts = entry.record.reuse_map
     calls = int(entry.record.reuse_map_calls or 0)
-    steps = len(counts)
-    blocks = len(counts[0]) if steps else 0
+    total_steps = len(counts)
+    blocks = len(counts[0]) if total_steps else 0
+    width = -(-total_steps // MAX_COLUMNS) if total_steps else 1  # steps per column
+    bins = [range(start, min(start + width, total_steps)) for start in range(0, total_steps, width)]
+    steps = len(bins)
     cell = max(6, min(14, 300 // max(steps, 1)))
     label_width = 8 * len(str(max(blocks - 1, 0))) + 6
     cells = []
     for block in range(blocks):
         cells.append(f'<span class="bl">{block}</span>')
-        for step in range(steps):
-            n = counts[step][block]
-            cells.append(f'<i style="background:{colour(n / calls if calls else 0.0)}" title="step {step}, block {block}: {n} of {calls} calls"></i>')
+        for span in bins:
+            n = sum(counts[step][block] for step in span)
+            of = calls * len(span)
+            where = f"step {span[0]}" if len(span) == 1 else f"steps {span[0]}-{span[-1]}"
+            cells.append(f'<i style="background:{colour(n / of if of else 0.0)}" title="{where}, block {block}: {n} of {of} calls"></i>')
     total = sum(map(sum, counts))
     ratio = entry.record.reuse_ratio
     share = f"reuse {ratio:.1%}" if isinstance(ratio, (int, float)) else ""
@@ -46,7 +55,7 @@ def reuse_map(entry: Entry) -> str:
         f'<div class="rgrid" style="grid-template-columns:{label_width}px repeat({steps},{cell}px);'
         f'grid-auto-rows:{cell}px">{"".join(cells)}</div>'
     )
-    axis = f'<div class="raxis" style="margin-left:{label_width}px;width:{steps * cell}px"><span>step 0</span><span>{steps - 1}</span></div>'
+    axis = f'<div class="raxis" style="margin-left:{label_width}px;width:{steps * cell}px"><span>step 0</span><span>{total_steps - 1}</span></div>'
     return (
         f'<figure class="rmap" data-case="{esc(entry.label)}" data-reused="{total}" data-calls="{calls}">'
         f"<figcaption><b>{esc(entry.label)}</b><span>{share} · {calls} scored call{'' if calls == 1 else 's'}</span></figcaption>{grid}{axis}</figure>"
