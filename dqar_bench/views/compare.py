@@ -276,8 +276,8 @@ class _Judge:
         if base is None or new is None:
             change.status = "only in new" if base is None else "only in base"
             return change
-        if base.get("timer") and new.get("timer") and base["timer"] != new["timer"]:
-            raise DqarError(f"case '{case}': timed with {base['timer']} in the base run and {new['timer']} in the new one; times on two clocks do not pair (rerun one with the other's timing.clock)")
+        if base.timer and new.timer and base.timer != new.timer:
+            raise DqarError(f"case '{case}': timed with {base.timer} in the base run and {new.timer} in the new one; times on two clocks do not pair (rerun one with the other's timing.clock)")
         change.identity, change.identity_recorded = identity_diff(base, new)
         if self.strict and change.identity:
             change.regressions.append(f"what the case is changed (--strict): {'; '.join(change.identity)}")
