@@ -69,12 +69,12 @@ def records(run: Path) -> dict[str, CaseRecord]:
     return {r.case: r for r in read_records(run / "records.jsonl")}
 
 
-def assert_same_quality(one: dict[str, dict], other: dict[str, dict], exact: tuple[str, ...] = EXACT) -> None:
+def assert_same_quality(one: dict[str, CaseRecord], other: dict[str, CaseRecord], exact: tuple[str, ...] = EXACT) -> None:
     assert set(one) == set(other) == {"baseline", "iv", "q"}
     for name, mine in one.items():
         theirs = other[name]
         for key in exact:
-            assert theirs.get(key) == mine.get(key), (name, key)
+            assert getattr(theirs, key) == getattr(mine, key), (name, key)
         for key in ("fid", "isc_mean", "isc_std"):
             assert theirs.fidelity[key] == pytest.approx(mine.fidelity[key], rel=1e-6), (name, key)
         for key in ("kid_mean", "kid_std"):
@@ -95,7 +95,7 @@ def one_process(tmp_path_factory):
     print(f"one process: {time.perf_counter() - started:.1f} s")
     found = records(run.path)
     assert all(r.status == "ok" for r in found.values())
-    assert found["iv"]["reused"] > 0 and found["baseline"]["fidelity"]["fid"] > 0
+    assert found["iv"].reused > 0 and found["baseline"].fidelity["fid"] > 0
     return found
 
 
