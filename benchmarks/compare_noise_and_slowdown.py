@@ -66,7 +66,7 @@ class Plugin:
 
 
 def run(out: Path, name: str, rounds: int, seconds: float, registry) -> Path:
-    from dqar_bench.run.runner import run_suite
+    from dqar_bench.runs.runner import run_suite
     from dqar_bench.config.suite import load_suite
 
     path = out / f"{name}.yaml"

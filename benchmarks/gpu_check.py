@@ -352,7 +352,7 @@ def fresh(run: Path) -> Path:
 
 def step_peers(sizes: Sizes, out: Path, mode: str) -> tuple[dict[str, Any], str, str]:
     from dqar_bench.config.suite import load_suite
-    from dqar_bench.run.runner import run_suite
+    from dqar_bench.runs.runner import run_suite
 
     run_suite(load_suite(peers_suite(sizes, out, mode)), fresh(out / f"peers-{mode}"))
     return peers_figures(out / f"peers-{mode}", mode)
@@ -491,7 +491,7 @@ def syncs_per_step(sizes: Sizes, out: Path) -> dict[str, float | None]:
     from dqar_bench.config.suite import load_suite
     from dqar_bench.core.plugins import get_registry
     from dqar_bench.model.sampling import make_scheduler, sample
-    from dqar_bench.run.case_run import build_strategy
+    from dqar_bench.runs.case_run import build_strategy
     from dqar_bench.strategy.adapter import adapter_for
 
     suites = [load_suite(peers_suite(sizes, out, "eager")), load_suite(decision_suite(sizes, out))]
@@ -662,7 +662,7 @@ def measure_attention_share(suite: Any, sizes: Sizes) -> dict[str, float]:
 
 def step_flux(sizes: Sizes, out: Path) -> tuple[dict[str, Any], str, str]:
     from dqar_bench.config.suite import load_suite
-    from dqar_bench.run.runner import run_suite
+    from dqar_bench.runs.runner import run_suite
 
     register_flux_sized(sizes)
 
@@ -699,7 +699,7 @@ def flux_figures(out: Path) -> tuple[dict[str, Any], str, str]:
 
 def step_ablations(sizes: Sizes, out: Path) -> tuple[dict[str, Any], str, str]:
     from dqar_bench.config.suite import load_suite
-    from dqar_bench.run.runner import run_suite
+    from dqar_bench.runs.runner import run_suite
 
     path = derived_suite("suites/dit-xl-256.yaml", out, "dit-xl-256", lambda data: _dit_suite(data, sizes, 2))
     run_suite(load_suite(path), fresh(out / "dit-xl-256"))

@@ -32,7 +32,7 @@ from dqar_bench.measure.instruments import Instruments
 from dqar_bench.measure.stats import Measurement, mann_whitney_u
 from dqar_bench.model.models import load_model
 from dqar_bench.core.plugins import load_registry
-from dqar_bench.run.runner import resolve_device, run_case
+from dqar_bench.runs.runner import resolve_device, run_case
 from dqar_bench.model.sampling import make_scheduler
 from dqar_bench.config.suite import load_suite
 

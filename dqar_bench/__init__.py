@@ -5,8 +5,7 @@ Two audiences import from here:
 - plugin authors, for the part base classes and the hook marker
   (`from dqar_bench import Gate, StepContext, hookimpl`);
 - Python users, to run suites without the command line
-  (`from dqar_bench import Case, Suite, run`; see `dqar_bench.run.api`; `run` is the
-  `dqar_bench.run` package itself, which is callable, see its docstring).
+  (`from dqar_bench import Case, Suite, run`; see `dqar_bench.runs.api`).
 
 Every name is imported when first used (PEP 562 `__getattr__`), so `import dqar_bench`
 and `dqar-bench --help` stay fast: torch, diffusers and pandas load only when a name
@@ -32,7 +31,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "hookimpl": ("dqar_bench.core.hookspecs", "hookimpl"),
     "Suite": ("dqar_bench.config.schema", "SuiteSpec"),
     "Case": ("dqar_bench.config.schema", "CaseSpec"),
-    "run": ("dqar_bench.run", ""),
+    "run": ("dqar_bench.runs.api", "run"),
 }
 
 __all__ = ["Cache", "Case", "Gate", "Quantizer", "Scheduler", "StaticGate", "StepContext", "Suite", "__version__", "hookimpl", "run"]
@@ -43,7 +42,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` im
     from dqar_bench.core.context import StepContext
     from dqar_bench.core.hookspecs import hookimpl
     from dqar_bench.core.parts import Cache, Gate, Quantizer, Scheduler, StaticGate
-    from dqar_bench.run.api import run
+    from dqar_bench.runs.api import run
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """A suite file of several models runs one suite per model, into `<output>/<model>/`."""
     from pathlib import Path
 
-    from dqar_bench.run.distributed.launch import launch, without_nproc
+    from dqar_bench.runs.distributed.launch import launch, without_nproc
     from dqar_bench.core.errors import ModelError
     from dqar_bench.model.models import offline_problem
     from dqar_bench.config.suite import load_suites
@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return launch(args.nproc, without_nproc(args.argv), max(s.threads for s in suites))
     from dqar_bench.core.world import DEFAULT_TIMEOUT_S, init_world
-    from dqar_bench.run.runner import run_suite
+    from dqar_bench.runs.runner import run_suite
 
     world = init_world(suites[0].device, args.rank_timeout or DEFAULT_TIMEOUT_S)  # a plain process is a World of one
     status = 0
@@ -173,10 +173,10 @@ def _hooks(family: Any) -> str:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from dqar_bench.run.trace import trace_suite
+    from dqar_bench.runs.trace import trace_suite
     from dqar_bench.config.suite import load_suite
 
-    from dqar_bench.run.distributed.launch import single_process_only
+    from dqar_bench.runs.distributed.launch import single_process_only
 
     single_process_only("dqar-bench trace")
     suite = load_suite(args.suite)
@@ -248,8 +248,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_fid_stats(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from dqar_bench.measure.fid_stats import folder_statistics
-    from dqar_bench.run.runner import resolve_device
+    from dqar_bench.measure.fid_folder import folder_statistics
+    from dqar_bench.runs.runner import resolve_device
 
     path = folder_statistics(args.folder, args.feature_extractor, args.inception_weights, resolve_device(args.device), args.output)
     with np.load(path) as stats:

@@ -111,7 +111,7 @@ def report_run(tmp_path_factory):
     """
     import io
 
-    from dqar_bench.run import case_run
+    from dqar_bench.runs import case_run
     from dqar_bench.cli import main
     from dqar_bench.measure.records import RunDir
 

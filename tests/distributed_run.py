@@ -14,7 +14,7 @@ import sys
 import time
 
 from dqar_bench import cli
-from dqar_bench.run.case_run import CaseRun
+from dqar_bench.runs.case_run import CaseRun
 
 DIE, HANG = os.environ.get("DQAR_TEST_DIE"), os.environ.get("DQAR_TEST_HANG")
 

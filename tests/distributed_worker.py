@@ -84,7 +84,7 @@ def fid(world) -> dict | None:
     """This rank's share of the one-process FID images (made by the test with the real model), scored on rank 0."""
     from safetensors.torch import load_file
 
-    from dqar_bench.run.distributed.fid import gather_features
+    from dqar_bench.runs.distributed.fid import gather_features
     from dqar_bench.measure.fidelity import Extractor, Fidelity
     from dqar_bench.measure.instruments import fid_image_indices
 

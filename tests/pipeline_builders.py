@@ -135,7 +135,7 @@ def save_pipeline(family: str, folder: Path, **kwargs: Any) -> Path:
 def run_records(suite: Path, out: Path) -> tuple[dict[str, CaseRecord], Path]:
     """A suite run here: its records by case, and its run directory."""
     from dqar_bench.measure.records import read_records
-    from dqar_bench.run.runner import run_suite
+    from dqar_bench.runs.runner import run_suite
     from dqar_bench.config.suite import load_suite
 
     run = run_suite(load_suite(suite), out, progress=lambda _: None)

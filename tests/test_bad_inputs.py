@@ -15,7 +15,7 @@ from dqar_bench.cli import main
 from dqar_bench.core.parts import build_part
 from dqar_bench.core.plugins import load_registry
 from dqar_bench.measure.records import RunDir
-from dqar_bench.run.runner import run_suite
+from dqar_bench.runs.runner import run_suite
 from dqar_bench.config.suite import load_suite
 from tests.conftest import SMALL_SUITE_HEAD
 

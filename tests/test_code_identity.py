@@ -47,7 +47,7 @@ def test_a_built_in_part_carries_a_digest_of_its_code_and_the_project_modules_it
     assert closure is not None and interval.__module__ in closure
     assert "dqar_bench.core.parts" in closure  # through `from dqar_bench import StaticGate`: the base class it runs
     assert all(name.startswith("dqar_bench") for name in closure)
-    assert "dqar_bench.run.runner" not in closure  # the harness is dqar-bench's version, not the part's code
+    assert "dqar_bench.runs.runner" not in closure  # the harness is dqar-bench's version, not the part's code
     digest = code_hash.code_digest(interval)
     assert digest is not None and len(digest) == code_hash.DIGEST_CHARS
     assert code_hash.code_digest(registry.get("gate", "never").cls) != digest

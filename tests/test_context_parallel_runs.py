@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqar_bench.run.distributed.shares import Share, standing
-from dqar_bench.run.distributed.teams import team_for
+from dqar_bench.runs.distributed.shares import Share, standing
+from dqar_bench.runs.distributed.teams import team_for
 from dqar_bench.core.world import World
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.records import RunDir, read_records
@@ -71,7 +71,7 @@ def runs(tmp_path_factory):
     """The run directories of flux-tiny and pixart-tiny of the two two-rank runs (started together),
     and of the one-process run of the same flux cases without `parallel`."""
     from dqar_bench.core.plugins import get_registry
-    from dqar_bench.run.runner import run_suite
+    from dqar_bench.runs.runner import run_suite
     from dqar_bench.config.suite import load_suite
 
     tmp = tmp_path_factory.mktemp("cp-runs")
@@ -181,7 +181,7 @@ def test_rank_zero_stands_for_a_split_call_only_if_every_rank_holds_its_outputs(
 
 def test_the_note_says_what_a_split_case_is_timed_against():
     from dqar_bench.strategy.context_parallel import Parallel
-    from dqar_bench.run.distributed.teams import parallel_note
+    from dqar_bench.runs.distributed.teams import parallel_note
 
     two = Parallel("ulysses", 2)
     assert "on one device per rank" in parallel_note(two, "baseline", None)

@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 
 from dqar_bench.strategy import signals
 from dqar_bench.core.world import RankError, World, init_world
-from dqar_bench.run.distributed.fid import gather_features
-from dqar_bench.run.distributed.launch import launch, torchrun_args, without_nproc
+from dqar_bench.runs.distributed.fid import gather_features
+from dqar_bench.runs.distributed.launch import launch, torchrun_args, without_nproc
 from dqar_bench.strategy.rank_signals import global_snr, head_sharded_entropy, key_sharded_entropy, main_decides, sampled_queries
 from dqar_bench.core.errors import DqarError
 from dqar_bench.measure.instruments import fid_batches, fid_image_indices, generate_images

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqar_bench.run.distributed.runs import check_devices, decide, my_cases
+from dqar_bench.runs.distributed.runs import check_devices, decide, my_cases
 from dqar_bench.core.world import Echo, World
 from dqar_bench.core.errors import DqarError
 from dqar_bench.measure.case_record import CaseRecord
@@ -86,7 +86,7 @@ def assert_same_quality(one: dict[str, CaseRecord], other: dict[str, CaseRecord]
 def one_process(tmp_path_factory):
     """The suite run by one process (interleaved and blocked timing give the same quality)."""
     from dqar_bench.core.plugins import get_registry
-    from dqar_bench.run.runner import run_suite
+    from dqar_bench.runs.runner import run_suite
     from dqar_bench.config.suite import load_suite
 
     tmp = tmp_path_factory.mktemp("one")

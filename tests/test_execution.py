@@ -268,7 +268,7 @@ def test_graph_replays_match_eager_over_two_sampling_calls(tiny, registry, case)
 
     root = __import__("pathlib").Path(__file__).resolve().parent.parent
     spec = load(root / "suites" / "peers.yaml", registry).case(f"{case}@eager")
-    from dqar_bench.run.runner import build_strategy
+    from dqar_bench.runs.runner import build_strategy
 
     condition = labels_condition([1, 3], tiny.null_class, torch.device("cpu"))
 

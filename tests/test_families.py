@@ -396,7 +396,7 @@ def test_a_strategy_installed_again_gives_the_same_outputs_on_a_two_stream_model
     on each install (FLUX's ff_context, proj_mlp) must start empty, not as copies of a cache
     that already held the joint attention's (image, text) outputs."""
     from dqar_bench.strategy.adapter import adapter_for
-    from dqar_bench.run.runner import build_strategy
+    from dqar_bench.runs.runner import build_strategy
     from dqar_bench.config.suite import Case, PartSpec
     from dqar_bench.core.plugins import load_registry
     from dqar_bench.model.sampling import denoise, make_scheduler

@@ -13,7 +13,8 @@ from dqar_bench.config import suite as suite_module
 from dqar_bench.cli import main
 from dqar_bench.core.errors import DqarError, SuiteError
 from dqar_bench.measure import fid_stats
-from dqar_bench.measure.fid_stats import FidConfig, cached_path, folder_statistics, parse_fid_config, read_statistics
+from dqar_bench.measure.fid_folder import folder_statistics
+from dqar_bench.measure.fid_stats import FidConfig, cached_path, parse_fid_config, read_statistics
 from dqar_bench.measure.fidelity import Extractor, Fidelity, to_uint8
 from tests.test_measure_fidelity import TINY, noisy
 

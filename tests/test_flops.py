@@ -12,7 +12,7 @@ from dqar_bench.strategy import signals
 from dqar_bench.strategy.attention import project_qkv
 from dqar_bench.measure.flops import FlopCount, count_flops, summarize
 from dqar_bench.measure.records import RunDir
-from dqar_bench.run.runner import run_suite
+from dqar_bench.runs.runner import run_suite
 from dqar_bench.config.suite import load_suite
 from tests.conftest import SMALL_SUITE_HEAD
 from tests.parts_for_tests import registry_with_test_parts

@@ -21,7 +21,7 @@ from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.views.case_diff import identity_diff
 from dqar_bench.views.compare import EXIT_INCONCLUSIVE, EXIT_REGRESSION, benchmark_entries, compare_runs
 from dqar_bench.core.plugins import load_registry
-from dqar_bench.run.runner import run_suite
+from dqar_bench.runs.runner import run_suite
 from dqar_bench.config.suite import load_suite
 
 

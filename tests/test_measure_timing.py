@@ -12,7 +12,7 @@ from dqar_bench.model import models
 from dqar_bench.measure import timing
 from tests import synthetic
 from dqar_bench.measure.records import RunDir
-from dqar_bench.run.runner import run_suite
+from dqar_bench.runs.runner import run_suite
 from dqar_bench.config.suite import load_suite
 from dqar_bench.views.table import results_frame
 from dqar_bench.measure.timing import CallTimer

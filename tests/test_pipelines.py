@@ -31,7 +31,7 @@ from dqar_bench.model import models
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.quality import decoder
 from dqar_bench.measure.records import read_records
-from dqar_bench.run.runner import run_suite
+from dqar_bench.runs.runner import run_suite
 from dqar_bench.config.suite import load_suite
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -91,7 +91,7 @@ def test_pipeline_gives_the_lean_outputs(family: str, folders: dict[str, Path], 
 
 def test_removing_a_strategy_leaves_the_pipeline_bit_identical(folders: dict[str, Path]) -> None:
     from dqar_bench.strategy.adapter import adapter_for
-    from dqar_bench.run.case_run import build_strategy
+    from dqar_bench.runs.case_run import build_strategy
     from dqar_bench.model.conditioning import synthetic_captions
     from dqar_bench.model.pipelines import call_pipeline
     from dqar_bench.core.plugins import get_registry

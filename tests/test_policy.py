@@ -16,7 +16,7 @@ from dqar_bench.core.errors import DqarError
 from dqar_bench.strategy.policy.features import FEATURES
 from dqar_bench.strategy.policy.model import MAX_PARAMETERS, SHIPPED_WEIGHTS, PolicyMLP, load_policy, parameter_count, save_policy
 from dqar_bench.strategy.policy.train import DEFAULT_HIDDEN, read_traces, train_policy
-from dqar_bench.run.runner import run_suite
+from dqar_bench.runs.runner import run_suite
 from dqar_bench.config.suite import load_suite
 from dqar_bench.strategies.gates.policy import Policy
 
@@ -148,7 +148,7 @@ def test_trace_writes_declared_features_and_trains(tmp_path: Path, capsys) -> No
 
 @pytest.mark.slow
 def test_trace_runs_on_the_suites_threads_and_says_how_long_is_left(tmp_path: Path, monkeypatch) -> None:
-    import dqar_bench.run.trace as trace
+    import dqar_bench.runs.trace as trace
 
     seen: list[int] = []
     real = trace.denoise

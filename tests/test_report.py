@@ -165,7 +165,7 @@ def test_a_model_with_a_vae_keeps_decoded_previews(write_suite, tmp_path, monkey
     """The report of a VAE model shows the pictures decoded at run time: it never needs the model."""
     from diffusers import AutoencoderKL
 
-    from dqar_bench.run import runner
+    from dqar_bench.runs import runner
 
     real = runner.load_model
 

@@ -14,7 +14,7 @@ from dqar_bench.measure import records as records_mod
 from dqar_bench.cli import main
 from dqar_bench.config.identity import case_key, differences
 from dqar_bench.measure.records import RunDir, outputs_file_name
-from dqar_bench.run.runner import default_output_dir, run_suite
+from dqar_bench.runs.runner import default_output_dir, run_suite
 from dqar_bench.config.suite import load_suite
 from dqar_bench.measure.timing import CallTiming, CallTimer
 from tests.conftest import SMALL_SUITE_HEAD
@@ -133,7 +133,7 @@ def test_a_renamed_case_is_found_by_its_content(write_suite, tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_exit_status_follows_the_latest_record_and_failed_cases_are_retried(write_suite, tmp_path, monkeypatch):
-    from dqar_bench.run import case_run
+    from dqar_bench.runs import case_run
 
     real = case_run.build_strategy
 
@@ -291,7 +291,7 @@ def test_non_finite_timing_fails_the_case(write_suite, tmp_path, monkeypatch):
         timing, result = real(self, fn)
         return (CallTiming(float("nan"), timing.steps) if broken["on"] else timing), result
 
-    from dqar_bench.run import case_run
+    from dqar_bench.runs import case_run
 
     real_round = case_run.CaseRun.time_round
 

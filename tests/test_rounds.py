@@ -16,7 +16,7 @@ from tests import synthetic
 from dqar_bench.measure.stats import paired_speedup
 from dqar_bench.measure.records import RunDir
 from dqar_bench.measure.rounds import RoundLog, pair, round_order
-from dqar_bench.run.runner import run_suite
+from dqar_bench.runs.runner import run_suite
 from dqar_bench.config.suite import load_suite
 from dqar_bench.views.table import render_markdown, results_frame
 from tests import parts_for_tests
@@ -136,7 +136,7 @@ def test_pairing_rules():
 
 
 def test_a_crash_loses_only_the_round_in_flight_and_resume_pairs_new_rounds(tmp_path, monkeypatch):
-    from dqar_bench.run import case_run
+    from dqar_bench.runs import case_run
 
     real = case_run.CaseRun.time_round
     calls = []

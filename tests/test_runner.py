@@ -46,7 +46,7 @@ def test_run_writes_records_csv_and_table(write_suite, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_failing_case_is_recorded_and_suite_goes_on(write_suite, tmp_path, monkeypatch):
-    from dqar_bench.run import case_run
+    from dqar_bench.runs import case_run
 
     real = case_run.build_strategy
 
@@ -85,7 +85,7 @@ def test_resume_skips_recorded_cases_and_still_compares(write_suite, tmp_path, m
 
 def prepared(monkeypatch):
     """The cases a run prepares, in order (a partner is a finished baseline timed again)."""
-    from dqar_bench.run import case_run
+    from dqar_bench.runs import case_run
 
     ran = []
     real = case_run.CaseRun.prepare

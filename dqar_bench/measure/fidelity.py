@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dqar_bench.core.errors import DqarError
+from dqar_bench.measure.fid_stats import read_statistics
 from dqar_bench.core.weights import check_weights_file, weights_only_loads
 
 INCEPTION = "inception-v3-compat"
@@ -262,8 +263,6 @@ class Fidelity:
             return f"{len(next(iter(reference.values())))} images", *self._with_stats(reference)
         path = Path(reference).expanduser()
         if path.is_file() and path.suffix == ".npz":
-            from dqar_bench.measure.fid_stats import read_statistics
-
             layer = self.layers.get("fid", "")
             return str(path), None, read_statistics(path, self.name, int(layer) if layer.isdigit() else None)
         if path.is_dir():

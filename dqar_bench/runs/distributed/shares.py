@@ -10,7 +10,7 @@ exactly what one process would have measured (outputs by seed, FLOPs by seed, re
 summed, FID features in the one-process order) and scores them; a failure on any rank
 fails the case on every rank, with the rank named.
 
-A context-parallel case is different (`dqar_bench.run.distributed.teams`): every rank made
+A context-parallel case is different (`dqar_bench.runs.distributed.teams`): every rank made
 every call, each a slice of it, so rank 0's share alone stands (`standing`), once it is
 checked that every rank ended with the same outputs.
 """
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from dqar_bench.run.distributed.fid import merge_features
+from dqar_bench.runs.distributed.fid import merge_features
 from dqar_bench.measure.flops import FlopCount
 
 

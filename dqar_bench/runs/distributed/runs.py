@@ -6,7 +6,7 @@ stands in for it. Under data parallelism (the default) their outbox stays empty:
 records every case. Under `--shard cases` each rank runs its own cases (and every
 baseline, so its speedups pair with a baseline timed on its own device in its own rounds)
 and sends its outbox to rank 0 at the end; a context-parallel case is every rank's, not
-spread (`dqar_bench.run.distributed.teams`), and rank 0 records it.
+spread (`dqar_bench.runs.distributed.teams`), and rank 0 records it.
 
 A user's mistake found by rank 0 stops every rank with the same line (`Echo`), printed once.
 """

@@ -48,7 +48,7 @@ from dqar_bench.config.part_spec import new_part
 from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.measure.progress import Progress, eta
 from dqar_bench.strategy.policy.features import ENTROPY_UNIT, FEATURES, SIGNALS as POLICY_SIGNALS, SNR_SOURCE, feature_rows
-from dqar_bench.run.runner import apply_resolution, check_labels, resolve_device
+from dqar_bench.runs.runner import apply_resolution, check_labels, resolve_device
 from dqar_bench.model.sampling import Condition, denoise, make_scheduler
 from dqar_bench.strategy.strategy import Strategy
 from dqar_bench.config.suite import Case, Suite

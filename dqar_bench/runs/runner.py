@@ -20,11 +20,11 @@ its baseline's in the same rounds, FLOPs, quality) is appended to `records.jsonl
 that raises, or whose outputs or timings are not finite, is recorded as failed and the
 suite goes on.
 
-`--resume` finds finished cases by content (`dqar_bench.run.resume`); cases that still need
+`--resume` finds finished cases by content (`dqar_bench.runs.resume`); cases that still need
 rounds continue from those in `rounds.jsonl`, and the baseline of their mode is timed again
 in the new rounds, so every speedup pairs rounds that ran together.
 
-Under torchrun the same path runs on every rank (`dqar_bench.run.distributed.runs`): rank 0
+Under torchrun the same path runs on every rank (`dqar_bench.runs.distributed.runs`): rank 0
 decides and writes the run directory, every rank loads the model on its own device, makes
 its share of each case's scored and FID calls and times every case against its own
 baseline; with `--shard cases` each rank runs its own cases instead. A plain process is a
@@ -41,10 +41,10 @@ from typing import Any, Callable
 
 import torch
 
-from dqar_bench.run.case_run import CaseRun, RunContext, build_strategy
+from dqar_bench.runs.case_run import CaseRun, RunContext, build_strategy
 from dqar_bench.model.suite_condition import condition_for
-from dqar_bench.run.distributed.runs import Outbox, check_devices, decide, deliver, my_cases, together
-from dqar_bench.run.distributed.shares import rank_entries
+from dqar_bench.runs.distributed.runs import Outbox, check_devices, decide, deliver, my_cases, together
+from dqar_bench.runs.distributed.shares import rank_entries
 from dqar_bench.core.world import World
 from dqar_bench.core.files import read_bytes, write_atomic
 from dqar_bench.core.errors import DqarError, ModelError, SuiteError
@@ -61,7 +61,7 @@ from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import RunDir, check_target
 from dqar_bench.model.resolution import set_resolution
 from dqar_bench.views.report import keep_previews, report_run
-from dqar_bench.run.resume import ResumePlan, outputs_digest, plan_resume
+from dqar_bench.runs.resume import ResumePlan, outputs_digest, plan_resume
 from dqar_bench.measure.rounds import RoundLog, round_order, timed_as
 from dqar_bench.model.sampling import Condition
 from dqar_bench.config.suite import Case, Suite

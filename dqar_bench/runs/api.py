@@ -32,7 +32,7 @@ from dqar_bench.config.suite import Suite as ValidatedSuite
 from dqar_bench.config.suite import load_suites, suites_from_spec
 from dqar_bench.core.errors import DqarError
 from dqar_bench.core.plugins import Registry, get_registry
-from dqar_bench.run.runner import run_suite
+from dqar_bench.runs.runner import run_suite
 from dqar_bench.views.table import results_frame
 
 

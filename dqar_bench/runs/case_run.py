@@ -15,9 +15,9 @@ case's seconds per round and its baseline's in the same rounds (`dqar_bench.meas
 
 Several ranks (the case's `Team`) prepare a case together: each makes its share of the
 scored and FID calls, and `prepare` ends with one exchange in which rank 0 joins the shares
-and scores them (`dqar_bench.run.distributed.shares`); a plain process is a team of one and
+and scores them (`dqar_bench.runs.distributed.shares`); a plain process is a team of one and
 takes the same path. A context-parallel case's team is every rank, each making every call
-(one slice of each), in lockstep (`dqar_bench.run.distributed.teams`).
+(one slice of each), in lockstep (`dqar_bench.runs.distributed.teams`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from dqar_bench.strategy.cache_dit import CacheDitHook
 from dqar_bench.strategy.diffusers_hooks import DiffusersHook, installed
 from dqar_bench.strategy.context_parallel import context_parallel, whole_call_flops
 from dqar_bench.strategy.context_parallel import refusal as parallel_refusal
-from dqar_bench.run.distributed.shares import Share, merge_fid, merge_flops, merge_outputs, merge_reuse, rank_entries, settle, standing
-from dqar_bench.run.distributed.teams import parallel_note, team_for
+from dqar_bench.runs.distributed.shares import Share, merge_fid, merge_flops, merge_outputs, merge_reuse, rank_entries, settle, standing
+from dqar_bench.runs.distributed.teams import parallel_note, team_for
 from dqar_bench.core.world import World
 from dqar_bench.strategy.execution import Execution, unsupported
 from dqar_bench.measure.case_record import CaseRecord
