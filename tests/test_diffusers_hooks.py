@@ -51,7 +51,7 @@ def _pab(registry) -> Strategy:
     )
 
 
-@pytest.mark.parametrize("steps", [20, 25])
+@pytest.mark.parametrize("steps", [20, pytest.param(25, marks=pytest.mark.slow)])
 def test_our_pab_and_diffusers_pab_give_the_same_bits_on_digits_dit(registry, steps):
     bench = _Bench.load("digits-dit")
     model = bench.model
@@ -145,6 +145,7 @@ def test_bad_hook_cases_fail_validation_in_one_line(registry, write_suite, case,
     assert expected in message
 
 
+@pytest.mark.slow
 def test_a_hook_case_runs_through_the_runner_next_to_our_pab(write_suite, tmp_path):
     from dqar_bench.cli import main
     from dqar_bench.measure.records import RunDir
