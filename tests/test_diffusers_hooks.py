@@ -51,7 +51,8 @@ def _pab(registry) -> Strategy:
     )
 
 
-@pytest.mark.parametrize("steps", [20, pytest.param(25, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("steps", [20, 25])
 def test_our_pab_and_diffusers_pab_give_the_same_bits_on_digits_dit(registry, steps):
     bench = _Bench.load("digits-dit")
     model = bench.model
