@@ -97,7 +97,7 @@ def cmd_check_part(args: argparse.Namespace) -> int:
         raise DqarError(f"--steps: {args.steps} is not a step count the tiny models can sample; give 1 to {MAX_CHECK_STEPS} (their schedules have 1000 training steps)")
     registry = get_registry()
     cls = find_part(registry, args.name, args.kind)
-    results = check_part(cls, registry=registry, steps=args.steps)
+    results = check_part(cls, registry=registry, steps=args.steps, models=args.model)
     for result in results:
         print(result.line())
     failed = [r for r in results if not r.ok]
@@ -317,6 +317,7 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("name", help="the part's registry name (see `dqar-bench plugins`)")
     check.add_argument("--kind", choices=("scheduler", "gate", "cache", "quantizer"), help="its kind, where the name is taken in several")
     check.add_argument("--steps", type=int, default=3, help="sampling steps per call on the tiny models (default 3)")
+    check.add_argument("--model", action="append", metavar="NAME", help="check on this tiny model only (repeatable; default: the tiny model of every family)")
     compare = sub.add_parser(
         "compare",
         help="compare two runs per case; exit 0 clean, 1 on a regression, 3 when only inconclusive (a CI gate)",

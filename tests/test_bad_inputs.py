@@ -195,6 +195,7 @@ class ExtraParts:
         return [Short, Weighted]
 
 
+@pytest.mark.slow
 def test_a_gate_with_the_wrong_number_of_answers_fails_its_case_in_one_line_naming_it(write_suite, tmp_path):
     registry = load_registry(autoload=False, extra_plugins=(ExtraParts(),))
     suite = load_suite(write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n  - name: s\n    gate: short\n"), registry)

@@ -202,6 +202,7 @@ def test_refusals_name_the_reason():
     assert refusal(None, dit, "dit", World()) is None
 
 
+@pytest.mark.slow
 def test_a_context_parallel_case_on_one_process_is_recorded_unsupported(write_suite, tmp_path):
     suite = write_suite(
         "name: s\nmodel: flux-tiny\nsampler: {steps: 2}\nprompt_lengths: [4]\nseeds: [0]\ndevice: cpu\n"

@@ -51,6 +51,7 @@ def _pab(registry) -> Strategy:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [20, 25])
 def test_our_pab_and_diffusers_pab_give_the_same_bits_on_digits_dit(registry, steps):
     bench = _Bench.load("digits-dit")
@@ -148,6 +149,7 @@ def test_bad_hook_cases_fail_validation_in_one_line(registry, write_suite, case,
     assert expected in message
 
 
+@pytest.mark.slow
 def test_a_hook_case_runs_through_the_runner_next_to_our_pab(write_suite, tmp_path):
     from dqar_bench.cli import main
     from dqar_bench.measure.records import RunDir

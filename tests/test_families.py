@@ -307,6 +307,7 @@ def test_a_suite_of_several_models_is_one_suite_per_model(registry, capsys):
     assert main(["validate", str(path)]) == 0 and capsys.readouterr().out.count(": ok: ") == 3
 
 
+@pytest.mark.slow
 def test_a_multi_model_suite_runs_each_model_into_its_own_folder(write_suite, tmp_path):
     from dqar_bench.cli import main
     from dqar_bench.measure.records import RunDir

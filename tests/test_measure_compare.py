@@ -346,6 +346,7 @@ def test_runner_identical_runs_compare_clean(make_run, tmp_path, capsys):
     assert {"gate/baseline time per image", "gate/spun time per image"} <= names
 
 
+@pytest.mark.slow
 def test_runner_a_part_that_spins_twenty_percent_longer_is_caught(make_run, capsys):
     call_s = synthetic.expected_call_s(4, 2, 0.02, 0.005)
     decisions = 3  # steps 1..3: once the cache holds something, the gate is asked every step

@@ -132,6 +132,7 @@ def test_builtin_fault_is_an_error_not_a_warning(tmp_path, monkeypatch):
         load_registry(autoload=False)
 
 
+@pytest.mark.slow
 def test_entry_point_part_runs_in_a_suite(fake_distribution, write_suite, tmp_path, monkeypatch):
     fake_distribution("dqar-bench-every-other", {"every_other": "dqar_bench_every_other"}, EXAMPLE_PLUGIN)
     monkeypatch.setenv("DQAR_BENCH_DISABLE_PLUGIN_AUTOLOAD", "0")

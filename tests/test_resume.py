@@ -40,6 +40,7 @@ def prepared(monkeypatch) -> list[str]:
     return track(monkeypatch)
 
 
+@pytest.mark.slow
 def test_identity_holds_every_parameter_and_where_each_part_comes_from(write_suite, tmp_path):
     path = write_suite(SMALL_SUITE_HEAD + CASES)
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0
@@ -84,6 +85,7 @@ def test_identity_names_a_third_party_distribution_and_version(fake_distribution
     assert (gate["distribution"], gate["version"], gate["params"]) == ("identity-test-every-other", "2.3", {"start": 0})
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_step_count_is_refused_in_one_line(write_suite, tmp_path, capsys):
     path = write_suite(SMALL_SUITE_HEAD + CASES)
     out = tmp_path / "run"

@@ -91,6 +91,7 @@ def test_drift_halfway_hits_every_case_alike_when_rounds_interleave(tmp_path, mo
     assert "(blocked)" in render_markdown(blocked.reset_index())
 
 
+@pytest.mark.slow
 def test_injected_slowdown_lowers_the_paired_speedup_by_exactly_its_cost(tmp_path, monkeypatch):
     extra = "  - name: never\n    gate: never\n  - name: slowed\n    gate: {name: spin, seconds: 0.05}\n"
     records, frame, _ = fixed_cost_run(tmp_path, monkeypatch, repeats=3, extra=extra)
@@ -100,6 +101,7 @@ def test_injected_slowdown_lowers_the_paired_speedup_by_exactly_its_cost(tmp_pat
     assert records["slowed"].round_s == pytest.approx([2 * (base + 0.05)] * 3)
 
 
+@pytest.mark.slow
 def test_rounds_are_logged_in_a_seeded_order_and_recorded(tmp_path, monkeypatch):
     twin = "  - name: every2-twin\n    gate: {name: interval, every: 2}\n"  # the same content under another name
     records, frame, rounds = fixed_cost_run(tmp_path, monkeypatch, repeats=6, extra=twin)
@@ -135,6 +137,7 @@ def test_pairing_rules():
         paired_speedup([1.0, 2.0], [1.0])
 
 
+@pytest.mark.slow
 def test_a_crash_loses_only_the_round_in_flight_and_resume_pairs_new_rounds(tmp_path, monkeypatch):
     from dqar_bench.runs import case_run
 
