@@ -61,9 +61,9 @@ def test_identity_holds_every_parameter_and_where_each_part_comes_from(write_sui
     from dqar_bench.core.plugins import load_registry
 
     registry = load_registry(autoload=False)
-    suite = load_suite(write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n  - name: e\n    gate: {name: entropy, threshold: 1.5}\n", "e.yaml"), registry)
+    suite = load_suite(write_suite(SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n  - name: e\n    gate: {name: entropy, threshold: 0.5}\n", "e.yaml"), registry)
     params = case_identity(suite, suite.case("e"), registry, "cpu")["parts"]["gate"]["params"]
-    assert params == {"threshold": 1.5, "adapt_to_length": False, "base_length": 77.0, "max_reuse": 0}  # defaults included
+    assert params == {"threshold": 0.5, "entropy": "normalised", "adapt_to_length": False, "base_length": 77.0, "max_reuse": 0}  # defaults included
 
 
 def test_identity_names_a_third_party_distribution_and_version(fake_distribution, write_suite, tmp_path, monkeypatch):
