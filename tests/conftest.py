@@ -93,7 +93,7 @@ cases:
     description: every other step
     gate: {name: interval, every: 2}
   - name: ent
-    gate: {name: entropy, threshold: 2.72, entropy: nats}
+    gate: {name: entropy, threshold: 0.981}   # 2.72 nats / log 16
   - name: boom
     gate: never
   - name: graphs
