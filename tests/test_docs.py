@@ -100,7 +100,7 @@ def test_the_documented_range_error_is_what_a_user_sees(write_suite, capsys):
 
 def test_the_python_api_page_runs():
     namespace = run_blocks(DOCS / "api.md", code_blocks(DOCS / "api.md", "python"))
-    assert namespace["run"].path.is_dir() and len(namespace["frame"]) == 2
+    assert Path(namespace["frame"].attrs["run_dir"]).is_dir() and len(namespace["frame"]) == 2
 
 
 def test_the_own_model_page_saves_a_pipeline_folder_and_runs_it():
