@@ -43,12 +43,12 @@ def test_a_cache_dit_case_runs_the_library_and_counts_reuse_as_our_dbcache(write
     cache-dit: {fn: 2, bn: 1, threshold: 0.3, warmup: 0, max_continuous_cached_steps: 2, taylorseer: 1}
 """)
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0
-    records = {r["case"]: r for r in RunDir(tmp_path / "run").records()}
+    records = {r.case: r for r in RunDir(tmp_path / "run").records()}
     ours, theirs, seer = records["dbcache"], records["cache_dit"], records["cache_dit_taylorseer"]
-    assert theirs["status"] == "ok" and seer["status"] == "ok", (theirs.get("error"), seer.get("error"))
-    assert theirs["reused"] == ours["reused"] > 0 and theirs["reuse_map"] == ours["reuse_map"]
-    base = records["baseline"]["flops"]["per_call"]
-    assert theirs["flops"]["per_call"] < base and seer["flops"]["per_call"] < base  # FLOPs measured as for every case
+    assert theirs.status == "ok" and seer.status == "ok", (theirs.error, seer.error)
+    assert theirs.reused == ours.reused > 0 and theirs.reuse_map == ours.reuse_map
+    base = records["baseline"].flops["per_call"]
+    assert theirs.flops["per_call"] < base and seer.flops["per_call"] < base  # FLOPs measured as for every case
     assert "cache-dit(fn=2" in (tmp_path / "run" / "table.md").read_text()
 
 

@@ -237,8 +237,8 @@ cases:
     cache: block-residual
 """)
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0
-    records = {r["case"]: r for r in RunDir(tmp_path / "run").records()}
-    assert records["magcache"]["status"] == "unsupported"
-    assert records["magcache"]["error"].startswith("unsupported on family 'sd3': gate 'magnitude' without 'mag_ratios'")
-    assert records["teacache"]["status"] == "unsupported" and "publishes no rescale fit for family 'sd3'" in records["teacache"]["error"]
-    assert records["teacache_raw"]["status"] == "ok"
+    records = {r.case: r for r in RunDir(tmp_path / "run").records()}
+    assert records["magcache"].status == "unsupported"
+    assert records["magcache"].error.startswith("unsupported on family 'sd3': gate 'magnitude' without 'mag_ratios'")
+    assert records["teacache"].status == "unsupported" and "publishes no rescale fit for family 'sd3'" in records["teacache"].error
+    assert records["teacache_raw"].status == "ok"

@@ -28,10 +28,10 @@ def test_a_swapped_baseline_is_refused_naming_every_stale_pairing(write_suite, t
     resumed = RunDir(out).latest()
     assert main(["run", str(swapped), "-o", str(tmp_path / "fresh")]) == 0
     fresh = RunDir(tmp_path / "fresh").latest()
-    assert resumed["baseline"]["baseline_case"] == "iv" and resumed["baseline"]["baseline_key"] == resumed["iv"]["case_key"]
+    assert resumed["baseline"].baseline_case == "iv" and resumed["baseline"].baseline_key == resumed["iv"].case_key
     # both sides computed here, same machine and threads: the tiny model is deterministic on CPU
-    assert resumed["baseline"]["quality"]["psnr_db"] == pytest.approx(fresh["baseline"]["quality"]["psnr_db"], rel=1e-4)
-    assert resumed["iv"]["quality"] is None  # the baseline itself: nothing to pair with
+    assert resumed["baseline"].quality["psnr_db"] == pytest.approx(fresh["baseline"].quality["psnr_db"], rel=1e-4)
+    assert resumed["iv"].quality is None  # the baseline itself: nothing to pair with
 
 
 def test_an_edited_baseline_makes_the_kept_cases_stale(write_suite, tmp_path, capsys):
@@ -45,7 +45,7 @@ def test_an_edited_baseline_makes_the_kept_cases_stale(write_suite, tmp_path, ca
     assert "baseline (parts.gate.params.every)" in err and "other (its baseline 'baseline' changed" in err
     assert main(["run", str(edited), "--resume", str(out), "--rerun-changed"]) == 0
     latest = RunDir(out).latest()
-    assert latest["other"]["baseline_key"] == latest["baseline"]["case_key"]
+    assert latest["other"].baseline_key == latest["baseline"].case_key
 
 
 def test_an_unchanged_suite_still_resumes_without_rerunning(write_suite, tmp_path, monkeypatch):
@@ -76,5 +76,5 @@ def test_outputs_whose_data_changed_under_an_intact_header_are_rerun(write_suite
     assert main(["run", str(path), "--resume", str(out)]) == 0
     assert f"{file}: " in capsys.readouterr().out and ran == ["baseline"]
     latest = RunDir(out).latest()
-    assert latest["baseline"]["outputs_sha256"] != latest["iv"]["outputs_sha256"]
+    assert latest["baseline"].outputs_sha256 != latest["iv"].outputs_sha256
     assert torch.isfinite(RunDir(out).load_outputs("baseline")[0]).all()
