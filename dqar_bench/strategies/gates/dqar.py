@@ -25,13 +25,13 @@ class Dqar(Gate):
     PLUGIN_NAME = "dqar"
     SIGNALS = frozenset({ENTROPY, SNR})
 
-    threshold: float = field(default=2.0, metadata={"help": "entropy threshold tau, in nats"})
+    threshold: float = field(default=2.0, metadata={"range": (0.5, 4.0), "help": "entropy threshold tau, in nats"})
     snr_low: float = field(default=0.1, metadata={"help": "lower end of the SNR window"})
     snr_high: float = field(default=10.0, metadata={"help": "upper end of the SNR window"})
-    warmup: int = field(default=2, metadata={"help": "steps from the start with no reuse"})
+    warmup: int = field(default=2, metadata={"range": (0, 6), "help": "steps from the start with no reuse"})
     adapt_to_length: bool = field(default=False, metadata={"help": "scale tau by sqrt(p / base_length)"})
     base_length: float = field(default=77.0, metadata={"help": "p0 of the adaptation"})
-    max_reuse: int = field(default=0, metadata={"help": "compute after this many reuse steps in a row (0 = no cap)"})
+    max_reuse: int = field(default=0, metadata={"range": (0, 4), "help": "compute after this many reuse steps in a row (0 = no cap)"})
     deep_layer_snr_threshold: float = field(default=1.0, metadata={"help": DEEP_HELP})
 
     _streaks: Streaks = field(init=False, repr=False)

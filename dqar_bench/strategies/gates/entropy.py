@@ -46,10 +46,10 @@ class Entropy(Gate):
     PLUGIN_NAME = "entropy"
     SIGNALS = frozenset({ENTROPY})
 
-    threshold: float = field(default=2.0, metadata={"help": "tau, in nats (uniform over N keys is log N)"})
+    threshold: float = field(default=2.0, metadata={"range": (0.5, 4.0), "help": "tau, in nats (uniform over N keys is log N)"})
     adapt_to_length: bool = field(default=False, metadata={"help": "scale tau by sqrt(p / base_length), p = conditioning tokens"})
     base_length: float = field(default=77.0, metadata={"help": "p0 of the adaptation"})
-    max_reuse: int = field(default=0, metadata={"help": "compute after this many reuse steps in a row (0 = no cap)"})
+    max_reuse: int = field(default=0, metadata={"range": (0, 4), "help": "compute after this many reuse steps in a row (0 = no cap)"})
 
     _streaks: Streaks = field(init=False, repr=False)
 

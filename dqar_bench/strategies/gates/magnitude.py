@@ -52,8 +52,8 @@ class Magnitude(StaticGate):
 
     PLUGIN_NAME = "magnitude"
 
-    threshold: float = field(default=0.24, metadata={"help": "accumulated error |1 - prod ratios| up to which steps skip (reference FLUX: 0.24; diffusers: 0.06)"})
-    max_skip_steps: int = field(default=5, metadata={"help": "K: most steps skipped in a row (reference FLUX: 5; diffusers: 3)"})
+    threshold: float = field(default=0.24, metadata={"range": (0.01, 0.5), "help": "accumulated error |1 - prod ratios| up to which steps skip (reference FLUX: 0.24; diffusers: 0.06)"})
+    max_skip_steps: int = field(default=5, metadata={"range": (1, 6), "help": "K: most steps skipped in a row (reference FLUX: 5; diffusers: 3)"})
     retention_ratio: float = field(default=0.1, metadata={"help": "share of the first steps that always compute (reference FLUX: 0.1; diffusers: 0.2)"})
     mag_ratios: list[float] | None = field(default=None, metadata={"help": "per-step residual magnitude ratios of the model (None: FLUX.1-dev's published 28); resampled to the step count"})
 

@@ -34,7 +34,7 @@ class ResidualChange(Gate):
     DECIDES_AFTER_BLOCK = 0
     UNSUPPORTED = {"cudagraph": "decides inside the forward (after block 0), which no captured graph can hold"}
 
-    threshold: float = field(default=0.05, metadata={"help": "relative L1 change of block 0's residual up to which the rest is reused (diffusers' default)"})
+    threshold: float = field(default=0.05, metadata={"range": (0.01, 0.5), "help": "relative L1 change of block 0's residual up to which the rest is reused (diffusers' default)"})
 
     def __post_init__(self) -> None:
         if self.threshold < 0:

@@ -50,9 +50,9 @@ class TeaCache(Gate):
     DECIDES_AFTER_BLOCK = -1
     UNSUPPORTED = {"cudagraph": "decides inside the forward (at block 0's entry), which no captured graph can hold"}
 
-    threshold: float = field(default=0.4, metadata={"help": "rel_l1_thresh: TeaCache4FLUX's 0.25 / 0.4 / 0.6 / 0.8 give 1.5x / 1.8x / 2.0x / 2.25x on FLUX.1-dev; HunyuanVideo 0.1 / 0.15"})
+    threshold: float = field(default=0.4, metadata={"range": (0.05, 1.0), "help": "rel_l1_thresh: TeaCache4FLUX's 0.25 / 0.4 / 0.6 / 0.8 give 1.5x / 1.8x / 2.0x / 2.25x on FLUX.1-dev; HunyuanVideo 0.1 / 0.15"})
     coefficients: list[float] | None = field(default=None, metadata={"help": "rescale polynomial, highest power first; None: the family's published fit (families.Modulation), [1, 0] where none is"})
-    warmup: int = field(default=1, metadata={"help": "leading steps that always compute (the reference: 1; Wan with use_ret_steps: 5)"})
+    warmup: int = field(default=1, metadata={"range": (0, 6), "help": "leading steps that always compute (the reference: 1; Wan with use_ret_steps: 5)"})
     compute_last: bool = field(default=True, metadata={"help": "the last step always computes (the FLUX, HunyuanVideo and CogVideoX scripts)"})
 
     def __post_init__(self) -> None:
