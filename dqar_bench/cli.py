@@ -256,7 +256,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     floors = [Floor(metric, value) for metric in ("psnr", "ssim", "accuracy", "clip", "lpips")
               for value in getattr(args, f"{'max' if metric == 'lpips' else 'min'}_{metric}") or []]
     options = TuneOptions(args.case, args.trials, args.output, args.objective, args.quality, args.space, floors, args.seeds, args.sampler_seed)
-    tune(suite, options)
+    try:
+        tune(suite, options)
+    except KeyboardInterrupt:  # tune said where its trials are kept
+        return 130
     return 0
 
 

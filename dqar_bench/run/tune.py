@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import json
 import math
+import sys
 import time
 import types
 import typing
@@ -43,6 +44,7 @@ from dqar_bench.measure.instruments import build_instruments
 from dqar_bench.measure.progress import Progress as ProgressBar
 from dqar_bench.model.models import load_model
 from dqar_bench.model.suite_condition import condition_for
+from dqar_bench.run.case_run import CaseRun, RunContext
 from dqar_bench.run.runner import apply_resolution, check_labels, default_output_dir, resolve_device, run_case
 from dqar_bench.views.tune_plot import plot_front
 
@@ -172,7 +174,7 @@ def declared_space(case: Case, registry: Registry) -> list[Dimension]:
     return dims
 
 
-def parse_space(text: str, case: Case, registry: Registry, where: str) -> list[Dimension]:
+def parse_space(text: str, case: Case, registry: Registry) -> list[Dimension]:
     """`--space 'gate.threshold=0.1:0.9,gate.every=1:6'`: exactly the dimensions searched."""
     dims: list[Dimension] = []
     for item in (s.strip() for s in text.split(",")):
@@ -242,7 +244,7 @@ def tune(suite: Suite, options: TuneOptions, registry: Registry | None = None, s
     case = find_case(suite, options.case)
     if case.hook is not None:
         raise DqarError(f"{suite.path}: --case: '{case.name}' runs a diffusers hook, whose parameters are not declared for tuning; tune a case built from parts")
-    dims = parse_space(options.space, case, registry, str(suite.path)) if options.space is not None else declared_space(case, registry)
+    dims = parse_space(options.space, case, registry) if options.space is not None else declared_space(case, registry)
     if not dims:
         parts = ", ".join(f"{k} '{s.name}'" for k, s in case.parts.items())
         raise DqarError(f"{suite.path}: case '{case.name}': no tunable parameter (none of {parts} declares a range); give --space KIND.PARAM=LOW:HIGH")
@@ -264,6 +266,9 @@ def tune(suite: Suite, options: TuneOptions, registry: Registry | None = None, s
         study = _study(optuna, metric, options, dims, len(done))
         for row in done:
             study.add_trial(_frozen(optuna, row, dims, metric, options))
+        given = given_values(case, dims, registry)
+        if not done and given is not None:
+            study.enqueue_trial(given)  # trial 1 is the case as written: the search starts from the user's own setting
         rows = list(done)
         with (output / TRIALS_FILE).open("a", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=_columns(dims, suite))
@@ -281,6 +286,9 @@ def tune(suite: Suite, options: TuneOptions, registry: Registry | None = None, s
                 writer.writerow(_csv_row(row, writer.fieldnames))
                 handle.flush()
                 rows.append(row)
+    except KeyboardInterrupt:
+        print(f"interrupted; the finished trials are kept in {output / TRIALS_FILE} (go on: run again with -o {output})", file=sys.stderr)
+        raise
     finally:
         runner.close()
     return _finish(suite, case, output, rows, metric, options, dims, say)
@@ -305,18 +313,29 @@ class _Trials:
         self.kit = build_instruments(suite.quality, model.vae, model.latent_channels, device, images=model.pipeline is not None)
         self.model, self.device = model, device
         self.condition = condition_for(suite, model, device, getattr(torch, suite.dtype))
-        calls = self.kit.calls_per_case(0, 1, len(suite.seeds), suite.batch) + len(suite.seeds)
+        calls = self.kit.calls_per_case(0, 1 if self.options.objective == "time" else 0, len(suite.seeds), suite.batch) + len(suite.seeds)
         self.kit.progress = ProgressBar(calls * (1 + total - done))
         self.total, self.remaining = total, total - done
         self.say = self.kit.progress.wrap(self.say)
         baseline = suite.case(suite.baseline_for(self.case))
         self.kit.progress.case(baseline.name)
-        record, outputs = run_case(suite, baseline, model, device, self.registry, None, self.kit, self.condition)
+        record, outputs = self._measure(baseline, None)
         if record["status"] != "ok" or outputs is None:
             raise DqarError(f"{suite.path}: the baseline '{baseline.name}' failed, so there is nothing to tune against: {record.get('error')}")
         self.baseline, self.reference = record, outputs
-        self.say(f"baseline '{baseline.name}': {record['median_s'] * 1000:.1f} ms/call, {flops_per_call(record) or 0:.4g} FLOP/call; "
-                 f"{self.remaining} trial(s) to run on seeds {suite.seeds}")
+        timed = f"{record['median_s'] * 1000:.1f} ms/call, " if "median_s" in record else ""
+        self.say(f"baseline '{baseline.name}': {timed}{flops_per_call(record) or 0:.4g} FLOP/call; {self.remaining} trial(s) to run on seeds {suite.seeds}")
+
+    def _measure(self, case: Case, reference: dict[int, torch.Tensor] | None) -> tuple[dict[str, Any], dict[int, torch.Tensor] | None]:
+        """The harness's own case path. For a FLOP search the timed round is left out (prepare
+        alone scores the outputs and counts the FLOPs of one call per seed): half the calls."""
+        if self.options.objective == "time":
+            return run_case(self.suite, case, self.model, self.device, self.registry, reference, self.kit, self.condition)
+        one = CaseRun(RunContext(self.suite, self.model, self.device, self.registry, self.kit, self.condition), case, key=case.name, blocked=True)
+        one.prepare(0, reference)
+        if not one.ready:
+            return one.record, None
+        return {**one.record, "status": "ok"}, one.outputs
 
     def run(self, number: int, params: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
@@ -329,7 +348,7 @@ class _Trials:
             record: dict[str, Any] = {"status": "failed", "error": str(exc)}
         else:
             self.kit.progress.case(trial_case.name)
-            record, _ = run_case(self.suite, trial_case, self.model, self.device, self.registry, self.reference, self.kit, self.condition)
+            record, _ = self._measure(trial_case, self.reference)
         row.update(self._figures(record))
         row["seconds"] = round(time.perf_counter() - started, 3)
         self.durations.append(row["seconds"])
@@ -376,6 +395,18 @@ def with_params(case: Case, params: dict[str, Any], name: str) -> Case:
         spec = parts[kind]
         parts[kind] = PartSpec(spec.kind, spec.name, {**spec.params, param: value})
     return dataclasses.replace(case, name=name, base="", parts=parts)
+
+
+def given_values(case: Case, dims: list[Dimension], registry: Registry) -> dict[str, Any] | None:
+    """The case's own values of the searched parameters (its defaults where it sets none); None where one lies outside the space."""
+    values = {}
+    for d in dims:
+        spec = case.parts[d.kind]
+        value = spec.params.get(d.param, build_part(registry.get(d.kind, spec.name).cls, spec.params).params()[d.param])
+        if not isinstance(value, (int, float)) or not d.low <= value <= d.high:
+            return None
+        values[d.key] = value
+    return values
 
 
 def _study(optuna: Any, metric: Metric, options: TuneOptions, dims: list[Dimension], done: int) -> Any:
@@ -524,12 +555,16 @@ def write_suite(suite: Suite, case: Case, picks: dict[str, dict[str, Any] | None
     data = yaml.safe_load(suite.path.read_text(encoding="utf-8"))
     baseline = suite.case(suite.baseline_for(case))
     cases = [_case_yaml(baseline, baseline.base_name), _case_yaml(case, case.base_name)]
+    labels: dict[int, list[str]] = {}  # trial -> the floors it is the pick of: one case per trial
     for label, row in picks.items():
-        if row is None:
-            continue
-        name = f"{case.base_name}-{_safe(label)}"
+        if row is not None:
+            labels.setdefault(row["trial"], []).append(label)
+    rows = {row["trial"]: row for row in picks.values() if row is not None}
+    for trial, names in labels.items():
+        row = rows[trial]
+        name = f"{case.base_name}-{_safe(names[-1])}"
         tuned = with_params(case, {d.key: row[d.key] for d in dims}, name)
-        cases.append(_case_yaml(tuned, name, f"tuned for {label}: trial {row['trial']}, {row['speedup']:.3f}x"))
+        cases.append(_case_yaml(tuned, name, f"tuned for {', '.join(names)}: trial {trial}, {row['speedup']:.3f}x"))
     data.update(name=f"{suite.name}-tuned", baseline=baseline.base_name, cases=cases)
     data.pop("execution", None)  # each case carries its own mode
     path.write_text(
@@ -575,5 +610,5 @@ def _fmt(value: Any) -> str:
 
 
 def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -46,10 +46,10 @@ def plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Pa
     for floor in floors:
         if floor.metric == quality:
             ax.axhline(floor.value, color="grey", linestyle="--", linewidth=1)
-            ax.annotate(floor.label, (ax.get_xlim()[0], floor.value), fontsize=8, color="grey", va="bottom")
+            ax.text(0.01, floor.value, floor.label, transform=ax.get_yaxis_transform(), fontsize=8, color="grey", va="bottom", parse_math=False)
     if any(math.isinf(r[quality]) for r in ok):
         ax.axhline(identical, color="lightgrey", linewidth=0.8)
-        ax.annotate("identical to the baseline", (ax.get_xlim()[0], identical), fontsize=8, color="grey", va="bottom")
+        ax.text(0.01, identical, "identical to the baseline", transform=ax.get_yaxis_transform(), fontsize=8, color="grey", va="bottom")
     ax.set_xlabel(f"{'FLOP' if objective == 'flops' else 'timed'} speedup over the baseline (x)", parse_math=False)
     ax.set_ylabel(f"{quality} against the baseline", parse_math=False)
     ax.set_title(title, parse_math=False, fontsize=10)
