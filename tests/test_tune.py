@@ -79,6 +79,20 @@ def test_a_floor_marks_trials_infeasible_and_picks_only_those_that_meet_it(suite
         assert "psnr>=1000: no trial meets it" in said
 
 
+def test_a_setting_the_part_refuses_is_a_failed_trial_and_the_search_goes_on(suite_file, tmp_path, capsys):
+    out = tmp_path / "tune"
+    assert main(["tune", str(suite_file), "--case", "every", "--trials", "4", "-o", str(out), "--space", "gate.every=0:1"]) == 0
+    rows = read_trials(out)
+    assert len(rows) == 4
+    for r in rows:
+        if r["gate.every"] == "0":  # interval refuses N < 1
+            assert r["status"] == "failed" and "every" in r["error"] and r["speedup"] == ""
+        else:
+            assert r["status"] == "ok" and float(r["psnr"]) == math.inf  # every=1 computes every step
+    assert main(["tune", str(suite_file), "--case", "every", "--trials", "5", "-o", str(out), "--space", "gate.every=0:1"]) == 0  # failed rows resume too
+    assert len(read_trials(out)) == 5
+
+
 def test_the_tuned_suite_validates_and_runs(suite_file, tmp_path, capsys):
     out = tmp_path / "tune"
     assert main(["tune", str(suite_file), "--case", "every", "--trials", "3", "-o", str(out), "--min-psnr", "4", "5"]) == 0
