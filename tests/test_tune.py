@@ -121,6 +121,10 @@ def test_pareto_front_and_best_for_a_floor():
     assert [r["trial"] for r in tune_module.pareto_front(rows, psnr)] == [4, 2, 1]
     assert tune_module.best_for(rows, tune_module.Floor("psnr", 28))["trial"] == 2
     assert tune_module.best_for(rows, tune_module.Floor("psnr", 1e9))["trial"] == 1
+    rows[3]["ssim"], rows[1]["ssim"] = 0.5, 0.9  # a floor on another metric: the pick must meet its loosest floor too
+    floors = [tune_module.Floor("psnr", 10), tune_module.Floor("ssim", 0.8), tune_module.Floor("ssim", 0.95)]
+    assert tune_module.best_for(rows, floors[0], floors)["trial"] == 2
+    assert tune_module.best_for(rows, floors[0])["trial"] == 4
     lpips = tune_module.Floor("lpips", 0.1)  # a ceiling: lower is better
     assert lpips.violation(0.05) == 0 and lpips.violation(0.3) == pytest.approx(0.2) and lpips.violation(None) == math.inf
 

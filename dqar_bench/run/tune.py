@@ -30,7 +30,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -435,7 +435,7 @@ def _frozen(optuna: Any, row: dict[str, Any], dims: list[Dimension], metric: Met
     )
 
 
-def _violations(row: dict[str, Any], floors: list[Floor]) -> dict[str, float]:
+def _violations(row: dict[str, Any], floors: Sequence[Floor]) -> dict[str, float]:
     """Optuna's constraints (feasible where all <= 0), by floor: the loosest floor of each
     metric, so a trial is feasible where it meets at least one of the floors asked for."""
     loosest: dict[str, Floor] = {}
@@ -524,10 +524,13 @@ def pareto_front(rows: list[dict[str, Any]], quality: Metric) -> list[dict[str, 
     return sorted(front, key=lambda r: -r["speedup"])
 
 
-def best_for(rows: list[dict[str, Any]], floor: Floor) -> dict[str, Any] | None:
-    """The fastest finished trial that meets `floor` (ties: the better quality on that floor's metric)."""
+def best_for(rows: list[dict[str, Any]], floor: Floor, floors: Sequence[Floor] = ()) -> dict[str, Any] | None:
+    """The fastest finished trial that meets `floor` and the loosest of `floors` on every other
+    metric (ties: the better quality on `floor`'s metric)."""
     sign = 1 if METRICS[floor.metric].maximize else -1
-    meets = [r for r in rows if r["status"] == "ok" and floor.violation(r.get(floor.metric)) == 0]
+    others = [f for f in floors if f.metric != floor.metric]
+    meets = [r for r in rows if r["status"] == "ok" and floor.violation(r.get(floor.metric)) == 0
+             and not any(_violations(r, others).values())]
     return max(meets, key=lambda r: (r["speedup"], sign * r[floor.metric]), default=None)
 
 
@@ -535,7 +538,7 @@ def _finish(suite: Suite, case: Case, output: Path, rows: list[dict[str, Any]], 
             dims: list[Dimension], say: Say) -> TuneResult:
     front = pareto_front(rows, metric)
     if options.floors:
-        picks = {f.label: best_for(rows, f) for f in options.floors}
+        picks = {f.label: best_for(rows, f, options.floors) for f in options.floors}
     else:
         picks = {f"front{i}": r for i, r in enumerate(front)}
     plot = plot_front(rows, front, output / PLOT_FILE, metric.name, options.floors, f"{suite.name}: {case.name}", options.objective)
