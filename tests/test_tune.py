@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -95,7 +96,8 @@ def test_a_setting_the_part_refuses_is_a_failed_trial_and_the_search_goes_on(sui
 
 def test_the_tuned_suite_validates_and_runs(suite_file, tmp_path, capsys):
     out = tmp_path / "tune"
-    assert main(["tune", str(suite_file), "--case", "every", "--trials", "3", "-o", str(out), "--min-psnr", "4", "5"]) == 0
+    assert main(["tune", str(suite_file), "--case", "every", "--trials", "3", "-o", str(out), "--min-psnr", "4", "5", "--seeds", "5"]) == 0
+    assert json.loads((out / "tune.json").read_text())["seeds"] == [5]  # tuned on seeds apart from the suite's
     tuned = out / "tuned.yaml"
     assert (out / "pareto.png").stat().st_size > 0
     suite = load_suite(tuned)
@@ -103,7 +105,7 @@ def test_the_tuned_suite_validates_and_runs(suite_file, tmp_path, capsys):
     assert names == ["baseline", "every", "every-psnr-min5"]  # two floors met by one trial: one case
     best = max((r for r in read_trials(out) if r["feasible"] == "True"), key=lambda r: float(r["speedup"]))
     assert suite.case("every-psnr-min5").parts["gate"].params["every"] == int(best["gate.every"])
-    assert suite.seeds == load_suite(suite_file).seeds
+    assert suite.seeds == load_suite(suite_file).seeds == [0]  # which `run` measures: held out from the search
     run = tmp_path / "run"
     assert main(["run", str(tuned), "-o", str(run)]) == 0
     assert "every-psnr-min5" in (run / "results.csv").read_text()
