@@ -548,7 +548,7 @@ def _finish(suite: Suite, case: Case, output: Path, rows: list[dict[str, Any]], 
             say(f"{label}: no trial meets it")
         else:
             say(f"{label}: trial {row['trial']}: {', '.join(f'{d.key}={_fmt(row[d.key])}' for d in dims)}: "
-                f"{row['speedup']:.3f}x {options.objective}, {metric.name} {_fmt(row[metric.name])}")
+                f"{row['speedup']:.3f}x {options.objective}, {metric.name} {_fmt(row[metric.name])}{_as_written(case, row, dims)}")
     say(f"trials: {output / TRIALS_FILE}\nplot: {plot}\nsuite: {suite_path} (measure it with `dqar-bench run {suite_path}`)")
     return TuneResult(output, rows, front, picks, suite_path, plot)
 
@@ -557,7 +557,7 @@ def write_suite(suite: Suite, case: Case, picks: dict[str, dict[str, Any] | None
     """The suite file with the baseline, the case as given and one case per pick; checked by loading it."""
     data = yaml.safe_load(suite.path.read_text(encoding="utf-8"))
     baseline = suite.case(suite.baseline_for(case))
-    cases = [_case_yaml(baseline, baseline.base_name), _case_yaml(case, case.base_name)]
+    cases = [_case_yaml(baseline, baseline.base_name), _case_yaml(case, case.base_name)]  # the case as written: the pick of floors it meets best
     labels: dict[int, list[str]] = {}  # trial -> the floors it is the pick of: one case per trial
     for label, row in picks.items():
         if row is not None:
@@ -565,6 +565,8 @@ def write_suite(suite: Suite, case: Case, picks: dict[str, dict[str, Any] | None
     rows = {row["trial"]: row for row in picks.values() if row is not None}
     for trial, names in labels.items():
         row = rows[trial]
+        if _as_written(case, row, dims):
+            continue  # already in the suite
         name = f"{case.base_name}-{_safe(names[-1])}"
         tuned = with_params(case, {d.key: row[d.key] for d in dims}, name)
         cases.append(_case_yaml(tuned, name, f"tuned for {', '.join(names)}: trial {trial}, {row['speedup']:.3f}x"))
@@ -588,6 +590,11 @@ def _case_yaml(case: Case, name: str, description: str | None = None) -> dict[st
     if case.execution != "eager":
         out["execution"] = case.execution
     return out
+
+
+def _as_written(case: Case, row: dict[str, Any], dims: list[Dimension]) -> str:
+    same = with_params(case, {d.key: row[d.key] for d in dims}, case.name).parts == case.parts
+    return f" (the case as written, '{case.name}')" if same else ""
 
 
 def _optuna() -> Any:
