@@ -261,8 +261,8 @@ def tune(suite: Suite, options: TuneOptions, registry: Registry | None = None, s
     output.mkdir(parents=True, exist_ok=True)
     (output / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     runner = _Trials(tuning, case, registry, metric, options, dims, say)
-    runner.start(len(done), options.trials)
     try:
+        runner.start(len(done), options.trials)
         study = _study(optuna, metric, options, dims, len(done))
         for row in done:
             study.add_trial(_frozen(optuna, row, dims, metric, options))
@@ -474,7 +474,7 @@ def _resume(output: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The trials already in `output`, after checking they are of this search."""
     trials = output / TRIALS_FILE
     if not trials.exists():
-        if output.exists() and any(output.iterdir()):
+        if output.exists() and any(p.name != META_FILE for p in output.iterdir()):  # tune.json alone: stopped before its first trial
             raise DqarError(f"-o {output}: the folder holds other files and no {TRIALS_FILE}; give an empty or new folder")
         return []
     try:
