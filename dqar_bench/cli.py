@@ -265,6 +265,20 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from dqar_bench.core.plugins import get_registry
 
     print(json.dumps(suite_schema(get_registry()), indent=2))
+def cmd_tune(args: argparse.Namespace) -> int:
+    from dqar_bench.config.suite import load_suite
+    from dqar_bench.runs.distributed.launch import single_process_only
+    from dqar_bench.runs.tune import Floor, TuneOptions, tune
+
+    single_process_only("dqar-bench tune")
+    suite = load_suite(args.suite)
+    floors = [Floor(metric, value) for metric in ("psnr", "ssim", "accuracy", "clip", "lpips")
+              for value in getattr(args, f"{'max' if metric == 'lpips' else 'min'}_{metric}") or []]
+    options = TuneOptions(args.case, args.trials, args.output, args.objective, args.quality, args.space, floors, args.seeds, args.sampler_seed)
+    try:
+        tune(suite, options)
+    except KeyboardInterrupt:  # tune said where its trials are kept
+        return 130
     return 0
 
 
@@ -287,6 +301,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "fid-stats": cmd_fid_stats,
     "schema": cmd_schema,
+    "tune": cmd_tune,
 }
 
 
@@ -358,6 +373,19 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--max-epochs", type=int, help="at most this many epochs (default 500)")
     train.add_argument("--patience", type=int, help="stop after this many epochs without a better validation loss (default 30)")
     sub.add_parser("schema", help="print the suite file's JSON Schema (dqar-bench schema > suite.schema.json), for editors")
+    tune = sub.add_parser("tune", help="search a case's parameters for the speed / quality Pareto front (Optuna NSGA-II; extra [tune])")
+    tune.add_argument("suite", help="suite YAML file")
+    tune.add_argument("--case", required=True, help="the case whose parameters are searched")
+    tune.add_argument("--trials", type=int, default=20, help="trials in all, those of a resumed folder included (default 20)")
+    tune.add_argument("--output", "-o", help="folder of trials.csv, pareto.png and tuned.yaml; run again with it to resume (default results/runs/<suite>-<time>/tune)")
+    tune.add_argument("--objective", default="flops", help="speed: flops (FLOP speedup, deterministic; the default) or time (timed speedup, for a GPU)")
+    tune.add_argument("--quality", help="psnr (default), ssim, lpips, accuracy or clip: one the suite measures")
+    tune.add_argument("--space", help="the parameters searched, e.g. 'gate.threshold=0.1:0.9,gate.every=1:6' (default: the ranges the parts declare)")
+    for metric, what in (("psnr", "dB"), ("ssim", "SSIM"), ("accuracy", "class accuracy, 0..1"), ("clip", "CLIP score")):
+        tune.add_argument(f"--min-{metric}", type=float, nargs="+", metavar="X", help=f"quality floor(s) ({what}): the tuned suite holds the fastest setting for each")
+    tune.add_argument("--max-lpips", type=float, nargs="+", metavar="X", help="LPIPS ceiling(s), as the floors")
+    tune.add_argument("--seeds", type=int, nargs="+", help="seeds to tune on, apart from the suite's (which tuned.yaml measures); default: the suite's own")
+    tune.add_argument("--sampler-seed", type=int, default=0, help="seed of Optuna's sampler (default 0)")
     return p
 
 

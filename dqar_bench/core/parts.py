@@ -30,6 +30,8 @@ class Param:
     type: Any
     default: Any
     help: str = ""
+    range: tuple[float, float] | None = None
+    """(low, high) worth searching (`dqar-bench tune`), from `metadata={"range": ...}`; None: not tuned."""
 
     @property
     def type_name(self) -> str:
@@ -75,7 +77,7 @@ class Part:
                 default = f.default_factory()  # type: ignore[misc]
             else:
                 default = dataclasses.MISSING
-            params.append(Param(f.name, hints.get(f.name, Any), default, f.metadata.get("help", "")))
+            params.append(Param(f.name, hints.get(f.name, Any), default, f.metadata.get("help", ""), _range(cls, f)))
         return params
 
     def params(self) -> dict[str, Any]:
@@ -308,6 +310,16 @@ def build_part(cls: type[Part], values: dict[str, Any]) -> Part:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ValueError(str(exc)) from None
+
+
+def _range(cls: type, f: dataclasses.Field) -> tuple[float, float] | None:
+    declared = f.metadata.get("range")
+    if declared is None:
+        return None
+    low, high = declared
+    if not low < high:
+        raise TypeError(f"{cls.__name__}.{f.name}: metadata range {declared!r} must be (low, high) with low < high")
+    return (low, high)
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:

@@ -30,15 +30,15 @@ class Dqar(Gate):
     CONFORMANCE_PARAMS = {"threshold": 1.0, "snr_low": 0.0, "snr_high": 1e9, "warmup": 0, "deep_layer_snr_threshold": 0.0}
     """Wide open, for `dqar_bench.testing`: a tiny model's signals are not a trained one's (normalised entropy is at most 1)."""
 
-    threshold: float = field(default=0.36, metadata={"help": THRESHOLD_HELP})
+    threshold: float = field(default=0.36, metadata={"range": (0.05, 1.0), "help": THRESHOLD_HELP})
     snr_low: float = field(default=0.1, metadata={"help": "lower end of the SNR window"})
     snr_high: float = field(default=10.0, metadata={"help": "upper end of the SNR window"})
     entropy: EntropyUnit = field(default="normalised", metadata={"help": UNIT_HELP})
     snr: SnrSource = field(default="schedule", metadata={"help": SOURCE_HELP})
-    warmup: int = field(default=2, metadata={"help": "steps from the start with no reuse"})
+    warmup: int = field(default=2, metadata={"range": (0, 6), "help": "steps from the start with no reuse"})
     adapt_to_length: bool = field(default=False, metadata={"help": "scale tau by sqrt(p / base_length)"})
     base_length: float = field(default=77.0, metadata={"help": "p0 of the adaptation"})
-    max_reuse: int = field(default=0, metadata={"help": "compute after this many reuse steps in a row (0 = no cap)"})
+    max_reuse: int = field(default=0, metadata={"range": (0, 4), "help": "compute after this many reuse steps in a row (0 = no cap)"})
     deep_layer_snr_threshold: float = field(default=1.0, metadata={"help": DEEP_HELP})
 
     _streaks: Streaks = field(init=False, repr=False)

@@ -67,11 +67,11 @@ class Entropy(Gate):
     CONFORMANCE_PARAMS = {"threshold": 1.0}
     """Wide open, for `dqar_bench.testing`: a tiny model's signals are not a trained one's (normalised entropy is at most 1)."""
 
-    threshold: float = field(default=0.36, metadata={"help": THRESHOLD_HELP})
+    threshold: float = field(default=0.36, metadata={"range": (0.05, 1.0), "help": THRESHOLD_HELP})
     entropy: EntropyUnit = field(default="normalised", metadata={"help": UNIT_HELP})
     adapt_to_length: bool = field(default=False, metadata={"help": "scale tau by sqrt(p / base_length), p = conditioning tokens"})
     base_length: float = field(default=77.0, metadata={"help": "p0 of the adaptation"})
-    max_reuse: int = field(default=0, metadata={"help": "compute after this many reuse steps in a row (0 = no cap)"})
+    max_reuse: int = field(default=0, metadata={"range": (0, 4), "help": "compute after this many reuse steps in a row (0 = no cap)"})
 
     _streaks: Streaks = field(init=False, repr=False)
 

@@ -38,7 +38,7 @@ class Interval(StaticGate):
 
     PLUGIN_NAME = "interval"
 
-    every: int = field(default=2, metadata={"help": "N: compute on every N-th step"})
+    every: int = field(default=2, metadata={"range": (1, 6), "help": "N: compute on every N-th step"})
     anchor: Literal["start", "end"] = field(
         default="start",
         metadata={"help": "start: steps 0, N, 2N, ... (PAB, diffusers); end: step 0 and every N-th counted back from the last step (FORA's code)"},

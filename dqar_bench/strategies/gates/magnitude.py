@@ -77,8 +77,8 @@ class Magnitude(StaticGate):
 
     PLUGIN_NAME = "magnitude"
 
-    threshold: float = field(default=0.24, metadata={"help": "accumulated error |1 - prod ratios| up to which steps skip (reference FLUX: 0.24; Wan: 0.12; diffusers: 0.06)"})
-    max_skip_steps: int = field(default=5, metadata={"help": "K: most steps skipped in a row (reference FLUX: 5; Wan: 2; diffusers: 3)"})
+    threshold: float = field(default=0.24, metadata={"range": (0.01, 0.5), "help": "accumulated error |1 - prod ratios| up to which steps skip (reference FLUX: 0.24; Wan: 0.12; diffusers: 0.06)"})
+    max_skip_steps: int = field(default=5, metadata={"range": (1, 6), "help": "K: most steps skipped in a row (reference FLUX: 5; Wan: 2; diffusers: 3)"})
     retention_ratio: float = field(default=0.1, metadata={"help": "share of the first steps that always compute (reference FLUX: 0.1; Wan and diffusers: 0.2)"})
     mag_ratios: list[float] | list[list[float]] | Literal["flux"] | None = field(default=None, metadata={"help": "per-step residual magnitude ratios of the model, or one list per CFG branch [cond, uncond]; flux: FLUX.1-dev's published 28 on any family; None: those on FLUX only (another family refuses); resampled to the step count"})
     protected_steps: list[int] = field(default_factory=lambda: [11], metadata={"help": "steps never skipped, as indices of a `protected_of`-step schedule (reference FLUX: [11] of 28; Wan and diffusers: [])"})

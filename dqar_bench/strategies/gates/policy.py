@@ -38,7 +38,7 @@ class Policy(Gate):
     entropy: ClassVar[str] = ENTROPY_UNIT
 
     weights: str = field(default="dit-tiny", metadata={"help": "shipped policy name (dit-tiny, digits-dit) or .safetensors file (relative: from the current directory)"})
-    threshold: float = field(default=0.5, metadata={"help": "reuse where P(safe) is above this, in (0, 1)"})
+    threshold: float = field(default=0.5, metadata={"range": (0.05, 0.95), "help": "reuse where P(safe) is above this, in (0, 1)"})
 
     _model: PolicyMLP = field(init=False, repr=False)
 

@@ -40,7 +40,7 @@ class ResidualChange(DBCache):
     CONFORMANCE_PARAMS = {"threshold": 1e9}
     """Wide open, for `dqar_bench.testing`: a tiny model's residuals change more than a trained one's."""
 
-    threshold: float = field(default=0.05, metadata={"help": "relative L1 change of block 0's residual below which the rest is reused (diffusers' default)"})
+    threshold: float = field(default=0.05, metadata={"range": (0.01, 0.5), "help": "relative L1 change of block 0's residual below which the rest is reused (diffusers' default)"})
     fn: int = field(default=1, metadata={"help": "Fn: leading blocks that always compute (FirstBlockCache: 1)"})
     bn: int = field(default=0, metadata={"help": "Bn: trailing blocks that always compute (FirstBlockCache: 0)"})
     warmup: int = field(default=0, metadata={"help": "leading steps that never cache (FirstBlockCache: 0)"})

@@ -71,9 +71,9 @@ class TeaCache(Gate):
     CONFORMANCE_PARAMS = {"threshold": 1e9}
     """Wide open, for `dqar_bench.testing`: a tiny model's modulation changes more than a trained one's."""
 
-    threshold: float = field(default=0.4, metadata={"help": "rel_l1_thresh: TeaCache4FLUX's 0.25 / 0.4 / 0.6 / 0.8 give 1.5x / 1.8x / 2.0x / 2.25x on FLUX.1-dev; HunyuanVideo 0.1 / 0.15"})
+    threshold: float = field(default=0.4, metadata={"range": (0.05, 1.0), "help": "rel_l1_thresh: TeaCache4FLUX's 0.25 / 0.4 / 0.6 / 0.8 give 1.5x / 1.8x / 2.0x / 2.25x on FLUX.1-dev; HunyuanVideo 0.1 / 0.15"})
     coefficients: list[float] | None = field(default=None, metadata={"help": "rescale polynomial, highest power first; None: the family's published fit (families.Modulation); a family with none refuses"})
-    warmup: int | None = field(default=None, metadata={"help": "leading steps that always compute; None: the official script's for the fit (FLUX, CogVideoX, HunyuanVideo, Wan e: 1; Wan retention: 5)"})
+    warmup: int | None = field(default=None, metadata={"range": (0, 6), "help": "leading steps that always compute; None: the official script's for the fit (FLUX, CogVideoX, HunyuanVideo, Wan e: 1; Wan retention: 5)"})
     compute_last: bool | None = field(default=None, metadata={"help": "the last step always computes; None: the official script's for the fit (true, but Wan retention: false)"})
     mode: str | None = field(default=None, metadata={"help": "another official input and fit of the family (Wan: e, the time embedding); None: the default (Wan: the retention mode's e0)"})
 

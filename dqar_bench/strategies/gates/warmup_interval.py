@@ -29,8 +29,8 @@ class WarmupInterval(StaticGate):
 
     PLUGIN_NAME = "warmup-interval"
 
-    every: int = field(default=4, metadata={"help": "N: full computations every N-th step after the warmup"})
-    warmup: int = field(default=2, metadata={"help": "full computations before the cadence starts (>= 1)"})
+    every: int = field(default=4, metadata={"range": (1, 8), "help": "N: full computations every N-th step after the warmup"})
+    warmup: int = field(default=2, metadata={"range": (1, 6), "help": "full computations before the cadence starts (>= 1)"})
     schedule: Literal["official", "diffusers"] = field(
         default="official",
         metadata={"help": "official: TaylorSeer's DiT code (0, 1, 5, 9, ... at N = 4); diffusers: its TaylorSeer hook (0, 1, 3, 7, ...)"},

@@ -40,8 +40,8 @@ class FrontRear(Scheduler):
 
     PLUGIN_NAME = "front-rear"
 
-    blocks: float = field(default=0.75, metadata={"help": "share of the blocks in the cached range (N_c / N), rounded to the nearest block (halves to even)"})
-    boundary: float = field(default=0.4, metadata={"help": "share of the steps in the early stage (rear blocks cached), rounded like blocks"})
+    blocks: float = field(default=0.75, metadata={"range": (0.0, 1.0), "help": "share of the blocks in the cached range (N_c / N), rounded to the nearest block (halves to even)"})
+    boundary: float = field(default=0.4, metadata={"range": (0.0, 1.0), "help": "share of the steps in the early stage (rear blocks cached), rounded like blocks"})
 
     def __post_init__(self) -> None:
         for name in ("blocks", "boundary"):

@@ -49,8 +49,8 @@ class RampScheduler(Scheduler):
 
     REVERSE: ClassVar[bool] = False
 
-    layer_fraction: float = field(default=0.5, metadata={"help": "largest share of blocks that may reuse, in [0, 1]"})
-    warmup: float = field(default=0.0, metadata={"help": "share of steps, from the start, with no reuse, in [0, 1]"})
+    layer_fraction: float = field(default=0.5, metadata={"range": (0.0, 1.0), "help": "largest share of blocks that may reuse, in [0, 1]"})
+    warmup: float = field(default=0.0, metadata={"range": (0.0, 0.5), "help": "share of steps, from the start, with no reuse, in [0, 1]"})
 
     def __post_init__(self) -> None:
         check_fraction("layer_fraction", self.layer_fraction)

@@ -48,8 +48,8 @@ class SeedLinear(Scheduler):
 
     PLUGIN_NAME = "seed-linear"
 
-    layer_fraction: float = field(default=1.0, metadata={"help": "f: at most int(f * L) blocks ever reuse, in [0, 1]"})
-    warmup: float = field(default=0.2, metadata={"help": "no reuse while t / (N - 1) < warmup, in [0, 1]"})
+    layer_fraction: float = field(default=1.0, metadata={"range": (0.0, 1.0), "help": "f: at most int(f * L) blocks ever reuse, in [0, 1]"})
+    warmup: float = field(default=0.2, metadata={"range": (0.0, 0.5), "help": "no reuse while t / (N - 1) < warmup, in [0, 1]"})
 
     def __post_init__(self) -> None:
         check_fraction("layer_fraction", self.layer_fraction)
