@@ -324,18 +324,19 @@ class _Trials:
             raise DqarError(f"{suite.path}: the baseline '{baseline.name}' failed, so there is nothing to tune against: {record.get('error')}")
         self.baseline, self.reference = record, outputs
         timed = f"{record['median_s'] * 1000:.1f} ms/call, " if "median_s" in record else ""
-        self.say(f"baseline '{baseline.name}': {timed}{flops_per_call(record) or 0:.4g} FLOP/call; {self.remaining} trial(s) to run on seeds {suite.seeds}")
+        self.say(f"baseline '{baseline.name}': {timed}{flops_per_call(record.get('flops')) or 0:.4g} FLOP/call; {self.remaining} trial(s) to run on seeds {suite.seeds}")
 
     def _measure(self, case: Case, reference: dict[int, torch.Tensor] | None) -> tuple[dict[str, Any], dict[int, torch.Tensor] | None]:
         """The harness's own case path. For a FLOP search the timed round is left out (prepare
         alone scores the outputs and counts the FLOPs of one call per seed): half the calls."""
         if self.options.objective == "time":
-            return run_case(self.suite, case, self.model, self.device, self.registry, reference, self.kit, self.condition)
+            record, outputs = run_case(self.suite, case, self.model, self.device, self.registry, reference, self.kit, self.condition)
+            return record.to_json(), outputs
         one = CaseRun(RunContext(self.suite, self.model, self.device, self.registry, self.kit, self.condition), case, key=case.name, blocked=True)
         one.prepare(0, reference)
         if not one.ready:
-            return one.record, None
-        return {**one.record, "status": "ok"}, one.outputs
+            return one.record.to_json(), None
+        return {**one.record.to_json(), "status": "ok"}, one.outputs
 
     def run(self, number: int, params: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
@@ -359,7 +360,7 @@ class _Trials:
         if record.get("status") != "ok":
             return {"status": "failed", "error": str(record.get("error", "")).splitlines()[0] if record.get("error") else "failed"}
         if self.options.objective == "flops":
-            base, mine = flops_per_call(self.baseline), flops_per_call(record)
+            base, mine = flops_per_call(self.baseline.get("flops")), flops_per_call(record.get("flops"))
             speedup = base / mine if base and mine else math.nan
         else:
             speedup = self.baseline["median_s"] / record["median_s"]
