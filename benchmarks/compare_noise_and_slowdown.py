@@ -66,8 +66,8 @@ class Plugin:
 
 
 def run(out: Path, name: str, rounds: int, seconds: float, registry) -> Path:
-    from dqar_bench.runs.runner import run_suite
     from dqar_bench.config.suite import load_suite
+    from dqar_bench.runs.runner import run_suite
 
     path = out / f"{name}.yaml"
     path.write_text(SUITE.format(name=name, rounds=rounds, seconds=seconds))
@@ -75,9 +75,9 @@ def run(out: Path, name: str, rounds: int, seconds: float, registry) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dqar_bench.views import compare
     from dqar_bench.core.plugins import load_registry
     from dqar_bench.measure.records import RunDir
+    from dqar_bench.views import compare
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds per run (default 8)")

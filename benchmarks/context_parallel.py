@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.model.conditioning import synthetic_captions
 from dqar_bench.core.world import init_world, launched_by_torchrun
-from dqar_bench.strategy.context_parallel import Parallel, context_parallel, refusal
+from dqar_bench.model.conditioning import synthetic_captions
 from dqar_bench.model.models import load_model
 from dqar_bench.model.sampling import denoise, make_scheduler
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.context_parallel import Parallel, context_parallel, refusal
 from dqar_bench.strategy.strategy import Strategy
 
 STEPS, SEED, GUIDANCE = 8, 0, 3.5

@@ -31,15 +31,15 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from dqar_bench.strategy import signals
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.model.models import load_model
-from dqar_bench.core.plugins import get_registry
-from dqar_bench.runs.runner import build_strategy, resolve_device
-from dqar_bench.model.sampling import make_scheduler, sample
-from dqar_bench.strategy.strategy import Strategy
 from dqar_bench.config.suite import load_suite
 from dqar_bench.core.errors import DqarError
+from dqar_bench.core.plugins import get_registry
+from dqar_bench.model.models import load_model
+from dqar_bench.model.sampling import make_scheduler, sample
+from dqar_bench.runs.runner import build_strategy, resolve_device
+from dqar_bench.strategy import signals
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.strategy import Strategy
 
 GOAL = 0.05
 

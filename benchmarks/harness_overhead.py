@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import textwrap
-import sys
 import time
 from pathlib import Path
 
@@ -27,14 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's tests/ (the synthetic model of known cost)
 
-from tests import synthetic  # noqa: E402
+from dqar_bench.config.suite import load_suite
+from dqar_bench.core.plugins import load_registry
 from dqar_bench.measure.instruments import Instruments
 from dqar_bench.measure.stats import Measurement, mann_whitney_u
 from dqar_bench.model.models import load_model
-from dqar_bench.core.plugins import load_registry
-from dqar_bench.runs.runner import resolve_device, run_case
 from dqar_bench.model.sampling import make_scheduler
-from dqar_bench.config.suite import load_suite
+from dqar_bench.runs.runner import resolve_device, run_case
+from tests import synthetic  # noqa: E402
 
 
 def hand_loop(model, scheduler, labels, seed, steps, guidance, device, dtype):

@@ -24,9 +24,9 @@ from dqar_bench.config.suite import load_suites
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.parts import Gate, build_part
 from dqar_bench.core.plugins import get_registry
-from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.model.models import load_model
 from dqar_bench.model.sampling import denoise, make_scheduler
+from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.runs.runner import resolve_device
 from dqar_bench.strategy import signals
 from dqar_bench.strategy.adapter import adapter_for

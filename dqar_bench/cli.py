@@ -24,10 +24,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """A suite file of several models runs one suite per model, into `<output>/<model>/`."""
     from pathlib import Path
 
-    from dqar_bench.runs.distributed.launch import launch, without_nproc
+    from dqar_bench.config.suite import load_suites
     from dqar_bench.core.errors import ModelError
     from dqar_bench.model.models import offline_problem
-    from dqar_bench.config.suite import load_suites
+    from dqar_bench.runs.distributed.launch import launch, without_nproc
 
     if args.rank_timeout is not None and not 0 < args.rank_timeout <= MAX_RANK_TIMEOUT_S:  # inf and nan too: a timer takes neither
         raise DqarError(f"--rank-timeout must be a positive number of seconds up to {MAX_RANK_TIMEOUT_S} (a week), got {args.rank_timeout:g}")
@@ -65,7 +65,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from dqar_bench.config.suite import load_suites
-
     from dqar_bench.model.models import offline_problem
 
     for suite in load_suites(args.suite, inception_weights=args.inception_weights):
@@ -78,9 +77,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from dqar_bench.views.plan import plan_suite, render_plan
-    from dqar_bench.core.plugins import get_registry
     from dqar_bench.config.suite import load_suite
+    from dqar_bench.core.plugins import get_registry
+    from dqar_bench.views.plan import plan_suite, render_plan
 
     registry = get_registry()
     suite = load_suite(args.suite, registry)
@@ -128,9 +127,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from dqar_bench.core.plugins import get_registry
     from dqar_bench.model.families import FAMILIES, GUIDANCE_MODES
     from dqar_bench.model.models import BUILTIN_FAMILIES, BUILTIN_MODELS, TINY_MODELS
-    from dqar_bench.core.plugins import get_registry
     from dqar_bench.model.sampling import prediction_type
 
     caches = [get_registry().get("cache", name).cls for name in get_registry().names("cache")]
@@ -173,10 +172,9 @@ def _hooks(family: Any) -> str:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from dqar_bench.runs.trace import trace_suite
     from dqar_bench.config.suite import load_suite
-
     from dqar_bench.runs.distributed.launch import single_process_only
+    from dqar_bench.runs.trace import trace_suite
 
     single_process_only("dqar-bench trace")
     suite = load_suite(args.suite)
@@ -188,7 +186,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_train_policy(args: argparse.Namespace) -> int:
     import dataclasses
-
     from pathlib import Path
 
     from dqar_bench.strategy.policy.model import save_policy

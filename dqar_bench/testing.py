@@ -44,9 +44,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from dqar_bench.core.errors import DqarError
-from dqar_bench.strategy.execution import MODES, CudaGraphs, Execution, _Program
 from dqar_bench.core.parts import BASES, KINDS, Part, Quantizer, build_part
 from dqar_bench.core.plugins import Registry, load_registry
+from dqar_bench.strategy.execution import MODES, CudaGraphs, Execution, _Program
 
 COMPANIONS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "scheduler": {"gate": ("always", {}), "cache": ("attention-output", {}), "quantizer": ("none", {})},
@@ -282,8 +282,8 @@ class _Bench:
 
     @classmethod
     def load(cls, name: str) -> "_Bench":
-        from dqar_bench.model.suite_condition import condition_for
         from dqar_bench.model.models import load_model
+        from dqar_bench.model.suite_condition import condition_for
 
         if name not in _BENCHES:
             cpu = torch.device("cpu")

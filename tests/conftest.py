@@ -113,9 +113,9 @@ def report_run(tmp_path_factory):
     """
     import io
 
-    from dqar_bench.runs import case_run
     from dqar_bench.cli import main
     from dqar_bench.measure.records import RunDir
+    from dqar_bench.runs import case_run
 
     root = tmp_path_factory.mktemp("report")
     suite = root / "suite.yaml"

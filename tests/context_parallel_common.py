@@ -23,7 +23,6 @@ def cases() -> dict[str, Strategy | None]:
     from dqar_bench.strategies.gates.residual_change import ResidualChange
     from dqar_bench.strategies.quantizers.none import NoQuantization
     from dqar_bench.strategies.schedulers.all import AllBlocks
-
     from dqar_bench.strategy.signal_scope import ProjectedProbe
 
     dqar = Dqar(threshold=ENTROPY_THRESHOLD, entropy="nats", snr="x0", snr_low=0.0, snr_high=1e9, warmup=1, deep_layer_snr_threshold=0.0)
@@ -70,11 +69,11 @@ def run_case(world: World, parallel: Parallel | None, strategy: Strategy | None,
     """One sampling call of flux-tiny (`model`, or a fresh one) with `strategy`, context-parallel
     when `parallel` is given: the final latents, the reuse map, the signals the gate read at each step,
     and the FLOPs of the call (over all ranks, as the runner records them)."""
-    from dqar_bench.strategy.adapter import adapter_for
-    from dqar_bench.model.conditioning import synthetic_captions
-    from dqar_bench.strategy.context_parallel import whole_call_flops
     from dqar_bench.measure.flops import count_flops
+    from dqar_bench.model.conditioning import synthetic_captions
     from dqar_bench.model.sampling import denoise, make_scheduler
+    from dqar_bench.strategy.adapter import adapter_for
+    from dqar_bench.strategy.context_parallel import whole_call_flops
 
     model = model if model is not None else load(world)
     condition = synthetic_captions(CAPTIONS, model.text_width, world.device, torch.float32, model.spec.text, model.pooled_width, model.text_length)

@@ -82,13 +82,12 @@ def collectives(world) -> dict:
 
 def fid(world) -> dict | None:
     """This rank's share of the one-process FID images (made by the test with the real model), scored on rank 0."""
+    from distributed_common import FID_BATCH, FID_COUNT, FID_EXTRACTOR, FID_METRICS, FID_REFERENCE
     from safetensors.torch import load_file
 
-    from dqar_bench.runs.distributed.fid import gather_features
     from dqar_bench.measure.fidelity import Extractor, Fidelity
     from dqar_bench.measure.instruments import fid_image_indices
-
-    from distributed_common import FID_BATCH, FID_COUNT, FID_EXTRACTOR, FID_METRICS, FID_REFERENCE
+    from dqar_bench.runs.distributed.fid import gather_features
 
     indices = fid_image_indices(FID_COUNT, FID_BATCH, world.rank, world.world_size)
     images = load_file(str(OUT / "fid-images.safetensors"))["images"][indices]

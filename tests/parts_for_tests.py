@@ -10,8 +10,8 @@ from typing import Callable
 import torch
 
 from dqar_bench import Gate, StepContext, hookimpl
-from tests import synthetic
 from dqar_bench.strategies.caches.attention_output import AttentionOutput
+from tests import synthetic
 
 SPEND: dict[str, Callable[[float], None]] = {"wait": synthetic.real_wait}
 """How `spin` spends its time: a real busy wait, or a test's virtual clock."""

@@ -85,7 +85,8 @@ CLIP_TOKENS = 16
 
 def word_tokenizer(max_length: int) -> Any:
     """A word-level tokenizer of `WORDS` that appends </s> (T5's and CLIP's end token here)."""
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from tokenizers import models as tok_models
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(tok_models.WordLevel(VOCAB, unk_token="<unk>"))
@@ -134,9 +135,9 @@ def save_pipeline(family: str, folder: Path, **kwargs: Any) -> Path:
 
 def run_records(suite: Path, out: Path) -> tuple[dict[str, CaseRecord], Path]:
     """A suite run here: its records by case, and its run directory."""
+    from dqar_bench.config.suite import load_suite
     from dqar_bench.measure.records import read_records
     from dqar_bench.runs.runner import run_suite
-    from dqar_bench.config.suite import load_suite
 
     run = run_suite(load_suite(suite), out, progress=lambda _: None)
     return {r.case: r for r in read_records(run.path / "records.jsonl")}, run.path

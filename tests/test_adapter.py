@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.core.parts import build_part
 from dqar_bench.model.sampling import make_scheduler, sample
+from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.strategy import Strategy
 
 LABELS = [1, 3]

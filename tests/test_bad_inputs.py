@@ -12,11 +12,11 @@ import torch
 
 from dqar_bench import Gate, StepContext, hookimpl
 from dqar_bench.cli import main
+from dqar_bench.config.suite import load_suite
 from dqar_bench.core.parts import build_part
 from dqar_bench.core.plugins import load_registry
 from dqar_bench.measure.records import RunDir
 from dqar_bench.runs.runner import run_suite
-from dqar_bench.config.suite import load_suite
 from tests.conftest import SMALL_SUITE_HEAD
 
 BASELINE_ONLY = "cases:\n  - name: baseline\n"
@@ -105,7 +105,7 @@ def test_nan_part_parameter(write_suite, capsys):
 def test_class_labels_out_of_range_are_caught_by_validate(write_suite, capsys, model, labels, classes):
     body = SMALL_SUITE_HEAD.replace("model: dit-tiny", f"model: {model}").replace("class_labels: [1, 2]", f"class_labels: {labels}")
     err = one_line_error(capsys, ["validate", str(write_suite(body + BASELINE_ONLY))])
-    assert f"field 'class_labels':" in err and f"is out of range for model '{model}' (its {classes} classes are 0..{classes - 1})" in err
+    assert "field 'class_labels':" in err and f"is out of range for model '{model}' (its {classes} classes are 0..{classes - 1})" in err
 
 
 def test_class_labels_are_read_from_a_checkpoint_config(write_suite, capsys, tmp_path):

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from dqar_bench.core.errors import SuiteError
 from dqar_bench.config.suite import load_suite
+from dqar_bench.core.errors import SuiteError
 
 HEAD = """\
 name: cachedit

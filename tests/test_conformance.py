@@ -10,11 +10,11 @@ import torch
 
 from dqar_bench import Gate, Quantizer, StaticGate, StepContext, hookimpl
 from dqar_bench.cli import main
-from dqar_bench.model.models import BUILTIN_FAMILIES
 from dqar_bench.core.plugins import load_registry
+from dqar_bench.model.models import BUILTIN_FAMILIES
+from dqar_bench.strategies.quantizers.none import Plain
 from dqar_bench.strategy.storage import SlotCache
 from dqar_bench.testing import check_part, tiny_models
-from dqar_bench.strategies.quantizers.none import Plain
 
 BUILTINS = [(kind, name) for kind, names in load_registry(autoload=False).parts.items() for name in sorted(names)]
 

@@ -20,11 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 from dqar_bench.cli import main
-from dqar_bench.core.world import World
-from dqar_bench.strategy.context_parallel import Parallel, ShardedSequence, context_parallel, parse_parallel, refusal
 from dqar_bench.core.errors import SuiteError
+from dqar_bench.core.world import World
 from dqar_bench.measure.records import RunDir
-from dqar_bench.strategy.signal_scope import LOCAL
+from dqar_bench.strategy.context_parallel import Parallel, ShardedSequence, context_parallel, parse_parallel, refusal
 from tests import context_parallel_common as common
 from tests.rank_launch import spawn_ranks, wait_ranks
 
@@ -114,11 +113,11 @@ def test_decisions_that_would_differ_are_rank_zeros_on_both(two_ranks):
 def test_sharded_scope_on_one_rank_reads_what_the_plain_scope_reads(one_process):
     """The sharding arithmetic (joint text+image positions on FLUX's single-stream blocks, softmax
     statistics, residual sums) on a world of one, through the real model: the plain signals, to 1e-5."""
-    from dqar_bench.strategy.adapter import adapter_for
     from dqar_bench.model.conditioning import synthetic_captions
-    from dqar_bench.strategy.context_parallel import _stream_tokens
     from dqar_bench.model.models import load_model
     from dqar_bench.model.sampling import denoise, make_scheduler
+    from dqar_bench.strategy.adapter import adapter_for
+    from dqar_bench.strategy.context_parallel import _stream_tokens
 
     for name in ("dqar", "first-block-cache"):
         strategy = common.cases()[name]

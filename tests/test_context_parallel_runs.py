@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqar_bench.runs.distributed.shares import Share, standing
-from dqar_bench.runs.distributed.teams import team_for
 from dqar_bench.core.world import World
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.records import RunDir, read_records
 from dqar_bench.measure.rounds import RoundLog
+from dqar_bench.runs.distributed.shares import Share, standing
+from dqar_bench.runs.distributed.teams import team_for
 from tests.rank_launch import spawn_ranks, wait_ranks
 from tests.test_distributed_runs import RANK
 
@@ -70,9 +70,9 @@ def outputs(run: Path, case: str) -> dict[int, torch.Tensor]:
 def runs(tmp_path_factory):
     """The run directories of flux-tiny and pixart-tiny of the two two-rank runs (started together),
     and of the one-process run of the same flux cases without `parallel`."""
+    from dqar_bench.config.suite import load_suite
     from dqar_bench.core.plugins import get_registry
     from dqar_bench.runs.runner import run_suite
-    from dqar_bench.config.suite import load_suite
 
     tmp = tmp_path_factory.mktemp("cp-runs")
     (tmp / "suite.yaml").write_text(FLUX)
@@ -84,7 +84,7 @@ def runs(tmp_path_factory):
     try:
         whole = FLUX.replace("[flux-tiny, pixart-tiny]", "flux-tiny").replace(", parallel: {ulysses: 2}", "").replace("    parallel: {ulysses: 2}\n", "")
         (tmp / "one.yaml").write_text(whole.split("  - {name: fbc-ring")[0])
-        one = run_suite(load_suite(tmp / "one.yaml", get_registry()), tmp / "one", progress=lambda line: None).path
+        run_suite(load_suite(tmp / "one.yaml", get_registry()), tmp / "one", progress=lambda line: None)
     finally:
         finished = {name: wait_ranks(procs) for name, procs in started.items()}
     for name, (codes, errors) in finished.items():
@@ -180,8 +180,8 @@ def test_rank_zero_stands_for_a_split_call_only_if_every_rank_holds_its_outputs(
 
 
 def test_the_note_says_what_a_split_case_is_timed_against():
-    from dqar_bench.strategy.context_parallel import Parallel
     from dqar_bench.runs.distributed.teams import parallel_note
+    from dqar_bench.strategy.context_parallel import Parallel
 
     two = Parallel("ulysses", 2)
     assert "on one device per rank" in parallel_note(two, "baseline", None)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.config.suite import load_suite
 from dqar_bench.core.errors import SuiteError
 from dqar_bench.model.sampling import denoise, make_scheduler
-from dqar_bench.config.suite import load_suite
+from dqar_bench.strategy.adapter import adapter_for
 from tests.test_families import HEAD, Tiny, strategy
 from tests.test_fidelity import STEPS, pab_reference
 

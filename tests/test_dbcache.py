@@ -13,12 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dqar_bench.core.parts import build_part
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.strategy.strategy import Strategy
 from dqar_bench.core.context import StepContext
-from dqar_bench.strategy.signals import RESIDUAL_CHANGE
+from dqar_bench.core.parts import build_part
 from dqar_bench.strategies.gates.dbcache import DBCache
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.signals import RESIDUAL_CHANGE
+from dqar_bench.strategy.strategy import Strategy
 from dqar_bench.testing import _Bench
 
 

@@ -17,15 +17,15 @@ import json
 import pytest
 import torch
 
-from dqar_bench.model import families
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.strategy.diffusers_hooks import HOOKS, DiffusersHook, HookConfigError, check, refusal, taylorseer_patterns
-from dqar_bench.core.errors import SuiteError
-from dqar_bench.model.models import TINY_MODELS
-from dqar_bench.core.parts import build_part
-from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
-from dqar_bench.strategy.strategy import Strategy
 from dqar_bench.config.suite import load_suite
+from dqar_bench.core.errors import SuiteError
+from dqar_bench.core.parts import build_part
+from dqar_bench.model import families
+from dqar_bench.model.models import TINY_MODELS
+from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.diffusers_hooks import HOOKS, DiffusersHook, check, refusal, taylorseer_patterns
+from dqar_bench.strategy.strategy import Strategy
 from dqar_bench.testing import _Bench
 
 CPU = torch.device("cpu")

@@ -20,16 +20,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dqar_bench.strategy import signals
+from dqar_bench.core.errors import DqarError
 from dqar_bench.core.world import RankError, World, init_world
+from dqar_bench.measure.instruments import fid_batches, fid_image_indices, generate_images
 from dqar_bench.runs.distributed.fid import gather_features
 from dqar_bench.runs.distributed.launch import launch, torchrun_args, without_nproc
+from dqar_bench.strategy import signals
 from dqar_bench.strategy.rank_signals import global_snr, head_sharded_entropy, key_sharded_entropy, main_decides, sampled_queries
-from dqar_bench.core.errors import DqarError
-from dqar_bench.measure.instruments import fid_batches, fid_image_indices, generate_images
 from tests import distributed_worker as worker
-from tests.rank_launch import ROOT, spawn_ranks, wait_ranks
 from tests.distributed_common import FID_BATCH, FID_COUNT, FID_EXTRACTOR, FID_METRICS, FID_REFERENCE, fid_sampler
+from tests.rank_launch import spawn_ranks, wait_ranks
 
 WORKER = Path(worker.__file__)
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

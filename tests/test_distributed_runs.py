@@ -8,21 +8,19 @@ exactly; FID features come from extractor batches of other sizes, so FID and IS 
 
 from __future__ import annotations
 
-import json
 import subprocess
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from dqar_bench.runs.distributed.runs import check_devices, decide, my_cases
-from dqar_bench.core.world import Echo, World
 from dqar_bench.core.errors import DqarError
+from dqar_bench.core.world import Echo, World
 from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import RunDir, read_records
 from dqar_bench.measure.rounds import RoundLog
+from dqar_bench.runs.distributed.runs import check_devices, decide, my_cases
 from tests.rank_launch import spawn_ranks, wait_ranks
 from tests.test_distributed import ENV_VARS, ROOT
 
@@ -85,9 +83,9 @@ def assert_same_quality(one: dict[str, CaseRecord], other: dict[str, CaseRecord]
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The suite run by one process (interleaved and blocked timing give the same quality)."""
+    from dqar_bench.config.suite import load_suite
     from dqar_bench.core.plugins import get_registry
     from dqar_bench.runs.runner import run_suite
-    from dqar_bench.config.suite import load_suite
 
     tmp = tmp_path_factory.mktemp("one")
     started = time.perf_counter()

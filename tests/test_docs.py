@@ -84,9 +84,9 @@ def test_the_page_registers_every_example():
 
 
 def test_the_documented_range_error_is_what_a_user_sees(write_suite, capsys):
-    from dqar_bench.core.plugins import load_registry
     from dqar_bench.config.suite import load_suite
     from dqar_bench.core.errors import SuiteError
+    from dqar_bench.core.plugins import load_registry
 
     path = write_suite("name: s\nmodel: dit-tiny\ncases:\n  - name: baseline\n  - name: mine\n    scheduler: {name: second-half, start: 1.5}\n")
     with pytest.raises(SuiteError) as err:

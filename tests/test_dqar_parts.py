@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 
-from dqar_bench.strategy import signals
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.parts import build_part
 from dqar_bench.strategies.gates.dqar import Dqar
@@ -23,6 +22,7 @@ from dqar_bench.strategies.schedulers.exponential import Exponential
 from dqar_bench.strategies.schedulers.linear import Linear
 from dqar_bench.strategies.schedulers.linear_reverse import LinearReverse
 from dqar_bench.strategies.schedulers.step import Step
+from dqar_bench.strategy import signals
 
 NAN = float("nan")
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from dqar_bench import Gate
-from dqar_bench.strategy import signals
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.strategy.attention import attend, project_q, project_qkv
 from dqar_bench.cli import main
 from dqar_bench.core.parts import build_part
 from dqar_bench.model.sampling import make_scheduler, sample
+from dqar_bench.strategy import signals
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.attention import attend, project_q, project_qkv
 from dqar_bench.strategy.strategy import Strategy
 
 LABELS = [1, 3]

@@ -11,19 +11,19 @@ import json
 import pytest
 import torch
 
-from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.cli import main
+from dqar_bench.config.suite import load_suite
 from dqar_bench.core.errors import SuiteError
-from dqar_bench.strategy.execution import Execution, ExecutionOptions, KeyedRunner, _copy, unsupported
 from dqar_bench.core.parts import build_part
 from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import RunDir
 from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.execution import Execution, ExecutionOptions, KeyedRunner, _copy, unsupported
 from dqar_bench.strategy.storage import Slots
 from dqar_bench.strategy.strategy import Strategy
-from dqar_bench.config.suite import load_suite
-from dqar_bench.views.table import render_markdown, results_frame
 from dqar_bench.testing import ReplayedGraphs
+from dqar_bench.views.table import render_markdown, results_frame
 from tests.conftest import SMALL_SUITE_HEAD
 
 

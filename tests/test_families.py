@@ -8,23 +8,20 @@ has been installed and removed the untouched model still gives bit-identical out
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from dqar_bench.model import families
-from dqar_bench.strategy import signals
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.strategy.adapter import BlockForward
-from dqar_bench.model.conditioning import synthetic_captions
+from dqar_bench.config.suite import load_suite
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.errors import ModelError, SuiteError
-from dqar_bench.model.models import BUILTIN_FAMILIES, TINY_MODELS, load_model
 from dqar_bench.core.parts import build_part
+from dqar_bench.model import families
+from dqar_bench.model.conditioning import synthetic_captions
+from dqar_bench.model.models import BUILTIN_FAMILIES, TINY_MODELS, load_model
 from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
+from dqar_bench.strategy import signals
+from dqar_bench.strategy.adapter import BlockForward, adapter_for
 from dqar_bench.strategy.strategy import Strategy
-from dqar_bench.config.suite import load_suite
 
 CPU = torch.device("cpu")
 STEPS = 3
@@ -396,13 +393,14 @@ def test_a_strategy_installed_again_gives_the_same_outputs_on_a_two_stream_model
     """Interleaved rounds install a case's strategy once per round: the slots the adapter adds
     on each install (FLUX's ff_context, proj_mlp) must start empty, not as copies of a cache
     that already held the joint attention's (image, text) outputs."""
-    from dqar_bench.strategy.adapter import adapter_for
-    from dqar_bench.runs.runner import build_strategy
+    from types import SimpleNamespace
+
     from dqar_bench.config.suite import Case, PartSpec
     from dqar_bench.core.plugins import load_registry
     from dqar_bench.model.sampling import denoise, make_scheduler
     from dqar_bench.model.suite_condition import condition_for
-    from types import SimpleNamespace
+    from dqar_bench.runs.runner import build_strategy
+    from dqar_bench.strategy.adapter import adapter_for
 
     model = load_model("flux-tiny", CPU, torch.float32)
     suite = SimpleNamespace(class_labels=[0], prompt_lengths=[4, 6], prompts=None, prompt_embeddings=None, allow_download=False)

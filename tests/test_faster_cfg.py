@@ -16,10 +16,10 @@ import torch
 
 from dqar_bench.core.parts import build_part
 from dqar_bench.model import families
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.strategy.strategy import Strategy
 from dqar_bench.strategies.caches.faster_attention import FasterAttention
 from dqar_bench.strategies.caches.faster_cfg import FasterCfg
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.strategy import Strategy
 from dqar_bench.testing import _Bench
 
 

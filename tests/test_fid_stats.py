@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from dqar_bench.config import suite as suite_module
 from dqar_bench.cli import main
+from dqar_bench.config import suite as suite_module
 from dqar_bench.core.errors import DqarError, SuiteError
 from dqar_bench.measure import fid_stats
 from dqar_bench.measure.fid_folder import folder_statistics

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from dqar_bench.strategy import signals
-from dqar_bench.strategy.attention import project_qkv
+from dqar_bench.config.suite import load_suite
 from dqar_bench.measure.flops import FlopCount, count_flops, summarize
 from dqar_bench.measure.records import RunDir
 from dqar_bench.runs.runner import run_suite
-from dqar_bench.config.suite import load_suite
+from dqar_bench.strategy import signals
+from dqar_bench.strategy.attention import project_qkv
 from tests.conftest import SMALL_SUITE_HEAD
 from tests.parts_for_tests import registry_with_test_parts
 

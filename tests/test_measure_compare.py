@@ -13,17 +13,16 @@ import numpy as np
 import pytest
 
 from dqar_bench import Gate, StepContext, hookimpl
-from dqar_bench.model import models
-from dqar_bench.measure import timing
 from dqar_bench.cli import main
-from tests import synthetic
+from dqar_bench.config.suite import load_suite
+from dqar_bench.core.plugins import load_registry
+from dqar_bench.measure import timing
 from dqar_bench.measure.case_record import CaseRecord
+from dqar_bench.model import models
+from dqar_bench.runs.runner import run_suite
 from dqar_bench.views.case_diff import identity_diff
 from dqar_bench.views.compare import EXIT_INCONCLUSIVE, EXIT_REGRESSION, benchmark_entries, compare_runs
-from dqar_bench.core.plugins import load_registry
-from dqar_bench.runs.runner import run_suite
-from dqar_bench.config.suite import load_suite
-
+from tests import synthetic
 
 # --- synthetic run directories ---------------------------------------------------------
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -11,12 +10,12 @@ import torch_fidelity
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from dqar_bench.model import models
-from dqar_bench.model.loaded import LoadedModel
 from dqar_bench.cli import main
 from dqar_bench.core.errors import DqarError
 from dqar_bench.measure.fidelity import Fidelity, check_weights, no_downloads, to_uint8
 from dqar_bench.measure.records import RunDir
+from dqar_bench.model import models
+from dqar_bench.model.loaded import LoadedModel
 
 TINY = "dqar-test-tiny"
 

@@ -11,9 +11,9 @@ import torch
 from dqar_bench.cli import main
 from dqar_bench.measure import environment, rss
 from dqar_bench.measure.case_record import SCHEMA_VERSION, CaseRecord
+from dqar_bench.measure.progress import Progress, eta
 from dqar_bench.measure.records import RunDir
 from dqar_bench.views.plot import plot_run
-from dqar_bench.measure.progress import Progress, eta
 from dqar_bench.views.table import render_markdown, results_frame
 from tests.conftest import SMALL_SUITE_HEAD
 

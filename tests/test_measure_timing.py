@@ -8,14 +8,14 @@ import textwrap
 import pytest
 import torch
 
-from dqar_bench.model import models
-from dqar_bench.measure import timing
-from tests import synthetic
-from dqar_bench.measure.records import RunDir
-from dqar_bench.runs.runner import run_suite
 from dqar_bench.config.suite import load_suite
-from dqar_bench.views.table import results_frame
+from dqar_bench.measure import timing
+from dqar_bench.measure.records import RunDir
 from dqar_bench.measure.timing import CallTimer
+from dqar_bench.model import models
+from dqar_bench.runs.runner import run_suite
+from dqar_bench.views.table import results_frame
+from tests import synthetic
 
 
 class FakeCuda:

@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 import torch
 
+from dqar_bench.config.suite import load_suite
+from dqar_bench.core.errors import SuiteError
+from dqar_bench.core.parts import build_part
 from dqar_bench.model import families
+from dqar_bench.strategies.gates.magnitude import FLUX_MAG_RATIOS, Magnitude, magnitude_ratios, nearest_interp
+from dqar_bench.strategies.gates.teacache import TeaCache, polynomial
 from dqar_bench.strategy import signals
 from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.diffusers_hooks import DiffusersHook, check
-from dqar_bench.core.errors import SuiteError
-from dqar_bench.core.parts import build_part
 from dqar_bench.strategy.strategy import Strategy
-from dqar_bench.config.suite import load_suite
 from dqar_bench.testing import _Bench
-from dqar_bench.strategies.gates.magnitude import FLUX_MAG_RATIOS, Magnitude, magnitude_ratios, nearest_interp
-from dqar_bench.strategies.gates.teacache import TeaCache, polynomial
 
 
 def assemble(registry, gate, cache="block-residual", scheduler="all") -> Strategy:

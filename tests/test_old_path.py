@@ -25,11 +25,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.core.parts import build_part
 from dqar_bench.model.conditioning import synthetic_captions
 from dqar_bench.model.models import load_model
-from dqar_bench.core.parts import build_part
 from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
+from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.strategy import Strategy
 
 REFERENCE = load_file(str(Path(__file__).resolve().parent / "data" / "old_path_latents.safetensors"))

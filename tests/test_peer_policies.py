@@ -15,9 +15,9 @@ import pytest
 
 from dqar_bench.core.parts import build_part
 from dqar_bench.model import families
+from dqar_bench.strategies.gates.magnitude import FLUX_MAG_RATIOS, Magnitude, magnitude_ratios
 from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.strategy import Strategy
-from dqar_bench.strategies.gates.magnitude import FLUX_MAG_RATIOS, Magnitude, magnitude_ratios
 from dqar_bench.testing import _Bench
 
 

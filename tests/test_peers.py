@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 
-from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.config.suite import load_suite
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.parts import build_part
 from dqar_bench.model.sampling import make_scheduler, sample
+from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.strategy import Strategy
-from dqar_bench.config.suite import load_suite
 from tests.conftest import SMALL_SUITE_HEAD
 
 LABELS = [1, 3]

@@ -27,15 +27,17 @@ import pytest
 import torch
 import yaml
 
-from dqar_bench.model import models
+from dqar_bench.config.suite import load_suite
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.quality import decoder
 from dqar_bench.measure.records import read_records
+from dqar_bench.model import models
 from dqar_bench.runs.runner import run_suite
-from dqar_bench.config.suite import load_suite
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_builders import run_records as _run, saved_outputs as _outputs, save_pipeline  # noqa: E402
+from pipeline_builders import run_records as _run  # noqa: E402
+from pipeline_builders import save_pipeline
+from pipeline_builders import saved_outputs as _outputs
 
 FAMILIES = ("dit", "pixart-sigma", "sd3", "flux", "wan")
 IMAGE_TOLERANCE = 32 * torch.finfo(torch.float32).eps  # module docstring
@@ -90,13 +92,13 @@ def test_pipeline_gives_the_lean_outputs(family: str, folders: dict[str, Path], 
 
 
 def test_removing_a_strategy_leaves_the_pipeline_bit_identical(folders: dict[str, Path]) -> None:
-    from dqar_bench.strategy.adapter import adapter_for
-    from dqar_bench.runs.case_run import build_strategy
+    from dqar_bench.config.suite import Case, PartSpec
+    from dqar_bench.core.plugins import get_registry
     from dqar_bench.model.conditioning import synthetic_captions
     from dqar_bench.model.pipelines import call_pipeline
-    from dqar_bench.core.plugins import get_registry
     from dqar_bench.model.sampling import make_scheduler
-    from dqar_bench.config.suite import Case, PartSpec
+    from dqar_bench.runs.case_run import build_strategy
+    from dqar_bench.strategy.adapter import adapter_for
 
     model = models.load_model(str(folders["flux"]), torch.device("cpu"), torch.float32, pipeline=True)
     condition = synthetic_captions([8, 20], model.text_width, torch.device("cpu"), torch.float32, model.spec.text, model.pooled_width)

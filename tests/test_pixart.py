@@ -8,15 +8,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.model.conditioning import embeddings_condition, synthetic_captions
+from dqar_bench.config.suite import load_suite
 from dqar_bench.core.errors import SuiteError
-from dqar_bench.model.models import load_model, model_family
 from dqar_bench.core.parts import build_part
 from dqar_bench.measure.records import RunDir
+from dqar_bench.model.conditioning import embeddings_condition, synthetic_captions
+from dqar_bench.model.models import load_model, model_family
 from dqar_bench.model.sampling import denoise, make_scheduler
+from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.strategy import Strategy
-from dqar_bench.config.suite import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dqar_bench.cli import main
-from dqar_bench.views.plan import plan_suite, runs
-from dqar_bench.measure.records import RunDir
 from dqar_bench.config.suite import load_suite
+from dqar_bench.measure.records import RunDir
+from dqar_bench.views.plan import plan_suite, runs
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 

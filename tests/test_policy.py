@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from dqar_bench.cli import main
+from dqar_bench.config.suite import load_suite
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.errors import DqarError
+from dqar_bench.runs.runner import run_suite
+from dqar_bench.strategies.gates.policy import Policy
 from dqar_bench.strategy.policy.features import FEATURES
 from dqar_bench.strategy.policy.model import MAX_PARAMETERS, SHIPPED_WEIGHTS, PolicyMLP, load_policy, parameter_count, save_policy
 from dqar_bench.strategy.policy.train import DEFAULT_HIDDEN, read_traces, train_policy
-from dqar_bench.runs.runner import run_suite
-from dqar_bench.config.suite import load_suite
-from dqar_bench.strategies.gates.policy import Policy
 
 
 def _write_suite(path: Path, cases: str, steps: int = 3, seeds: str = "[0]") -> Path:

@@ -7,16 +7,16 @@ from __future__ import annotations
 import glob
 import json
 import shutil
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
+from reference_training.objectives import RectifiedFlowObjective
 
 from dqar_bench.core.errors import DqarError
 from dqar_bench.model.reference import classifier as clf
 from dqar_bench.model.reference import load
-from reference_training.objectives import RectifiedFlowObjective
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,8 +62,9 @@ def test_scheduler_config_builds_the_flow_match_euler_scheduler(metrics: dict) -
 
 
 def test_shipped_model_reaches_documented_small_sample_accuracy(metrics: dict, dit) -> None:
-    from dqar_bench.model.reference.flow_sampling import sample_flow_digits
     from reference_training.train import eval_labels
+
+    from dqar_bench.model.reference.flow_sampling import sample_flow_digits
 
     sample = metrics["test_sample"]
     labels = eval_labels(sample["size"] // 10)
@@ -164,10 +165,10 @@ def test_the_harness_samples_digits_flow_exactly_as_its_model_card_loop():
     """`model: digits-flow` through the harness's flow-matching sampler gives the card loop's latents bit for bit."""
     from types import SimpleNamespace
 
-    from dqar_bench.model.suite_condition import condition_for
     from dqar_bench.model.models import default_sampler, load_model
     from dqar_bench.model.reference.flow_sampling import sample_flow_digits
     from dqar_bench.model.sampling import denoise, make_scheduler
+    from dqar_bench.model.suite_condition import condition_for
 
     cpu = torch.device("cpu")
     model = load_model("digits-flow", cpu, torch.float32)

@@ -189,8 +189,8 @@ def test_a_misspelled_hook_in_a_builtin_is_an_error(tmp_path, monkeypatch):
 
 
 def test_a_part_of_a_plugin_that_failed_to_load_says_so(tmp_path, fake_distribution, write_suite):
-    from dqar_bench.core.errors import SuiteError
     from dqar_bench.config.suite import load_suite
+    from dqar_bench.core.errors import SuiteError
 
     broken = _plugin_module(tmp_path, "broken_plugin2", "raise ImportError('no module named missing_dep')\n")
     fake_distribution("dqar-bench-every-other", {"every_other": "broken_plugin2"}, broken)

@@ -258,7 +258,7 @@ def test_runs_of_different_models_stand_side_by_side_each_with_its_own_setting(r
     shutil.copytree(run.path, other)
     lines = [json.loads(line) for line in (other / "records.jsonl").read_text().splitlines()]
     for record in lines:  # as a run of another model, sampler and number of steps would record
-        record.update(model="digits-flow", sampler="flow-euler", steps=1)
+        record["identity"].update(model="digits-flow", sampler="flow-euler", steps=1)
     (other / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     out = tmp_path / "both.html"
     assert main(["report", str(run.path), str(other), "-o", str(out)]) == 0
@@ -281,7 +281,9 @@ def test_plurals_and_no_cuda_on_a_cpu_run(report_run):
 
     page = report_run[2]
     assert f"{CALLS} scored calls" in page
-    one = Entry(None, {"case": "iv", "reuse_map": [[0, 1], [1, 1]], "reuse_map_calls": 1, "reuse_ratio": 0.75}, {})  # type: ignore[arg-type]
+    from dqar_bench.measure.case_record import CaseRecord
+
+    one = Entry(None, CaseRecord(case="iv", identity={}, reuse_map=[[0, 1], [1, 1]], reuse_map_calls=1, reuse_ratio=0.75), {})  # type: ignore[arg-type]
     assert "· 1 scored call<" in reuse_map(one)
     environment = page.split('id="environment"')[1]
     assert "<td>CUDA</td>" not in environment and "<td>cuDNN</td>" not in environment

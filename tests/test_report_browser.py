@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from report_browser import Browser, PageVisit, find_chromium
 
 pytestmark = [

@@ -17,16 +17,18 @@ import pytest
 import torch
 import yaml
 
-from dqar_bench.model import families, models
-from dqar_bench.core.errors import ModelError, SuiteError
 from dqar_bench.config.identity import case_identity, case_key, measurement_settings
+from dqar_bench.config.suite import load_suite
+from dqar_bench.core.errors import ModelError, SuiteError
 from dqar_bench.core.plugins import get_registry
 from dqar_bench.measure.quality import decoder
+from dqar_bench.model import families, models
 from dqar_bench.model.resolution import Resolution, latent_size, vae_factors
-from dqar_bench.config.suite import load_suite
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_builders import BUILDERS, run_records as _run, saved_outputs as _outputs, save_pipeline  # noqa: E402
+from pipeline_builders import BUILDERS, save_pipeline  # noqa: E402
+from pipeline_builders import run_records as _run
+from pipeline_builders import saved_outputs as _outputs
 
 SIZES = {"flux": ({"height": 32, "width": 48}, (4, 16, 24)), "wan": ({"height": 32, "width": 48, "frames": 5}, (4, 2, 16, 24))}
 IMAGE_TOLERANCE = 32 * torch.finfo(torch.float32).eps  # as in test_pipelines: float32 rounding, not bit for bit

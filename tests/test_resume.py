@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dqar_bench.measure import records as records_mod
 from dqar_bench.cli import main
 from dqar_bench.config.identity import case_key, differences
-from dqar_bench.measure.records import RunDir, outputs_file_name
-from dqar_bench.runs.runner import default_output_dir, run_suite
 from dqar_bench.config.suite import load_suite
-from dqar_bench.measure.timing import CallTiming, CallTimer
+from dqar_bench.measure import records as records_mod
+from dqar_bench.measure.records import RunDir, outputs_file_name
+from dqar_bench.measure.timing import CallTimer, CallTiming
+from dqar_bench.runs.runner import default_output_dir, run_suite
 from tests.conftest import SMALL_SUITE_HEAD
 from tests.parts_for_tests import registry_with_test_parts
 

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from dqar_bench.model import models
+from dqar_bench.config.suite import load_suite
 from dqar_bench.measure import timing
-from tests import synthetic
-from dqar_bench.measure.stats import paired_speedup
 from dqar_bench.measure.records import RunDir
 from dqar_bench.measure.rounds import RoundLog, pair, round_order
+from dqar_bench.measure.stats import paired_speedup
+from dqar_bench.model import models
 from dqar_bench.runs.runner import run_suite
-from dqar_bench.config.suite import load_suite
 from dqar_bench.views.table import render_markdown, results_frame
-from tests import parts_for_tests
+from tests import parts_for_tests, synthetic
 from tests.parts_for_tests import registry_with_test_parts
 
 STEPS, BLOCKS, ATTN, MLP = 6, 2, 0.02, 0.005
@@ -171,7 +170,7 @@ def test_a_crash_loses_only_the_round_in_flight_and_resume_pairs_new_rounds(tmp_
 
 @pytest.mark.slow
 def test_model_is_bit_identical_after_interleaved_install_and_removal(write_suite, tmp_path, monkeypatch, tiny):
-    from dqar_bench.model.sampling import labels_condition, make_scheduler, denoise
+    from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
 
     monkeypatch.setitem(models.BUILTIN_MODELS, "dit-tiny", lambda: tiny)
     condition = labels_condition([1, 2], tiny.null_class, torch.device("cpu"))

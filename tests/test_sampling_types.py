@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from dqar_bench.core.parts import build_part
 from dqar_bench.model import families
-from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.model.conditioning import synthetic_captions
 from dqar_bench.model.families import COGVIDEOX_SCHEDULE, DDPM_LINEAR, flow_schedule
 from dqar_bench.model.models import load_model
-from dqar_bench.core.parts import build_part
 from dqar_bench.model.sampling import denoise, guidance_mode, labels_condition, make_scheduler, plain_forward
+from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.strategy import Strategy
 
 CPU = torch.device("cpu")

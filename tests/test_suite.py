@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dqar_bench.cli import main
-from dqar_bench.core.errors import SuiteError
 from dqar_bench.config.suite import load_suite
+from dqar_bench.core.errors import SuiteError
 from tests.conftest import SMALL_SUITE_HEAD
 
 
@@ -90,9 +90,8 @@ def test_validate_ok_prints_summary(write_suite, capsys):
 
 
 def test_shipped_suites_validate():
-    from pathlib import Path
-
     import importlib.util
+    from pathlib import Path
 
     suites = sorted(Path(__file__).resolve().parent.parent.joinpath("suites").glob("*.yaml"))
     assert suites, "the repo ships suites"

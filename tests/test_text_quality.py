@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dqar_bench.cli import main
+from dqar_bench.config.suite import load_suite
 from dqar_bench.core.errors import DqarError, SuiteError
 from dqar_bench.measure.clip_score import clip_score, image_scores, load_clip
 from dqar_bench.measure.lpips import Lpips, LpipsConfig, load_lpips
 from dqar_bench.measure.quality import compare_outputs
 from dqar_bench.measure.records import RunDir
-from dqar_bench.config.suite import load_suite
 from tests.tiny_quality_models import write_lpips_weights, write_tiny_clip
 
 CPU = torch.device("cpu")

@@ -23,10 +23,10 @@ import sys
 from typing import Any
 
 from dqar_bench import __version__
-from dqar_bench.core.plugins import BUILTIN_DISTRIBUTION, PartInfo, Registry
 from dqar_bench.config.code_hash import code_digest
 from dqar_bench.config.part_spec import PartSpec, bound
 from dqar_bench.config.suite import Case, Suite
+from dqar_bench.core.plugins import BUILTIN_DISTRIBUTION, PartInfo, Registry
 
 
 def case_identity(suite: Suite, case: Case, registry: Registry, device_type: str) -> dict[str, Any]:

@@ -25,27 +25,40 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from dqar_bench.model import families
-from dqar_bench.strategy.context_parallel import Parallel, parse_parallel
-from dqar_bench.core.errors import DqarError, ModelError, SuiteError
-from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
-from dqar_bench.measure.timing import CLOCKS
-from dqar_bench.measure.fid_stats import parse_fid_config
-from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
-from dqar_bench.strategy.execution import MODES, ExecutionOptions
-from dqar_bench.model.models import default_sampler, model_config, model_family, model_prediction, num_classes, offline_problem
-from dqar_bench.core.parts import KINDS
 from dqar_bench.config.part_spec import PartSpec, bind
 from dqar_bench.config.schema import (
-    CaseSpec, ClipSpec, CompileSpec, LpipsSpec, ModelSpec, PromptFileSpec, SamplerSpec, SuiteSpec, SweepSpec, TimingSpec, QualitySpec, default, keys,
+    CaseSpec,
+    ClipSpec,
+    CompileSpec,
+    LpipsSpec,
+    ModelSpec,
+    PromptFileSpec,
+    QualitySpec,
+    SamplerSpec,
+    SuiteSpec,
+    SweepSpec,
+    TimingSpec,
+    default,
+    keys,
 )
+from dqar_bench.core.errors import DqarError, ModelError, SuiteError
+from dqar_bench.core.parts import KINDS
 from dqar_bench.core.plugins import Registry, get_registry
+from dqar_bench.core.weights import check_weights_file
+from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
 from dqar_bench.measure.clip_score import check_clip_checkpoint
-from dqar_bench.measure.lpips import NETS as LPIPS_NETS, LpipsConfig, check_lpips_files
+from dqar_bench.measure.fid_stats import parse_fid_config
+from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
+from dqar_bench.measure.lpips import NETS as LPIPS_NETS
+from dqar_bench.measure.lpips import LpipsConfig, check_lpips_files
 from dqar_bench.measure.quality import QualityConfig
+from dqar_bench.measure.timing import CLOCKS
+from dqar_bench.model import families
+from dqar_bench.model.models import default_sampler, model_config, model_family, model_prediction, num_classes, offline_problem
 from dqar_bench.model.resolution import Resolution, check_for_model, parse_resolution
 from dqar_bench.model.sampling import SAMPLERS, sampler_refusal
-from dqar_bench.core.weights import check_weights_file
+from dqar_bench.strategy.context_parallel import Parallel, parse_parallel
+from dqar_bench.strategy.execution import MODES, ExecutionOptions
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")

@@ -22,8 +22,8 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from dqar_bench.core.errors import DqarError
-from dqar_bench.measure.fidelity import unit_to_uint8
 from dqar_bench.core.weights import check_weights_file, weights_only_loads
+from dqar_bench.measure.fidelity import unit_to_uint8
 
 FIELD = "quality.clip.weights"
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from dqar_bench.core.errors import DqarError
-from dqar_bench.measure.fid_stats import read_statistics
 from dqar_bench.core.weights import check_weights_file, weights_only_loads
+from dqar_bench.measure.fid_stats import read_statistics
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"

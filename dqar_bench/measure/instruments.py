@@ -16,10 +16,10 @@ from safetensors.torch import load, save
 
 from dqar_bench.core.errors import DqarError
 from dqar_bench.core.files import read_bytes, write_atomic
-from dqar_bench.measure.fidelity import Extractor, Features, Fidelity, ensure_registered, to_uint8
-from dqar_bench.measure.progress import Progress
 from dqar_bench.measure.clip_score import ClipScorer, load_clip
+from dqar_bench.measure.fidelity import Extractor, Features, Fidelity, ensure_registered, to_uint8
 from dqar_bench.measure.lpips import LpipsScorer, load_lpips
+from dqar_bench.measure.progress import Progress
 from dqar_bench.measure.quality import QualityConfig, decoder
 
 FID_SEED_BASE = 1_000_000

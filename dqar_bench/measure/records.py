@@ -28,8 +28,8 @@ import torch
 from safetensors.torch import load, save
 
 from dqar_bench.core.errors import DqarError
-from dqar_bench.measure.case_record import CaseRecord, environment_file, upgrade
 from dqar_bench.core.files import UnsafeFile, check_tree, open_append, read_bytes, read_text, write_atomic
+from dqar_bench.measure.case_record import CaseRecord, environment_file, upgrade
 
 try:
     import fcntl

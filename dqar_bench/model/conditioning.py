@@ -36,9 +36,10 @@ from typing import Any
 import torch
 
 from dqar_bench.core.errors import ModelError
-from dqar_bench.model.families import Text, get as get_family
-from dqar_bench.model.sampling import Condition
 from dqar_bench.core.weights import weights_only_loads
+from dqar_bench.model.families import Text
+from dqar_bench.model.families import get as get_family
+from dqar_bench.model.sampling import Condition
 
 MAX_CAPTION_TOKENS = 120  # PixArt-alpha's max_sequence_length: what `prompts` are tokenized to
 EMBEDDING_KEYS = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask")

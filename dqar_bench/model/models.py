@@ -25,12 +25,13 @@ from typing import Any, Callable
 
 import torch
 
-from dqar_bench.model import families
 from dqar_bench.core.errors import ModelError
 from dqar_bench.core.weights import weights_only_loads
+from dqar_bench.model import families
 from dqar_bench.model.families import Family
-from dqar_bench.model.pipelines import load_pipeline
 from dqar_bench.model.loaded import LoadedModel, first_line, local_json
+from dqar_bench.model.pipelines import load_pipeline
+
 
 def _seeded(build: Callable[[], torch.nn.Module], seed: int = 0) -> torch.nn.Module:
     """`build()` with the global RNG seeded and restored: random weights from a fixed seed."""

@@ -53,13 +53,13 @@ from typing import Any, Iterator
 
 import torch
 
-from dqar_bench.model import families
 from dqar_bench.core.errors import ModelError
 from dqar_bench.core.weights import weights_only_loads
+from dqar_bench.model import families
 from dqar_bench.model.conditioning import captions_condition
 from dqar_bench.model.families import Family
-from dqar_bench.model.loaded import LoadedModel, first_line, local_json
 from dqar_bench.model.inputs import convention
+from dqar_bench.model.loaded import LoadedModel, first_line, local_json
 from dqar_bench.model.sampling import (
     Condition,
     StepObserver,

@@ -31,15 +31,11 @@ from typing import Any, Callable
 
 import torch
 
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.strategy.cache_dit import CacheDitHook
-from dqar_bench.strategy.diffusers_hooks import DiffusersHook, installed
-from dqar_bench.strategy.context_parallel import context_parallel, whole_call_flops
-from dqar_bench.strategy.context_parallel import refusal as parallel_refusal
-from dqar_bench.runs.distributed.shares import Share, merge_fid, merge_flops, merge_outputs, merge_reuse, rank_entries, settle, standing
-from dqar_bench.runs.distributed.teams import parallel_note, team_for
+from dqar_bench.config.identity import case_identity
+from dqar_bench.config.part_spec import new_part
+from dqar_bench.config.suite import Case, Suite
+from dqar_bench.core.plugins import Registry
 from dqar_bench.core.world import World
-from dqar_bench.strategy.execution import Execution, unsupported
 from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.classify import class_accuracy
 from dqar_bench.measure.clip_score import clip_score
@@ -47,18 +43,22 @@ from dqar_bench.measure.fidelity import Features, to_uint8
 from dqar_bench.measure.flops import FlopCount, count_flops, summarize
 from dqar_bench.measure.instruments import Instruments, fid_image_indices, generate_images
 from dqar_bench.measure.meter import CaseMeter
-from dqar_bench.measure.stats import Measurement
-from dqar_bench.model.loaded import LoadedModel
-from dqar_bench.model.pipelines import EAGER_ONLY, call_pipeline
-from dqar_bench.core.plugins import Registry
 from dqar_bench.measure.quality import compare_outputs
 from dqar_bench.measure.rounds import RoundLog, pair, paired_ratios
-from dqar_bench.model.sampling import Condition, denoise, labels_condition, make_scheduler
-from dqar_bench.strategy.strategy import Strategy
-from dqar_bench.config.part_spec import new_part
-from dqar_bench.config.identity import case_identity
-from dqar_bench.config.suite import Case, Suite
+from dqar_bench.measure.stats import Measurement
 from dqar_bench.measure.timing import CallTimer
+from dqar_bench.model.loaded import LoadedModel
+from dqar_bench.model.pipelines import EAGER_ONLY, call_pipeline
+from dqar_bench.model.sampling import Condition, denoise, labels_condition, make_scheduler
+from dqar_bench.runs.distributed.shares import Share, merge_fid, merge_flops, merge_outputs, merge_reuse, rank_entries, settle, standing
+from dqar_bench.runs.distributed.teams import parallel_note, team_for
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.cache_dit import CacheDitHook
+from dqar_bench.strategy.context_parallel import context_parallel, whole_call_flops
+from dqar_bench.strategy.context_parallel import refusal as parallel_refusal
+from dqar_bench.strategy.diffusers_hooks import DiffusersHook, installed
+from dqar_bench.strategy.execution import Execution, unsupported
+from dqar_bench.strategy.strategy import Strategy
 
 
 def build_strategy(case: Case, registry: Registry, probe_queries: int = 16) -> Strategy | None:

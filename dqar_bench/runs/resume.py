@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from dqar_bench.core.errors import DqarError
 from dqar_bench.config.identity import differences
+from dqar_bench.config.suite import Case
+from dqar_bench.core.errors import DqarError
 from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import OutputsError, RunDir
-from dqar_bench.config.suite import Case
 
 DONE = ("ok", "unsupported")
 SHOWN = 5

@@ -41,30 +41,30 @@ from typing import Any, Callable
 
 import torch
 
-from dqar_bench.runs.case_run import CaseRun, RunContext, build_strategy
-from dqar_bench.model.suite_condition import condition_for
-from dqar_bench.runs.distributed.runs import Outbox, check_devices, decide, deliver, my_cases, together
-from dqar_bench.runs.distributed.shares import rank_entries
-from dqar_bench.core.world import World
-from dqar_bench.core.files import read_bytes, write_atomic
-from dqar_bench.core.errors import DqarError, ModelError, SuiteError
 from dqar_bench.config.identity import case_identity, case_key, measurement_settings
+from dqar_bench.config.suite import Case, Suite
+from dqar_bench.core.errors import DqarError, ModelError, SuiteError
+from dqar_bench.core.files import read_bytes, write_atomic
+from dqar_bench.core.plugins import Registry, get_registry
+from dqar_bench.core.world import World
 from dqar_bench.measure import environment
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.instruments import Instruments, build_instruments, load_features
-from dqar_bench.views.plot import plot_run
 from dqar_bench.measure.progress import Progress as ProgressBar
+from dqar_bench.measure.records import RunDir, check_target
+from dqar_bench.measure.rounds import RoundLog, round_order, timed_as
 from dqar_bench.model.loaded import LoadedModel
 from dqar_bench.model.models import load_model
-from dqar_bench.core.plugins import Registry, get_registry
-from dqar_bench.measure.case_record import CaseRecord
-from dqar_bench.measure.records import RunDir, check_target
 from dqar_bench.model.resolution import set_resolution
-from dqar_bench.views.report import keep_previews, report_run
-from dqar_bench.runs.resume import ResumePlan, outputs_digest, plan_resume
-from dqar_bench.measure.rounds import RoundLog, round_order, timed_as
 from dqar_bench.model.sampling import Condition
-from dqar_bench.config.suite import Case, Suite
+from dqar_bench.model.suite_condition import condition_for
+from dqar_bench.runs.case_run import CaseRun, RunContext, build_strategy
+from dqar_bench.runs.distributed.runs import Outbox, check_devices, decide, deliver, my_cases, together
+from dqar_bench.runs.distributed.shares import rank_entries
+from dqar_bench.runs.resume import ResumePlan, outputs_digest, plan_resume
+from dqar_bench.views.plot import plot_run
+from dqar_bench.views.report import keep_previews, report_run
 from dqar_bench.views.table import render_markdown, results_frame
 from dqar_bench.views.terminal import fit_tables
 

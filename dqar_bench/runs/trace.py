@@ -37,21 +37,22 @@ from typing import Any, Callable
 
 import torch
 
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.model.suite_condition import condition_for
+from dqar_bench.config.part_spec import new_part
+from dqar_bench.config.suite import Case, Suite
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.errors import DqarError
-from dqar_bench.model.loaded import LoadedModel
-from dqar_bench.model.models import load_model
 from dqar_bench.core.parts import Gate
-from dqar_bench.config.part_spec import new_part
 from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.measure.progress import Progress, eta
-from dqar_bench.strategy.policy.features import ENTROPY_UNIT, FEATURES, SIGNALS as POLICY_SIGNALS, SNR_SOURCE, feature_rows
-from dqar_bench.runs.runner import apply_resolution, check_labels, resolve_device
+from dqar_bench.model.loaded import LoadedModel
+from dqar_bench.model.models import load_model
 from dqar_bench.model.sampling import Condition, denoise, make_scheduler
+from dqar_bench.model.suite_condition import condition_for
+from dqar_bench.runs.runner import apply_resolution, check_labels, resolve_device
+from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.policy.features import ENTROPY_UNIT, FEATURES, SNR_SOURCE, feature_rows
+from dqar_bench.strategy.policy.features import SIGNALS as POLICY_SIGNALS
 from dqar_bench.strategy.strategy import Strategy
-from dqar_bench.config.suite import Case, Suite
 
 DEFAULT_TOLERANCE = 1e-3
 
@@ -202,7 +203,7 @@ def _trace_cases(
                         summary.safe += sum(line["label"] for line in lines)
                         summary.errors += [line["error"] for line in lines]
                         left = eta(done, seeds, time.perf_counter() - start)
-                        say(f"{case.name} seed {seed} ({done}/{seeds}): {len(lines)} candidates, {sum(l['label'] for l in lines)} safe; {left}")
+                        say(f"{case.name} seed {seed} ({done}/{seeds}): {len(lines)} candidates, {sum(line['label'] for line in lines)} safe; {left}")
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start

@@ -18,9 +18,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from dqar_bench.core.parts import Part
 from dqar_bench.model.families import Blocks, Family, Modulation, family_of
 from dqar_bench.strategy.modulation import reader, tap
-from dqar_bench.core.parts import Part
 from dqar_bench.strategy.strategy import SITES, Strategy
 
 

@@ -37,11 +37,11 @@ from typing import Any, Iterator
 
 import torch
 
+from dqar_bench.core.errors import DqarError
+from dqar_bench.core.world import World
+from dqar_bench.measure.flops import FlopCount
 from dqar_bench.strategy import signals
 from dqar_bench.strategy.rank_signals import key_sharded_entropy, main_decides
-from dqar_bench.core.world import World
-from dqar_bench.core.errors import DqarError
-from dqar_bench.measure.flops import FlopCount
 from dqar_bench.strategy.signal_scope import LOCAL, SignalScope
 
 MODES = ("ulysses", "ring")

@@ -39,10 +39,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from dqar_bench.strategy import signals
-from dqar_bench.strategy.attention import attend, project_qkv
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.parts import Cache, Gate, Part, Quantizer, Scheduler
+from dqar_bench.strategy import signals
+from dqar_bench.strategy.attention import attend, project_qkv
 from dqar_bench.strategy.signal_scope import LOCAL, SignalScope
 from dqar_bench.strategy.storage import first_tensor, streams_map
 

@@ -37,15 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dqar_bench.views import markdown
-from dqar_bench.measure import records
 from dqar_bench.core.errors import DqarError
-from dqar_bench.views.case_diff import code_unrecorded, identity_diff
-from dqar_bench.views.columns import column
+from dqar_bench.measure import records
 from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.flops import per_call as flops_per_call
-from dqar_bench.measure.stats import UNRELIABLE, Measurement, mann_whitney_u, min_detectable_p
 from dqar_bench.measure.rounds import paired_ratios
+from dqar_bench.measure.stats import UNRELIABLE, Measurement, mann_whitney_u, min_detectable_p
+from dqar_bench.views import markdown
+from dqar_bench.views.case_diff import code_unrecorded, identity_diff
+from dqar_bench.views.columns import column
 
 ENVIRONMENT_KEYS = ("gpu", "driver", "cuda", "torch", "diffusers", "cpu", "dtype", "attention_backend", "git_commit")
 

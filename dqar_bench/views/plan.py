@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
+from dqar_bench.config.part_spec import new_part
+from dqar_bench.config.suite import Case, Suite
 from dqar_bench.core.errors import DqarError
 from dqar_bench.core.parts import Gate, Scheduler
-from dqar_bench.config.part_spec import new_part
 from dqar_bench.core.plugins import Registry
 from dqar_bench.strategy.strategy import schedule_mask
-from dqar_bench.config.suite import Case, Suite
 from dqar_bench.views.table import parts_label
 
 KNOWN_CHECKPOINTS: dict[str, int] = {

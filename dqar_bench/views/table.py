@@ -17,12 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from dqar_bench.views import markdown
-from dqar_bench.views.columns import FRAME_COLUMNS, IMPLAUSIBLE_SPEEDUP, NOISE_TIP, headers
 from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.rounds import paired_ratios
 from dqar_bench.measure.stats import SPEEDUP_METHOD, Measurement, paired_speedup, speedup
+from dqar_bench.views import markdown
+from dqar_bench.views.columns import FRAME_COLUMNS, IMPLAUSIBLE_SPEEDUP, NOISE_TIP, headers
 
 COLUMNS = FRAME_COLUMNS
 """The frame's columns, in order (`views.columns`: each one's name, unit and meaning)."""

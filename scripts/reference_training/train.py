@@ -25,8 +25,10 @@ from diffusers import DDIMScheduler, DiTTransformer2DModel
 from torch import nn
 
 from dqar_bench.model.reference.classifier import FEATURE_EXTRACTOR_NAME, frechet_distance
-from dqar_bench.model.reference.network import DigitClassifier
 from dqar_bench.model.reference.data import NUM_CLASSES, DigitsSplit, load_digits_split
+from dqar_bench.model.reference.load import CLASSIFIER_WEIGHTS_FILE, METRICS_FILE, NULL_CLASS, RETRAIN_COMMAND, WEIGHTS_DIR
+from dqar_bench.model.reference.network import DigitClassifier
+from dqar_bench.model.sampling import sample
 from reference_training.files import (
     MODEL_CARD_FILE,
     atomic_write_bytes,
@@ -35,9 +37,7 @@ from reference_training.files import (
     save_tensors,
     write_json,
 )
-from dqar_bench.model.reference.load import CLASSIFIER_WEIGHTS_FILE, METRICS_FILE, NULL_CLASS, RETRAIN_COMMAND, WEIGHTS_DIR
 from reference_training.objectives import EpsilonObjective, Objective
-from dqar_bench.model.sampling import sample
 
 RESOLUTION = 8
 

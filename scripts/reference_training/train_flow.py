@@ -24,11 +24,11 @@ import torch
 from diffusers import DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
 
 from dqar_bench.model.reference.classifier import FEATURE_EXTRACTOR_NAME, frechet_distance
-from dqar_bench.model.reference.network import DigitClassifier
 from dqar_bench.model.reference.data import DigitsSplit, load_digits_split
-from reference_training.files import MODEL_CARD_FILE, atomic_write_bytes, save_dit, save_scheduler_config, write_json
 from dqar_bench.model.reference.flow_sampling import sample_flow_digits
 from dqar_bench.model.reference.load import CLASSIFIER_WEIGHTS_FILE, FLOW_RETRAIN_COMMAND, FLOW_WEIGHTS_DIR, METRICS_FILE, WEIGHTS_DIR
+from dqar_bench.model.reference.network import DigitClassifier
+from reference_training.files import MODEL_CARD_FILE, atomic_write_bytes, save_dit, save_scheduler_config, write_json
 from reference_training.objectives import SIGMA_SAMPLINGS, RectifiedFlowObjective
 from reference_training.train import (
     DEFAULT_SEED,

@@ -5,12 +5,13 @@ Run from a checkout of commit 59559e4 (the hand-written DiT/PixArt adapters), in
 """
 import torch
 from safetensors.torch import save_file
-from dqar_bench.strategy.adapter import adapter_for
-from dqar_bench.model.conditioning import synthetic_captions
-from dqar_bench.model.models import load_model
+
 from dqar_bench.core.parts import build_part
 from dqar_bench.core.plugins import load_registry
+from dqar_bench.model.conditioning import synthetic_captions
+from dqar_bench.model.models import load_model
 from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
+from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.strategy import Strategy
 
 torch.set_num_threads(1)

@@ -17,8 +17,8 @@ import os
 import signal
 from typing import Sequence
 
-from dqar_bench.core.world import launched_by_torchrun
 from dqar_bench.core.errors import DqarError
+from dqar_bench.core.world import launched_by_torchrun
 
 
 def torchrun_args(nproc: int, argv: Sequence[str]) -> list[str]:

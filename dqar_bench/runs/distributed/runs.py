@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
-from dqar_bench.core.world import Echo, World
 from dqar_bench.core.errors import DqarError
+from dqar_bench.core.world import Echo, World
 from dqar_bench.measure.case_record import CaseRecord, environment_file
 
 T = TypeVar("T")

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
-from dqar_bench.runs.distributed.fid import merge_features
 from dqar_bench.measure.flops import FlopCount
+from dqar_bench.runs.distributed.fid import merge_features
 
 
 @dataclass

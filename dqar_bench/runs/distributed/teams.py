@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dqar_bench.strategy.context_parallel import Parallel
 from dqar_bench.core.world import World
+from dqar_bench.strategy.context_parallel import Parallel
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ import math
 
 import torch
 
-from dqar_bench.strategy import signals
 from dqar_bench.core.context import StepContext
+from dqar_bench.strategy import signals
 
 FEATURES: tuple[str, ...] = ("entropy", "log_snr", "latent_rms", "t", "block")
 SIGNALS: frozenset[str] = frozenset({signals.ENTROPY, signals.SNR, signals.LATENT_NORM})

@@ -13,7 +13,6 @@ from dqar_bench.views.plot import plain, plot_run
 from dqar_bench.views.report.markup import esc, figure_png, png_uri
 from dqar_bench.views.report.runs import Run
 
-
 MAX_PANELS = 48
 """Cases drawn in the per-step figure at most: a bounded figure (the table holds every case)."""
 

@@ -5,9 +5,9 @@ Run from this folder (`python -m pytest`) or from dqar-bench's root, which runs 
 nothing needs installing.
 """
 
+import dqar_bench_every_other as plugin
 import torch
 
-import dqar_bench_every_other as plugin
 from dqar_bench import StepContext
 from dqar_bench.testing import assert_conforms, check_part
 
