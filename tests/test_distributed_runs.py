@@ -21,8 +21,8 @@ from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.records import RunDir, read_records
 from dqar_bench.measure.rounds import RoundLog
 from dqar_bench.runs.distributed.runs import check_devices, decide, my_cases
-from tests.rank_launch import spawn_ranks, wait_ranks
-from tests.test_distributed import ENV_VARS, ROOT
+from tests.rank_launch import ROOT, spawn_ranks, wait_ranks
+from tests.test_distributed import ENV_VARS
 
 RANK = Path(__file__).resolve().parent / "distributed_run.py"
 
