@@ -18,7 +18,6 @@ import functools
 import hashlib
 import importlib.metadata
 import json
-import re
 import sys
 from typing import Any
 
@@ -158,10 +157,8 @@ def part_distribution(info: PartInfo) -> tuple[str | None, str | None]:
     registry found it in; a part registered in code is looked up by its top-level module."""
     if info.distribution == BUILTIN_DISTRIBUTION:
         return "dqar-bench", __version__
-    match = re.fullmatch(r"distribution '(.+) (\S+)'", info.distribution)
-    if match:
-        name, found = match.groups()
-        return name, _version(name) or found
+    if info.dist_name is not None:
+        return info.dist_name, _version(info.dist_name) or info.dist_version
     top = info.cls.__module__.split(".")[0]
     names = _packages().get(top) or []
     if names:

@@ -45,6 +45,10 @@ class PartInfo:
     cls: type[Part]
     plugin: str
     distribution: str
+    """Where it came from, in words: 'distribution 'NAME VERSION'', BUILTIN_DISTRIBUTION, ..."""
+    dist_name: str | None = None
+    """The installed distribution's name and version, where an entry point found it (identity reads these)."""
+    dist_version: str | None = None
 
 
 @dataclass
@@ -81,15 +85,16 @@ def load_registry(autoload: bool | None = None, extra_plugins: tuple[object, ...
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     registry = Registry()
-    origin: dict[str, tuple[str, bool]] = {}  # plugin name -> (distribution, builtin)
+    origin: dict[str, tuple[str, bool, tuple[str | None, str | None]]] = {}  # plugin name -> (distribution label, builtin, (name, version))
 
     for module_name in builtin_modules():
         pm.register(importlib.import_module(module_name), name=module_name)
-        origin[module_name] = (BUILTIN_DISTRIBUTION, True)
+        origin[module_name] = (BUILTIN_DISTRIBUTION, True, (None, None))
 
     if autoload:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = _dist_label(ep)
+            found = _distribution(ep)
+            dist = _dist_label(*found)
             if pm.get_plugin(ep.name) is not None or ep.name in origin:
                 registry.problems.append(f"plugin '{ep.name}' from {dist}: another plugin already uses that name; it was skipped")
                 continue
@@ -99,13 +104,13 @@ def load_registry(autoload: bool | None = None, extra_plugins: tuple[object, ...
             except Exception as exc:  # a broken third-party plugin must not stop the others
                 registry.problems.append(f"plugin '{ep.name}' from {dist} failed to load: {type(exc).__name__}: {exc}")
                 continue
-            origin[ep.name] = (dist, False)
+            origin[ep.name] = (dist, False, found)
 
     for plugin in extra_plugins:
         name = pm.register(plugin)
         if name is None:
             raise PluginError(f"plugin {plugin!r} could not be registered (already registered?)")
-        origin[name] = ("(registered in code)", False)
+        origin[name] = ("(registered in code)", False, (None, None))
 
     _drop_unknown_hooks(pm, registry, origin)
 
@@ -114,11 +119,11 @@ def load_registry(autoload: bool | None = None, extra_plugins: tuple[object, ...
         # get_hookimpls() lists plugins in registration order (built-ins first), so a
         # built-in name always wins over a third-party duplicate.
         for impl in hook.get_hookimpls():
-            dist, builtin = origin.get(impl.plugin_name, ("unknown distribution", False))
+            dist, builtin, found = origin.get(impl.plugin_name, ("unknown distribution", False, (None, None)))
             try:
                 classes = impl.function() or []
                 for cls in classes:
-                    _add(registry, kind, cls, impl.plugin_name, dist)
+                    _add(registry, kind, cls, impl.plugin_name, dist, found)
             except PluginError as exc:
                 if builtin:
                     raise
@@ -142,7 +147,7 @@ def _drop_unknown_hooks(pm: pluggy.PluginManager, registry: Registry, origin: di
             return
         except pluggy.PluginValidationError as exc:
             name = pm.get_name(exc.plugin) or repr(exc.plugin)
-            dist, builtin = origin.get(name, ("unknown distribution", False))
+            dist, builtin, _ = origin.get(name, ("unknown distribution", False, (None, None)))
             unknown = sorted(
                 hook for hook, caller in vars(pm.hook).items()
                 if not hook.startswith("_") and not caller.has_spec() and any(i.plugin is exc.plugin for i in caller.get_hookimpls())
@@ -163,7 +168,7 @@ def _hook_hint(hook: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _add(registry: Registry, kind: str, cls: object, plugin: str, dist: str) -> None:
+def _add(registry: Registry, kind: str, cls: object, plugin: str, dist: str, found: tuple[str | None, str | None] = (None, None)) -> None:
     where = f"plugin '{plugin}' from {dist}"
     base = BASES[kind]
     if not (isinstance(cls, type) and issubclass(cls, base)):
@@ -177,14 +182,19 @@ def _add(registry: Registry, kind: str, cls: object, plugin: str, dist: str) -> 
             f"{where}: {kind} name '{name}' ({cls.__name__}) is already taken by plugin "
             f"'{existing.plugin}' from {existing.distribution}; rename one of them"
         )
-    registry.parts[kind][name] = PartInfo(kind, name, cls, plugin, dist)
+    registry.parts[kind][name] = PartInfo(kind, name, cls, plugin, dist, *found)
 
 
-def _dist_label(ep: importlib.metadata.EntryPoint) -> str:
+def _distribution(ep: importlib.metadata.EntryPoint) -> tuple[str | None, str | None]:
+    """The name and version of the distribution an entry point was found in (None: unknown)."""
     dist = getattr(ep, "dist", None)
     if dist is None:
-        return "an unknown distribution"
-    return f"distribution '{dist.metadata['Name']} {dist.version}'"
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+def _dist_label(name: str | None, version: str | None) -> str:
+    return "an unknown distribution" if name is None else f"distribution '{name} {version}'"
 
 
 @lru_cache(maxsize=1)
