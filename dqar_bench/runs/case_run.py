@@ -88,12 +88,12 @@ class RunContext:
     next_round: int = 0
     world: World = field(default_factory=World)
     """Every rank of the run: round ids are unique over it, and each round line names its rank."""
-    team: World = field(default_factory=World)
+    group: World = field(default_factory=World)
     """The ranks that prepare and time each case on one device per call together: the whole world
     (data parallel), or this rank alone (`--shard cases`, and a plain process); a context-parallel
     case's team is the world (`CaseRun.team`)."""
     rounds_of: dict[tuple[str, int], list[int]] = field(default_factory=dict)
-    """(case, rank) -> the rounds that rank timed the case in (kept by the team's rank 0, for per-rank figures)."""
+    """(case, rank) -> the rounds that rank timed the case in (kept by the group's rank 0, for per-rank figures)."""
     _taken: int = 0
 
     def take_round(self) -> int:
@@ -101,22 +101,22 @@ class RunContext:
         self._taken += 1
         return self.next_round + (self._taken - 1) * self.world.world_size + self.world.rank
 
-    def team_round(self, round_id: int) -> int:
-        """The id the team's rank 0 gave this round: it seeds the round's order, so every rank of the
-        team runs the cases in the same order (a context-parallel case on all of them at once)."""
-        return round_id - self.world.rank if self.team.distributed else round_id
+    def group_round(self, round_id: int) -> int:
+        """The id the group's rank 0 gave this round: it seeds the round's order, so every rank of the
+        group runs the cases in the same order (a context-parallel case on all of them at once)."""
+        return round_id - self.world.rank if self.group.distributed else round_id
 
     def log_round(self, round_id: int, timing_order: str, order: list[str], cases: dict[str, Any], failed: dict[str, str] | None = None) -> dict[str, str]:
-        """Every rank's finished round to `rounds.jsonl` (the team's rank 0 writes); the cases that
+        """Every rank's finished round to `rounds.jsonl` (the group's rank 0 writes); the cases that
         failed in it on any rank, with their errors, so that every rank drops them alike."""
         what = f"timing round {round_id}"
-        self.team.barrier(what)  # names a rank that hung or died
+        self.group.barrier(what)  # names a rank that hung or died
         errors: dict[str, str] = {}
-        for rank, rid, order_r, cases_r, failed_r in self.team.all_gather((self.world.rank, round_id, order, cases, failed or {}), what):
-            if self.team.is_main:
+        for rank, rid, order_r, cases_r, failed_r in self.group.all_gather((self.world.rank, round_id, order, cases, failed or {}), what):
+            if self.group.is_main:
                 self.write_round(rank, rid, timing_order, order_r, cases_r)
             for name, error in failed_r.items():
-                errors.setdefault(name, f"rank {rank}: {error}" if self.team.distributed else error)
+                errors.setdefault(name, f"rank {rank}: {error}" if self.group.distributed else error)
         return errors
 
     def write_round(self, rank: int, round_id: int, timing_order: str, order: list[str], cases: dict[str, Any]) -> None:
@@ -156,7 +156,7 @@ class CaseRun:
         """diffusers' own cache hook (`diffusers-hook` case) or cache-dit (`cache-dit` case); then there is no strategy."""
         self.outputs: dict[int, torch.Tensor] | None = None
         self.status = "pending"
-        self.team = team_for(case.parallel, ctx.world, ctx.team)
+        self.team = team_for(case.parallel, ctx.world, ctx.group)
         self._share = Share(ctx.world.rank, str(ctx.device))
         self._session_calls = 0
         suite = ctx.suite

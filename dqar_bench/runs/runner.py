@@ -197,11 +197,11 @@ class _Session:
         self.identities, self.settings = identities, settings
         self.world = world = world or World()
         self.shard = shard_cases and world.distributed
-        team = World(device=device) if self.shard else world
+        group = World(device=device) if self.shard else world  # who shares the one-device cases: this rank alone under --shard cases
         self.log = RoundLog(run.rounds_path)  # the other ranks keep theirs in memory (sent to rank 0 under --shard cases)
         stamp, next_round = world.broadcast(
             (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ"), self.log.next_round()) if world.is_main else None, "the session")
-        self.ctx = RunContext(suite, model, device, registry, kit, condition, self.log, stamp, next_round, world, team)
+        self.ctx = RunContext(suite, model, device, registry, kit, condition, self.log, stamp, next_round, world, group)
         self.progress = progress
         self.cases = suite.ordered_cases()
 
@@ -227,7 +227,7 @@ class _Session:
         try:
             self._prepare_all(runs, say)
             self._time_rounds([r for r in runs if r.ready and not r.blocked], say)
-            if self.ctx.team.is_main:
+            if self.ctx.group.is_main:
                 entries = self.log.entries()
                 for one in measured:
                     if one.ready and self._records(one):
@@ -370,7 +370,7 @@ class _Session:
             if not group:
                 break
             round_id = self.ctx.take_round()
-            order = round_order(list(group), self.suite.round_seed, self.ctx.team_round(round_id))
+            order = round_order(list(group), self.suite.round_seed, self.ctx.group_round(round_id))
             say(f"round {i + 1}/{total}: {', '.join(order)}")
             timed: dict[str, Any] = {}
             failed: dict[str, str] = {}

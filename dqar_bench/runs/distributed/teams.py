@@ -4,7 +4,7 @@ A case runs on one device per call or, with `parallel: {ulysses: N}` / `{ring: N
 split over N ranks (`context_parallel`). That single fact decides everything the runner does
 differently for it, so it is decided here, once per case, and every other part reads it:
 
-- **data parallel** (a case on one device per call): the run's team (`RunContext.team`:
+- **data parallel** (a case on one device per call): the run's group (`RunContext.group`:
   the whole world, or this rank alone under `--shard cases`) prepares it, and its seeds
   and FID calls are split over that team (seed i to rank i mod N);
 - **context parallel**: every rank of the world prepares it in lockstep, makes every call
@@ -38,10 +38,11 @@ class Team:
     """One call spans every rank (context parallel): they make the same calls at the same time."""
 
 
-def team_for(parallel: Parallel | None, world: World, team: World) -> Team:
-    """The team of a case with context parallelism `parallel` (None: one device per call)."""
+def team_for(parallel: Parallel | None, world: World, group: World) -> Team:
+    """The team of a case with context parallelism `parallel` (None: one device per call): the
+    run's `group` (`RunContext.group`), or for a context-parallel case the whole world."""
     if parallel is None:
-        return Team(team, team)
+        return Team(group, group)
     return Team(world, World(device=world.device), spanning=world.distributed)
 
 
