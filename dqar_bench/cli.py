@@ -262,6 +262,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from dqar_bench.core.plugins import get_registry
 
     print(json.dumps(suite_schema(get_registry()), indent=2))
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from dqar_bench.config.suite import load_suite
     from dqar_bench.runs.distributed.launch import single_process_only
