@@ -38,8 +38,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ModelError(f"{suite.path}: field '{'model.pipeline' if suite.pipeline else 'model'}': {problem}")  # before any run directory is made
     if args.rerun_changed and args.resume is None:
         raise DqarError("--rerun-changed reruns the changed cases of a run being resumed; give --resume DIR too")
+    def output_of(suite: Any) -> Path | None:
+        output = args.resume or args.output
+        return Path(output) / suite.model if output is not None and len(suites) > 1 else output
+
     if args.nproc is not None:
-        return launch(args.nproc, without_nproc(args.argv), max(s.threads for s in suites))
+        outputs = [Path(o) for o in map(output_of, suites) if o is not None]
+        return launch(args.nproc, without_nproc(args.argv), max(s.threads for s in suites), outputs)
     from dqar_bench.core.world import DEFAULT_TIMEOUT_S, init_world
     from dqar_bench.runs.runner import run_suite
 
@@ -47,9 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     status = 0
     try:
         for suite in suites:
-            output = args.resume or args.output
-            if output is not None and len(suites) > 1:
-                output = Path(output) / suite.model
+            output = output_of(suite)
             run = run_suite(suite, output, resume=args.resume is not None, rerun_changed=args.rerun_changed, world=world, shard_cases=args.shard == "cases")
             if run is None:  # not rank 0: rank 0 reports
                 continue

@@ -317,3 +317,18 @@ def test_train_policy_refuses_non_finite_features(tmp_path, capsys, literal):
     err = one_line_error(capsys, ["train-policy", str(traces), "-o", str(tmp_path / "p.safetensors")])
     assert f"{traces}:41: feature 'entropy' is" in err and "not a finite number" in err
     assert not (tmp_path / "p.safetensors").exists()
+
+
+# --- run directories -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--resume", "-o"])
+def test_nproc_into_a_directory_another_run_holds_is_one_line_and_exit_2(write_suite, tmp_path, capfd, flag):
+    # before: rank 0 was refused, rank 1 then said "rank 0 died..." and the command exited 1
+    held = RunDir.open(tmp_path / "run", resume=False)  # another run, in this process: flock is per open file
+    try:
+        assert main(["run", str(write_suite(SMALL_SUITE_HEAD + BASELINE_ONLY)), flag, str(tmp_path / "run"), "--nproc", "2"]) == 2
+    finally:
+        held.close()
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "is in use by another dqar-bench run" in err and "died" not in err, err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["outputs", "run.lock"]  # nothing measured, nothing written
