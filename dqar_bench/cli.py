@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 from dqar_bench.core.errors import DqarError
@@ -22,7 +23,6 @@ MAX_CHECK_STEPS = 1000
 
 def cmd_run(args: argparse.Namespace) -> int:
     """A suite file of several models runs one suite per model, into `<output>/<model>/`."""
-    from pathlib import Path
 
     from dqar_bench.config.suite import load_suites
     from dqar_bench.core.errors import ModelError
@@ -38,8 +38,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ModelError(f"{suite.path}: field '{'model.pipeline' if suite.pipeline else 'model'}': {problem}")  # before any run directory is made
     if args.rerun_changed and args.resume is None:
         raise DqarError("--rerun-changed reruns the changed cases of a run being resumed; give --resume DIR too")
+    def output_of(suite: Any) -> Path | None:
+        output = args.resume or args.output
+        return Path(output) / suite.model if output is not None and len(suites) > 1 else output
+
     if args.nproc is not None:
-        return launch(args.nproc, without_nproc(args.argv), max(s.threads for s in suites))
+        outputs = [Path(o) for o in map(output_of, suites) if o is not None]
+        return launch(args.nproc, without_nproc(args.argv), max(s.threads for s in suites), outputs)
     from dqar_bench.core.world import DEFAULT_TIMEOUT_S, init_world
     from dqar_bench.runs.runner import run_suite
 
@@ -47,9 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     status = 0
     try:
         for suite in suites:
-            output = args.resume or args.output
-            if output is not None and len(suites) > 1:
-                output = Path(output) / suite.model
+            output = output_of(suite)
             run = run_suite(suite, output, resume=args.resume is not None, rerun_changed=args.rerun_changed, world=world, shard_cases=args.shard == "cases")
             if run is None:  # not rank 0: rank 0 reports
                 continue
@@ -186,7 +189,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_train_policy(args: argparse.Namespace) -> int:
     import dataclasses
-    from pathlib import Path
 
     from dqar_bench.strategy.policy.model import save_policy
     from dqar_bench.strategy.policy.train import read_traces, train_policy
@@ -208,7 +210,6 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from dqar_bench.core.files import write_atomic
     from dqar_bench.views import compare
@@ -238,8 +239,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.max_seeds < 1:
         raise DqarError(f"--max-seeds: {args.max_seeds} shows no images; give 1 or more")
+    if args.output is not None:
+        _report_folder(Path(args.output).expanduser())
     print(f"report: {write_report(args.runs, args.output, args.max_seeds)}")
     return 0
+
+
+def _report_folder(output: Path) -> None:
+    """Make the folder `report -o` writes into before the page is rendered (long, for a large
+    run), so that a path that cannot hold it is one line first, not a traceback in mkdir after."""
+    if output.is_dir():
+        raise DqarError(f"report -o {output}: not written: it is a folder; give the path of an .html file to write")
+    folder = output.parent
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise DqarError(f"report -o {output}: not written: {blocking} is a file, not a folder; choose a path in a writable folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder belongs, a folder not writable
+        raise DqarError(f"report -o {output}: not written: the folder {folder} cannot be made ({exc.strerror or exc}); choose a path in a writable folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DqarError(f"report -o {output}: not written: the folder {folder} is not writable; choose a path in a writable folder")
 
 
 def cmd_fid_stats(args: argparse.Namespace) -> int:

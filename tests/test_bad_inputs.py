@@ -99,6 +99,73 @@ def test_nan_part_parameter(write_suite, capsys):
     assert "case 'e'" in err and "parameter 'threshold' must be a number, got NaN" in err
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver"])
+def test_more_steps_than_the_schedule_has_timesteps_are_refused_at_validate(write_suite, capsys, registry, sampler):
+    # DDIM raises on every case; DPM-Solver silently repeats timesteps: both past the 1000 trained ones
+    body = SMALL_SUITE_HEAD.replace("name: ddim, steps: 6", f"name: {sampler}, steps: 1001") + BASELINE_ONLY
+    err = one_line_error(capsys, ["validate", str(write_suite(body))])
+    assert "field 'sampler.steps'" in err and "1001" in err and "sampler.steps <= 1000" in err
+    assert load_suite(write_suite(body.replace("steps: 1001", "steps: 1000"), "ok.yaml"), registry).steps == 1000
+
+
+def test_seeds_outside_the_generators_range_are_refused_at_validate(write_suite, capsys, registry):
+    body = SMALL_SUITE_HEAD.replace("seeds: [0]", f"seeds: [0, {2**64}]") + BASELINE_ONLY
+    err = one_line_error(capsys, ["validate", str(write_suite(body))])
+    assert f"field 'seeds': seed {2**64} is outside the random generator's range" in err
+    top = SMALL_SUITE_HEAD.replace("seeds: [0]", f"seeds: [{2**64 - 1}]") + BASELINE_ONLY
+    assert load_suite(write_suite(top, "top.yaml"), registry).seeds == [2**64 - 1]  # the largest seed torch takes
+
+
+@pytest.mark.parametrize("text, value", [("1e6", 1e6), ("'2.5'", 2.5), ("+3E-1", 0.3)])
+def test_a_number_yaml_reads_as_text_is_taken_as_the_number(write_suite, registry, text, value):
+    import yaml
+
+    assert isinstance(yaml.safe_load(f"x: {text}")["x"], str)  # YAML 1.1: no dot, no number
+    body = SMALL_SUITE_HEAD.replace("guidance_scale: 4.0", f"guidance_scale: {text}") + BASELINE_ONLY
+    assert load_suite(write_suite(body), registry).guidance_scale == value
+
+
+def test_text_that_is_no_number_is_still_refused_for_a_number_field(write_suite, capsys):
+    body = SMALL_SUITE_HEAD.replace("guidance_scale: 4.0", "guidance_scale: 1e6x") + BASELINE_ONLY
+    assert "field 'sampler.guidance_scale' must be float, got '1e6x'" in one_line_error(capsys, ["validate", str(write_suite(body))])
+
+
+def test_a_million_seeds_are_checked_for_repeats_in_linear_time(registry):
+    import time
+
+    import yaml
+
+    from dqar_bench.config.suite import parse_suite
+    from dqar_bench.core.errors import SuiteError
+
+    data = yaml.safe_load(SMALL_SUITE_HEAD + BASELINE_ONLY)
+    data["seeds"] = list(range(10**6)) + [999_999]
+    started = time.perf_counter()
+    with pytest.raises(SuiteError, match="seed 999999 is given more than once"):
+        parse_suite(data, Path("many.yaml"), "", registry)
+    # linear: well under a second here; the old list.count per seed was 10^12 comparisons (over 300 s)
+    assert time.perf_counter() - started < 30
+
+
+@pytest.mark.parametrize("device", ["cuda:-7", "tpu", "cuda:", "cuda:0x", "cpu:0"])
+def test_a_device_torch_cannot_name_is_refused_at_validate(write_suite, capsys, device):
+    body = SMALL_SUITE_HEAD.replace("device: cpu", f"device: '{device}'") + BASELINE_ONLY
+    err = one_line_error(capsys, ["validate", str(write_suite(body))])
+    assert f"field 'device': '{device}' is not one of auto, cpu, cuda or cuda:N" in err
+
+
+def test_fid_stats_refuses_a_device_torch_cannot_name(tmp_path, capsys):
+    err = one_line_error(capsys, ["fid-stats", str(tmp_path), "--device", "tpu", "-o", str(tmp_path / "s.npz")])
+    assert "device 'tpu' is not one of auto, cpu, cuda or cuda:N" in err
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_a_case_name_that_is_a_number_is_said_to_need_text(write_suite, capsys):
+    body = SMALL_SUITE_HEAD + "cases:\n  - name: baseline\n  - name: 123\n"
+    err = one_line_error(capsys, ["validate", str(write_suite(body))])
+    assert "cases[1]: field 'name' must be text, got 123; quote it" in err and "missing" not in err
+
+
 # --- the model -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("model, labels, classes", [("dit-tiny", "[0, 10]", 10), ("digits-dit", "[3, 11]", 10), ("dit-xl-2-256-random", "[1000]", 1000)])
@@ -250,3 +317,18 @@ def test_train_policy_refuses_non_finite_features(tmp_path, capsys, literal):
     err = one_line_error(capsys, ["train-policy", str(traces), "-o", str(tmp_path / "p.safetensors")])
     assert f"{traces}:41: feature 'entropy' is" in err and "not a finite number" in err
     assert not (tmp_path / "p.safetensors").exists()
+
+
+# --- run directories -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--resume", "-o"])
+def test_nproc_into_a_directory_another_run_holds_is_one_line_and_exit_2(write_suite, tmp_path, capfd, flag):
+    # before: rank 0 was refused, rank 1 then said "rank 0 died..." and the command exited 1
+    held = RunDir.open(tmp_path / "run", resume=False)  # another run, in this process: flock is per open file
+    try:
+        assert main(["run", str(write_suite(SMALL_SUITE_HEAD + BASELINE_ONLY)), flag, str(tmp_path / "run"), "--nproc", "2"]) == 2
+    finally:
+        held.close()
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "is in use by another dqar-bench run" in err and "died" not in err, err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["outputs", "run.lock"]  # nothing measured, nothing written

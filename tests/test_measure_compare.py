@@ -268,6 +268,29 @@ def test_user_errors_exit_2_in_one_line(tmp_path, capsys):
         assert capsys.readouterr().err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "field, value, said",
+    [
+        ("round_s", ["1.0"] * 6, "field 'round_s' must be a list of (a number) or null, got ['1.0'"),
+        ("flops", [1, 2], "field 'flops' must be a mapping or null, got [1, 2]"),
+        ("quality", "psnr 30", "field 'quality' must be a mapping or null, got 'psnr 30'"),
+        ("fidelity", {"fid": "12.5"}, "field 'fidelity.fid' must be a number, got '12.5'"),
+        ("flops", {"per_call": "1e9"}, "field 'flops.per_call' must be a number, got '1e9'"),
+        ("reuse_map", {"0": [1]}, "field 'reuse_map' must be a list of (a list of (an integer)) or null"),
+        ("batch", "2", "field 'batch' must be an integer, got '2'"),
+        ("case", 7, "case 7: field 'case' must be text, got 7"),
+    ],
+)
+def test_records_of_the_wrong_shape_are_one_line_naming_file_case_and_field(tmp_path, capsys, field, value, said):
+    good = write_run(tmp_path / "a", [ratios_record("x", [1.5] * 6)])
+    bad = write_run(tmp_path / "b", [{**ratios_record("x", [1.5] * 6), field: value}])
+    for argv in ([str(good), str(bad)], [str(bad), str(good)]):  # either side
+        assert main(["compare", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"error: {bad / 'records.jsonl'}: case ") and said in err, err
+
+
 def test_benchmark_entries_include_flops_energy_and_memory_when_recorded():
     rec = record("x", energy={"joules_per_image": 1.5}, memory={"torch_peak_reserved_bytes": 3 * 2**20},
                  latency_s=[0.2, 0.4], flops={"per_call": 2_000_000_000})

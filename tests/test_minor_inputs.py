@@ -51,6 +51,40 @@ def test_report_output_onto_a_directory_is_one_line(finished, tmp_path, capsys):
     assert "not written" in one_line(capsys)
 
 
+def test_report_output_under_a_file_is_one_line_before_rendering(finished, tmp_path, capsys, monkeypatch):  # noqa: F811
+    _, out = finished
+    (tmp_path / "afile").write_text("x")
+    from dqar_bench.views.report import page
+
+    monkeypatch.setattr(page, "render", lambda *a, **k: pytest.fail("rendered before the output was checked"))
+    for target in (tmp_path / "afile" / "r.html", tmp_path / "afile" / "deeper" / "r.html"):
+        assert main(["report", str(out), "-o", str(target)]) == 2
+        assert f"{tmp_path / 'afile'} is a file, not a folder" in one_line(capsys)
+
+
+def test_report_output_where_a_folder_cannot_be_made_is_one_line(finished, tmp_path, capsys, monkeypatch):  # noqa: F811
+    # a folder that is not writable (simulated: the tests may run as root, whom permissions do not stop)
+    _, out = finished
+
+    def refused(path, mode=0o777):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "mkdir", refused)
+    assert main(["report", str(out), "-o", str(tmp_path / "missing" / "r.html")]) == 2
+    assert f"the folder {tmp_path / 'missing'} cannot be made (Permission denied)" in one_line(capsys)
+    monkeypatch.undo()
+    assert main(["report", str(out), "-o", str(tmp_path / "missing" / "r.html")]) == 0  # a missing folder that can be made is made
+    assert (tmp_path / "missing" / "r.html").read_text().startswith("<!")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder")
+def test_report_output_into_a_folder_not_writable_is_one_line(finished, tmp_path, capsys):  # noqa: F811
+    _, out = finished
+    (tmp_path / "ro").mkdir(mode=0o555)
+    assert main(["report", str(out), "-o", str(tmp_path / "ro" / "r.html")]) == 2
+    assert "not written" in one_line(capsys)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "empty", "wrong shape", "wrong key"])
 def test_a_damaged_preview_costs_its_pictures_not_the_report(finished, capsys, damage):  # noqa: F811
     _, out = finished

@@ -129,6 +129,60 @@ def test_plan_of_an_unknown_checkpoint_is_a_one_line_error(write_suite, capsys):
     assert err.count("\n") == 1 and "KNOWN_CHECKPOINTS" in err and "someone/unknown-dit" in err
 
 
+FLUX_HEAD = """\
+name: planned-flux
+model: flux-tiny
+sampler: {name: flow-euler, steps: 12, guidance_scale: 4.0}
+prompt_lengths: [8]
+seeds: [0]
+device: cpu
+timing: {warmup: 0, repeats: 1, per_step: false}
+baseline: baseline
+cases:
+  - name: baseline
+  - name: pab
+    gate: {name: interval, every: 2}
+    scheduler: {name: timestep-window, low: 300, high: 800}
+"""
+
+
+@pytest.mark.parametrize("model", ["flux-tiny", "sd3-tiny"])
+def test_plan_of_a_flow_suite_with_dynamic_shift_prints_its_table(write_suite, capsys, model):
+    # FLUX's scheduler shifts by the image's token count (mu): planned as `denoise` sets it
+    assert main(["plan", str(write_suite(FLUX_HEAD.replace("flux-tiny", model)))]) == 0
+    out = capsys.readouterr().out
+    assert f"model {model}" in out and "| pab |" in out
+
+
+def test_plan_of_the_shipped_flow_peers_suite_for_each_model(tmp_path, capsys):
+    text = (SUITES / "peers-flow.yaml").read_text()
+    for model in ("flux-tiny", "sd3-tiny", "wan-tiny"):
+        path = tmp_path / f"{model}.yaml"
+        path.write_text(text.replace("model: [flux-tiny, sd3-tiny, wan-tiny]", f"model: {model}"))
+        assert main(["plan", str(path)]) == 0, model
+        assert "| full_dqar |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_plan_of_a_flux_suite_equals_the_reuse_a_real_run_records(write_suite, tmp_path, registry):
+    # the timestep window reads the timesteps, so this holds only if plan shifts them as the run does
+    path = write_suite(FLUX_HEAD)
+    _, plans = plan_suite(load_suite(path, registry), registry)
+    out = tmp_path / "run"
+    assert main(["run", str(path), "-o", str(out)]) == 0
+    recorded = {r.case: r for r in RunDir(out).records()}
+    (plan,) = plans
+    assert plan.exact and 0 < plan.reused < plan.evaluations
+    assert (plan.reused, plan.evaluations) == (recorded["pab"].reused, recorded["pab"].evaluations)
+
+
+def test_plan_of_more_ddim_steps_than_timesteps_is_a_one_line_error(write_suite, capsys):
+    path = write_suite("name: x\nmodel: dit-tiny\nsampler: {name: ddim, steps: 1001}\ncases:\n  - name: baseline\n  - name: iv\n    gate: interval\n")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "field 'sampler.steps'" in err and "sampler.steps <= 1000" in err
+
+
 def test_runs_are_run_length_encoded():
     assert runs([0, 0, 0, 1, 2, 2]) == "0 x3, 1, 2 x2"
     assert runs([]) == ""

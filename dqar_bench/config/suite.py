@@ -18,6 +18,8 @@ import difflib
 import hashlib
 import math
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,14 +56,19 @@ from dqar_bench.measure.lpips import LpipsConfig, check_lpips_files
 from dqar_bench.measure.quality import QualityConfig
 from dqar_bench.measure.timing import CLOCKS
 from dqar_bench.model import families
-from dqar_bench.model.models import default_sampler, model_config, model_family, model_prediction, num_classes, offline_problem
+from dqar_bench.model.loaded import DIT_SCHEDULER_CONFIG, local_json
+from dqar_bench.model.models import BUILTIN_MODELS, default_sampler, model_config, model_family, model_prediction, num_classes, offline_problem
 from dqar_bench.model.resolution import Resolution, check_for_model, parse_resolution
-from dqar_bench.model.sampling import SAMPLERS, sampler_refusal
+from dqar_bench.model.sampling import FLOW_SAMPLERS, SAMPLERS, sampler_refusal
 from dqar_bench.strategy.context_parallel import Parallel, parse_parallel
 from dqar_bench.strategy.execution import MODES, ExecutionOptions
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+"""torch.Generator.manual_seed's range: a seed outside it fails every case at its first draw."""
+NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+"""A plain number written as text: YAML 1.1 reads `1e6` as a string (it wants `1.0e+6`)."""
 DEFAULT_PARTS: dict[str, str] = {"scheduler": "all", "gate": "never", "cache": "attention-output", "quantizer": "none"}
 
 # The keys each mapping may hold, read from the typed shape of the file (`config.schema`),
@@ -303,17 +310,27 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     steps = r.get(sampler_raw, "steps", int, default=default(SamplerSpec, "steps"), field="sampler.steps")
     if steps < 1:
         raise r.error("field 'sampler.steps' must be at least 1")
+    limit = _train_timesteps(model_name, spec) if sampler not in FLOW_SAMPLERS else None
+    if limit is not None and steps > limit:
+        raise r.error(
+            f"field 'sampler.steps': {steps} steps is more than the {limit} timesteps the model's noise schedule was trained on; "
+            f"{sampler} can take at most {limit} (set sampler.steps <= {limit})"
+        )
     guidance = r.get(sampler_raw, "guidance_scale", float, default=default(SamplerSpec, "guidance_scale"), field="sampler.guidance_scale")
     if not (math.isfinite(guidance) and guidance >= 0):
         raise r.error(f"field 'sampler.guidance_scale' must be a finite number >= 0 (1 or less turns classifier-free guidance off), got {guidance}")
     labels = r.int_list(data, "class_labels", default=default(SuiteSpec, "class_labels"))
     seeds = r.int_list(data, "seeds", default=default(SuiteSpec, "seeds"))
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    outside = next((s for s in seeds if not SEED_MIN <= s <= SEED_MAX), None)
+    if outside is not None:
+        raise r.error(f"field 'seeds': seed {outside} is outside the random generator's range; give seeds from {SEED_MIN} to {SEED_MAX}")
+    repeated = sorted(s for s, n in Counter(seeds).items() if n > 1)  # one pass: a million seeds validate in a second
     if repeated:
         raise r.error(f"field 'seeds': seed {repeated[0]} is given more than once; give each seed once (outputs and quality are kept per seed)")
     device = r.get(data, "device", str, default=default(SuiteSpec, "device"))
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise r.error(f"field 'device': '{device}' is not one of {', '.join(DEVICES)} (or cuda:N)")
+    reason = device_refusal(device)
+    if reason:
+        raise r.error(f"field 'device': {reason}")
     dtype = r.get(data, "dtype", str, default=default(SuiteSpec, "dtype"))
     if dtype not in DTYPES:
         raise r.error(f"field 'dtype': '{dtype}' is not one of {', '.join(DTYPES)}{_suggest(dtype, DTYPES)}")
@@ -691,8 +708,6 @@ def _model(r: "_Reader", raw: Any) -> tuple[str, bool, bool]:
 
 def _check_pipeline(r: "_Reader", name: str, spec: families.Family | None) -> None:
     """A pipeline the path runs; a built-in model has none (they are built in code)."""
-    from dqar_bench.model.loaded import local_json
-    from dqar_bench.model.models import BUILTIN_MODELS
     from dqar_bench.model.pipelines import pipeline_refusal
 
     if name in BUILTIN_MODELS:
@@ -709,7 +724,9 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
     if not isinstance(raw, dict):
         raise r.error(f"cases[{index}]: each case must be a mapping with at least 'name'")
     name = raw.get("name")
-    if not isinstance(name, str) or not name:
+    if name is not None and not isinstance(name, str):
+        raise r.error(f"cases[{index}]: field 'name' must be text, got {_short(name)}; quote it (name: '{name}')")
+    if not name:
         raise r.error(f"cases[{index}]: field 'name' is missing; give the case a name")
     where = f"case '{name}'"
     r.check_keys(raw, CASE_KEYS, "", where)
@@ -810,6 +827,22 @@ def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: fam
     return dataclasses.replace(case, parts=parts)
 
 
+def device_refusal(name: str) -> str | None:
+    """Why `name` is no device a run can use (one line), or None: auto, cpu, cuda or cuda:N, N >= 0."""
+    if name in DEVICES or re.fullmatch(r"cuda:[0-9]+", name):
+        return None
+    return f"'{name}' is not one of {', '.join(DEVICES)} or cuda:N (N = 0, 1, ...: the GPU's index)"
+
+
+def _train_timesteps(model_name: str, spec: families.Family | None) -> int | None:
+    """How many timesteps the model's noise schedule has: DDIM refuses more steps, DPM-Solver repeats timesteps."""
+    config = None if model_name in BUILTIN_MODELS else local_json(model_name, "scheduler/scheduler_config.json")
+    if config is None:
+        config = dict(spec.scheduler) if spec is not None else DIT_SCHEDULER_CONFIG
+    value = config.get("num_train_timesteps", 1000)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _suggest(word: str, choices: Any) -> str:
     close = _close(word, choices)
     return f" (did you mean {close}?)" if close else ""
@@ -850,6 +883,8 @@ class _Reader:
         value = data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if kind is float and isinstance(value, str) and NUMBER_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads `1e6` (no dot) as text; the number was meant
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.error(f"field '{label}' must be {kind.__name__}, got {_short(value)}")
         return value

@@ -107,6 +107,16 @@ class RunDir:
             raise
         return run
 
+    @classmethod
+    def check_free(cls, path: str | Path) -> None:
+        """Refuse a directory another run holds, making nothing: `--nproc` asks before it starts
+        ranks, since a rank refused there leaves the others saying it died, and exit 1."""
+        run = cls(path)
+        if not (run.path / LOCK).is_file():
+            return
+        run._take_lock()
+        run.close()
+
     def _take_lock(self) -> None:
         fh = open_append(self.path / LOCK)
         if fcntl is not None:

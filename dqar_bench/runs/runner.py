@@ -42,7 +42,7 @@ from typing import Any, Callable
 import torch
 
 from dqar_bench.config.identity import case_identity, case_key, measurement_settings
-from dqar_bench.config.suite import Case, Suite
+from dqar_bench.config.suite import Case, Suite, device_refusal
 from dqar_bench.core.errors import DqarError, ModelError, SuiteError
 from dqar_bench.core.files import read_bytes, write_atomic
 from dqar_bench.core.plugins import Registry, get_registry
@@ -78,6 +78,9 @@ MAX_SUITE_NAME = 80
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reason = device_refusal(name)
+    if reason:
+        raise DqarError(f"device {reason}")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DqarError(f"device '{name}' was asked for but no CUDA device is available; set 'device: cpu' or 'auto'")

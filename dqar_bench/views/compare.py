@@ -41,6 +41,7 @@ from dqar_bench.core.errors import DqarError
 from dqar_bench.measure import records
 from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.flops import per_call as flops_per_call
+from dqar_bench.measure.record_shape import check_shape
 from dqar_bench.measure.rounds import paired_ratios
 from dqar_bench.measure.stats import UNRELIABLE, Measurement, mann_whitney_u, min_detectable_p
 from dqar_bench.views import markdown
@@ -201,7 +202,10 @@ def read_run(path: str | Path) -> RunRecords:
     if not records_path.is_file():
         raise DqarError(f"{path}: no records.jsonl there; give a run directory written by `dqar-bench run`")
     run = records.RunDir(records_path.parent)
-    latest = {record.case: record for record in run.records(records_path)}
+    latest: dict[str, CaseRecord] = {}
+    for record in run.records(records_path):
+        check_shape(record, records_path)
+        latest[record.case] = record
     if not latest:
         raise DqarError(f"{records_path}: holds no records")
     environment = next((env for env in map(run.environment_of, latest.values()) if env), {})

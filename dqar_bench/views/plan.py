@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from dqar_bench.config.part_spec import new_part
 from dqar_bench.config.suite import Case, Suite
-from dqar_bench.core.errors import DqarError
+from dqar_bench.core.errors import DqarError, ModelError
 from dqar_bench.core.parts import Gate, Scheduler
 from dqar_bench.core.plugins import Registry
+from dqar_bench.model.sampling import make_scheduler, set_timesteps
 from dqar_bench.strategy.strategy import schedule_mask
 from dqar_bench.views.table import parts_label
 
@@ -79,33 +81,55 @@ class CasePlan:
 def geometry(suite: Suite) -> Geometry:
     """Blocks and timesteps of the suite's model and sampler, without loading weights."""
     from dqar_bench.model import families
-    from dqar_bench.model.loaded import DIT_SCHEDULER_CONFIG
+    from dqar_bench.model.loaded import DIT_SCHEDULER_CONFIG, local_json
     from dqar_bench.model.models import BUILTIN_MODELS, _local_transformer_config, _scheduler_config, model_family
-    from dqar_bench.model.sampling import make_scheduler
 
+    family = families.get(model_family(suite.model) or "dit")
+    vae_config: Any = None
     if suite.model in BUILTIN_MODELS:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")  # loading shipped weights into meta tensors is a no-op, said loudly
             model = BUILTIN_MODELS[suite.model]()
         blocks, config, source = model.num_blocks, model.scheduler_config, "built-in, built on the meta device"
+        transformer_config, family = model.transformer.config, model.spec
     else:
         transformer = _local_transformer_config(suite.model)
         if transformer is not None and "num_layers" in transformer:
             # every block list of the family: FLUX's and HunyuanVideo's single-stream blocks too
             blocks = int(transformer["num_layers"]) + int(transformer.get("num_single_layers") or 0)
             source = "its transformer/config.json"
-            config = _scheduler_config(suite.model, True, families.get(model_family(suite.model) or "dit"))
+            config = _scheduler_config(suite.model, True, family)
+            transformer_config = SimpleNamespace(**transformer)
+            vae = local_json(suite.model, "vae/config.json")
+            vae_config = SimpleNamespace(**vae) if vae else None
         elif suite.model in KNOWN_CHECKPOINTS:
             blocks, source = KNOWN_CHECKPOINTS[suite.model], "dqar_bench.views.plan.KNOWN_CHECKPOINTS"
-            config = dict(DIT_SCHEDULER_CONFIG)
+            config, transformer_config = dict(DIT_SCHEDULER_CONFIG), None
         else:
             raise DqarError(
                 f"{suite.path}: field 'model': the geometry of '{suite.model}' is unknown offline; put the checkpoint "
                 f"(or its transformer/config.json) on disk, or add it to dqar_bench.views.plan.KNOWN_CHECKPOINTS"
             )
     scheduler = make_scheduler(suite.sampler, config)
-    scheduler.set_timesteps(suite.steps)
+    # as `denoise` sets them: a flow schedule's sigmas, and its shift from the image's token count (FLUX, SD3)
+    tokens = _image_tokens(suite, transformer_config, vae_config, family) if transformer_config is not None else 0
+    set_timesteps(scheduler, suite.steps, torch.device("cpu"), tokens, family.sigmas)
     return Geometry(blocks, [int(t) for t in scheduler.timesteps.tolist()], source)
+
+
+def _image_tokens(suite: Suite, config: Any, vae_config: Any, family: Any) -> int:
+    """Tokens one latent makes at the suite's resolution (or the model's own size), which a flow schedule's dynamic shift reads."""
+    from dqar_bench.model.inputs import convention
+    from dqar_bench.model.resolution import latent_size
+
+    conv = convention(family)
+    shape = conv.latent_shape(config, family)
+    if suite.resolution is not None:
+        try:
+            shape = (shape[0], *latent_size(suite.resolution, config, vae_config, family))
+        except ModelError as exc:
+            raise DqarError(f"{suite.path}: field 'resolution': {exc}") from None
+    return conv.image_tokens(config, shape)
 
 
 def reuse_pattern(scheduler: Scheduler, gate: Gate, num_blocks: int, timesteps: list[int]) -> tuple[torch.Tensor, bool]:

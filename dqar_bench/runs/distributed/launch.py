@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Sequence
 
 from dqar_bench.core.errors import DqarError
 from dqar_bench.core.world import launched_by_torchrun
+from dqar_bench.measure.records import RunDir
 
 
 def torchrun_args(nproc: int, argv: Sequence[str]) -> list[str]:
@@ -40,16 +42,20 @@ def without_nproc(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def launch(nproc: int, argv: Sequence[str], threads: int = 1) -> int:
+def launch(nproc: int, argv: Sequence[str], threads: int = 1, outputs: Sequence[Path] = ()) -> int:
     """Run `dqar-bench ARGV` as `nproc` ranks here; the exit status of the first rank that failed, else 0.
 
     The ranks get OMP_NUM_THREADS=`threads` (the suite's) unless the user set it: given
     explicitly, torchrun does not print its 4-line banner about choosing it for them.
+    `outputs`, the run directories the ranks will open, are checked for another run's lock
+    first: refused in one line, exit 2, before any rank starts.
     """
     if nproc < 1:
         raise DqarError(f"--nproc must be at least 1, got {nproc}")
     if launched_by_torchrun():
         raise DqarError("--nproc starts torchrun itself; this process is already a rank of one (leave out --nproc, or torchrun)")
+    for output in outputs:
+        RunDir.check_free(output)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -59,6 +65,9 @@ def launch(nproc: int, argv: Sequence[str], threads: int = 1) -> int:
     try:
         run(parse_args(torchrun_args(nproc, argv)))
     except ChildFailedError as exc:
+        codes = [int(f.exitcode) for f in exc.failures.values()]
+        if 2 in codes:  # a rank refused its input: the others' "rank N died" follows from it
+            return 2
         _, failure = exc.get_first_failure()
         code = int(failure.exitcode)
         return code if code > 0 else 128 + (-code or signal.SIGTERM)
