@@ -23,7 +23,7 @@ from dqar_bench.views.compare import compare_runs
 from tests.conftest import SMALL_SUITE_HEAD
 from tests.test_resume import CASES, one_line, prepared
 
-REFERENCE = Path(__file__).resolve().parent.parent / "results" / "ci" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data" / "ci-reference-v1"  # the CI reference as committed before code digests (and record schemas)
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +119,7 @@ def test_a_plugin_of_no_distribution_is_known_by_its_code(tmp_path, write_suite,
 
 @pytest.mark.parametrize("model", ["digits-dit", "digits-flow"])
 def test_records_from_before_code_digests_compare_clean_with_a_note(model, tmp_path):
-    """The committed CI reference holds no digests; a run of today's code does. Their code
+    """The old CI reference (tests/data) holds no digests; a run of today's code does. Their code
     is unknown on one side, which is no change: not listed, no --strict failure, one note."""
     reference = REFERENCE / model
     records = [json.loads(line) for line in (reference / "records.jsonl").read_text().splitlines() if line.strip()]

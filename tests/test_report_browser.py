@@ -65,9 +65,9 @@ def test_the_report_of_a_run_renders_with_a_clean_console(browser, report_run, t
     order = visit.values[0]  # clicked twice: highest reuse first, cases without a figure last
     records = report_run[1]
     assert sorted(order) == sorted(records)
-    ok = [c for c in order if records[c]["status"] == "ok"]
+    ok = [c for c in order if records[c].status == "ok"]
     assert order[: len(ok)] == ok
-    reuse = [records[c]["reuse_ratio"] for c in ok]
+    reuse = [records[c].reuse_ratio for c in ok]
     assert reuse == sorted(reuse, reverse=True) and reuse[0] > reuse[-1]
 
 

@@ -54,6 +54,10 @@ def launched_by_torchrun() -> bool:
     return all(v in os.environ for v in ("RANK", "WORLD_SIZE")) and int(os.environ["WORLD_SIZE"]) > 1
 
 
+CLOSE_WAIT_S = 30.0
+"""How long a rank waits for the others before it leaves the process group."""
+
+
 @dataclass
 class World:
     """This process's place in a run: rank, size, device; the collectives the harness uses."""
@@ -156,7 +160,19 @@ class World:
         return list(items[self.rank :: self.world_size])
 
     def close(self) -> None:
+        """Leave the process group, after every rank has come to leave it.
+
+        Rank 0 hosts the group's store: a rank still tearing down its connections when rank 0
+        has already gone can abort ('terminate called without an active exception', seen with
+        gloo under load). The wait is bounded, so a rank that died holds nobody for long."""
         if self.distributed and dist.is_initialized():
+            try:
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=_dt.timedelta(seconds=CLOSE_WAIT_S))
+                else:
+                    dist.barrier()
+            except Exception:  # noqa: BLE001 - a rank already gone: nothing left to wait for
+                pass
             dist.destroy_process_group()
         self.backend = None
 

@@ -68,7 +68,7 @@ class TeaCache(Gate):
     DECIDES_AFTER_BLOCK = -1
     UNSUPPORTED = {"cudagraph": "decides inside the forward (at block 0's entry), which no captured graph can hold"}
 
-    CONFORMANCE_PARAMS = {"threshold": 1e9}
+    CONFORMANCE_PARAMS = {"threshold": 1e9, "warmup": 0, "compute_last": False}
     """Wide open, for `dqar_bench.testing`: a tiny model's modulation changes more than a trained one's."""
 
     threshold: float = field(default=0.4, metadata={"range": (0.05, 1.0), "help": "rel_l1_thresh: TeaCache4FLUX's 0.25 / 0.4 / 0.6 / 0.8 give 1.5x / 1.8x / 2.0x / 2.25x on FLUX.1-dev; HunyuanVideo 0.1 / 0.15"})
