@@ -186,3 +186,11 @@ def test_plan_of_more_ddim_steps_than_timesteps_is_a_one_line_error(write_suite,
 def test_runs_are_run_length_encoded():
     assert runs([0, 0, 0, 1, 2, 2]) == "0 x3, 1, 2 x2"
     assert runs([]) == ""
+
+
+def test_a_case_name_with_a_pipe_keeps_the_plan_tables_columns(write_suite, capsys):
+    """The plan's table goes through the one escaping renderer (`views.markdown`)."""
+    path = write_suite("name: x\nmodel: dit-tiny\nsampler: {steps: 4}\nclass_labels: [1]\ncases:\n  - name: baseline\n  - name: 'a|b'\n    gate: interval\n")
+    assert main(["plan", str(path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| a")]
+    assert rows and rows[0].startswith("| a\\|b |") and rows[0].replace("\\|", "").count("|") == 5

@@ -30,6 +30,7 @@ from dqar_bench.core.parts import Gate, Scheduler
 from dqar_bench.core.plugins import Registry
 from dqar_bench.model.sampling import make_scheduler, set_timesteps
 from dqar_bench.strategy.strategy import schedule_mask
+from dqar_bench.views import markdown
 from dqar_bench.views.table import parts_label
 
 KNOWN_CHECKPOINTS: dict[str, int] = {
@@ -191,12 +192,8 @@ def render_plan(suite: Suite, geo: Geometry, plans: list[CasePlan]) -> str:
         f"{suite.path}: suite '{suite.name}', model {suite.model} ({geo.num_blocks} blocks, from {geo.source}), "
         f"{geo.num_steps} {suite.sampler} steps; reuse = reused block evaluations / (blocks x steps) of one sampling call"
     )
-    lines = [head, "", "| case | parts | reuse | reused blocks per step (v xN: N steps in a row) |", "|---|---|---:|---|"]
-    for p in plans:
-        ratio = f"{100 * p.reuse_ratio:.1f} %"
-        if not p.exact:
-            ratio = f"<= {ratio}"
-        lines.append(f"| {p.case} | {p.parts} | {ratio} | {runs(p.reused_per_step)} |")
+    rows = [(p.case, p.parts, f"{'' if p.exact else '<= '}{100 * p.reuse_ratio:.1f} %", runs(p.reused_per_step)) for p in plans]
+    lines = [head, "", markdown.table(["case", "parts", "reuse", "reused blocks per step (v xN: N steps in a row)"], rows, "llrl")]
     bounds = [p for p in plans if not p.exact]
     if bounds:
         lines.append("")
