@@ -50,7 +50,7 @@ from dqar_bench.core.weights import check_weights_file
 from dqar_bench.measure.classify import CLASSIFIERS, check_classifier
 from dqar_bench.measure.clip_score import check_clip_checkpoint
 from dqar_bench.measure.fid_stats import parse_fid_config
-from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_weights, ensure_registered
+from dqar_bench.measure.fidelity import REFERENCE_SETS, WEIGHTS_OPTION, check_registered, check_weights
 from dqar_bench.measure.lpips import NETS as LPIPS_NETS
 from dqar_bench.measure.lpips import LpipsConfig, check_lpips_files
 from dqar_bench.measure.quality import QualityConfig
@@ -680,7 +680,7 @@ def check_quality_files(quality: QualityConfig) -> None:
     (`dqar_bench.core.weights`): checked before anything runs, so nothing is sampled in vain and
     no pickle ever runs code."""
     if quality.fid:
-        ensure_registered(quality.feature_extractor)
+        check_registered(quality.feature_extractor)
         check_weights(quality.feature_extractor, quality.inception_weights)
     elif quality.inception_weights is not None:
         check_weights_file(quality.inception_weights, WEIGHTS_OPTION)
