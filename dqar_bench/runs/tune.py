@@ -39,6 +39,7 @@ from dqar_bench.config.suite import Case, PartSpec, Suite, load_suite
 from dqar_bench.core.errors import DqarError
 from dqar_bench.core.parts import build_part
 from dqar_bench.core.plugins import Registry, get_registry
+from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.instruments import build_instruments
 from dqar_bench.measure.progress import Progress as ProgressBar
@@ -65,11 +66,11 @@ class Metric:
     maximize: bool
     needs: str | None
     """The suite's `quality:` field that turns it on; None: always measured."""
-    read: Callable[[dict[str, Any]], float | None]
+    read: Callable[[CaseRecord], float | None]
 
 
-def _psnr(record: dict[str, Any]) -> float | None:
-    q = record.get("quality") or {}
+def _psnr(record: CaseRecord) -> float | None:
+    q = record.quality or {}
     if q.get("identical"):
         return math.inf  # the record's None means "identical to the baseline": no finite PSNR
     return q.get("psnr_db")
@@ -77,10 +78,10 @@ def _psnr(record: dict[str, Any]) -> float | None:
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("psnr", True, None, _psnr),
-    Metric("ssim", True, None, lambda r: (r.get("quality") or {}).get("ssim")),
-    Metric("lpips", False, "lpips", lambda r: (r.get("quality") or {}).get("lpips")),
-    Metric("accuracy", True, "classifier", lambda r: r.get("class_accuracy")),
-    Metric("clip", True, "clip", lambda r: (r.get("clip") or {}).get("clip_score")),
+    Metric("ssim", True, None, lambda r: (r.quality or {}).get("ssim")),
+    Metric("lpips", False, "lpips", lambda r: (r.quality or {}).get("lpips")),
+    Metric("accuracy", True, "classifier", lambda r: r.class_accuracy),
+    Metric("clip", True, "clip", lambda r: (r.clip or {}).get("clip_score")),
 )}
 
 
@@ -320,23 +321,22 @@ class _Trials:
         baseline = suite.case(suite.baseline_for(self.case))
         self.kit.progress.case(baseline.name)
         record, outputs = self._measure(baseline, None)
-        if record["status"] != "ok" or outputs is None:
-            raise DqarError(f"{suite.path}: the baseline '{baseline.name}' failed, so there is nothing to tune against: {record.get('error')}")
+        if record.status != "ok" or outputs is None:
+            raise DqarError(f"{suite.path}: the baseline '{baseline.name}' failed, so there is nothing to tune against: {record.error}")
         self.baseline, self.reference = record, outputs
-        timed = f"{record['median_s'] * 1000:.1f} ms/call, " if "median_s" in record else ""
-        self.say(f"baseline '{baseline.name}': {timed}{flops_per_call(record.get('flops')) or 0:.4g} FLOP/call; {self.remaining} trial(s) to run on seeds {suite.seeds}")
+        timed = f"{record.median_s * 1000:.1f} ms/call, " if record.median_s is not None else ""
+        self.say(f"baseline '{baseline.name}': {timed}{flops_per_call(record.flops) or 0:.4g} FLOP/call; {self.remaining} trial(s) to run on seeds {suite.seeds}")
 
-    def _measure(self, case: Case, reference: dict[int, torch.Tensor] | None) -> tuple[dict[str, Any], dict[int, torch.Tensor] | None]:
+    def _measure(self, case: Case, reference: dict[int, torch.Tensor] | None) -> tuple[CaseRecord, dict[int, torch.Tensor] | None]:
         """The harness's own case path. For a FLOP search the timed round is left out (prepare
         alone scores the outputs and counts the FLOPs of one call per seed): half the calls."""
         if self.options.objective == "time":
-            record, outputs = run_case(self.suite, case, self.model, self.device, self.registry, reference, self.kit, self.condition)
-            return record.to_json(), outputs
+            return run_case(self.suite, case, self.model, self.device, self.registry, reference, self.kit, self.condition)
         one = CaseRun(RunContext(self.suite, self.model, self.device, self.registry, self.kit, self.condition), case, key=case.name, blocked=True)
         one.prepare(0, reference)
         if not one.ready:
-            return one.record.to_json(), None
-        return {**one.record.to_json(), "status": "ok"}, one.outputs
+            return one.record, None
+        return dataclasses.replace(one.record, status="ok"), one.outputs
 
     def run(self, number: int, params: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
@@ -346,7 +346,7 @@ class _Trials:
             for kind, spec in trial_case.parts.items():
                 build_part(self.registry.get(kind, spec.name).cls, spec.params)
         except ValueError as exc:  # a combination the part refuses (a warmup past the steps, ...)
-            record: dict[str, Any] = {"status": "failed", "error": str(exc)}
+            record = CaseRecord(case=trial_case.name, identity={}, status="failed", error=str(exc))
         else:
             self.kit.progress.case(trial_case.name)
             record, _ = self._measure(trial_case, self.reference)
@@ -356,15 +356,15 @@ class _Trials:
         self.say(self._line(number, row))
         return row
 
-    def _figures(self, record: dict[str, Any]) -> dict[str, Any]:
-        if record.get("status") != "ok":
-            return {"status": "failed", "error": str(record.get("error", "")).splitlines()[0] if record.get("error") else "failed"}
+    def _figures(self, record: CaseRecord) -> dict[str, Any]:
+        if record.status != "ok":
+            return {"status": "failed", "error": record.error.splitlines()[0] if record.error else "failed"}
         if self.options.objective == "flops":
-            base, mine = flops_per_call(self.baseline.get("flops")), flops_per_call(record.get("flops"))
+            base, mine = flops_per_call(self.baseline.flops), flops_per_call(record.flops)
             speedup = base / mine if base and mine else math.nan
         else:
-            speedup = self.baseline["median_s"] / record["median_s"]
-        row = {"status": "ok", "speedup": speedup, "reuse_ratio": record.get("reuse_ratio")}
+            speedup = self.baseline.median_s / record.median_s if self.baseline.median_s and record.median_s else math.nan
+        row = {"status": "ok", "speedup": speedup, "reuse_ratio": record.reuse_ratio}
         row.update({name: metric.read(record) for name, metric in METRICS.items() if _measured(self.suite, metric)})
         if not all(_finite_or_inf(row.get(k)) for k in ("speedup", self.metric.name)):
             return {"status": "failed", "error": f"no {self.options.objective} speedup or {self.metric.name} in the record"}

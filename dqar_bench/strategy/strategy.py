@@ -154,7 +154,8 @@ class Strategy:
         """Per branch, this step's reuse; `_reuse` is the running branch's."""
         self._entropy: signals.EntropyProbe | None = None
         self._tap: signals.SdpaTap | None = None
-        self._snr_from_x0 = signals.SNR in gate.SIGNALS and signals.snr_source(gate) == "x0"
+        self._snr_from_x0 = False
+        """`wants_x0`, read once per call in `begin` (the per-step signal gather reads it)."""
         self._probe: list[bool] = []
         self._store: list[bool] = []
         self._skips_stores = bool(getattr(type(cache), "STORES_LAST_COMPUTE_ONLY", False))
