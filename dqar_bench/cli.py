@@ -187,6 +187,20 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from dqar_bench.config.suite import load_suites
+    from dqar_bench.runs.calibrate import CalibrateOptions, calibrate, check_targets, report_unreachable
+    from dqar_bench.runs.distributed.launch import single_process_only
+
+    single_process_only("dqar-bench calibrate")
+    targets = tuple(args.target_reuse)
+    check_targets(targets)  # before the suite is read: a bad flag is the first thing to say
+    suites = load_suites(args.suite, calibrating=True)
+    output = Path(args.output) if args.output else None
+    result = calibrate(suites, CalibrateOptions(output, targets, args.seeds, args.case))
+    return report_unreachable(result)
+
+
 def cmd_train_policy(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -317,6 +331,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "models": cmd_models,
     "trace": cmd_trace,
     "train-policy": cmd_train_policy,
+    "calibrate": cmd_calibrate,
     "compare": cmd_compare,
     "report": cmd_report,
     "fid-stats": cmd_fid_stats,
@@ -383,6 +398,12 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--case", action="append", help="trace this case only (repeatable)")
     trace.add_argument("--tolerance", type=float, help="relative L2 change of the final latents a safe reuse may cause (default 0.001)")
     trace.add_argument("--max-samples", type=int, help="trace at most this many (step, block) candidates per sampling call, drawn at random")
+    cal = sub.add_parser("calibrate", help="measure the model's signals and each case's threshold for a target reuse, into a calibration file")
+    cal.add_argument("suite", help="suite YAML file (its `{calibrated: X}` parameters need not resolve yet)")
+    cal.add_argument("--output", "-o", help="calibration file to write (JSON; its other models' entries are kept); default: the suite's `calibration:`, else results/calibration/<suite>.json")
+    cal.add_argument("--target-reuse", type=float, nargs="+", default=[0.3, 0.5, 0.7], metavar="R", help="reuse shares in (0, 1) to find thresholds for (default 0.3 0.5 0.7)")
+    cal.add_argument("--seeds", type=int, nargs="+", help="calibration seeds (default: as many as the suite has, after its largest; never the measured ones)")
+    cal.add_argument("--case", action="append", help="calibrate this case's threshold only (repeatable; default: every case whose gate has one)")
     train = sub.add_parser("train-policy", help="train the policy gate's MLP on a trace file")
     train.add_argument("traces", help="trace file from `dqar-bench trace`")
     train.add_argument("--output", "-o", required=True, help="policy .safetensors file to write (must not exist, unless --force)")

@@ -53,6 +53,8 @@ def case_identity(suite: Suite, case: Case, registry: Registry, device_type: str
         identity["resolution"] = suite.resolution.as_dict()
     if case.parallel is not None:  # absent for one rank, so the keys of earlier runs stay as they were
         identity["parallel"] = case.parallel.as_dict()
+    if case.calibration_digest is not None:  # the calibration it read: a new one reruns the case on --resume
+        identity["calibration"] = case.calibration_digest
     if case.hook is not None:  # only hook cases carry it, so every other case keeps its key
         identity["diffusers_hook"] = {**case.hook, "diffusers": _version("diffusers")}
     return identity

@@ -132,6 +132,7 @@ class CaseSpec(_Spec):
     cache: Part | None = None
     quantizer: Part | None = None
     sweep: SweepSpec | None = None
+    calibration: str | None = Field(None, description="A calibration file for this case's `{calibrated: X}` parameters (`dqar-bench calibrate`); default: the suite's.")
     execution: Mode | list[Mode] | None = None
     parallel: ParallelSpec | None = None
     diffusers_hook: dict[str, Any] | None = Field(None, alias="diffusers-hook", description="One of diffusers' cache hooks, {name, ...its config}, instead of parts.")
@@ -153,6 +154,7 @@ class SuiteSpec(_Spec):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     threads: PositiveInt = Field(1, description="CPU threads torch may use.")
+    calibration: str | None = Field(None, description="A calibration file (`dqar-bench calibrate SUITE -o FILE`) that `{calibrated: 0.5}` and `calibrated` parameters read.")
     timing: TimingSpec = Field(default_factory=TimingSpec)
     baseline: str = Field("baseline", description="The case every other is compared with.")
     probe_queries: PositiveInt = 16

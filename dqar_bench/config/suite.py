@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from dqar_bench.config import calibration as calib
+from dqar_bench.config.calibration import MARKER, CalibrationError, Tag, config_hash
 from dqar_bench.config.part_spec import PartSpec, bind
 from dqar_bench.config.schema import (
     CaseSpec,
@@ -110,6 +112,13 @@ class Case:
     """Context parallelism over several ranks (`dqar_bench.strategy.context_parallel`); None: one rank."""
     hook: dict[str, Any] | None = None
     """`diffusers-hook`: one of diffusers' cache hooks, {name, config} (`dqar_bench.strategy.diffusers_hooks`), instead of parts."""
+    calibrated: dict[str, Any] = field(default_factory=dict)
+    """The parameters that read a calibration, as written: {"gate.threshold": 0.5, "gate.mag_ratios": "calibrated"}
+    (`dqar_bench.config.calibration`); their values in `parts` are the calibration's."""
+    calibration_key: str | None = None
+    """The digest of the case's parts as written, without its threshold: what a calibrated threshold was found for."""
+    calibration_digest: str | None = None
+    """The digest of the calibration file the case read (part of its identity); None: it read none."""
 
     @property
     def untouched(self) -> bool:
@@ -170,6 +179,8 @@ class Suite:
     """The suite file as written, typed and nested (`dqar_bench.config.schema`); the fields
     above are what validation derived from it (defaults filled in, cases expanded, paths resolved)."""
     clock: str = "wall"
+    calibration: Path | None = None
+    """The suite's calibration file (`calibration:`), resolved from the suite file's folder; None: none named."""
     """What times a call (`dqar_bench.measure.timing.CLOCKS`): 'wall', or 'cpu' (the process's CPU time)."""
 
     @property
@@ -197,23 +208,25 @@ class Suite:
         return [c for c in self.cases if self.is_baseline(c)] + [c for c in self.cases if not self.is_baseline(c)]
 
 
-def load_suite(path: str | Path, registry: Registry | None = None, inception_weights: str | None = None) -> Suite:
+def load_suite(path: str | Path, registry: Registry | None = None, inception_weights: str | None = None, calibrating: bool = False) -> Suite:
     """Read and validate a suite file of one model; `inception_weights` (the command line's)
-    overrides the suite's `quality.inception_weights` and is checked with it."""
-    suites = load_suites(path, registry, inception_weights)
+    overrides the suite's `quality.inception_weights` and is checked with it. `calibrating`:
+    for `dqar-bench calibrate`, which makes the calibration the suite's markers read, so
+    they are kept (`Case.calibrated`) and the parts' defaults stand in."""
+    suites = load_suites(path, registry, inception_weights, calibrating)
     if len(suites) > 1:
         raise SuiteError(f"{path}: field 'model' lists {len(suites)} models; this command takes one (`dqar-bench run` runs each)")
     return suites[0]
 
 
-def load_suites(path: str | Path, registry: Registry | None = None, inception_weights: str | None = None) -> list[Suite]:
+def load_suites(path: str | Path, registry: Registry | None = None, inception_weights: str | None = None, calibrating: bool = False) -> list[Suite]:
     """Read and validate a suite file: one suite, or one per model where `model` is a list.
 
     The suites of a model list share every other field and are named `<name>-<model>`.
     """
     path = Path(path)
     data, text = _read_yaml(path)
-    return suites_from_data(data, path, text, registry, inception_weights)
+    return suites_from_data(data, path, text, registry, inception_weights, calibrating)
 
 
 def suites_from_spec(spec: SuiteSpec, registry: Registry | None = None, inception_weights: str | None = None) -> list[Suite]:
@@ -224,16 +237,18 @@ def suites_from_spec(spec: SuiteSpec, registry: Registry | None = None, inceptio
     return suites_from_data(data, Path(f"<suite {spec.name}>"), text, registry, inception_weights)
 
 
-def suites_from_data(data: Any, path: Path, text: str, registry: Registry | None = None, inception_weights: str | None = None) -> list[Suite]:
+def suites_from_data(
+    data: Any, path: Path, text: str, registry: Registry | None = None, inception_weights: str | None = None, calibrating: bool = False,
+) -> list[Suite]:
     """The suites of a suite file's mapping (`text` is what its content hash is taken from)."""
     registry = registry or get_registry()
     models = data.get("model") if isinstance(data, dict) else None
     if not isinstance(models, list):
-        return [parse_suite(data, path, text, registry, inception_weights)]
+        return [parse_suite(data, path, text, registry, inception_weights, calibrating)]
     if not models or len(set(map(str, models))) != len(models):
         raise SuiteError(f"{path}: field 'model' must be a model or a non-empty list of distinct models, got {models!r}")
     name = data.get("name")
-    return [parse_suite({**data, "model": m, "name": f"{name}-{m}" if isinstance(name, str) and isinstance(m, str) else name}, path, text, registry, inception_weights) for m in models]
+    return [parse_suite({**data, "model": m, "name": f"{name}-{m}" if isinstance(name, str) and isinstance(m, str) else name}, path, text, registry, inception_weights, calibrating) for m in models]
 
 
 def _read_yaml(path: Path) -> tuple[Any, str]:
@@ -281,7 +296,7 @@ def _expanded_size(data: Any, limit: int) -> int:
     return size
 
 
-def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, inception_weights: str | None = None) -> Suite:
+def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, inception_weights: str | None = None, calibrating: bool = False) -> Suite:
     r = _Reader(path)
     if not isinstance(data, dict):
         raise r.error("the file must be a mapping with 'name', 'model', 'cases' and so on")
@@ -401,9 +416,10 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     raw_cases = data.get("cases")
     if not isinstance(raw_cases, list) or not raw_cases:
         raise r.error("field 'cases' must be a non-empty list of cases")
+    calibration = _CalibrationReader(r, data.get("calibration"), Tag(model_name, config_hash(config), sampler, steps, guidance), calibrating, seeds=seeds)
     planned: list[tuple[Case, tuple[str, ...]]] = []
     for index, raw in enumerate(raw_cases):
-        built = _cases(r, raw, index, registry, spec, steps)
+        built = _cases(r, raw, index, registry, spec, steps, calibration)
         modes = default_modes
         if raw.get("execution") is not None:
             modes = _modes(r, raw["execution"], f"case '{raw['name']}': field 'execution'")
@@ -429,7 +445,7 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
         warmup, repeats, baseline, probe_queries, cases, digest, r.get(data, "description", str, default=""),
         quality=quality, per_step=per_step, nvml_interval_s=nvml_interval_ms / 1000.0,
         execution_options=options, threads=threads, timing_order=timing_order, round_seed=round_seed, pipeline=pipeline, resolution=resolution, clock=clock,
-        text=text_of_file, spec=_typed(r, data), **text,
+        text=text_of_file, spec=_typed(r, data), calibration=calibration.suite_path, **text,
 
     )
 
@@ -720,7 +736,10 @@ def _check_pipeline(r: "_Reader", name: str, spec: families.Family | None) -> No
         raise r.error(f"field 'model.pipeline': {reason}")
 
 
-def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: families.Family | None = None, steps: int = 20) -> list[Case]:
+def _cases(
+    r: "_Reader", raw: Any, index: int, registry: Registry, family: families.Family | None = None, steps: int = 20,
+    calibration: "_CalibrationReader | None" = None,
+) -> list[Case]:
     if not isinstance(raw, dict):
         raise r.error(f"cases[{index}]: each case must be a mapping with at least 'name'")
     name = raw.get("name")
@@ -732,6 +751,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
     r.check_keys(raw, CASE_KEYS, "", where)
     if "diffusers-hook" in raw or "cache-dit" in raw:
         return [_hook_case(r, raw, where, steps)]
+    calibration = (calibration or _CalibrationReader(r, None, None, False)).for_case(raw.get("calibration"), where)
     specs: dict[str, PartSpec] = {}
     for kind in KINDS:
         if kind in raw:
@@ -739,7 +759,7 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
     description = r.get(raw, "description", str, default="", field=f"description' of case '{name}")
     sweep = raw.get("sweep")
     if sweep is None:
-        return [_build(r, where, Case(name, _with_defaults(specs), description), registry, family)]
+        return [_build(r, where, Case(name, _with_defaults(specs), description), registry, family, calibration)]
     if not isinstance(sweep, dict):
         raise r.error(f"{where}: field 'sweep' must be a mapping with 'parameter' (kind.param) and 'values'")
     r.check_keys(sweep, SWEEP_KEYS, "sweep.", where)
@@ -757,8 +777,9 @@ def _cases(r: "_Reader", raw: Any, index: int, registry: Registry, family: famil
         swept = dict(specs)
         base = swept.get(kind, PartSpec(kind, DEFAULT_PARTS[kind]))
         swept[kind] = PartSpec(kind, base.name, {**base.params, param: copy.deepcopy(value)})
-        case = Case(f"{name}-{param}-{value}", _with_defaults(swept), description)
-        cases.append(_build(r, f"case '{case.name}' (sweep of '{name}')", case, registry, family))
+        label = f"calibrated{value[MARKER]}" if isinstance(value, dict) and set(value) == {MARKER} else value
+        case = Case(f"{name}-{param}-{label}", _with_defaults(swept), description)
+        cases.append(_build(r, f"case '{case.name}' (sweep of '{name}')", case, registry, family, calibration))
     return cases
 
 
@@ -794,9 +815,13 @@ def _part_spec(r: "_Reader", where: str, kind: str, raw: Any) -> PartSpec:
     raise r.error(f"{where}: field '{kind}' must be a {kind} name or a mapping with 'name' and its parameters")
 
 
-def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: families.Family | None = None) -> Case:
+def _build(
+    r: "_Reader", where: str, case: Case, registry: Registry, family: families.Family | None = None, calibration: "_CalibrationReader | None" = None,
+) -> Case:
     """The case with every part bound (`part_spec.bind`: built once, so each checks its own
     parameters), checked together and against the model's family."""
+    if calibration is not None:
+        case = calibration.resolve(case, where, registry)
     parts: dict[str, PartSpec] = {}
     for kind, spec in case.parts.items():
         names = registry.names(kind)
@@ -825,6 +850,75 @@ def _build(r: "_Reader", where: str, case: Case, registry: Registry, family: fam
         if reason:
             raise r.error(f"{where}: fields 'gate' and 'cache': {reason}")
     return dataclasses.replace(case, parts=parts)
+
+
+class _CalibrationReader:
+    """The calibration a suite's (or a case's) `calibration:` names, read once, and the markers
+    (`{calibrated: 0.5}`, `calibrated`) of each case resolved against it."""
+
+    def __init__(self, r: "_Reader", raw: Any, tag: Tag | None, calibrating: bool, label: str = "field 'calibration'", seeds: list[int] | None = None) -> None:
+        self.r, self.tag, self.calibrating, self.label, self.seeds = r, tag, calibrating, label, seeds or []
+        if raw is not None and not (isinstance(raw, str) and raw.strip()):
+            raise r.error(f"{label} must be the path of a calibration file (made by `dqar-bench calibrate SUITE -o FILE`), got {_short(raw)}")
+        self.suite_path = self._path(raw) if raw is not None else None
+        self.path = self.suite_path
+        self._file: calib.CalibrationFile | None = None
+
+    def _path(self, raw: str) -> Path:
+        path = Path(raw).expanduser()
+        if not path.is_absolute() and not str(self.r.path).startswith("<"):
+            path = self.r.path.parent / path
+        return path
+
+    def for_case(self, raw: Any, where: str) -> "_CalibrationReader":
+        """This reader, or the one a case names for itself."""
+        if raw is None:
+            return self
+        return _CalibrationReader(self.r, raw, self.tag, self.calibrating, f"{where}: field 'calibration'", self.seeds)
+
+    def file(self, where: str, field: str) -> calib.CalibrationFile:
+        if self.path is None:
+            raise self.r.error(
+                f"{where}: field '{field}' reads a calibration, and none is named; add 'calibration: FILE' to the suite "
+                "(or the case), made by: dqar-bench calibrate SUITE -o FILE"
+            )
+        if self._file is None:
+            try:
+                self._file = calib.read(self.path)
+            except CalibrationError as exc:
+                raise self.r.error(f"{self.label}: {exc}") from None
+        return self._file
+
+    def resolve(self, case: Case, where: str, registry: Registry) -> Case:
+        found: dict[str, Any] = {}
+        for kind, spec in case.parts.items():
+            for name, marker in calib.markers(spec.params).items():
+                cls = registry.get(kind, spec.name).cls if spec.name in registry.names(kind) else None
+                if cls is None:
+                    return case  # the unknown part is the error `_build` words
+                try:
+                    calib.check_marker(name, marker, getattr(cls, "THRESHOLD", None) if kind == "gate" else None)
+                except ValueError as exc:
+                    raise self.r.error(f"{where}: field '{kind}' ({spec.name}): {exc}") from None
+                found[f"{kind}.{name}"] = marker
+        gate = case.parts.get("gate")
+        searched = getattr(registry.get("gate", gate.name).cls, "THRESHOLD", None) if gate is not None and gate.name in registry.names("gate") else None
+        key = calib.parts_key({k: (s.name, s.params) for k, s in case.parts.items()}, searched) if case.parts else None
+        if not found:
+            return dataclasses.replace(case, calibration_key=key)
+        if self.calibrating:
+            parts = {k: PartSpec(k, s.name, calib.without_markers(s.params)) for k, s in case.parts.items()}
+            return dataclasses.replace(case, parts=parts, calibrated=found, calibration_key=key)
+        first = next(iter(found))
+        file = self.file(where, first)
+        assert self.tag is not None and key is not None
+        try:
+            entry = file.entry(self.tag)
+            calib.check_seeds(entry, self.seeds, file.path)
+            parts = {k: PartSpec(k, s.name, calib.resolve(s.params, k, entry, case.name, key, where)) for k, s in case.parts.items()}
+        except CalibrationError as exc:
+            raise self.r.error(f"{self.label}: {exc}" if str(exc).startswith("calibration ") else str(exc)) from None
+        return dataclasses.replace(case, parts=parts, calibrated=found, calibration_key=key, calibration_digest=file.digest)
 
 
 def device_refusal(name: str) -> str | None:

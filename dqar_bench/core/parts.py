@@ -117,6 +117,11 @@ class Gate(Part):
     any block runs, from block 0's timestep-modulated input (`modulation_change`, TeaCache),
     which a family names (`Family.modulation`; a family without it refuses the gate).
     One host sync per step either way."""
+    THRESHOLD: ClassVar[str | None] = None
+    """The parameter `dqar-bench calibrate` searches for a target reuse (`{calibrated: 0.5}`);
+    None: the gate has no single threshold. Reuse must move one way with it, and
+    `THRESHOLD_RAISES_REUSE` says which."""
+    THRESHOLD_RAISES_REUSE: ClassVar[bool] = True
 
     def bind_family(self, family: Any, config: Any = None) -> None:
         """Called when the strategy is installed on a model of `family` (`dqar_bench.model.families.Family`)

@@ -43,6 +43,7 @@ class DBCache(Gate):
     PLUGIN_NAME = "dbcache"
     SIGNALS = frozenset({RESIDUAL_CHANGE})
     DECIDES_AFTER_BLOCK = 0
+    THRESHOLD = "threshold"
     """Per instance: Fn - 1 (the strategy reads the instance's)."""
     UNSUPPORTED = {"cudagraph": "decides inside the forward (after the Fn blocks), which no captured graph can hold"}
 

@@ -26,6 +26,7 @@ class Dqar(Gate):
 
     PLUGIN_NAME = "dqar"
     SIGNALS = frozenset({ENTROPY, SNR})
+    THRESHOLD = "threshold"
 
     CONFORMANCE_PARAMS = {"threshold": 1.0, "snr_low": 0.0, "snr_high": 1e9, "warmup": 0, "deep_layer_snr_threshold": 0.0}
     """Wide open, for `dqar_bench.testing`: a tiny model's signals are not a trained one's (normalised entropy is at most 1)."""

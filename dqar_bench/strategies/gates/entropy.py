@@ -63,6 +63,7 @@ class Entropy(Gate):
 
     PLUGIN_NAME = "entropy"
     SIGNALS = frozenset({ENTROPY})
+    THRESHOLD = "threshold"
 
     CONFORMANCE_PARAMS = {"threshold": 1.0}
     """Wide open, for `dqar_bench.testing`: a tiny model's signals are not a trained one's (normalised entropy is at most 1)."""

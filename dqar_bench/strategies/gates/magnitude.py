@@ -76,6 +76,7 @@ class Magnitude(StaticGate):
     """Skip the block stack while the accumulated magnitude-ratio error stays under a threshold (MagCache)."""
 
     PLUGIN_NAME = "magnitude"
+    THRESHOLD = "threshold"
 
     threshold: float = field(default=0.24, metadata={"range": (0.01, 0.5), "help": "accumulated error |1 - prod ratios| up to which steps skip (reference FLUX: 0.24; Wan: 0.12; diffusers: 0.06)"})
     max_skip_steps: int = field(default=5, metadata={"range": (1, 6), "help": "K: most steps skipped in a row (reference FLUX: 5; Wan: 2; diffusers: 3)"})

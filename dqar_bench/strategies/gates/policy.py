@@ -34,6 +34,8 @@ class Policy(Gate):
 
     PLUGIN_NAME = "policy"
     SIGNALS = POLICY_SIGNALS
+    THRESHOLD = "threshold"
+    THRESHOLD_RAISES_REUSE = False  # reuse where P(safe) > threshold: a higher bar reuses less
     snr: ClassVar[str] = SNR_SOURCE  # the signals' forms its features were traced on
     entropy: ClassVar[str] = ENTROPY_UNIT
 

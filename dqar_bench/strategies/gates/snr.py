@@ -66,6 +66,8 @@ class Snr(Gate):
 
     PLUGIN_NAME = "snr"
     SIGNALS = frozenset({SNR})
+    THRESHOLD = "snr_high"
+    """The window opens upward from snr_low as it rises: the SNR grows step by step, so later steps join."""
 
     snr_low: float = field(default=0.1, metadata={"help": "lower end of the reuse window"})
     snr_high: float = field(default=10.0, metadata={"help": "upper end of the reuse window"})

@@ -66,6 +66,7 @@ class TeaCache(Gate):
     PLUGIN_NAME = "teacache"
     SIGNALS = frozenset({MODULATION_CHANGE})
     DECIDES_AFTER_BLOCK = -1
+    THRESHOLD = "threshold"
     UNSUPPORTED = {"cudagraph": "decides inside the forward (at block 0's entry), which no captured graph can hold"}
 
     CONFORMANCE_PARAMS = {"threshold": 1e9, "warmup": 0, "compute_last": False}
