@@ -34,7 +34,7 @@ def validator():
 
 @pytest.mark.parametrize("path", SUITES, ids=[p.name for p in SUITES])
 def test_every_shipped_suite_meets_the_schema(validator, path):
-    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for doc in yaml.safe_load_all(path.read_text()) for e in validator.iter_errors(doc)]
     assert not errors
 
 
