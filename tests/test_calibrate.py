@@ -196,18 +196,3 @@ def test_writing_keeps_the_entries_of_other_models(tmp_path):
     assert [e.tag.model for e in read.entries] == ["m2", "m1"]
     assert read.entries[1].seeds == [2] and read.entries[1].mag_ratios == [1.0, None]  # JSON has no inf
 
-
-def test_a_file_of_several_documents_holds_the_suites_of_each(write_suite):
-    """Models that share no inputs (class labels beside captions) sit in one file, a document each."""
-    from dqar_bench.config.suite import load_suites, suite_document
-
-    head = HEAD.replace("calibration: cal.json\n", "")
-    flow = head.replace("name: cal", "name: flow").replace("model: dit-tiny", "model: [flux-tiny, sd3-tiny]").replace(
-        "sampler: {name: ddim, steps: 8, guidance_scale: 4.0}", "sampler: {name: flow-euler, steps: 4}").replace("class_labels: [1, 2]", "prompt_lengths: [8]")
-    path = write_suite(head + "---\n" + flow)
-    suites = load_suites(path)
-    assert [s.name for s in suites] == ["cal", "flow-flux-tiny", "flow-sd3-tiny"]
-    assert [s.sampler for s in suites] == ["ddim", "flow-euler", "flow-euler"]
-    assert suite_document(path.read_text(), "flow-sd3-tiny")["name"] == "flow"
-    with pytest.raises(SuiteError, match=r"model 'dit-tiny' is in two of the file's documents"):
-        load_suites(write_suite(head + "---\n" + head.replace("name: cal", "name: again"), "twice.yaml"))

@@ -223,17 +223,10 @@ def load_suites(path: str | Path, registry: Registry | None = None, inception_we
     """Read and validate a suite file: one suite, or one per model where `model` is a list.
 
     The suites of a model list share every other field and are named `<name>-<model>`.
-    A file of several YAML documents (`---` between them) holds the suites of each, for
-    models that share no inputs (class-labelled digits beside captioned FLUX).
     """
     path = Path(path)
-    documents, text = _read_yaml(path)
-    suites = [s for data in documents for s in suites_from_data(data, path, text, registry, inception_weights, calibrating)]
-    seen = Counter(s.model for s in suites)
-    twice = next((m for m, n in seen.items() if n > 1), None)
-    if twice is not None:
-        raise SuiteError(f"{path}: model '{twice}' is in two of the file's documents; a run keeps one folder per model, so give each model one document")
-    return suites
+    data, text = _read_yaml(path)
+    return suites_from_data(data, path, text, registry, inception_weights, calibrating)
 
 
 def suites_from_spec(spec: SuiteSpec, registry: Registry | None = None, inception_weights: str | None = None) -> list[Suite]:
@@ -258,22 +251,7 @@ def suites_from_data(
     return [parse_suite({**data, "model": m, "name": f"{name}-{m}" if isinstance(name, str) and isinstance(m, str) else name}, path, text, registry, inception_weights, calibrating) for m in models]
 
 
-def suite_document(text: str, name: str) -> dict[str, Any] | None:
-    """The YAML document of a suite file that holds the suite called `name` (a model list's
-    suites are `<name>-<model>`); None where none does or the text is not YAML."""
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
-    except yaml.YAMLError:
-        return None
-    for data in documents:
-        own = data.get("name")
-        if own == name or (isinstance(own, str) and isinstance(data.get("model"), list) and name.startswith(f"{own}-")):
-            return data
-    return documents[0] if len(documents) == 1 else None
-
-
-def _read_yaml(path: Path) -> tuple[list[Any], str]:
-    """The file's YAML documents (at least one; an empty file is one empty document) and its text."""
+def _read_yaml(path: Path) -> tuple[Any, str]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -284,19 +262,19 @@ def _read_yaml(path: Path) -> tuple[list[Any], str]:
         line = raw[: exc.start].count(b"\n") + 1
         raise SuiteError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the suite file as UTF-8") from None
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None] or [None]
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SuiteError(f"{path}:{where}: YAML syntax error: {problem}; fix the YAML there") from None
     limit = max(MIN_EXPANSION_LIMIT, EXPANSION_FACTOR * len(text))
-    if _expanded_size(documents, limit) > limit:
+    if _expanded_size(data, limit) > limit:
         raise SuiteError(
             f"{path}: the suite expands to more than {limit:,} values and characters once its YAML aliases (*name) are "
             "filled in (an alias of an alias of a list repeats it exponentially); write the repeated parts out, or alias them less deeply"
         )
-    return documents, text
+    return data, text
 
 
 def _expanded_size(data: Any, limit: int) -> int:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-from dqar_bench.config.suite import Case, PartSpec, Suite, load_suite, suite_document
+from dqar_bench.config.suite import Case, PartSpec, Suite, load_suite
 from dqar_bench.core.errors import DqarError
 from dqar_bench.core.parts import build_part
 from dqar_bench.core.plugins import Registry, get_registry
@@ -556,8 +556,7 @@ def _finish(suite: Suite, case: Case, output: Path, rows: list[dict[str, Any]], 
 
 def write_suite(suite: Suite, case: Case, picks: dict[str, dict[str, Any] | None], dims: list[Dimension], path: Path) -> Path:
     """The suite file with the baseline, the case as given and one case per pick; checked by loading it."""
-    data = suite_document(suite.path.read_text(encoding="utf-8"), suite.name)
-    assert data is not None, f"{suite.path} holds no document of suite {suite.name}"
+    data = yaml.safe_load(suite.text)  # the suite's own document of its file
     baseline = suite.case(suite.baseline_for(case))
     cases = [_case_yaml(baseline, baseline.base_name), _case_yaml(case, case.base_name)]  # the case as written: the pick of floors it meets best
     labels: dict[int, list[str]] = {}  # trial -> the floors it is the pick of: one case per trial

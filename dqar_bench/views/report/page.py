@@ -79,11 +79,11 @@ def _subtitle(runs: list[Run]) -> str:
 
 def _suite_description(run: Run) -> str:
     """The suite's own description, from the copy kept in the run directory (if readable)."""
-    from dqar_bench.config.suite import suite_document
-
     try:
-        data = suite_document((run.path / "suite.yaml").read_text(encoding="utf-8"), run.first.suite)
-        return str(data.get("description") or "") if data is not None else ""
+        import yaml
+
+        data = yaml.safe_load((run.path / "suite.yaml").read_text(encoding="utf-8"))
+        return str(data.get("description") or "") if isinstance(data, dict) else ""
     except Exception:  # noqa: BLE001 - a missing or odd suite copy costs one line of text
         return ""
 
