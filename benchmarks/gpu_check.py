@@ -670,13 +670,24 @@ def step_flux(sizes: Sizes, out: Path) -> tuple[dict[str, Any], str, str]:
         data.update(model=FLUX_SIZED, device=sizes.device, dtype="bfloat16" if sizes.device == "cuda" else "float32",
                     prompt_lengths=sizes.flux_prompts, seeds=[0], timing={"warmup": 1, "repeats": 2, "order": "blocked"})
         data["sampler"]["steps"] = sizes.flux_steps
+        data["calibration"] = "flux-sized-calibration.json"  # TeaCache's and MagCache's fits, of this model (calibrate_fits)
 
     path = derived_suite("suites/peers-flow.yaml", out, "flux-sized", edit)
+    calibrate_fits(path)
     shape = {"tokens": (sizes.flux_latent // 2) ** 2, "blocks": [sizes.flux["num_layers"], sizes.flux["num_single_layers"]]}
     share = measure_attention_share(load_suite(path), sizes)
     _replace(out / "flux-attention-share.json", json.dumps({**shape, "attention_share": share}).encode())
     run_suite(load_suite(path), fresh(out / "flux-sized"))
     return flux_figures(out)
+
+
+def calibrate_fits(path: Path) -> None:
+    """The derived suite's model gets its own TeaCache and MagCache fits, as peers-flow's tiny
+    models do (`dqar-bench calibrate --fits-only`: one untouched call per seed, no search)."""
+    from dqar_bench.config.suite import load_suites
+    from dqar_bench.runs.calibrate import CalibrateOptions, calibrate
+
+    calibrate(load_suites(path, calibrating=True), CalibrateOptions(path.parent / "flux-sized-calibration.json", thresholds=False))
 
 
 def flux_figures(out: Path) -> tuple[dict[str, Any], str, str]:

@@ -197,7 +197,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     check_targets(targets)  # before the suite is read: a bad flag is the first thing to say
     suites = load_suites(args.suite, calibrating=True)
     output = Path(args.output) if args.output else None
-    result = calibrate(suites, CalibrateOptions(output, targets, args.seeds, args.case))
+    if args.fits_only and args.case:
+        raise DqarError("--fits-only searches no threshold, so --case has nothing to choose; give one or the other")
+    result = calibrate(suites, CalibrateOptions(output, targets, args.seeds, args.case, thresholds=not args.fits_only))
     return report_unreachable(result)
 
 
@@ -404,6 +406,7 @@ def parser() -> argparse.ArgumentParser:
     cal.add_argument("--target-reuse", type=float, nargs="+", default=[0.3, 0.5, 0.7], metavar="R", help="reuse shares in (0, 1) to find thresholds for (default 0.3 0.5 0.7)")
     cal.add_argument("--seeds", type=int, nargs="+", help="calibration seeds (default: as many as the suite has, after its largest; never the measured ones)")
     cal.add_argument("--case", action="append", help="calibrate this case's threshold only (repeatable; default: every case whose gate has one)")
+    cal.add_argument("--fits-only", action="store_true", help="record the signals and fit MagCache's and TeaCache's settings, search no threshold (one call per seed)")
     train = sub.add_parser("train-policy", help="train the policy gate's MLP on a trace file")
     train.add_argument("traces", help="trace file from `dqar-bench trace`")
     train.add_argument("--output", "-o", required=True, help="policy .safetensors file to write (must not exist, unless --force)")

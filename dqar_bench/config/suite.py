@@ -416,7 +416,9 @@ def parse_suite(data: Any, path: Path, text_of_file: str, registry: Registry, in
     raw_cases = data.get("cases")
     if not isinstance(raw_cases, list) or not raw_cases:
         raise r.error("field 'cases' must be a non-empty list of cases")
-    calibration = _CalibrationReader(r, data.get("calibration"), Tag(model_name, config_hash(config), sampler, steps, guidance), calibrating, seeds=seeds)
+    tag = Tag(model_name, config_hash(config), sampler, steps, guidance)
+    # A checkpoint not on this machine cannot have been calibrated here either: its markers wait for the run.
+    calibration = _CalibrationReader(r, data.get("calibration"), tag, calibrating or not runnable_here, seeds=seeds)
     planned: list[tuple[Case, tuple[str, ...]]] = []
     for index, raw in enumerate(raw_cases):
         built = _cases(r, raw, index, registry, spec, steps, calibration)

@@ -71,6 +71,9 @@ class CalibrateOptions:
     """Calibration seeds; None: as many as the suite has, right after its largest."""
     cases: list[str] | None = None
     """Cases whose threshold is searched; None: every case whose gate has one."""
+    thresholds: bool = True
+    """Search thresholds at all; False: the signals and fits only (one call per seed: what a
+    large model on a GPU can afford before its run)."""
 
 
 @dataclass
@@ -110,7 +113,7 @@ def calibrate(suites: list[Suite], options: CalibrateOptions, registry: Registry
     registry = registry or get_registry()
     check_targets(options.targets)
     path = Path(options.output) if options.output is not None else default_output(suites[0])
-    chosen = [_chosen_cases(suite, options.cases) for suite in suites]
+    chosen = [_chosen_cases(suite, options.cases) if options.thresholds else [] for suite in suites]
     entries, unreachable, traces = [], [], []
     for suite, cases in zip(suites, chosen):
         entry, trace, missed = _calibrate_one(suite, cases, options, registry, say)
@@ -152,7 +155,7 @@ def _calibrate_one(suite: Suite, cases: list[Case], options: CalibrateOptions, r
     if device.type == "cpu":
         torch.set_num_threads(suite.threads)  # as the runner: threads beyond the suite's fight on a shared CPU
     try:
-        model = load_model(suite.model, device, dtype, suite.allow_download)
+        model = load_model(suite.model, device, dtype, suite.allow_download, suite.pipeline, bool(suite.prompts))
         if suite.resolution is not None:
             apply_resolution(suite, model)
         check_labels(suite, model)
