@@ -248,3 +248,29 @@ def test_trace_json_is_plain_and_checked():
         SignalTrace.from_json({k: v for k, v in data.items() if k != "entropy"})
     with pytest.raises(ValueError, match="'mag_ratios' must hold 1 list"):
         SignalTrace.from_json({**data, "mag_ratios": [1.0]})
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+def test_signal_page_plots_each_signal_offline(tmp_path):
+    from dqar_bench.views.calibration_page import write_signal_page
+
+    trace = SignalTrace(
+        timesteps=[999, 750, 500, 250], steps=4, blocks=2, branches=2, snr=[0.001, 0.1, 1.0, None],
+        entropy=[[None, None], [0.9, 0.8], [0.85, None], [0.8, 0.7]], residual_change=[None, 0.3, 0.2, 0.1],
+        modulation_change=[None, 0.05, 0.04, 0.06], output_change=[None, 0.07, 0.05, 0.08],
+        mag_ratios=[[1.0, 0.99, 1.01, 0.97], [1.0, 0.98, 1.02, 0.96]], seeds=[3],
+    )
+    path = write_signal_page(trace, tmp_path / "page" / "signals.html", "wan-tiny <calibration>")
+    page = path.read_text()
+    for name in ("attention entropy", "block 0", "block 1", "schedule SNR", "residual change", "modulation change",
+                 "output change", "MagCache magnitude ratios", "cond", "uncond", "seeds 3"):
+        assert name in page, name
+    assert "wan-tiny &lt;calibration&gt;" in page  # the title escaped
+    assert page.count("<svg") == 5 and "<script" not in page and "src=" not in page and "<link" not in page
+    assert "1e-3.0" in page  # SNR on a log axis: its lowest value, 10^-3
+    # block 1's entropy has a gap at step 2: two stretches of one value each, drawn as dots (a line needs two)
+    assert page.count("<circle") == 2
+    flat = dataclasses.replace(trace, modulation_change=None, branches=1, mag_ratios=[1.0, 0.99, 1.01, 0.97], rescale_pairs=[])
+    page = write_signal_page(flat, tmp_path / "flat.html", "dit").read_text()
+    assert "no modulated input" in page and "uncond" not in page and "output change" in page
