@@ -83,7 +83,7 @@ def chart(series: dict[str, Sequence[Value]], log: bool = False) -> str:
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img">',
              f'<rect x="{LEFT}" y="{TOP}" width="{inner_w}" height="{inner_h}" fill="none" stroke="#999"/>']
-    label = (lambda v: f"1e{v:.1f}") if log else (lambda v: f"{v:.4g}")  # noqa: E731
+    label = (lambda v: f"{10 ** v:.3g}") if log else (lambda v: f"{v:.4g}")  # noqa: E731
     parts.append(f'<text x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end">{label(high)}</text>')
     parts.append(f'<text x="{LEFT - 4}" y="{TOP + inner_h}" text-anchor="end">{label(low)}</text>')
     parts.append(f'<text x="{LEFT}" y="{HEIGHT - 10}" text-anchor="middle">0</text>')
@@ -91,15 +91,16 @@ def chart(series: dict[str, Sequence[Value]], log: bool = False) -> str:
     parts.append(f'<text x="{LEFT + inner_w / 2}" y="{HEIGHT - 10}" text-anchor="middle">step</text>')
     for index, (name, values) in enumerate(series.items()):
         colour = COLOURS[index % len(COLOURS)]
+        dash = ' stroke-dasharray="5,3"' if index % 2 else ""  # lines that coincide (two CFG branches) stay visible
         for run in _runs(values, log):
             coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in run)
             if len(run) == 1:
                 (t, v), = run
                 parts.append(f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colour}"/>')
             else:
-                parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>')
+                parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5"{dash} points="{coords}"/>')
         legend_y = TOP + 8 + 16 * index
-        parts.append(f'<line x1="{WIDTH - RIGHT + 10}" y1="{legend_y}" x2="{WIDTH - RIGHT + 28}" y2="{legend_y}" stroke="{colour}" stroke-width="2"/>')
+        parts.append(f'<line x1="{WIDTH - RIGHT + 10}" y1="{legend_y}" x2="{WIDTH - RIGHT + 28}" y2="{legend_y}" stroke="{colour}" stroke-width="2"{dash}/>')
         parts.append(f'<text x="{WIDTH - RIGHT + 32}" y="{legend_y + 4}">{esc(name)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
