@@ -23,7 +23,7 @@ perturbed trajectory. Cost: 3 or 4 sampling calls per seed.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -124,15 +124,20 @@ def _record_seed(
 ) -> dict[str, Any]:
     transformer = model.transformer
     steps = _Steps()
-    outputs: list[torch.Tensor] = []
     latents: list[torch.Tensor] = []
+    output_change: list[Value] = []
+    previous: list[torch.Tensor] = []
+    calls = 0
 
     def keep(module: torch.nn.Module, args: tuple, out: Any) -> None:
-        calls[0] += 1
-        if (calls[0] - 1) % branches == 0:  # the conditional (or only) pass, as the gates decide on it
-            outputs.append((out.sample if hasattr(out, "sample") else out[0]).detach().float())
+        nonlocal calls
+        calls += 1
+        if (calls - 1) % branches:
+            return  # the unconditional pass: the gates decide on the conditional one
+        now = (out.sample if hasattr(out, "sample") else out[0]).detach()
+        output_change.append(float(signals.residual_change(now, previous[0])) if previous else None)
+        previous[:] = [now]
 
-    calls = [0]
     handle = transformer.register_forward_hook(keep)
     try:
         ratios = magnitude_ratios(transformer, lambda: latents.append(_call(model, suite, condition, seed, steps)), branches=branches)
@@ -144,7 +149,7 @@ def _record_seed(
         "timesteps": steps.timesteps,
         "snr": steps.snr,
         "mag_ratios": ratios if branches == 2 else [ratios],
-        "output_change": [None] + [float(signals.residual_change(b, a)) for a, b in zip(outputs, outputs[1:])],
+        "output_change": output_change,
     }
     blocks = num_blocks(transformer)
     seen = _recorded(model, suite, condition, seed, registry, _Entropy(), "attention-output", reference)
@@ -162,7 +167,9 @@ def _recorded(
     gate: _Recorder, cache: str, reference: torch.Tensor,
 ) -> dict[int, Any]:
     """What `gate` was handed per step in one call with every block computing."""
-    part: Callable[[str, str], Any] = lambda kind, name: build_part(registry.get(kind, name).cls, {})  # noqa: E731
+    def part(kind: str, name: str) -> Any:
+        return build_part(registry.get(kind, name).cls, {})
+
     strategy = Strategy(part("scheduler", "all"), gate, part("cache", cache), part("quantizer", "none"), suite.probe_queries)  # type: ignore[arg-type]
     with adapter_for(model.transformer).install(model.transformer, strategy):
         out = _call(model, suite, condition, seed, strategy)
