@@ -16,12 +16,13 @@ lines 113-115: `np.poly1d(coefficients)` of the modulated input's relative L1,
 `(m_t - m_{t-1}).abs().mean() / m_{t-1}.abs().mean()`. How the fit was made the authors
 state in issue #2 (LiewFeng, 2024-12-12 and 2024-12-16): `np.polyfit(x, y, 4)`, x the
 relative L1 of "the timestep embedding modulated noisy input", y that of "the model
-output", over every step of every calibration prompt. The paper's Eq. 4 defines the
-output's relative L1 on the model output O_t, `||O_t - O_{t+1}||_1 / ||O_{t+1}||_1`
-(t + 1 the step before in sampling order). So `output_change` is the relative L1 of the
-transformer's output (its `sample`, the prediction the sampler reads, before guidance
-combines the branches), and `fit_rescale` fits `rescale_pairs`, every (input, output)
-pair of every seed, not the seed means.
+output", over every step of every calibration prompt (the paper, arXiv 2411.19108, measures
+the model output's change between consecutive timesteps as a relative L1 distance, against
+the earlier step's output, the form the scripts use for the input). So `output_change` is
+the relative L1 of the transformer's output (its `sample`, the prediction the sampler
+reads, before guidance combines the branches) against the previous step's, and
+`fit_rescale` fits `rescale_pairs`, every (input, output) pair of every seed, not the
+seed means.
 """
 
 from __future__ import annotations
