@@ -8,7 +8,7 @@ Mann-Whitney U), `nvml` and `energy` (the GPU as the driver sees it), `torch_mem
 baseline), `fidelity`, `clip_score` and `lpips` (distributional, text-image and
 perceptual quality), `instruments` (the kit a run measures with), `records` (the record
 of each case and the run directory it lives in), `progress` (what a run prints as it
-goes). Nothing here imports a GPU library at import time.
+goes), `signal_trace` (every gate's signal per step, as a calibration recorded it). Nothing here imports a GPU library at import time.
 
 Imports: `core` only.
 """
