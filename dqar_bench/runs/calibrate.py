@@ -176,23 +176,15 @@ def _calibrate_one(suite: Suite, cases: list[Case], options: CalibrateOptions, r
 
 def _signals(suite: Suite, model: LoadedModel, condition: Condition, seeds: list[int], registry: Registry, say: Say) -> tuple[Entry, Any]:
     """The untouched model's signals, and MagCache's and TeaCache's fits from them."""
-    from dqar_bench.measure.signal_trace import fit_rescale
     from dqar_bench.runs.signal_record import record_signals
 
     tag = Tag(suite.model, config_hash(model_config(suite.model, suite.allow_download)), suite.sampler, suite.steps, suite.guidance_scale)
     trace = record_signals(model, suite, condition, seeds, registry)
-    coefficients = None
-    pairs = [(x, y) for x, y in zip(trace.modulation_change or [], trace.output_change or []) if _finite(x) and _finite(y)]
-    if len(pairs) > 4:
-        coefficients = [float(c) for c in fit_rescale([p[0] for p in pairs], [p[1] for p in pairs])]
+    coefficients = trace.teacache_fit()
     entry = Entry(tag, seeds, mag_ratios=trace.mag_ratios, teacache_coefficients=coefficients, signals=trace.to_json())
     say(f"  signals: {trace.steps} steps x {trace.blocks} blocks x {trace.branches} branch(es)"
         + (f"; TeaCache fit {', '.join(f'{c:.4g}' for c in coefficients)}" if coefficients else "; no TeaCache input on this family"))
     return entry, trace
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 # ---- the threshold search ----
@@ -348,7 +340,7 @@ def render(entries: list[Entry]) -> str:
             fits.append(f"MagCache ratios: {_short_list(entry.mag_ratios)}")
         if entry.teacache_coefficients is not None:
             fits.append(f"TeaCache fit: [{', '.join(f'{c:.4g}' for c in entry.teacache_coefficients)}]")
-        blocks.append(f"**{entry.tag.describe()}** (seeds {entry.seeds})\n\n" + (table(head, rows, left_then_right(len(head), 3)) if rows else "no case with a threshold")
+        blocks.append(f"**{entry.tag.describe()}** (seeds {entry.seeds})\n\n" + (table(head, rows, left_then_right(len(head), 3)) if rows else "no threshold searched")
                       + ("\n\n" + "\n".join(fits) if fits else ""))
     return "\n\n".join(blocks)
 
