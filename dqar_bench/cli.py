@@ -80,14 +80,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from dqar_bench.config.suite import load_suite
+    from dqar_bench.config.suite import load_suites
     from dqar_bench.core.plugins import get_registry
     from dqar_bench.views.plan import plan_suite, render_plan
 
     registry = get_registry()
-    suite = load_suite(args.suite, registry)
-    geo, plans = plan_suite(suite, registry)
-    print(render_plan(suite, geo, plans))
+    suites = load_suites(args.suite, registry)
+    for index, suite in enumerate(suites):  # one plan per model of the file
+        geo, plans = plan_suite(suite, registry)
+        print(("\n" if index else "") + render_plan(suite, geo, plans))
     return 0
 
 

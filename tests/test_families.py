@@ -299,7 +299,7 @@ def test_a_suite_of_several_models_is_one_suite_per_model(registry, capsys):
         ("peers-flow-flux-tiny", "flux-tiny", "flow-euler"), ("peers-flow-sd3-tiny", "sd3-tiny", "flow-euler"), ("peers-flow-wan-tiny", "wan-tiny", "flow-euler"),
     ]
     assert all([c.name for c in s.cases] == [c.name for c in suites[0].cases] for s in suites)
-    with pytest.raises(SuiteError, match="lists 3 models; this command takes one"):
+    with pytest.raises(SuiteError, match="holds 3 suites .*; this command takes one"):
         load_suite(path, registry)
     assert main(["validate", str(path)]) == 0 and capsys.readouterr().out.count(": ok: ") == 3
 

@@ -215,18 +215,34 @@ def load_suite(path: str | Path, registry: Registry | None = None, inception_wei
     they are kept (`Case.calibrated`) and the parts' defaults stand in."""
     suites = load_suites(path, registry, inception_weights, calibrating)
     if len(suites) > 1:
-        raise SuiteError(f"{path}: field 'model' lists {len(suites)} models; this command takes one (`dqar-bench run` runs each)")
+        raise SuiteError(
+            f"{path}: the file holds {len(suites)} suites (a 'model' list, or several YAML documents); "
+            "this command takes one (`dqar-bench run` runs each)"
+        )
     return suites[0]
 
 
 def load_suites(path: str | Path, registry: Registry | None = None, inception_weights: str | None = None, calibrating: bool = False) -> list[Suite]:
-    """Read and validate a suite file: one suite, or one per model where `model` is a list.
+    """Read and validate a suite file: one suite, or one per model where `model` is a list,
+    or those of each YAML document where the file holds several (separated by `---`).
 
     The suites of a model list share every other field and are named `<name>-<model>`.
+    Documents share nothing, so models that need other settings (another sampler, other
+    thresholds) sit in one file; each document's own text is what its run keeps. Every
+    suite of a file names another model, since a run of several writes `<output>/<model>/`.
     """
     path = Path(path)
-    data, text = _read_yaml(path)
-    return suites_from_data(data, path, text, registry, inception_weights, calibrating)
+    suites = [
+        suite for data, text in _read_yaml(path) for suite in suites_from_data(data, path, text, registry, inception_weights, calibrating)
+    ]
+    models = Counter(suite.model for suite in suites)
+    twice = [m for m, n in models.items() if n > 1]
+    if twice:
+        raise SuiteError(
+            f"{path}: model '{twice[0]}' has {models[twice[0]]} suites in this file; a run of several writes one "
+            "directory per model, so give each document another model (or put its cases in one document)"
+        )
+    return suites
 
 
 def suites_from_spec(spec: SuiteSpec, registry: Registry | None = None, inception_weights: str | None = None) -> list[Suite]:
@@ -251,7 +267,8 @@ def suites_from_data(
     return [parse_suite({**data, "model": m, "name": f"{name}-{m}" if isinstance(name, str) and isinstance(m, str) else name}, path, text, registry, inception_weights, calibrating) for m in models]
 
 
-def _read_yaml(path: Path) -> tuple[Any, str]:
+def _read_yaml(path: Path) -> list[tuple[Any, str]]:
+    """Each YAML document of the file, with its own text (the whole file where it holds one)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -262,19 +279,25 @@ def _read_yaml(path: Path) -> tuple[Any, str]:
         line = raw[: exc.start].count(b"\n") + 1
         raise SuiteError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the suite file as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        documents = list(yaml.safe_load_all(text))
+        ends = [node.end_mark.index for node in yaml.compose_all(text, Loader=yaml.SafeLoader) if node is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SuiteError(f"{path}:{where}: YAML syntax error: {problem}; fix the YAML there") from None
+    documents = [d for d in documents if d is not None] or [None]  # an empty file is one empty document
     limit = max(MIN_EXPANSION_LIMIT, EXPANSION_FACTOR * len(text))
-    if _expanded_size(data, limit) > limit:
+    if sum(_expanded_size(d, limit) for d in documents) > limit:
         raise SuiteError(
             f"{path}: the suite expands to more than {limit:,} values and characters once its YAML aliases (*name) are "
             "filled in (an alias of an alias of a list repeats it exponentially); write the repeated parts out, or alias them less deeply"
         )
-    return data, text
+    if len(documents) == 1:
+        return [(documents[0], text)]
+    starts = [0, *ends[:-1]]
+    stops = [*ends[:-1], len(text)]
+    return [(d, text[a:b]) for d, a, b in zip(documents, starts, stops)]
 
 
 def _expanded_size(data: Any, limit: int) -> int:

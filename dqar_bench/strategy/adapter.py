@@ -2,7 +2,9 @@
 
 A cache's `TARGET` says which modules of each block are patched (`SITES` in the
 strategy): self-attention, self-attention and feed-forward, cross-attention (the modules
-the family names in `cross_attention`), or the whole block. Every
+the family names in `cross_attention`), or the whole block; where the gate reads entropy
+and the target is not self-attention, each block's self-attention is patched too, to be
+probed only (`Strategy.probe`). Every
 module a family names at a site and a block has gets its own cache slot (`Strategy.bind`).
 A whole block is wrapped by `BlockForward`, which reads the streams the block updates from
 its arguments and puts its outputs into the strategy's order (image stream first) and
@@ -106,6 +108,11 @@ class Adapter:
                     key = site if j == 0 else f"{site}/{j}"
                     uses.setdefault(key, set()).add(index)
                     plan.append((module, functools.partial(route, key, index, module, module.forward)))
+        if strategy.probes_apart:  # the gate reads entropy the cache's hooks do not see
+            for index, (_, block) in enumerate(flat):
+                module = getattr(block, self.family.attention[0], None)
+                if module is not None:
+                    plan.append((module, functools.partial(strategy.probe, index, module, module.forward)))
         strategy.bind(uses, self.family.own_attention, self.family, config)
         try:
             for module, forward in plan:

@@ -9,7 +9,10 @@ a cache that gives back the last compute needs no other store); a cache whose ta
 `"attention+mlp"` also gets each feed-forward through `output`, one whose target is
 `"cross-attention"` gets each block's cross-attention there instead of its self-attention
 (PAB's cross-attention broadcast, over its own range), and one whose target is `"block"`
-gets whole blocks through `block`.
+gets whole blocks through `block`. Where such a cache hooks no self-attention and the gate
+reads entropy, each block's self-attention also goes through `probe`, which only records:
+so every DQAR gate works on every cache, and reads the attention a block computed when it
+last ran.
 
 Every hooked module has a cache instance of its own, keyed by its slot: `attention`,
 `mlp`, `cross-attention`, `block` for the first module a family names at a site, `mlp/1` for the second
@@ -377,7 +380,7 @@ class Strategy:
         if self._reuse[block]:
             return cache.reuse(slot, attn, hidden_states)
         probe = self._probe[block] and self._branch == 0 and key == "attention"
-        if cache.NEEDS_QKV or (probe and self._own_attention):
+        if cache.NEEDS_QKV:
             q, k, v = project_qkv(attn, hidden_states)
             if probe:
                 self._entropy.record(block, q, k)  # type: ignore[union-attr]
@@ -393,10 +396,34 @@ class Strategy:
             cache.store(slot, out, None)
         return out
 
+    @property
+    def probes_apart(self) -> bool:
+        """The gate reads entropy but the cache hooks no self-attention (a whole-block or a
+        cross-attention cache): the adapter then routes each block's self-attention through
+        `probe`, so the gate reads the attention the block computed when it last ran (a
+        reused block runs no attention, and its probe slot keeps that compute's scores)."""
+        return self.probes_entropy and "attention" not in SITES[self.cache.TARGET]
+
+    def probe(
+        self, block: int, attn: torch.nn.Module, original: Callable[..., Any], hidden_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> Any:
+        """A self-attention the cache does not hold (`probes_apart`): always computed, its
+        entropy recorded where `attention` would record it (blocks the scheduler lets reuse
+        at the next step, the first branch)."""
+        if self._probe[block] and self._branch == 0:
+            return self._probed(block, attn, original, hidden_states, args, kwargs)
+        return original(hidden_states, *args, **kwargs)
+
     def _probed(self, block: int, attn: torch.nn.Module, original: Callable[..., Any], hidden_states: torch.Tensor, args: tuple, kwargs: dict) -> Any:
-        """The module's own call, its entropy read from the q and k its processor computes
-        (`signals.SdpaTap`); where that cannot be (linear attention, no SDPA call, a
-        compiled forward, a split sequence), from a projection of its input (`probe_qk`)."""
+        """The module's call, with its entropy recorded from the q and k it computes: the
+        harness's own attention where that is the model's (`own_attention`), else the
+        module's own call with the q and k its processor hands to SDPA (`signals.SdpaTap`);
+        where neither can be (linear attention, no SDPA call, a compiled forward, a split
+        sequence), from a projection of its input (`probe_qk`)."""
+        if self._own_attention:
+            q, k, v = project_qkv(attn, hidden_states)
+            self._entropy.record(block, q, k)  # type: ignore[union-attr]
+            return attend(attn, q, k, v, hidden_states)
         linear = signals.linear_attention(attn)
         if self._tap is not None and not linear and not torch.compiler.is_compiling():
             out, seen = self._tap.run(block, original, hidden_states, *args, **kwargs)
