@@ -196,3 +196,18 @@ def test_writing_keeps_the_entries_of_other_models(tmp_path):
     assert [e.tag.model for e in read.entries] == ["m2", "m1"]
     assert read.entries[1].seeds == [2] and read.entries[1].mag_ratios == [1.0, None]  # JSON has no inf
 
+
+
+def test_a_sweep_over_targets_is_searched_once_and_each_case_reads_its_own(write_suite, capsys):
+    path = write_suite(HEAD + """\
+  - name: entropy
+    gate: {name: entropy}
+    cache: attention-output
+    sweep: {parameter: gate.threshold, values: [{calibrated: 0.25}, {calibrated: 0.5}]}
+""")
+    assert main(["calibrate", str(path), "--target-reuse", "0.5"]) == 0
+    said = capsys.readouterr().out
+    assert "entropy-threshold-calibrated0.25, entropy-threshold-calibrated0.5: reuse" in said  # one search
+    suite = load_suite(path)
+    low, high = (suite.case(f"entropy-threshold-calibrated{t}").parts["gate"].params["threshold"] for t in ("0.25", "0.5"))
+    assert low < high  # each case reads its own target (0.25 was asked by the sweep alone)

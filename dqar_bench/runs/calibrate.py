@@ -164,11 +164,17 @@ def _calibrate_one(suite: Suite, cases: list[Case], options: CalibrateOptions, r
         entry, trace = _signals(suite, model, condition, seeds, registry, say)
         missed: list[str] = []
         started = time.perf_counter()
-        for n, case in enumerate(cases):
-            threshold, lines = _search(suite, case, entry, model, condition, seeds, options.targets, registry)
-            entry.thresholds[case.name] = threshold
-            missed += lines
-            say(f"  {case.name}: {_describe(threshold)} ({eta(n + 1, len(cases), time.perf_counter() - started)})")
+        groups: dict[str | None, list[Case]] = {}
+        for case in cases:  # a sweep over {calibrated: R} is one case as far as the search goes
+            groups.setdefault(case.calibration_key or case.name, []).append(case)
+        for n, same in enumerate(groups.values()):
+            asked = sorted({float(m) for c in same for k, m in c.calibrated.items() if m != MARKER})
+            threshold = _search(suite, same[0], entry, model, condition, seeds, tuple(sorted({*options.targets, *asked})), registry)
+            for case in same:
+                entry.thresholds[case.name] = threshold
+                missed += _missed(suite, case, threshold)
+            names = ", ".join(c.name for c in same)
+            say(f"  {names}: {_describe(threshold)} ({eta(n + 1, len(groups), time.perf_counter() - started)})")
         return entry, trace, missed
     finally:
         torch.set_num_threads(threads)
@@ -226,14 +232,23 @@ class _Reuse:
         return strategy.stats.reuse_ratio
 
 
+def _missed(suite: Suite, case: Case, threshold: Threshold) -> list[str]:
+    """One line per `{calibrated: R}` of the case that no threshold reaches."""
+    low, high = threshold.reachable
+    return [
+        f"{suite.path}: case '{case.name}': gate.{threshold.param}: {{calibrated: {float(m):g}}} is out of reach: "
+        f"the case reuses {low:.1%} to {high:.1%} on this model; choose a target in that range"
+        for k, m in case.calibrated.items() if k == f"gate.{threshold.param}" and threshold.values.get(float(m)) is None
+    ]
+
+
 def _search(
     suite: Suite, case: Case, entry: Entry, model: LoadedModel, condition: Condition, seeds: list[int], targets: tuple[float, ...], registry: Registry,
-) -> tuple[Threshold, list[str]]:
+) -> Threshold:
     param = _threshold_param(case)
     assert param is not None
     case = _with_fits(suite, case, entry)
-    asked = {float(m) for k, m in case.calibrated.items() if k == f"gate.{param}"}
-    wanted = sorted({float(t) for t in targets} | asked)
+    wanted = sorted({float(t) for t in targets})
     reuse = _Reuse(suite, case, param, model, condition, seeds, registry)
     raises = getattr(case.parts["gate"].info.cls, "THRESHOLD_RAISES_REUSE", True)  # type: ignore[union-attr]
     grid = [v for v in GRID if reuse.valid(v)]
@@ -244,16 +259,13 @@ def _search(
     low, high = reuse(grid[0]), reuse(grid[-1])
     key = case.calibration_key or ""
     threshold = Threshold(case.parts["gate"].name, param, key, (low, high))
-    missed = []
     for target in wanted:
         if not low - 1e-9 <= target <= high + 1e-9:
             threshold.values[target], threshold.reuse[target] = None, None
-            if target in asked:
-                missed.append(f"{suite.path}: case '{case.name}': gate.{param}: {{calibrated: {target:g}}} is out of reach: the case reuses {low:.1%} to {high:.1%} on this model; choose a target in that range")
             continue
         value, got = _closest(reuse, grid, target)
         threshold.values[target], threshold.reuse[target] = value, got
-    return threshold, missed
+    return threshold
 
 
 def _with_fits(suite: Suite, case: Case, entry: Entry) -> Case:
