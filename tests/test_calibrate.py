@@ -211,3 +211,19 @@ def test_a_sweep_over_targets_is_searched_once_and_each_case_reads_its_own(write
     suite = load_suite(path)
     low, high = (suite.case(f"entropy-threshold-calibrated{t}").parts["gate"].params["threshold"] for t in ("0.25", "0.5"))
     assert low < high  # each case reads its own target (0.25 was asked by the sweep alone)
+
+
+def test_a_new_calibration_is_a_changed_case_on_resume(write_suite, tmp_path, capsys):
+    """The case read the file: a recalibration (other seeds, other thresholds) makes it another case."""
+    from tests.test_resume import one_line
+
+    path = write_suite(HEAD + ENTROPY)
+    assert main(["calibrate", str(path), "--target-reuse", "0.5", "--case", "entropy"]) == 0
+    out = tmp_path / "run"
+    assert main(["run", str(path), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", str(path), "--target-reuse", "0.5", "--seeds", "3", "4"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(path), "--resume", str(out)]) == 2
+    err = one_line(capsys)
+    assert "entropy (" in err and "calibration" in err and "baseline" not in err
