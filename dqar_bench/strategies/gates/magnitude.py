@@ -115,7 +115,7 @@ class Magnitude(StaticGate):
         if self.mag_ratios is None and getattr(family, "name", "flux") != "flux":
             return (
                 "gate 'magnitude' without 'mag_ratios' uses FLUX.1-dev's published ratios, another family's fit; "
-                "calibrate this model (dqar_bench.strategies.gates.magnitude.magnitude_ratios) and give 'mag_ratios' "
+                "calibrate this model (`dqar-bench calibrate SUITE`) and give 'mag_ratios: calibrated' "
                 "(or 'mag_ratios: flux' to run FLUX's anyway)"
             )
         return None

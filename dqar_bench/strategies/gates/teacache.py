@@ -98,7 +98,7 @@ class TeaCache(Gate):
         if self.coefficients is None and not fit.fitted:
             return (
                 f"gate 'teacache': TeaCache publishes no rescale fit for family '{family.name}' (another family's would "
-                f"stand in); give 'coefficients' (a fit of this model, or [1, 0] for the raw change)"
+                f"stand in); fit this model's with `dqar-bench calibrate SUITE` and give 'coefficients: calibrated' (or [1, 0] for the raw change)"
             )
         return None
 
