@@ -227,3 +227,16 @@ def test_a_new_calibration_is_a_changed_case_on_resume(write_suite, tmp_path, ca
     assert main(["run", str(path), "--resume", str(out)]) == 2
     err = one_line(capsys)
     assert "entropy (" in err and "calibration" in err and "baseline" not in err
+
+
+def test_a_case_may_name_its_own_calibration(calibrated):
+    folder, suite_path = calibrated
+    (folder / "sub").mkdir(exist_ok=True)
+    case_level = folder / "sub" / "case-level.yaml"
+    case_level.write_text(suite_path.read_text().replace("calibration: cal.json\n", "").replace(
+        "    cache: attention-output\n", "    cache: attention-output\n    calibration: ../cal.json\n"))
+    with pytest.raises(SuiteError, match=r"case 'fbc': field 'gate.threshold' reads a calibration, and none is named"):
+        load_suite(case_level)  # the case-level file is the entropy case's alone
+    case_level.write_text(case_level.read_text().replace(FBC, ""))
+    suite = load_suite(case_level)
+    assert suite.case("entropy").calibration_digest == calib.read(folder / "cal.json").digest
