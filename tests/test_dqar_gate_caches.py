@@ -182,3 +182,36 @@ def test_a_block_cache_gate_reads_the_attention_its_block_computed_when_it_last_
             assert values[signals.ENTROPY][block] == pytest.approx(at[last][block], abs=1e-5), (step, block, last)
     assert stale > 0  # some block was read after a run of reuses, from the compute before it
     assert 0 < s.stats.reused < (STEPS - 1) * blocks
+
+
+# --- suites/dqar-gates.yaml: each gate against an interval at matched reuse --------------
+
+
+def test_the_gates_suite_pairs_each_gate_with_the_interval_closest_to_its_target(registry):
+    """Per model and cache: the three gates and an interval share the cache and the scheduler,
+    and the interval's `every` gives the reuse closest to the gates' 30 % target of every
+    interval setting under that scheduler (read as `dqar-bench plan` reads it)."""
+    from pathlib import Path
+
+    from dqar_bench.config.suite import load_suites
+    from dqar_bench.views.plan import geometry, reuse_pattern
+
+    suites = load_suites(Path(__file__).resolve().parent.parent / "suites" / "dqar-gates.yaml", registry)
+    assert sorted(s.model for s in suites) == sorted(MODELS)
+    for suite in suites:
+        assert suite.clock == "cpu" and suite.seeds == [0] and suite.steps == 25
+        geo = geometry(suite)
+        for cache in CACHES:
+            cases = [c for c in suite.cases if c.parts.get("cache") is not None and c.parts["cache"].name == cache]
+            assert sorted(c.parts["gate"].name for c in cases) == sorted(["interval", *GATES]), (suite.model, cache)
+            assert len({(c.parts["scheduler"].name, str(c.parts["scheduler"].params)) for c in cases}) == 1
+            interval = next(c for c in cases if c.parts["gate"].name == "interval")
+            scheduler = interval.parts["scheduler"].part
+
+            def reuse(every: int) -> float:
+                gate = build_part(registry.get("gate", "interval").cls, {"every": every})
+                return reuse_pattern(scheduler, gate, geo.num_blocks, geo.timesteps)[0].float().mean().item()
+
+            chosen = interval.parts["gate"].params["every"]
+            assert min(range(1, 7), key=lambda n: abs(reuse(n) - 0.3)) == chosen, (suite.model, cache)
+            assert abs(reuse(chosen) - 0.3) < 0.01
