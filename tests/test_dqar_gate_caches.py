@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dqar_bench.core.parts import Gate, build_part
+from dqar_bench.core.plugins import load_registry
 from dqar_bench.model.conditioning import synthetic_captions
 from dqar_bench.model.models import default_sampler, load_model
 from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
@@ -93,12 +94,19 @@ def _median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
+@pytest.fixture(scope="module")
+def unreused(models):
+    """Per model: the signals with no reuse, and the untouched model's output (one call each)."""
+    registry = load_registry(autoload=False)
+    return {name: (_signals_without_reuse(model, registry), _sample(model, None)) for name, model in models.items()}
+
+
 @pytest.mark.parametrize("cache", CACHES)
 @pytest.mark.parametrize("gate_name", GATES)
 @pytest.mark.parametrize("model_name", MODELS)
-def test_each_dqar_gate_on_each_cache_reuses_where_its_signals_say(models, registry, model_name, gate_name, cache):
+def test_each_dqar_gate_on_each_cache_reuses_where_its_signals_say(models, unreused, registry, model_name, gate_name, cache):
     model = models[model_name]
-    measured = _signals_without_reuse(model, registry)
+    measured, untouched = unreused[model_name]
     tau, high = _median(measured.entropies), _median(measured.snrs)
     params = {
         "dqar": {"threshold": tau, "snr_low": 0.0, "snr_high": high, "warmup": 1, "deep_layer_snr_threshold": 0.0},
@@ -124,7 +132,7 @@ def test_each_dqar_gate_on_each_cache_reuses_where_its_signals_say(models, regis
         assert s.stats.reuse_map[step] == [int(r) for r in expected]  # what the gate said is what the blocks did
     reused = s.stats.reused
     assert 0 < reused < (STEPS - 1) * blocks, (model_name, gate_name, cache, reused)
-    assert not torch.equal(out, _sample(model, None))  # the reuse changed what was computed
+    assert not torch.equal(out, untouched)  # the reuse changed what was computed
 
 
 class FullAttention:
@@ -182,3 +190,36 @@ def test_a_block_cache_gate_reads_the_attention_its_block_computed_when_it_last_
             assert values[signals.ENTROPY][block] == pytest.approx(at[last][block], abs=1e-5), (step, block, last)
     assert stale > 0  # some block was read after a run of reuses, from the compute before it
     assert 0 < s.stats.reused < (STEPS - 1) * blocks
+
+
+# --- suites/dqar-gates.yaml: each gate against an interval at matched reuse --------------
+
+
+def test_the_gates_suite_pairs_each_gate_with_the_interval_closest_to_its_target(registry):
+    """Per model and cache: the three gates and an interval share the cache and the scheduler,
+    and the interval's `every` gives the reuse closest to the gates' 30 % target of every
+    interval setting under that scheduler (read as `dqar-bench plan` reads it)."""
+    from pathlib import Path
+
+    from dqar_bench.config.suite import load_suites
+    from dqar_bench.views.plan import geometry, reuse_pattern
+
+    suites = load_suites(Path(__file__).resolve().parent.parent / "suites" / "dqar-gates.yaml", registry)
+    assert sorted(s.model for s in suites) == sorted(MODELS)
+    for suite in suites:
+        assert suite.clock == "cpu" and suite.seeds == [0] and suite.steps == 25
+        geo = geometry(suite)
+        for cache in CACHES:
+            cases = [c for c in suite.cases if c.parts.get("cache") is not None and c.parts["cache"].name == cache]
+            assert sorted(c.parts["gate"].name for c in cases) == sorted(["interval", *GATES]), (suite.model, cache)
+            assert len({(c.parts["scheduler"].name, str(c.parts["scheduler"].params)) for c in cases}) == 1
+            interval = next(c for c in cases if c.parts["gate"].name == "interval")
+            scheduler = interval.parts["scheduler"].part
+
+            def reuse(every: int) -> float:
+                gate = build_part(registry.get("gate", "interval").cls, {"every": every})
+                return reuse_pattern(scheduler, gate, geo.num_blocks, geo.timesteps)[0].float().mean().item()
+
+            chosen = interval.parts["gate"].params["every"]
+            assert min(range(1, 7), key=lambda n: abs(reuse(n) - 0.3)) == chosen, (suite.model, cache)
+            assert abs(reuse(chosen) - 0.3) < 0.01
