@@ -220,6 +220,8 @@ def test_the_gates_suite_pairs_each_gate_with_the_interval_closest_to_its_target
                 gate = build_part(registry.get("gate", "interval").cls, {"every": every})
                 return reuse_pattern(scheduler, gate, geo.num_blocks, geo.timesteps)[0].float().mean().item()
 
+            for gate in (c for c in cases if c.parts["gate"].name != "interval"):  # the calibrated 30 %, on other seeds
+                assert list(gate.calibrated.values()) == [0.3] and gate.calibration_digest is not None, gate.name
             chosen = interval.parts["gate"].params["every"]
             assert min(range(1, 7), key=lambda n: abs(reuse(n) - 0.3)) == chosen, (suite.model, cache)
             assert abs(reuse(chosen) - 0.3) < 0.01
