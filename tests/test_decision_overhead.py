@@ -3,16 +3,11 @@ signal-reading cases, each timed region where it belongs, and the clocks of the 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from tests.conftest import SMALL_SUITE_HEAD
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_gpu_check import load_check
 
 CASES = """\
 cases:
@@ -31,13 +26,8 @@ cases:
 
 @pytest.fixture(scope="module")
 def bench():
-    name = "decision_overhead"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[name] = module
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return sys.modules[name]
+    """The script as the GPU check loads it."""
+    return load_check()._load_benchmark("decision_overhead")
 
 
 def test_the_share_covers_the_signal_reading_cases_on_the_cpu_s_process_time(bench, write_suite):

@@ -18,16 +18,9 @@ import pytest
 from dqar_bench.cli import main
 from tests.conftest import SMALL_SUITE_HEAD
 from tests.test_report import remote_resources
+from tests.test_tune import CASES
 
 pytest.importorskip("optuna")
-
-CASES = """\
-cases:
-  - name: baseline
-  - name: every
-    gate: {name: interval, every: 2}
-    cache: attention-output
-"""
 
 
 @pytest.fixture(scope="module")
