@@ -152,6 +152,7 @@ def _garble(text: str) -> str:
         (lambda f: (f / "trials.csv").write_text("a,b\n1,2\n"), "line 1: no column 'trial', 'status', 'gate.every', 'speedup', 'psnr'"),
         (lambda f: (f / "trials.csv").write_bytes(b"\xff\xfe\x00garbage"), "trials.csv: not readable"),
         (lambda f: (f / "tune.json").write_text("{"), "tune.json: not readable JSON"),
+        (lambda f: (f / "tune.json").write_text((f / "tune.json").read_text().replace('"seeds": [', '"seeds": ["x", ')), "tune.json: field 'seeds'"),
     ],
 )
 def test_a_missing_or_garbled_file_is_one_line(tuned, tmp_path, capsys, damage, expected):

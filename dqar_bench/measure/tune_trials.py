@@ -78,6 +78,9 @@ def read_meta(folder: Path) -> dict[str, Any]:
         for d in space
     ):
         raise DqarError(f"{path}: field 'space': not a list of {{kind, param, integer, ...}} dimensions; {fix}")
+    seeds = meta.get("seeds")
+    if not isinstance(seeds, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise DqarError(f"{path}: field 'seeds': not a list of integers; {fix}")
     return meta
 
 

@@ -96,7 +96,7 @@ def _run_sections(runs: list[Run], max_seeds: int) -> list[tuple[str, str, str, 
 def _tune_facts(tunes: list[tune.Tune]) -> str:
     one = tunes[0].meta
     items = [("objective", one.get("objective")), ("quality", one.get("quality")),
-             ("trials", ", ".join(str(len(t.rows)) for t in tunes)), ("seeds", ", ".join(map(str, one.get("seeds") or [])))]
+             ("trials", ", ".join(str(len(t.rows)) for t in tunes)), ("seeds", ", ".join(map(str, one["seeds"])))]
     return "".join(f"<li><b>{esc(k)}</b>{esc(v)}</li>" for k, v in items if v not in (None, ""))
 
 

@@ -118,7 +118,7 @@ def section(tune: Tune) -> str:
         f"<p class=\"lede\">The search <code>{esc(tune.path)}</code> of case <b>{esc(meta.get('case'))}</b> of suite "
         f"<b>{esc(meta.get('suite'))}</b>: {len(rows)} trial{'' if len(rows) == 1 else 's'}"
         + (f" ({failed} failed)" if failed else "")
-        + f", {feasible} feasible; seeds {esc(', '.join(map(str, meta.get('seeds') or [])))}. "
+        + f", {feasible} feasible; seeds {esc(', '.join(map(str, meta['seeds'])))}. "
         f"The front is the {len(tune.front)} trial{'' if len(tune.front) == 1 else 's'} no other beats on both "
         f"{objective} speedup and {esc(quality)}, fastest first. Feasible: it meets the quality floors the search was "
         "given (every trial, where none was).</p>"
