@@ -176,3 +176,28 @@ def test_resuming_from_a_garbled_trials_file_is_the_same_one_line(tuned, tmp_pat
     assert main(["tune", str(suite), "--case", "every", "--trials", "5", "--space", "gate.every=1:4", "--min-psnr", "51", "-o", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "line 3: field 'speedup': 'fast' is not a number" in err, err
+
+
+@pytest.mark.browser
+def test_the_page_renders_offline_and_its_front_sorts_in_a_browser(tuned):
+    """Headless Chromium (skipped without it): a clean console, nothing fetched, and the front's table sorts by speedup."""
+    from report_browser import Browser, find_chromium
+
+    from tests.test_report_browser import assert_looks_drawn, assert_offline
+
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed: `apt-get install chromium` (.ci/run installs it)")
+    slowest_first = """(() => {
+        const head = Array.from(document.querySelectorAll("table.front th")).find(th => th.textContent.trim() === "FLOP speedup");
+        head.click();  // ascending
+        return Array.from(document.querySelectorAll("table.front tbody tr")).map(tr => Number(tr.dataset.trial));
+    })()"""
+    with Browser() as browser:
+        visit = browser.visit((tuned / "report.html").as_uri(), evaluate=[slowest_first])
+    assert visit.errors == []
+    assert_offline(visit)
+    assert_looks_drawn(visit)
+    speed = {int(r["trial"]): float(r["speedup"]) for r in trials(tuned)}
+    order = visit.values[0]
+    assert set(order) == expected_front(trials(tuned))
+    assert [speed[t] for t in order] == sorted(speed[t] for t in order)
