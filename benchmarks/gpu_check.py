@@ -529,7 +529,7 @@ def step_overhead(sizes: Sizes, out: Path) -> tuple[dict[str, Any], str, str]:
         ("syncs_per_step", lambda: syncs_per_step(sizes, out)),
         ("cudagraph", lambda: graph_vs_hand(sizes, out)),
         ("harness", lambda: harness_vs_hand(sizes, out)),
-        ("decision", lambda: _load_benchmark("decision_share").measure(str(decision_suite(sizes, out)), 2, sizes.device)),
+        ("decision", lambda: _load_benchmark("decision_overhead").decision_share(decision_suite(sizes, out), 2, sizes.device)),
     ]
     for name, part in parts:
         value = part()

@@ -385,9 +385,10 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-accuracy-drop", default="2%", metavar="FRACTION", help="class accuracy drop that counts as a regression (default 2%%; 'off' to skip)")
     compare.add_argument("--strict", action="store_true", help="any change in what a case is (parts, parameters, steps, seeds, versions) is a regression")
     compare.add_argument("--json", metavar="PATH", help="write the new run as github-action-benchmark customSmallerIsBetter JSON")
-    report = sub.add_parser("report", help="write the HTML report of a run, or one report comparing several runs")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each compared with its own baseline)")
-    report.add_argument("--output", "-o", metavar="FILE", help="HTML file to write (default RUN_DIR/report.html for one run, ./report.html for several)")
+    report = sub.add_parser("report", help="write the HTML report of a run, or one report comparing several runs (with the Pareto front of any `tune` folder)")
+    report.add_argument("runs", nargs="+", metavar="DIR",
+                        help="run directories (each compared with its own baseline) and `dqar-bench tune` folders (or directories holding one as tune/)")
+    report.add_argument("--output", "-o", metavar="FILE", help="HTML file to write (default DIR/report.html for one directory, ./report.html for several)")
     report.add_argument("--max-seeds", type=int, default=4, help="seeds whose images are shown (default 4)")
     stats = sub.add_parser("fid-stats", help="FID statistics (mu, sigma) of an image folder, cached next to it, for quality.fid.reference_stats")
     stats.add_argument("folder", help="folder of .png / .jpg images (searched deep)")

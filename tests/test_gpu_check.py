@@ -185,8 +185,8 @@ def test_a_step_rerun_into_the_same_folder_replaces_its_run(dry_run):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_decision_share_refuses_a_missing_device_in_one_line():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decision_share.py"), str(ROOT / "suites" / "ablations.yaml"),
+def test_decision_overhead_refuses_a_missing_device_in_one_line():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decision_overhead.py"), "--suite", str(ROOT / "suites" / "ablations.yaml"),
                            "--device", "cuda"], capture_output=True, text=True, check=False, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and done.stdout == ""

@@ -12,7 +12,8 @@ feasible ones instead of being thrown away.
 The search space is what the parts declare (`Param.range`), or `--space`. Each finished
 trial is appended to `trials.csv` at once, and a second invocation with the same output
 folder hands those trials back to Optuna (`add_trial`) and goes on, so an interrupted
-search loses at most the trial it was in. At the end the folder holds the Pareto plot and
+search loses at most the trial it was in. At the end the folder holds the Pareto plot, the
+report page with the front (`report.html`, as `dqar-bench report DIR` writes it) and
 `tuned.yaml`: the suite with the baseline, the case as given, and the fastest setting that
 meets each floor, ready for `dqar-bench run`.
 """
@@ -43,46 +44,17 @@ from dqar_bench.measure.case_record import CaseRecord
 from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.instruments import build_instruments
 from dqar_bench.measure.progress import Progress as ProgressBar
+from dqar_bench.measure.tune_trials import META_FILE, METRICS, PLOT_FILE, SUITE_FILE, TRIALS_FILE, Metric, pareto_front, read_trials
 from dqar_bench.model.models import load_model
 from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.runs.case_run import CaseRun, RunContext
 from dqar_bench.runs.runner import apply_resolution, check_labels, default_output_dir, resolve_device, run_case
+from dqar_bench.views.report import report_run
 from dqar_bench.views.tune_plot import plot_front
 
 Say = Callable[[str], None]
 
 OBJECTIVES = ("flops", "time")
-TRIALS_FILE = "trials.csv"
-META_FILE = "tune.json"
-SUITE_FILE = "tuned.yaml"
-PLOT_FILE = "pareto.png"
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A quality figure a record carries: where to read it, which way is better, and what the suite needs to measure it."""
-
-    name: str
-    maximize: bool
-    needs: str | None
-    """The suite's `quality:` field that turns it on; None: always measured."""
-    read: Callable[[CaseRecord], float | None]
-
-
-def _psnr(record: CaseRecord) -> float | None:
-    q = record.quality or {}
-    if q.get("identical"):
-        return math.inf  # the record's None means "identical to the baseline": no finite PSNR
-    return q.get("psnr_db")
-
-
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("psnr", True, None, _psnr),
-    Metric("ssim", True, None, lambda r: (r.quality or {}).get("ssim")),
-    Metric("lpips", False, "lpips", lambda r: (r.quality or {}).get("lpips")),
-    Metric("accuracy", True, "classifier", lambda r: r.class_accuracy),
-    Metric("clip", True, "clip", lambda r: (r.clip or {}).get("clip_score")),
-)}
 
 
 @dataclass(frozen=True)
@@ -481,48 +453,16 @@ def _resume(output: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         before = json.loads((output / META_FILE).read_text())
     except (OSError, ValueError):
-        raise DqarError(f"-o {output}: {TRIALS_FILE} has no readable {META_FILE} beside it, so it cannot be resumed; give a new folder") from None
+        before = None
+    if not isinstance(before, dict):
+        raise DqarError(f"-o {output}: {TRIALS_FILE} has no readable {META_FILE} beside it, so it cannot be resumed; give a new folder")
     changed = [k for k in meta if before.get(k) != meta[k]]
     if changed:
         raise DqarError(f"-o {output}: its trials are of another search ({', '.join(changed)} differ); give a new folder, or the same options")
-    types_ = {d["kind"] + "." + d["param"]: (int if d["integer"] else float) for d in meta["space"]}
-    rows = []
-    with trials.open(newline="", encoding="utf-8") as handle:
-        for raw in csv.DictReader(handle):
-            rows.append(_parse_row(raw, types_))
-    return rows
-
-
-def _parse_row(raw: dict[str, str], types_: dict[str, type]) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for key, text in raw.items():
-        if key in types_:
-            row[key] = types_[key](float(text)) if types_[key] is int else float(text)
-        elif key in ("status", "error"):
-            row[key] = text
-        elif key == "feasible":
-            row[key] = text == "True"
-        elif key == "trial":
-            row[key] = int(text)
-        else:
-            row[key] = float(text) if text != "" else None
-    return row
+    return read_trials(output, meta)
 
 
 # ---- the results ----
-
-
-def pareto_front(rows: list[dict[str, Any]], quality: Metric) -> list[dict[str, Any]]:
-    """The finished trials no other beats on both speed and quality, fastest first."""
-    ok = [r for r in rows if r["status"] == "ok"]
-    sign = 1 if quality.maximize else -1
-
-    def beats(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        qa, qb = sign * a[quality.name], sign * b[quality.name]
-        return a["speedup"] >= b["speedup"] and qa >= qb and (a["speedup"] > b["speedup"] or qa > qb)
-
-    front = [r for r in ok if not any(beats(o, r) for o in ok)]
-    return sorted(front, key=lambda r: -r["speedup"])
 
 
 def best_for(rows: list[dict[str, Any]], floor: Floor, floors: Sequence[Floor] = ()) -> dict[str, Any] | None:
@@ -550,7 +490,7 @@ def _finish(suite: Suite, case: Case, output: Path, rows: list[dict[str, Any]], 
         else:
             say(f"{label}: trial {row['trial']}: {', '.join(f'{d.key}={_fmt(row[d.key])}' for d in dims)}: "
                 f"{row['speedup']:.3f}x {options.objective}, {metric.name} {_fmt(row[metric.name])}{_as_written(case, row, dims)}")
-    say(f"trials: {output / TRIALS_FILE}\nplot: {plot}\nsuite: {suite_path} (measure it with `dqar-bench run {suite_path}`)")
+    say(f"trials: {output / TRIALS_FILE}\nplot: {plot}\nreport: {report_run(output)}\nsuite: {suite_path} (measure it with `dqar-bench run {suite_path}`)")
     return TuneResult(output, rows, front, picks, suite_path, plot)
 
 

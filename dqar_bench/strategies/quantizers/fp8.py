@@ -9,33 +9,25 @@ each value (relative), unlike int8's uniform step. Needs a torch with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from dqar_bench import Quantizer, hookimpl
-from dqar_bench.strategies.quantizers.scaled import NonFiniteCounter, Scaled, finite_amax, scales_for
+from dqar_bench import hookimpl
+from dqar_bench.strategies.quantizers.scaled import Scaled, ScaledQuantizer, finite_amax, scales_for
 
 FP8 = getattr(torch, "float8_e4m3fn", None)
 
 
 @dataclass
-class Fp8(Quantizer):
+class Fp8(ScaledQuantizer):
     """float8 e4m3 codes with a per-tensor float32 scale (torch >= 2.1)."""
 
     PLUGIN_NAME = "fp8"
 
-    _nonfinite: NonFiniteCounter = field(default_factory=NonFiniteCounter, init=False, repr=False, compare=False)
-
     def __post_init__(self) -> None:
         if FP8 is None:
             raise ValueError(f"fp8 needs torch.float8_e4m3fn, which torch {torch.__version__} lacks; use int8 or upgrade torch")
-
-    def begin(self, device: torch.device) -> None:
-        self._nonfinite.begin(device)
-
-    def nonfinite(self) -> int:
-        return self._nonfinite.read()
 
     def pack(self, x: torch.Tensor) -> Scaled:
         x = x.detach()

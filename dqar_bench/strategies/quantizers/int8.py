@@ -19,8 +19,8 @@ from typing import Literal
 
 import torch
 
-from dqar_bench import Quantizer, hookimpl
-from dqar_bench.strategies.quantizers.scaled import NonFiniteCounter, Scaled
+from dqar_bench import hookimpl
+from dqar_bench.strategies.quantizers.scaled import Scaled, ScaledQuantizer
 
 CODE_MAX = 127.0
 NAN_CODE = -128
@@ -29,7 +29,7 @@ TINY = torch.finfo(torch.float32).tiny
 
 
 @dataclass
-class Int8(Quantizer):
+class Int8(ScaledQuantizer):
     """Symmetric int8 with float32 scales per tensor, per last-dim channel or per attention head."""
 
     PLUGIN_NAME = "int8"
@@ -41,17 +41,9 @@ class Int8(Quantizer):
         default=None, metadata={"help": "per_head on [batch, tokens, channels] tensors: the channels split into this many heads"}
     )
 
-    _nonfinite: NonFiniteCounter = field(default_factory=NonFiniteCounter, init=False, repr=False, compare=False)
-
     def __post_init__(self) -> None:
         if self.heads is not None and self.heads < 1:
             raise ValueError(f"parameter 'heads' must be >= 1, got {self.heads}")
-
-    def begin(self, device: torch.device) -> None:
-        self._nonfinite.begin(device)
-
-    def nonfinite(self) -> int:
-        return self._nonfinite.read()
 
     def pack(self, x: torch.Tensor) -> Scaled:
         """About half the kernels of the textbook form (finite mask, masked max, clamp, mask

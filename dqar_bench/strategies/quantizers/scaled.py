@@ -16,7 +16,11 @@ device tensor: counting costs no host sync) for the strategy's stats to report.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
+
+from dqar_bench.core.parts import Quantizer
 
 
 class Scaled:
@@ -80,3 +84,18 @@ class NonFiniteCounter:
 
     def read(self) -> int:
         return int(self.total) if self.total is not None else 0
+
+
+@dataclass
+class ScaledQuantizer(Quantizer):
+    """A quantizer that keeps NaN and inf as codes and counts them: the counter, made on the
+    call's device in `begin` and read by `nonfinite`, held once for `int8` and `fp8`. Its
+    `pack` adds each tensor's count with `self._nonfinite.add`."""
+
+    _nonfinite: NonFiniteCounter = field(default_factory=NonFiniteCounter, init=False, repr=False, compare=False)
+
+    def begin(self, device: torch.device) -> None:
+        self._nonfinite.begin(device)
+
+    def nonfinite(self) -> int:
+        return self._nonfinite.read()

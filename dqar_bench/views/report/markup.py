@@ -44,6 +44,15 @@ def present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
+def sort_value(value: Any) -> str:
+    """A cell's raw value for the page's sort script (`data-v`): infinity sorts above every number."""
+    if isinstance(value, bool) or not present(value):
+        return ""
+    if isinstance(value, (int, float)):
+        return "1e308" if math.isinf(value) else repr(float(value))
+    return esc(value)
+
+
 def num(value: Any, fmt: str, missing: str = "–") -> str:
     return fmt.format(value) if present(value) else missing
 

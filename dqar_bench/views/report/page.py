@@ -15,7 +15,7 @@ from string import Template
 from dqar_bench import __version__
 from dqar_bench.core.files import write_atomic
 from dqar_bench.measure.stats import NOISY, SPEEDUP_METHOD, UNRELIABLE
-from dqar_bench.views.report import figures, reuse, samples, summary
+from dqar_bench.views.report import figures, reuse, samples, summary, tune
 from dqar_bench.views.report.markup import esc
 from dqar_bench.views.report.runs import Run, load_runs
 
@@ -33,41 +33,71 @@ GPU_ONLY = {"gpu", "driver", "cuda", "cudnn"}
 
 
 def write_report(run_dirs: list[str | Path], output: str | Path | None = None, max_seeds: int = 4, cases: set[str] | None = None) -> Path:
-    """Write one HTML report of the runs (one run, or several compared); return its path.
+    """Write one HTML report of the runs (one run, or several compared) and of the `dqar-bench
+    tune` folders among the paths (`tune.split_paths`); return its path.
 
-    `output` defaults to `report.html` in the run directory (one run) or in the current
-    directory (several runs).
+    `output` defaults to `report.html` in the directory given (one) or in the current
+    directory (several).
     """
-    runs = load_runs(list(run_dirs), cases)
-    path = Path(output) if output else (runs[0].path if len(runs) == 1 else Path(".")) / "report.html"
-    page = render(runs, max_seeds)
+    run_paths, tune_paths = tune.split_paths(list(run_dirs))
+    runs = load_runs(run_paths, cases) if run_paths else []
+    tunes = [tune.load_tune(p) for p in tune_paths]
+    path = Path(output) if output else (Path(run_dirs[0]) if len(run_dirs) == 1 else Path(".")) / "report.html"
+    page = render(runs, max_seeds, tunes)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, page)
 
 
-def render(runs: list[Run], max_seeds: int = 4) -> str:
+def render(runs: list[Run], max_seeds: int = 4, tunes: list[tune.Tune] | None = None) -> str:
+    """The page: the runs' sections, then a Pareto-front section per tune folder (a page of tune folders alone has only those)."""
     template = Template(resources.files("dqar_bench.views.report").joinpath("template.html").read_text(encoding="utf-8"))
-    first = runs[0].first
-    suite = first.suite or runs[0].label
-    several = len(runs) > 1
-    heading = f"dqar-bench report <span>{esc(suite)}</span>" if not several else f"dqar-bench report <span>{len(runs)} runs compared</span>"
+    tunes = tunes or []
+    sections = _run_sections(runs, max_seeds) if runs else []
+    for number, one in enumerate(tunes, 1):
+        suffix = f" {number}" if len(tunes) > 1 else ""
+        sections.insert(len(sections) - bool(runs), (f"tune{suffix.strip()}", f"Pareto front{suffix}", f"Pareto front: {one.title}", tune.section(one)))
+    if runs:
+        first = runs[0].first
+        suite = first.suite or runs[0].label
+        several = len(runs) > 1
+        heading = f"dqar-bench report <span>{esc(suite)}</span>" if not several else f"dqar-bench report <span>{len(runs)} runs compared</span>"
+        title = f"dqar-bench: {suite}" if not several else "dqar-bench: " + ", ".join(r.label for r in runs)
+        subtitle, facts = _subtitle(runs), _facts(runs)
+    else:
+        names = ", ".join(t.title for t in tunes)
+        heading = f"dqar-bench tune <span>{esc(names)}</span>"
+        title, subtitle, facts = f"dqar-bench tune: {names}", "Tune folder " + ", ".join(str(t.path) for t in tunes), _tune_facts(tunes)
+    paths = [str(r.path) for r in runs] + [str(t.path) for t in tunes]
     return template.substitute(
         version=esc(__version__),
-        title=esc(f"dqar-bench: {suite}" if not several else "dqar-bench: " + ", ".join(r.label for r in runs)),
+        title=esc(title),
         heading=heading,
-        subtitle=esc(_subtitle(runs)),
-        facts=_facts(runs),
-        summary=summary.section(runs),
-        table_notes=_table_notes(runs),
-        images=samples.section(runs, max_seeds),
-        reuse=reuse.section(runs),
-        steps=figures.timeline_section(runs),
-        pareto=figures.pareto_section(runs),
-        environment=_environment(runs),
+        subtitle=esc(subtitle),
+        facts=facts,
+        nav="".join(f'<a href="#{key}">{esc(short)}</a>' for key, short, _, _ in sections),
+        sections="\n".join(f'<section id="{key}"><h2>{esc(head)}</h2>\n{body}\n</section>' for key, _, head, body in sections),
         footer=esc(f"Written by dqar-bench {__version__} on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} from "
-                   + ", ".join(str(r.path) for r in runs) + ". Rebuild with: dqar-bench report "
-                   + " ".join(str(r.path) for r in runs)),
+                   + ", ".join(paths) + ". Rebuild with: dqar-bench report " + " ".join(paths)),
     )
+
+
+def _run_sections(runs: list[Run], max_seeds: int) -> list[tuple[str, str, str, str]]:
+    """(id, name in the navigation bar, heading, body) of each section of the runs, in page order."""
+    return [
+        ("summary", "Summary", "Summary", summary.section(runs) + "\n" + _table_notes(runs)),
+        ("images", "Images", "Images side by side", samples.section(runs, max_seeds)),
+        ("reuse", "Reuse maps", "Reuse maps", reuse.section(runs)),
+        ("steps", "Step times", "Step times", figures.timeline_section(runs)),
+        ("pareto", "Speed vs quality", "Speed against quality", figures.pareto_section(runs)),
+        ("environment", "Environment", "Environment", _environment(runs)),
+    ]
+
+
+def _tune_facts(tunes: list[tune.Tune]) -> str:
+    one = tunes[0].meta
+    items = [("objective", one.get("objective")), ("quality", one.get("quality")),
+             ("trials", ", ".join(str(len(t.rows)) for t in tunes)), ("seeds", ", ".join(map(str, one["seeds"])))]
+    return "".join(f"<li><b>{esc(k)}</b>{esc(v)}</li>" for k, v in items if v not in (None, ""))
 
 
 def _subtitle(runs: list[Run]) -> str:

@@ -123,13 +123,13 @@ def load_runs(paths: list[str | Path], cases: set[str] | None = None) -> list[Ru
     for given in paths:
         path = Path(given)
         if not path.is_dir():
-            raise DqarError(f"{path}: not a directory; give a run directory (one that holds records.jsonl)")
+            raise DqarError(f"{path}: not a directory; give a run directory (one that holds records.jsonl) or a `dqar-bench tune` folder (one that holds tune.json)")
         run_dir = RunDir(path)  # reads only: creates nothing
         records = [r for r in run_dir.records() if _well_formed(r.to_json(), path)]
         if cases is not None:
             records = [r for r in records if r.case in cases]
         if not records:
-            raise DqarError(f"{path}: no records.jsonl with finished cases; is it a run directory of `dqar-bench run`?")
+            raise DqarError(f"{path}: no records.jsonl with finished cases and no tune.json; is it a run directory of `dqar-bench run` or a folder of `dqar-bench tune`?")
         baseline = records[0].baseline_case or "baseline"
         runs.append(Run(path, path.name, records, results_frame(records, baseline), dir=run_dir))
     _unique_labels(runs)

@@ -13,7 +13,7 @@ import math
 from typing import Any, Callable
 
 from dqar_bench.views.columns import column
-from dqar_bench.views.report.markup import esc, num, present, psnr
+from dqar_bench.views.report.markup import esc, num, present, psnr, sort_value
 from dqar_bench.views.report.runs import Entry, Run
 
 Format = Callable[[Any, dict[str, Any]], str]
@@ -85,14 +85,6 @@ def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, Format, st
     return [c for c in COLUMNS if any(c[0] in r and present(r[c[0]]) for r in rows)]
 
 
-def _sort_value(value: Any) -> str:
-    if isinstance(value, bool) or not present(value):
-        return ""
-    if isinstance(value, (int, float)):
-        return "1e308" if math.isinf(value) else repr(float(value))
-    return esc(value)
-
-
 def _case_cell(entry: Entry) -> str:
     description = entry.record.description or ""
     title = f' title="{esc(description)}"' if description else ""
@@ -135,7 +127,7 @@ def section(runs: list[Run]) -> str:
             value = entry.row.get(key) if entry.ok else None
             if key == "psnr_db" and entry.is_baseline:
                 value = math.inf  # sorts with the identical ones
-            cells.append(f'<td class="num" data-v="{_sort_value(value)}">{fmt(value, entry.row) if entry.ok else "–"}</td>')
+            cells.append(f'<td class="num" data-v="{sort_value(value)}">{fmt(value, entry.row) if entry.ok else "–"}</td>')
         if any(notes.values()):
             cells.append(f'<td class="notes">{notes[entry.label]}</td>')
         body.append(f'<tr class="{esc(entry.status)}{" base" if entry.is_baseline else ""}" data-case="{esc(entry.label)}">{"".join(cells)}</tr>')
