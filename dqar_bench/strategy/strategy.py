@@ -229,10 +229,22 @@ class Strategy:
             each.pinned = value
 
     def begin(
-        self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Sequence[int] | None = None, branches: int = 1
+        self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Sequence[int] | None = None, branches: int = 1,
+        noise: Sequence[tuple[float, float | None]] | None = None,
     ) -> None:
-        """Start a sampling call: fresh mask, gate state and an empty cache (one set of entries per branch)."""
+        """Start a sampling call: fresh mask, gate state and an empty cache (one set of entries per branch).
+
+        The mask is the scheduler's, narrowed to the gate's `window` where the sampler told
+        each step's noise level (`noise`): a block never probes, stores or is asked about at
+        a step where the gate cannot reuse it, so those cost nothing (the gate's answers, and
+        so the outputs, are the same: it said no there)."""
         self._mask = schedule_mask(self.scheduler, num_steps, num_blocks, timesteps)
+        if noise is not None:
+            window = self.gate.window([signals.schedule_snr(a, sigma) for a, sigma in noise], num_blocks)
+            if window is not None:
+                if tuple(window.shape) != (num_steps, num_blocks):
+                    raise ValueError(f"gate '{self.gate.PLUGIN_NAME}' gave a window of shape {tuple(window.shape)}, expected ({num_steps}, {num_blocks})")
+                self._mask &= window.bool().cpu()
         self._snr_from_x0 = self.wants_x0
         self._num_blocks = num_blocks
         self.stats.begin_call(num_steps, num_blocks)
