@@ -19,7 +19,8 @@ harness relies on and cannot check at run time:
 - removing it leaves the model bit-identical (same outputs as before it was installed,
   no patched `forward` left behind);
 - answers have the right length: a scheduler's mask is [steps, blocks], a gate answers
-  once per block, and a gate that declares a `static_pattern` decides exactly by it; a
+  once per block, a gate that declares a `static_pattern` decides exactly by it, and one
+  that declares a `window` never reuses outside it (asked everywhere to show it); a
   quantizer gives back its input's shape and dtype, finite, also for all-zero tensors;
 - the reuse path runs: a gate that reuses nothing with its defaults on a model runs the
   checks above again with its `CONFORMANCE_PARAMS` (a class attribute: parameters under
@@ -381,7 +382,12 @@ class _AnswerWatch:
         self.strategy, self.runs = strategy, runs
         runs["answers"] = []
         scheduler, gate = strategy.scheduler, strategy.gate
-        self._mask, self._decide = scheduler.mask, gate.decide
+        self._mask, self._decide, self._window = scheduler.mask, gate.decide, gate.window
+        window = gate.window
+
+        def unnarrowed(snrs: Any, num_blocks: int) -> None:
+            runs["window"] = window(snrs, num_blocks)
+            return None  # the gate is asked everywhere, so an answer outside its window shows
 
         def mask(num_steps: int, num_blocks: int) -> torch.Tensor:
             out = self._mask(num_steps, num_blocks)
@@ -402,12 +408,17 @@ class _AnswerWatch:
                 if off:
                     runs["answers"].append(f"decide departs from static_pattern at step {ctx.step}, blocks {off}")
                 runs["answers_note"] = "decide follows static_pattern"
+            held = runs.get("window")
+            if held is not None:
+                off = [b for b, e in enumerate(eligible) if e and bool(answer[b]) and not bool(held[ctx.step, b])]
+                if off:
+                    runs["answers"].append(f"decide reuses outside the gate's window at step {ctx.step}, blocks {off}")
             return answer
 
-        scheduler.mask, gate.decide = mask, decide
+        scheduler.mask, gate.decide, gate.window = mask, decide, unnarrowed
 
     def close(self) -> None:
-        del self.strategy.scheduler.mask, self.strategy.gate.decide
+        del self.strategy.scheduler.mask, self.strategy.gate.decide, self.strategy.gate.window
 
 
 # --- a CPU stand-in for CUDA graphs ---------------------------------------------------------

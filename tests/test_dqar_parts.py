@@ -95,6 +95,34 @@ def test_entropy_probe_keeps_each_blocks_last_compute_and_nan_for_the_others():
     assert all(math.isnan(x) for x in probe.entropies().tolist())
 
 
+def test_entropies_recompute_only_the_fresh_blocks_and_read_what_a_full_recompute_reads():
+    """Blocks named fresh are computed again, the others keep what they read last; on one
+    thread (the tests'; the suites' own) the bits are those of recomputing every block."""
+    def probes():
+        for normalised in (True, False):
+            probe = signals.EntropyProbe(num_queries=4, normalised=normalised)
+            probe.reset(4, torch.device("cpu"))
+            yield probe
+
+    g = torch.Generator().manual_seed(0)
+    qs = [torch.randn(3, 2, 16, 8, generator=g) * 2 for _ in range(7)]
+    k, k46 = torch.randn(3, 2, 16, 8, generator=g), torch.randn(3, 2, 46, 8, generator=g)
+    for probe in probes():
+        for b in range(3):
+            probe.record(b, qs[b], k)
+        probe.record(3, qs[3], k46)  # a buffer of its own
+        first = probe.entropies([0, 1, 2, 3])
+        assert torch.equal(first, probe.entropies())
+        probe.record(1, qs[4], k)
+        probe.record(3, qs[5], k46)
+        assert torch.equal(probe.entropies([]), first)  # nothing named fresh: nothing recomputed
+        again = probe.entropies([1, 3])
+        assert torch.equal(again, probe.entropies())  # the full recompute, bit for bit
+        assert again[1] != first[1] and again[3] != first[3] and torch.equal(again[[0, 2]], first[[0, 2]])
+        probe.record(2, qs[6], k)  # not named fresh below: the block keeps what it read last
+        assert probe.entropies([0])[2] == again[2]
+
+
 def test_linear_attention_entropy_is_that_of_the_relu_kernel_weights():
     # Sana attends with relu(q).relu(k) / sum_j relu(q).relu(k_j): the probe must read the entropy
     # of those weights (worked out here from the processor's own formula), not of a softmax map.

@@ -19,6 +19,7 @@ from dqar_bench.model.models import load_model
 from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
 from dqar_bench.strategy import signals
 from dqar_bench.strategy.adapter import adapter_for
+from dqar_bench.strategy.signal_scope import ProjectedProbe
 from dqar_bench.strategy.strategy import Strategy
 
 CPU = torch.device("cpu")
@@ -155,44 +156,119 @@ class FullAttention:
         return self.real(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, **kw)
 
 
-@pytest.mark.parametrize("name", ["flux-tiny", "sd3-tiny", "dit-tiny"])
-def test_the_probe_reads_the_entropy_of_the_attention_the_model_computes(registry, monkeypatch, name):
-    """Against the full softmax entropy of every real attention map (FLUX's dual and single
-    blocks, SD3's joint attention with its text keys, DiT's self-attention), over blocks and
-    steps: mean absolute error <= 0.02 normalised, correlation >= 0.95. The reference comes
-    from an uninstrumented model (the same seed), so the probe changes nothing it reads.
+TEMPERATURES = (1.0, 10.0)
+"""The range of attention sharpness the accuracy test spreads over a model's blocks: each
+block's scores multiplied by a factor from 1 (as built) to 10, log-spaced."""
 
-    With every query row probed the probe is the map's entropy (to float rounding). With 16
-    sampled rows its error stays far below 0.02 (measured: 0.0014 on FLUX, 2e-4 on SD3), but
-    the correlation is not asserted there: these random-weight maps are near uniform and
-    vary by about 0.012 over blocks and steps, the size of the sampling error itself (FLUX
-    gives 0.91)."""
-    model = load_model(name, CPU, torch.float32)
+
+def spread_attention_sharpness(model) -> list[float]:
+    """Give each block's attention its own temperature, so the entropies span a real range.
+
+    Random-weight attention is near uniform: the tiny models' normalised entropies over all
+    blocks and steps lie within 0.012 (flux-tiny 0.874-0.886) and 0.003 (sd3-tiny), while a
+    trained model's spread wide (digits-dit, shipped: 0.41-0.98 over its 6 blocks and 10
+    steps). Over a range of 0.003 a correlation measures the sampling noise of the rows, not
+    whether the probe follows the entropy. Scaling each block's query (the per-head query
+    norm's weight where the model has one, else the query projections, text ones included)
+    multiplies all its scores by the factor, after the norms and through the rotary
+    embeddings, as a trained block's sharper attention would: the model still runs its own
+    processors, text keys and rotary embeddings, and the reference and the probe read the
+    same model. Returns the factors, block by block."""
+    attentions = [m for m in model.transformer.modules() if hasattr(m, "to_q")]
+    assert len(attentions) == model.num_blocks
+    factors = torch.logspace(math.log10(TEMPERATURES[0]), math.log10(TEMPERATURES[1]), len(attentions)).tolist()
+    with torch.no_grad():
+        for attn, factor in zip(attentions, factors):
+            norm = getattr(attn, "norm_q", None)
+            names = ("norm_q", "norm_added_q") if getattr(norm, "weight", None) is not None else ("to_q", "add_q_proj")
+            for name in names:
+                for param in getattr(getattr(attn, name, None), "parameters", lambda: [])():
+                    param.mul_(factor)
+    return factors
+
+
+def _condition(model):
     if model.spec.text is None:
-        condition = labels_condition([1, 3], model.null_class, CPU)
-    else:
-        condition = synthetic_captions([6, 12], model.text_width, CPU, torch.float32, model.spec.text, model.pooled_width, model.text_length)
-    steps, blocks = 8, model.num_blocks
-    scheduler = lambda: make_scheduler(model.spec.sampler, model.scheduler_config)
+        return labels_condition([1, 3], model.null_class, CPU)
+    return synthetic_captions([6, 12], model.text_width, CPU, torch.float32, model.spec.text, model.pooled_width, model.text_length)
 
+
+def _reference_and_probe(registry, monkeypatch, model, rows: int, steps: int = 8, scope=None):
+    """Per step and block, the full map's normalised entropy (from an uninstrumented run) and
+    what the probe gave the gate; asserts the probe changed no output."""
+    condition = _condition(model)
+    scheduler = lambda: make_scheduler(model.spec.sampler, model.scheduler_config)
     full = FullAttention()
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", full)
     baseline = denoise(model.transformer, scheduler(), condition, 0, steps, 3.0, None)
     monkeypatch.undo()
-    assert len(full.calls) == steps * blocks  # one attention per block per call
-    reference = torch.tensor(full.calls).view(steps, blocks)
+    assert len(full.calls) == steps * model.num_blocks  # one attention per block per call
+    reference = torch.tensor(full.calls).view(steps, model.num_blocks)
+    gate = Recorder()
+    s = _strategy(registry, gate, probe_queries=rows)
+    with adapter_for(model.transformer).install(model.transformer, s):
+        if scope is not None:
+            s.scope = scope
+        out = denoise(model.transformer, scheduler(), condition, 0, steps, 3.0, s)
+    assert torch.equal(out, baseline)
+    probed = torch.tensor([values[signals.ENTROPY] for _, values in gate.seen])  # step s reads step s-1's compute
+    assert probed.shape == (steps - 1, model.num_blocks)
+    return reference[: steps - 1], probed
 
+
+def _mae_corr(reference: torch.Tensor, probed: torch.Tensor) -> tuple[float, float]:
+    corr = torch.corrcoef(torch.stack([probed.flatten(), reference.flatten()]))[0, 1].item()
+    return (probed - reference).abs().mean().item(), corr
+
+
+@pytest.mark.parametrize("name", ["flux-tiny", "sd3-tiny", "dit-tiny"])
+def test_the_probe_reads_the_entropy_of_the_attention_the_model_computes(registry, monkeypatch, name):
+    """Against the full softmax entropy of every real attention map (FLUX's dual and single
+    blocks, SD3's joint attention with its text keys, DiT's self-attention), over blocks and
+    steps, with the default 16 sampled query rows: mean absolute error <= 0.02 normalised,
+    correlation >= 0.95 (the issue's targets), on the model with its blocks' attention
+    spread from as built to 10x sharper (`spread_attention_sharpness`), so the entropies span
+    0.15-0.99 and the correlation says whether the probe follows them. The reference comes
+    from an uninstrumented model (the same seed), so the probe changes nothing it reads.
+
+    The seed's projection probe (image queries and keys projected again from the block's
+    input, no rotary embeddings, no text keys) misses the error target on the joint models,
+    so this test can fail: it measures the attention the model computes, not one like it.
+    dit-tiny has 16 tokens, so its 16 rows are all of them; it is also probed with 8."""
+    model = load_model(name, CPU, torch.float32)
+    spread_attention_sharpness(model)
+    reference, probed = _reference_and_probe(registry, monkeypatch, model, rows=16)
+    assert reference.max() - reference.min() > 0.4  # a range a correlation can speak of
+    error, corr = _mae_corr(reference, probed)
+    assert error <= 0.02 and corr >= 0.95, (name, error, corr)
+    if name == "flux-tiny":  # dual-stream blocks (0, 1) and single-stream blocks (2, 3), each kind on its own
+        for kind in (slice(0, 2), slice(2, 4)):
+            each = _mae_corr(reference[:, kind], probed[:, kind])
+            assert each[0] <= 0.02 and each[1] >= 0.95, (name, kind, each)
+    if name == "dit-tiny":  # 16 rows are all of its 16 tokens: sample half of them as well
+        reference, probed = _reference_and_probe(registry, monkeypatch, model, rows=8)
+        error, corr = _mae_corr(reference, probed)
+        assert error <= 0.02 and corr >= 0.95, (name, 8, error, corr)
+    else:  # DiT has no text or rotary: there the projection is the same map
+        reference, projected = _reference_and_probe(registry, monkeypatch, model, rows=16, scope=ProjectedProbe())
+        assert _mae_corr(reference, projected)[0] > 0.02, name
+
+
+@pytest.mark.parametrize("name", ["flux-tiny", "sd3-tiny", "dit-tiny"])
+def test_on_near_uniform_attention_the_probe_is_exact_with_every_row_and_close_with_16(registry, monkeypatch, name):
+    """The models as built (random weights, near-uniform attention). With every query row
+    probed the probe is the map's entropy to float rounding. With 16 sampled rows (of 28 on
+    flux-tiny and sd3-tiny) the error stays far below 0.02 (measured: 0.0014 on FLUX, 2e-4 on
+    SD3), but the correlation is not asserted: the entropies vary by 0.012 (FLUX) and 0.002
+    (SD3) over blocks and steps, while the rows of one map differ by 0.017 (FLUX, standard
+    deviation), so 16 of 28 rows carry a sampling error of the spread's own size (FLUX gives
+    0.91, SD3 0.98; no choice of 16 rows is reliably above 0.95: random 16-row subsets give
+    a median of 0.89 on FLUX, rows rotated per head or at stratum midpoints 0.92-0.94). The
+    correlation target is asserted where the entropies span a range (the test above)."""
+    model = load_model(name, CPU, torch.float32)
     for rows in (0, 16):
-        gate = Recorder()
-        s = _strategy(registry, gate, probe_queries=rows)
-        with adapter_for(model.transformer).install(model.transformer, s):
-            out = denoise(model.transformer, scheduler(), condition, 0, steps, 3.0, s)
-        assert torch.equal(out, baseline)
-        probed = torch.tensor([values[signals.ENTROPY] for _, values in gate.seen])  # step s reads step s-1's compute
-        expected = reference[: len(gate.seen)]
-        assert probed.shape == (steps - 1, blocks)
-        error = (probed - expected).abs().mean().item()
+        reference, probed = _reference_and_probe(registry, monkeypatch, model, rows=rows)
+        error, corr = _mae_corr(reference, probed)
         assert error <= (1e-5 if rows == 0 else 0.02), (name, rows, error)
         if rows == 0:
-            corr = torch.corrcoef(torch.stack([probed.flatten(), expected.flatten()]))[0, 1].item()
             assert corr >= 0.95, (name, corr)

@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, Sequence
 
 import torch
 
@@ -157,6 +157,18 @@ class Gate(Part):
         else measured during the call. `dqar-bench plan` derives a case's exact reuse
         pattern from it without running a model, and `dqar_bench.testing` checks that
         `decide` agrees with it. Subclass `StaticGate` to write the pattern only once.
+        """
+        return None
+
+    def window(self, snrs: Sequence[float], num_blocks: int) -> torch.Tensor | None:
+        """Where the gate can reuse at all, known before the call: a bool [steps, blocks] mask.
+
+        False where `decide` answers no whatever the signals measured during the call read:
+        its warmup steps, a window on the schedule's SNR (`snrs[step]`, what it reads at that
+        step). The strategy then neither probes, stores, gathers signals nor asks the gate
+        there, which is most of what deciding costs on a small model; so it must never be
+        False where `decide` could say yes (`dqar_bench.testing` checks it). None (the
+        default): anywhere the scheduler allows.
         """
         return None
 

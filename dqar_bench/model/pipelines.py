@@ -65,6 +65,7 @@ from dqar_bench.model.sampling import (
     StepObserver,
     guidance_mode,
     latents_shape,
+    noise_levels,
     num_blocks,
     predicted_x0,
     prediction_of,
@@ -336,7 +337,8 @@ class StepHooks:
                 self.timesteps = [round(float(t)) for t in scheduler.timesteps.tolist()]
                 more = {"branches": 2} if self.mode == "cfg-separate" else {}
                 device = next(module.parameters()).device
-                self.observer.begin(len(self.timesteps), num_blocks(module), device, timesteps=self.timesteps, **more)
+                noise = noise_levels(scheduler, self.timesteps, prediction_of(scheduler))
+                self.observer.begin(len(self.timesteps), num_blocks(module), device, timesteps=self.timesteps, noise=noise, **more)
             hidden = args[0] if args else kwargs["hidden_states"]
             latents = self._sampler_layout(hidden)
             self.observer.before_step(step_context(scheduler, self.step, self.timesteps, latents, self.x0, self.cond_len, prediction_of(scheduler)))

@@ -89,9 +89,13 @@ def plain_forward(transformer: torch.nn.Module) -> Forward:
 
 class StepObserver(Protocol):
     """What the loop tells a strategy. A model run as two passes per step also calls
-    `begin(..., branches=2)` and, if the observer has it, `branch(i)` before each pass."""
+    `begin(..., branches=2)` and, if the observer has it, `branch(i)` before each pass.
+    `noise` is every step's `(alpha_bar, sigma)` (`noise_levels`), known before the loop."""
 
-    def begin(self, num_steps: int, num_blocks: int, device: torch.device, timesteps: list[int] | None = None) -> None: ...
+    def begin(
+        self, num_steps: int, num_blocks: int, device: torch.device, timesteps: list[int] | None = None,
+        noise: list[tuple[float, float | None]] | None = None,
+    ) -> None: ...
 
     def before_step(self, ctx: StepContext) -> None: ...
 
@@ -251,7 +255,8 @@ def denoise(
     host_timesteps = [round(float(t)) for t in timesteps.tolist()]
     if observer is not None:
         more = {"branches": 2} if mode == "cfg-separate" else {}
-        observer.begin(len(timesteps), num_blocks(transformer), device, timesteps=host_timesteps, **more)
+        noise = noise_levels(scheduler, host_timesteps, prediction)
+        observer.begin(len(timesteps), num_blocks(transformer), device, timesteps=host_timesteps, noise=noise, **more)
 
     def run(model_input: torch.Tensor, t: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         out = forward(conv.to_model(model_input), conv.timestep(t, model_input.shape[0], dtype), **inputs)
@@ -299,13 +304,22 @@ def step_context(
     """What a strategy is told before `step`: one recipe for the lean loop and the pipeline
     path's hooks (a flow step's alpha_bar is the signal-to-total ratio of its sigma)."""
     t_host = host_timesteps[step]
-    sigma = None
+    alpha_bar, sigma = noise_level(scheduler, step, host_timesteps, prediction)
+    return StepContext(step, len(host_timesteps), t_host, latents, x0, alpha_bar, cond_len, sigma=sigma, prediction=prediction)
+
+
+def noise_level(scheduler: Any, step: int, host_timesteps: list[int], prediction: str) -> tuple[float, float | None]:
+    """`(alpha_bar, sigma)` at `step`, as `StepContext` carries them (sigma None for diffusion schedules)."""
     if prediction == "flow":
         sigma = float(scheduler.sigmas[step])
-        alpha_bar = (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma**2)
-    else:
-        alpha_bar = float(scheduler.alphas_cumprod[t_host])
-    return StepContext(step, len(host_timesteps), t_host, latents, x0, alpha_bar, cond_len, sigma=sigma, prediction=prediction)
+        return (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma**2), sigma
+    return float(scheduler.alphas_cumprod[host_timesteps[step]]), None
+
+
+def noise_levels(scheduler: Any, host_timesteps: list[int], prediction: str) -> list[tuple[float, float | None]]:
+    """Every step's `noise_level`, known before the loop: an observer's `begin` gets them, so a
+    gate whose answers follow the schedule can say at the start where it never reuses."""
+    return [noise_level(scheduler, step, host_timesteps, prediction) for step in range(len(host_timesteps))]
 
 
 def predicted_x0(prediction: str, latents: torch.Tensor, pred: torch.Tensor, alpha_bar: torch.Tensor | None, sigma: torch.Tensor | None) -> torch.Tensor:

@@ -121,7 +121,7 @@ class CacheDitHook:
 
     # -- the sampler's observer ------------------------------------------------------------
 
-    def begin(self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Any = None, branches: int = 1) -> None:
+    def begin(self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Any = None, branches: int = 1, noise: Any = None) -> None:
         import cache_dit
 
         assert self._transformer is not None, "install() before sampling"

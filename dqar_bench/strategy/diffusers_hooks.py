@@ -348,7 +348,7 @@ class DiffusersHook:
 
     # -- the sampler's observer ------------------------------------------------------------
 
-    def begin(self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Any = None, branches: int = 1) -> None:
+    def begin(self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Any = None, branches: int = 1, noise: Any = None) -> None:
         """A new sampling call: the hooks' state reset, as a pipeline does before its loop."""
         from diffusers.hooks import HookRegistry
 

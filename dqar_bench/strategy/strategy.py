@@ -160,6 +160,8 @@ class Strategy:
         self._snr_from_x0 = False
         """`wants_x0`, read once per call in `begin` (the per-step signal gather reads it)."""
         self._probe: list[bool] = []
+        self._fresh: set[int] = set()
+        """Blocks whose entropy scores were recorded since the signals were last gathered."""
         self._store: list[bool] = []
         self._skips_stores = bool(getattr(type(cache), "STORES_LAST_COMPUTE_ONLY", False))
         self.lean_stores = True
@@ -232,10 +234,22 @@ class Strategy:
             each.pinned = value
 
     def begin(
-        self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Sequence[int] | None = None, branches: int = 1
+        self, num_steps: int, num_blocks: int, device: torch.device, timesteps: Sequence[int] | None = None, branches: int = 1,
+        noise: Sequence[tuple[float, float | None]] | None = None,
     ) -> None:
-        """Start a sampling call: fresh mask, gate state and an empty cache (one set of entries per branch)."""
+        """Start a sampling call: fresh mask, gate state and an empty cache (one set of entries per branch).
+
+        The mask is the scheduler's, narrowed to the gate's `window` where the sampler told
+        each step's noise level (`noise`): a block never probes, stores or is asked about at
+        a step where the gate cannot reuse it, so those cost nothing (the gate's answers, and
+        so the outputs, are the same: it said no there)."""
         self._mask = schedule_mask(self.scheduler, num_steps, num_blocks, timesteps)
+        if noise is not None:
+            window = self.gate.window([signals.schedule_snr(a, sigma) for a, sigma in noise], num_blocks)
+            if window is not None:
+                if tuple(window.shape) != (num_steps, num_blocks):
+                    raise ValueError(f"gate '{self.gate.PLUGIN_NAME}' gave a window of shape {tuple(window.shape)}, expected ({num_steps}, {num_blocks})")
+                self._mask &= window.bool().cpu()
         self._snr_from_x0 = self.wants_x0
         self._num_blocks = num_blocks
         self.stats.begin_call(num_steps, num_blocks)
@@ -244,6 +258,7 @@ class Strategy:
         self._reuses = [self._reuse] * branches
         self._reference = None
         self._modulated = None
+        self._probe, self._fresh = [], set()
         if not self.probes_entropy:
             self._entropy = self._tap = None
         else:  # the same probe (and buffer) from call to call: a captured CUDA graph writes into it
@@ -279,6 +294,8 @@ class Strategy:
         """Decide which blocks reuse at this step (or, for a mid-forward gate, that none has yet)."""
         assert self._mask is not None, "begin() must be called before the first step"
         self._ctx = ctx
+        if self._entropy is not None:  # the last step's probed blocks that computed (branch 0 probes) recorded
+            self._fresh.update(b for b, (p, r) in enumerate(zip(self._probe, self._reuses[0])) if p and not r)
         self._branch, self._offset = 0, 0
         self._reuse = [False] * self._num_blocks
         self._reuses = [self._reuse] * self._branches
@@ -559,7 +576,8 @@ class Strategy:
         if values or self._entropy is not None:
             flat = torch.stack([v.float().reshape(()) for v in values]) if values else torch.empty(0, device=device)
             if self._entropy is not None:
-                flat = torch.cat([flat, self._entropy.entropies()])
+                flat = torch.cat([flat, self._entropy.entropies(sorted(self._fresh))])
+                self._fresh.clear()
             host = flat.tolist()
         else:  # nothing on the device to read: no transfer at all
             host = []

@@ -12,11 +12,14 @@ warmup steps and deep-block floor 1.0; tau 0.36 normalised, the seed's 2.0 nats 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
 
 from dqar_bench import Gate, StepContext, hookimpl
 from dqar_bench.strategy.signals import ENTROPY, SNR
 from dqar_bench.strategies.gates.entropy import THRESHOLD_HELP, UNIT_HELP, EntropyUnit, check_entropy_params, entropy_threshold, focused
-from dqar_bench.strategies.gates.snr import DEEP_HELP, SOURCE_HELP, SnrSource, check_deep_threshold, check_window, deep_floor, in_window
+from dqar_bench.strategies.gates.snr import DEEP_HELP, SOURCE_HELP, SnrSource, check_deep_threshold, check_window, deep_floor, in_window, snr_window
 from dqar_bench.strategies.gates.streaks import Streaks
 
 
@@ -54,6 +57,14 @@ class Dqar(Gate):
 
     def reset(self, num_steps: int, num_blocks: int) -> None:
         self._streaks.reset(num_blocks)
+
+    def window(self, snrs: Sequence[float], num_blocks: int) -> torch.Tensor:
+        """No reuse in the warmup steps, nor outside the window on the schedule's SNR (with
+        `snr: x0` the SNR is known only during the call: then the warmup alone)."""
+        if self.snr != "schedule":
+            open_steps = [[step >= self.warmup] * num_blocks for step in range(len(snrs))]
+            return torch.tensor(open_steps, dtype=torch.bool).reshape(len(snrs), num_blocks)
+        return snr_window(snrs, num_blocks, self.snr_low, self.snr_high, self.deep_layer_snr_threshold, self.warmup)
 
     def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
         if ctx.step < self.warmup or not in_window(ctx.signals[SNR], self.snr_low, self.snr_high):

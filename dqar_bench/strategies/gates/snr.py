@@ -22,7 +22,9 @@ gate does by default.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Sequence
+
+import torch
 
 from dqar_bench import Gate, StepContext, hookimpl
 from dqar_bench.strategy.signals import SNR
@@ -39,6 +41,19 @@ def deep_floor(reuse: list[bool], snr: float, threshold: float) -> list[bool]:
     first_deep = 2 * len(reuse) // 3
     deep_ok = snr >= threshold  # NaN (no prediction yet) is below any floor
     return [r and (b < first_deep or deep_ok) for b, r in enumerate(reuse)]
+
+
+def snr_window(
+    snrs: Sequence[float], num_blocks: int, low: float, high: float, deep_threshold: float, first_step: int = 0
+) -> torch.Tensor:
+    """The steps and blocks where an SNR gate on the schedule's SNR can reuse (`Gate.window`):
+    from `first_step` on, while `snrs[step]` is inside [low, high], deep blocks only above
+    their floor; `in_window` and `deep_floor` decide it, as they decide `decide`'s answers."""
+    rows = [
+        deep_floor([step >= first_step and in_window(snr, low, high)] * num_blocks, snr, deep_threshold)
+        for step, snr in enumerate(snrs)
+    ]
+    return torch.tensor(rows, dtype=torch.bool).reshape(len(snrs), num_blocks)
 
 
 def check_deep_threshold(threshold: float) -> None:
@@ -84,6 +99,12 @@ class Snr(Gate):
 
     def reset(self, num_steps: int, num_blocks: int) -> None:
         self._streaks.reset(num_blocks)
+
+    def window(self, snrs: Sequence[float], num_blocks: int) -> torch.Tensor | None:
+        """Outside the window on the schedule's SNR it never reuses (an x0 SNR is known only during the call)."""
+        if self.snr != "schedule":
+            return None
+        return snr_window(snrs, num_blocks, self.snr_low, self.snr_high, self.deep_layer_snr_threshold)
 
     def decide(self, ctx: StepContext, eligible: list[bool]) -> list[bool]:
         snr = ctx.signals[SNR]
