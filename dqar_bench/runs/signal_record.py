@@ -79,7 +79,7 @@ class _Steps:
         self.timesteps: list[int] = []
         self.snr: list[float] = []
 
-    def begin(self, num_steps: int, num_blocks: int, device: torch.device, timesteps: list[int] | None = None, branches: int = 1) -> None:
+    def begin(self, num_steps: int, num_blocks: int, device: torch.device, timesteps: list[int] | None = None, branches: int = 1, noise: Any = None) -> None:
         self.timesteps, self.snr = [], []
 
     def before_step(self, ctx: StepContext) -> None:
