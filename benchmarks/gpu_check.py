@@ -673,7 +673,7 @@ def step_flux(sizes: Sizes, out: Path) -> tuple[dict[str, Any], str, str]:
         data["calibration"] = "flux-sized-calibration.json"  # TeaCache's and MagCache's fits, of this model (calibrate_fits)
 
     path = derived_suite("suites/peers-flow.yaml", out, "flux-sized", edit)
-    calibrate_fits(path)
+    calibrate_fits(path, sizes.flux_steps)
     shape = {"tokens": (sizes.flux_latent // 2) ** 2, "blocks": [sizes.flux["num_layers"], sizes.flux["num_single_layers"]]}
     share = measure_attention_share(load_suite(path), sizes)
     _replace(out / "flux-attention-share.json", json.dumps({**shape, "attention_share": share}).encode())
@@ -681,13 +681,15 @@ def step_flux(sizes: Sizes, out: Path) -> tuple[dict[str, Any], str, str]:
     return flux_figures(out)
 
 
-def calibrate_fits(path: Path) -> None:
+def calibrate_fits(path: Path, steps: int) -> None:
     """The derived suite's model gets its own TeaCache and MagCache fits, as peers-flow's tiny
-    models do (`dqar-bench calibrate --fits-only`: one untouched call per seed, no search)."""
+    models do (`dqar-bench calibrate --fits-only`: untouched calls, no search), on enough
+    seeds for TeaCache's degree-4 fit (5 step pairs; a step pair per step after the first)."""
     from dqar_bench.config.suite import load_suites
     from dqar_bench.runs.calibrate import CalibrateOptions, calibrate
 
-    calibrate(load_suites(path, calibrating=True), CalibrateOptions(path.parent / "flux-sized-calibration.json", thresholds=False))
+    seeds = list(range(1, 1 + -(-5 // max(steps - 1, 1))))  # the measured seed is 0
+    calibrate(load_suites(path, calibrating=True), CalibrateOptions(path.parent / "flux-sized-calibration.json", seeds=seeds, thresholds=False))
 
 
 def flux_figures(out: Path) -> tuple[dict[str, Any], str, str]:

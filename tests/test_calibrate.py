@@ -240,3 +240,20 @@ def test_a_case_may_name_its_own_calibration(calibrated):
     case_level.write_text(case_level.read_text().replace(FBC, ""))
     suite = load_suite(case_level)
     assert suite.case("entropy").calibration_digest == calib.read(folder / "cal.json").digest
+
+
+def test_too_few_steps_for_teacaches_fit_leave_it_out_and_say_so(write_suite, tmp_path, capsys):
+    path = write_suite("""\
+name: short
+model: flux-tiny
+sampler: {name: flow-euler, steps: 3}
+prompt_lengths: [8]
+seeds: [0]
+device: cpu
+cases:
+  - name: baseline
+""")
+    assert main(["calibrate", str(path), "--fits-only", "-o", str(tmp_path / "c.json")]) == 0
+    assert "no TeaCache fit: fit_rescale: a degree-4 fit needs at least 5 defined pairs" in capsys.readouterr().out
+    (entry,) = calib.read(tmp_path / "c.json").entries
+    assert entry.teacache_coefficients is None and entry.mag_ratios is not None and not entry.thresholds

@@ -186,7 +186,11 @@ def _signals(suite: Suite, model: LoadedModel, condition: Condition, seeds: list
 
     tag = Tag(suite.model, config_hash(model_config(suite.model, suite.allow_download)), suite.sampler, suite.steps, suite.guidance_scale)
     trace = record_signals(model, suite, condition, seeds, registry)
-    coefficients = trace.teacache_fit()
+    try:
+        coefficients = trace.teacache_fit()
+    except ValueError as exc:  # too few steps and seeds for a degree-4 fit: no fit, and a line saying so
+        coefficients = None
+        say(f"  no TeaCache fit: {exc}")
     entry = Entry(tag, seeds, mag_ratios=trace.mag_ratios, teacache_coefficients=coefficients, signals=trace.to_json())
     say(f"  signals: {trace.steps} steps x {trace.blocks} blocks x {trace.branches} branch(es)"
         + (f"; TeaCache fit {', '.join(f'{c:.4g}' for c in coefficients)}" if coefficients else "; no TeaCache input on this family"))
