@@ -102,7 +102,7 @@ def test_calibrate_writes_thresholds_that_give_the_target_reuse_on_held_out_seed
     assert entropy.parts["gate"].params["threshold"] == next(t["value"] for t in entry["thresholds"]["entropy"]["targets"] if t["target"] == 0.5)
     assert entropy.calibrated == {"gate.threshold": 0.5}
     identity = case_identity(suite, entropy, get_registry(), "cpu")
-    assert identity["calibration"] == calib.read(folder / "cal.json").digest
+    assert identity["calibration"] == calib.read(folder / "cal.json").entries[0].digest
     assert "calibration" not in case_identity(suite, suite.case("baseline"), get_registry(), "cpu")
     assert (folder / "cal.html").exists()
 
@@ -239,7 +239,7 @@ def test_a_case_may_name_its_own_calibration(calibrated):
         load_suite(case_level)  # the case-level file is the entropy case's alone
     case_level.write_text(case_level.read_text().replace(FBC, ""))
     suite = load_suite(case_level)
-    assert suite.case("entropy").calibration_digest == calib.read(folder / "cal.json").digest
+    assert suite.case("entropy").calibration_digest == calib.read(folder / "cal.json").entries[0].digest
 
 
 def test_too_few_steps_for_teacaches_fit_leave_it_out_and_say_so(write_suite, tmp_path, capsys):
@@ -257,3 +257,16 @@ cases:
     assert "no TeaCache fit: fit_rescale: a degree-4 fit needs at least 5 defined pairs" in capsys.readouterr().out
     (entry,) = calib.read(tmp_path / "c.json").entries
     assert entry.teacache_coefficients is None and entry.mag_ratios is not None and not entry.thresholds
+
+
+def test_recalibrating_another_model_of_the_file_leaves_this_models_cases_as_they_were(calibrated, tmp_path):
+    import shutil
+
+    folder, suite_path = calibrated
+    for name in ("suite.yaml", "cal.json"):
+        shutil.copy(folder / name, tmp_path / name)
+    before = load_suite(tmp_path / "suite.yaml").case("entropy").calibration_digest
+    file_before = calib.read(tmp_path / "cal.json").digest
+    calib.write(tmp_path / "cal.json", [calib.Entry(calib.Tag("another-model", None, "ddim", 8, 4.0), [1])])
+    assert calib.read(tmp_path / "cal.json").digest != file_before
+    assert load_suite(tmp_path / "suite.yaml").case("entropy").calibration_digest == before

@@ -18,8 +18,8 @@ models shares one file, and an entry is found by that tag: a file made for anoth
 sampler or step count is refused in one line. Each threshold remembers the case's other
 parts as they were calibrated (`parts_key`), so an edited case is told to recalibrate
 instead of silently running a threshold fitted for something else. A case that reads the
-file carries the file's digest in its identity (`digest`), so `--resume` reruns it when
-the calibration changes.
+file carries the digest of its model's entry in its identity (`Entry.digest`), so
+`--resume` reruns it when that calibration changes, and only then.
 """
 
 from __future__ import annotations
@@ -110,6 +110,12 @@ class Entry:
             "thresholds": {case: t.to_json() for case, t in self.thresholds.items()},
             "signals": self.signals,
         }
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the entry's canonical JSON (16 hex digits): what a case that read it carries
+        in its identity, so recalibrating another model of the same file reruns nothing here."""
+        return hashlib.sha256(json.dumps(_json_safe(self.to_json()), sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Entry":

@@ -118,7 +118,7 @@ class Case:
     calibration_key: str | None = None
     """The digest of the case's parts as written, without its threshold: what a calibrated threshold was found for."""
     calibration_digest: str | None = None
-    """The digest of the calibration file the case read (part of its identity); None: it read none."""
+    """The digest of the calibration entry the case read (part of its identity); None: it read none."""
 
     @property
     def untouched(self) -> bool:
@@ -943,7 +943,7 @@ class _CalibrationReader:
             parts = {k: PartSpec(k, s.name, calib.resolve(s.params, k, entry, case.name, key, where)) for k, s in case.parts.items()}
         except CalibrationError as exc:
             raise self.r.error(f"{self.label}: {exc}" if str(exc).startswith("calibration ") else str(exc)) from None
-        return dataclasses.replace(case, parts=parts, calibrated=found, calibration_key=key, calibration_digest=file.digest)
+        return dataclasses.replace(case, parts=parts, calibrated=found, calibration_key=key, calibration_digest=entry.digest)
 
 
 def device_refusal(name: str) -> str | None:
