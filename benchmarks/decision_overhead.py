@@ -53,7 +53,8 @@ from dqar_bench.model.loaded import LoadedModel
 from dqar_bench.model.models import DIT_XL_CONFIG, _random_dit, load_model
 from dqar_bench.model.sampling import denoise, labels_condition, make_scheduler
 from dqar_bench.model.suite_condition import condition_for
-from dqar_bench.runs.runner import build_strategy, resolve_device
+from dqar_bench.runs.runner import build_strategy
+from dqar_bench.runs.suite_model import resolve_device
 from dqar_bench.strategies.quantizers.scaled import Scaled
 from dqar_bench.strategy import signals
 from dqar_bench.strategy.adapter import adapter_for

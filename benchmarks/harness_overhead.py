@@ -33,7 +33,8 @@ from dqar_bench.measure.instruments import Instruments
 from dqar_bench.measure.stats import Measurement, mann_whitney_u
 from dqar_bench.model.models import load_model
 from dqar_bench.model.sampling import make_scheduler
-from dqar_bench.runs.runner import resolve_device, run_case
+from dqar_bench.runs.runner import run_case
+from dqar_bench.runs.suite_model import resolve_device
 from tests import synthetic  # noqa: E402
 
 

@@ -24,10 +24,7 @@ from dqar_bench.config.suite import load_suites
 from dqar_bench.core.context import StepContext
 from dqar_bench.core.parts import Gate, build_part
 from dqar_bench.core.plugins import get_registry
-from dqar_bench.model.models import load_model
-from dqar_bench.model.sampling import denoise, make_scheduler
-from dqar_bench.model.suite_condition import condition_for
-from dqar_bench.runs.runner import resolve_device
+from dqar_bench.runs.suite_model import lean_call, load_for_suite, resolve_device
 from dqar_bench.strategy import signals
 from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.strategy import Strategy
@@ -57,19 +54,16 @@ class Recorder(Gate):
 def measure(suite: Any, seed: int | None, unit: str) -> list[dict[str, Any]]:
     registry = get_registry()
     device = resolve_device(suite.device)
-    dtype = getattr(torch, suite.dtype)
-    model = load_model(suite.model, device, dtype, suite.allow_download)
-    torch.set_num_threads(suite.threads or torch.get_num_threads())
-    condition = condition_for(suite, model, device, dtype)
+    torch.set_num_threads(suite.threads)
+    model, condition = load_for_suite(suite, device)
     gate = Recorder(entropy=unit)
     strategy = Strategy(
         build_part(registry.get("scheduler", "all").cls, {}), gate,
         build_part(registry.get("cache", "attention-output").cls, {}),
         build_part(registry.get("quantizer", "none").cls, {}), suite.probe_queries,
     )
-    scheduler = make_scheduler(suite.sampler, model.scheduler_config)
     with adapter_for(model.transformer).install(model.transformer, strategy):
-        denoise(model.transformer, scheduler, condition, suite.seeds[0] if seed is None else seed, suite.steps, suite.guidance_scale, strategy)
+        lean_call(suite, model, condition, suite.seeds[0] if seed is None else seed, strategy)
     return gate.rows
 
 

@@ -283,7 +283,7 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dqar_bench.measure.fid_folder import folder_statistics
-    from dqar_bench.runs.runner import resolve_device
+    from dqar_bench.runs.suite_model import resolve_device
 
     path = folder_statistics(args.folder, args.feature_extractor, args.inception_weights, resolve_device(args.device), args.output)
     with np.load(path) as stats:

@@ -148,16 +148,17 @@ def test_trace_writes_declared_features_and_trains(tmp_path: Path, capsys) -> No
 
 @pytest.mark.slow
 def test_trace_runs_on_the_suites_threads_and_says_how_long_is_left(tmp_path: Path, monkeypatch) -> None:
+    import dqar_bench.runs.suite_model as suite_model
     import dqar_bench.runs.trace as trace
 
     seen: list[int] = []
-    real = trace.denoise
+    real = suite_model.denoise  # every sampling call of the trace goes through lean_call
 
     def counting(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trace, "denoise", counting)
+    monkeypatch.setattr(suite_model, "denoise", counting)
     path = _write_suite(tmp_path / "suite.yaml", "  - name: reuse\n    cache: attention-output\n", steps=3, seeds="[0, 1]")
     path.write_text(path.read_text().replace("device: cpu\n", "device: cpu\nthreads: 2\n"))
     before = torch.get_num_threads()

@@ -165,9 +165,9 @@ def test_a_model_with_a_vae_keeps_decoded_previews(write_suite, tmp_path, monkey
     """The report of a VAE model shows the pictures decoded at run time: it never needs the model."""
     from diffusers import AutoencoderKL
 
-    from dqar_bench.runs import runner
+    from dqar_bench.runs import suite_model
 
-    real = runner.load_model
+    real = suite_model.load_model
 
     def with_vae(*args, **kwargs):
         loaded = real(*args, **kwargs)
@@ -178,7 +178,7 @@ def test_a_model_with_a_vae_keeps_decoded_previews(write_suite, tmp_path, monkey
         ).eval()
         return loaded
 
-    monkeypatch.setattr(runner, "load_model", with_vae)
+    monkeypatch.setattr(suite_model, "load_model", with_vae)
     path = write_suite(SUITE.split("cases:")[0] + "cases:\n  - name: baseline\n  - name: iv\n    gate: {name: interval, every: 2}\n")
     assert main(["run", str(path), "-o", str(tmp_path / "run")]) == 0
     run = RunDir(tmp_path / "run")

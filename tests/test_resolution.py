@@ -123,7 +123,7 @@ def test_bad_resolutions_fail_validate_in_one_line(model: str, resolution: objec
 
 def test_a_checkpoint_checked_at_load_fails_the_run_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Where validate cannot read the model's configs, the run checks at load, before any case runs."""
-    from dqar_bench.runs.runner import apply_resolution
+    from dqar_bench.runs.suite_model import apply_resolution
 
     suite = dataclasses.replace(load_suite(_suite(tmp_path / "s.yaml", "flux-tiny", None)), resolution=Resolution(30, 48))
     model = models.load_model("flux-tiny", torch.device("cpu"), torch.float32)

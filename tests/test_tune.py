@@ -159,7 +159,9 @@ def nothing_measured(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded for a refused tune")
 
-    monkeypatch.setattr(tune_module, "load_model", refuse)
+    from dqar_bench.runs import suite_model
+
+    monkeypatch.setattr(suite_model, "load_model", refuse)  # where every command loads the suite's model
 
 
 @pytest.mark.parametrize(

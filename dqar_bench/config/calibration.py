@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dqar_bench.core.errors import DqarError
+from dqar_bench.core.files import write_atomic
+from dqar_bench.measure.signal_trace import json_safe
 
 FORMAT = "dqar-bench-calibration"
 VERSION = 1
@@ -115,7 +116,7 @@ class Entry:
     def digest(self) -> str:
         """sha256 of the entry's canonical JSON (16 hex digits): what a case that read it carries
         in its identity, so recalibrating another model of the same file reruns nothing here."""
-        return hashlib.sha256(json.dumps(_json_safe(self.to_json()), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(json_safe(self.to_json()), sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Entry":
@@ -185,21 +186,8 @@ def write(path: Path, entries: list[Entry]) -> CalibrationFile:
             kept = []  # a damaged or foreign file is replaced, not merged
     data = {"format": FORMAT, "version": VERSION, "entries": [e.to_json() for e in (*kept, *entries)]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(data), indent=1, allow_nan=False) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
     return read(path)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # ---- markers in a case's parameters ----

@@ -112,7 +112,7 @@ class SignalTrace:
         """Plain JSON data: every non-finite number becomes null."""
         out: dict[str, Any] = {"version": VERSION}
         for f in fields(self):
-            out[f.name] = _clean(getattr(self, f.name))
+            out[f.name] = json_safe(getattr(self, f.name))
         return out
 
     @classmethod
@@ -136,11 +136,14 @@ class SignalTrace:
             raise ValueError(f"signal trace: {exc}") from None
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float made None (JSON has no inf or NaN), through lists and mappings."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
     return value
 
 

@@ -44,11 +44,10 @@ from dqar_bench.core.parts import build_part
 from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.measure.progress import eta
 from dqar_bench.model.loaded import LoadedModel
-from dqar_bench.model.models import load_model, model_config
-from dqar_bench.model.sampling import Condition, denoise, make_scheduler
-from dqar_bench.model.suite_condition import condition_for
+from dqar_bench.model.models import model_config
+from dqar_bench.model.sampling import Condition
 from dqar_bench.runs.case_run import build_strategy
-from dqar_bench.runs.runner import apply_resolution, check_labels, resolve_device
+from dqar_bench.runs.suite_model import lean_call, load_for_suite, resolve_device, suite_threads
 from dqar_bench.strategy.adapter import adapter_for
 
 Say = Callable[[str], None]
@@ -150,16 +149,8 @@ def _threshold_param(case: Case) -> str | None:
 def _calibrate_one(suite: Suite, cases: list[Case], options: CalibrateOptions, registry: Registry, say: Say) -> tuple[Entry, Any, list[str]]:
     seeds = calibration_seeds(suite, options.seeds)
     device = resolve_device(suite.device)
-    dtype = getattr(torch, suite.dtype)
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(suite.threads)  # as the runner: threads beyond the suite's fight on a shared CPU
-    try:
-        model = load_model(suite.model, device, dtype, suite.allow_download, suite.pipeline, bool(suite.prompts))
-        if suite.resolution is not None:
-            apply_resolution(suite, model)
-        check_labels(suite, model)
-        condition = condition_for(suite, model, device, dtype)
+    with suite_threads(suite, device):
+        model, condition = load_for_suite(suite, device)
         say(f"{suite.name}: calibrating {suite.model} ({suite.sampler}, {suite.steps} steps) on seeds {seeds}")
         entry, trace = _signals(suite, model, condition, seeds, registry, say)
         missed: list[str] = []
@@ -176,8 +167,6 @@ def _calibrate_one(suite: Suite, cases: list[Case], options: CalibrateOptions, r
             names = ", ".join(c.name for c in same)
             say(f"  {names}: {_describe(threshold)} ({eta(n + 1, len(groups), time.perf_counter() - started)})")
         return entry, trace, missed
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _signals(suite: Suite, model: LoadedModel, condition: Condition, seeds: list[int], registry: Registry, say: Say) -> tuple[Entry, Any]:
@@ -231,8 +220,7 @@ class _Reuse:
         transformer = self.model.transformer
         with adapter_for(transformer).install(transformer, strategy), torch.no_grad():
             for seed in self.seeds:
-                scheduler = make_scheduler(self.suite.sampler, self.model.scheduler_config)
-                denoise(transformer, scheduler, self.condition, seed, self.suite.steps, self.suite.guidance_scale, strategy)
+                lean_call(self.suite, self.model, self.condition, seed, strategy)
         return strategy.stats.reuse_ratio
 
 

@@ -42,8 +42,7 @@ from typing import Any, Callable
 import torch
 
 from dqar_bench.config.identity import case_identity, case_key, measurement_settings
-from dqar_bench.config.suite import Case, Suite, device_refusal
-from dqar_bench.core.errors import DqarError, ModelError, SuiteError
+from dqar_bench.config.suite import Case, Suite
 from dqar_bench.core.files import read_bytes, write_atomic
 from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.core.world import World
@@ -55,14 +54,13 @@ from dqar_bench.measure.progress import Progress as ProgressBar
 from dqar_bench.measure.records import RunDir, check_target
 from dqar_bench.measure.rounds import RoundLog, round_order, timed_as
 from dqar_bench.model.loaded import LoadedModel
-from dqar_bench.model.models import load_model
-from dqar_bench.model.resolution import set_resolution
 from dqar_bench.model.sampling import Condition
 from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.runs.case_run import CaseRun, RunContext, build_strategy
 from dqar_bench.runs.distributed.runs import Outbox, check_devices, decide, deliver, my_cases, together
 from dqar_bench.runs.distributed.shares import rank_entries
 from dqar_bench.runs.resume import ResumePlan, outputs_digest, plan_resume
+from dqar_bench.runs.suite_model import apply_resolution, check_labels, load_for_suite, resolve_device  # noqa: F401 (apply_resolution, check_labels: their old home)
 from dqar_bench.views.plot import plot_run
 from dqar_bench.views.report import keep_previews, report_run
 from dqar_bench.views.table import render_markdown, results_frame
@@ -73,18 +71,6 @@ __all__ = ["build_strategy", "check_labels", "default_output_dir", "resolve_devi
 Progress = Callable[[str], None]
 RUNS_ROOT = Path("results") / "runs"
 MAX_SUITE_NAME = 80
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    reason = device_refusal(name)
-    if reason:
-        raise DqarError(f"device {reason}")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DqarError(f"device '{name}' was asked for but no CUDA device is available; set 'device: cpu' or 'auto'")
-    return device
 
 
 def default_output_dir(suite: Suite) -> Path:
@@ -139,14 +125,11 @@ def run_suite(
             torch.set_num_threads(suite.threads)
 
         def load() -> tuple[LoadedModel, Instruments, Condition]:
-            model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download, suite.pipeline, bool(suite.prompts))
-            if suite.resolution is not None:
-                apply_resolution(suite, model)
-            check_labels(suite, model)
+            model, condition = load_for_suite(suite, device)
             kit = build_instruments(
                 suite.quality, model.vae, model.latent_channels, device, images=model.pipeline is not None, scores=world.is_main or shard_cases,
             )
-            return model, kit, condition_for(suite, model, device, getattr(torch, suite.dtype))
+            return model, kit, condition
 
         model, kit, condition = together(world, load, "loading the model")
         if run is None and world.is_main:
@@ -159,14 +142,6 @@ def run_suite(
         if run is not None:
             run.close()
     return run
-
-
-def apply_resolution(suite: Suite, model: LoadedModel) -> None:
-    """The suite's `resolution` on the loaded model, with the checks validate could not make without it."""
-    try:
-        set_resolution(model, suite.resolution)
-    except ModelError as exc:
-        raise SuiteError(f"{suite.path}: field 'resolution': {exc}") from None
 
 
 def run_case(
@@ -418,15 +393,6 @@ def _write_views(suite: Suite, run: RunDir, progress: Progress) -> None:
     progress(f"\nplot: {plot}")
     progress(f"report: {report_run(run, names)}")
     progress(f"results: {run.path}")
-
-
-def check_labels(suite: Suite, model: LoadedModel) -> None:
-    """Class labels must exist in the model, or its label embedding fails deep inside the forward."""
-    if model.family != "dit":
-        return
-    bad = [c for c in suite.class_labels if not 0 <= c < model.null_class]
-    if bad:
-        raise ModelError(f"{suite.path}: field 'class_labels': {bad[0]} is out of range for model '{suite.model}' (0..{model.null_class - 1})")
 
 
 def _quiet(line: str) -> None:

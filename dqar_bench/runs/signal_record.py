@@ -34,7 +34,8 @@ from dqar_bench.core.plugins import Registry
 from dqar_bench.measure.signal_trace import SignalTrace, Value
 from dqar_bench.model.families import family_of
 from dqar_bench.model.loaded import LoadedModel
-from dqar_bench.model.sampling import Condition, denoise, guidance_mode, make_scheduler, num_blocks
+from dqar_bench.model.sampling import Condition, guidance_mode, num_blocks
+from dqar_bench.runs.suite_model import lean_call
 from dqar_bench.strategies.gates.magnitude import magnitude_ratios
 from dqar_bench.strategy import signals
 from dqar_bench.strategy.adapter import adapter_for
@@ -140,7 +141,7 @@ def _record_seed(
 
     handle = transformer.register_forward_hook(keep)
     try:
-        ratios = magnitude_ratios(transformer, lambda: latents.append(_call(model, suite, condition, seed, steps)), branches=branches)
+        ratios = magnitude_ratios(transformer, lambda: latents.append(lean_call(suite, model, condition, seed, steps)), branches=branches)
     finally:
         handle.remove()
     reference = latents[0]
@@ -172,18 +173,13 @@ def _recorded(
 
     strategy = Strategy(part("scheduler", "all"), gate, part("cache", cache), part("quantizer", "none"), suite.probe_queries)  # type: ignore[arg-type]
     with adapter_for(model.transformer).install(model.transformer, strategy):
-        out = _call(model, suite, condition, seed, strategy)
+        out = lean_call(suite, model, condition, seed, strategy)
     if strategy.stats.reused or not torch.equal(out, reference):
         raise RuntimeError(
             f"recording '{gate.SIGNAL}' on {model.name} changed the output ({strategy.stats.reused} reuses): "
             "the signals would not be the untouched model's"
         )
     return gate.seen
-
-
-def _call(model: LoadedModel, suite: Suite, condition: Condition, seed: int, observer: Any) -> torch.Tensor:
-    scheduler = make_scheduler(suite.sampler, model.scheduler_config)
-    return denoise(model.transformer, scheduler, condition, seed, suite.steps, suite.guidance_scale, observer)
 
 
 def _value(value: Any) -> Value:

@@ -45,10 +45,8 @@ from dqar_bench.core.parts import Gate
 from dqar_bench.core.plugins import Registry, get_registry
 from dqar_bench.measure.progress import Progress, eta
 from dqar_bench.model.loaded import LoadedModel
-from dqar_bench.model.models import load_model
-from dqar_bench.model.sampling import Condition, denoise, make_scheduler
-from dqar_bench.model.suite_condition import condition_for
-from dqar_bench.runs.runner import apply_resolution, check_labels, resolve_device
+from dqar_bench.model.sampling import Condition
+from dqar_bench.runs.suite_model import lean_call, load_for_suite, resolve_device, suite_threads
 from dqar_bench.strategy.adapter import adapter_for
 from dqar_bench.strategy.policy.features import ENTROPY_UNIT, FEATURES, SNR_SOURCE, feature_rows
 from dqar_bench.strategy.policy.features import SIGNALS as POLICY_SIGNALS
@@ -147,14 +145,8 @@ def trace_suite(
     registry = registry or get_registry()
     chosen = select_cases(suite, cases, progress)
     device = resolve_device(suite.device)
-    dtype = getattr(torch, suite.dtype)
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(suite.threads)  # as the runner does: many threads on shared cores run many times slower
-    try:
-        return _trace_cases(suite, chosen, output, device, dtype, tolerance, max_samples, registry, progress)
-    finally:
-        torch.set_num_threads(threads)
+    with suite_threads(suite, device):
+        return _trace_cases(suite, chosen, output, device, tolerance, max_samples, registry, progress)
 
 
 def _trace_cases(
@@ -162,17 +154,12 @@ def _trace_cases(
     chosen: list[Case],
     output: Path,
     device: torch.device,
-    dtype: torch.dtype,
     tolerance: float,
     max_samples: int | None,
     registry: Registry,
     progress: Callable[[str], None],
 ) -> TraceSummary:
-    model = load_model(suite.model, device, dtype, suite.allow_download)
-    if suite.resolution is not None:
-        apply_resolution(suite, model)
-    check_labels(suite, model)
-    condition = condition_for(suite, model, device, dtype)
+    model, condition = load_for_suite(suite, device)
     summary = TraceSummary(cases=[c.name for c in chosen])
     seeds = len(chosen) * len(suite.seeds)
     threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
@@ -228,10 +215,8 @@ def _trace_call(
     tick: Callable[[], None] = lambda: None,
 ) -> tuple[list[dict[str, Any]], int]:
     """One seed's lines; `planned` hears its count of calls once known, `tick` each call done."""
-    scheduler = make_scheduler(suite.sampler, model.scheduler_config)
-
     def call() -> torch.Tensor:
-        return denoise(model.transformer, scheduler, condition, seed, suite.steps, suite.guidance_scale, strategy).double().cpu()
+        return lean_call(suite, model, condition, seed, strategy).double().cpu()
 
     tracer.recording, tracer.target, tracer.candidates = True, None, {}
     reference = call()

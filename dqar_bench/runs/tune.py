@@ -45,10 +45,9 @@ from dqar_bench.measure.flops import per_call as flops_per_call
 from dqar_bench.measure.instruments import build_instruments
 from dqar_bench.measure.progress import Progress as ProgressBar
 from dqar_bench.measure.tune_trials import META_FILE, METRICS, PLOT_FILE, SUITE_FILE, TRIALS_FILE, Metric, pareto_front, read_trials
-from dqar_bench.model.models import load_model
-from dqar_bench.model.suite_condition import condition_for
 from dqar_bench.runs.case_run import CaseRun, RunContext
-from dqar_bench.runs.runner import apply_resolution, check_labels, default_output_dir, resolve_device, run_case
+from dqar_bench.runs.runner import default_output_dir, run_case
+from dqar_bench.runs.suite_model import load_for_suite, resolve_device
 from dqar_bench.views.report import report_run
 from dqar_bench.views.tune_plot import plot_front
 
@@ -279,13 +278,9 @@ class _Trials:
         device = resolve_device(suite.device)
         if device.type == "cpu":
             torch.set_num_threads(suite.threads)
-        model = load_model(suite.model, device, getattr(torch, suite.dtype), suite.allow_download, suite.pipeline, bool(suite.prompts))
-        if suite.resolution is not None:
-            apply_resolution(suite, model)
-        check_labels(suite, model)
+        model, self.condition = load_for_suite(suite, device)
         self.kit = build_instruments(suite.quality, model.vae, model.latent_channels, device, images=model.pipeline is not None)
         self.model, self.device = model, device
-        self.condition = condition_for(suite, model, device, getattr(torch, suite.dtype))
         calls = self.kit.calls_per_case(0, 1 if self.options.objective == "time" else 0, len(suite.seeds), suite.batch) + len(suite.seeds)
         self.kit.progress = ProgressBar(calls * (1 + total - done))
         self.total, self.remaining = total, total - done
